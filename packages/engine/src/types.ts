@@ -1,0 +1,90 @@
+// The engine's public surface: a loaded model and the sessions (KV caches) it runs.
+// It knows nothing about chat: tokens in, logits (or a reduction of them) out.
+
+import type { Gpu } from './device.ts';
+import type { WeightDtype } from './dtype.ts';
+
+export type DtypeOption = 'auto' | WeightDtype;
+
+export interface LoadProgress {
+  /** Bytes of tensor data uploaded so far and in all. */
+  loadedBytes: number;
+  totalBytes: number;
+  loadedTensors: number;
+  totalTensors: number;
+  /** The file being read. */
+  file: string;
+}
+
+/** Where a model folder's files come from: a directory on disk, a URL, or files picked in a browser. */
+export interface FileSource {
+  /** A short description for messages (a path or URL). */
+  readonly name: string;
+  /** The whole file as text, or undefined when the folder has no such file. */
+  text(path: string): Promise<string | undefined>;
+  /** A byte range [start, end) of a file. Throws a clear error when the file is missing. */
+  range(path: string, start: number, end: number): Promise<Uint8Array>;
+  /** The file's size in bytes, or undefined when missing. */
+  size(path: string): Promise<number | undefined>;
+}
+
+export interface LoadOptions {
+  /** 'auto' keeps the checkpoint's dtype (bf16/f16/f32); 'f32' widens; 'f16'/'bf16' narrow. */
+  dtype?: DtypeOption;
+  gpu?: Gpu;
+  /** Tokens of KV cache to plan for when checking memory (default: min(max_position_embeddings, 4096)). */
+  maxContext?: number;
+  onProgress?: (p: LoadProgress) => void;
+  /** Force a kernel variant ('software' | 'gpu') instead of choosing by adapter. */
+  variant?: 'software' | 'gpu';
+}
+
+export interface TopK {
+  /** Token ids, highest logit first. */
+  ids: Int32Array;
+  /** Their raw logits (f32). */
+  logits: Float32Array;
+  /** log(sum(exp(logits))) over the whole vocabulary, so exp(logit - lse) is the exact probability. */
+  logSumExp: number;
+}
+
+export interface Session {
+  /** Tokens held in the KV cache. */
+  readonly length: number;
+  readonly maxContext: number;
+  /**
+   * Runs `tokens` at positions length .. length+n-1 and appends them to the cache.
+   * Work is recorded, not awaited: the next read (argmax/topK/logits) submits it.
+   * Logits of the last position are kept on the GPU (of every position with allLogits).
+   */
+  forward(tokens: ArrayLike<number>, opts?: { allLogits?: boolean }): void;
+  /** Greedy choice for the last forwarded position (reduced on the GPU; 4 bytes read back). */
+  argmax(): Promise<number>;
+  /** The k best tokens of the last position, reduced on the GPU. */
+  topK(k: number): Promise<TopK>;
+  /** The whole logits row of the last position (or of position `row` after a forward with allLogits). */
+  logits(row?: number): Promise<Float32Array>;
+  /** Drops cached tokens past `length` (to reuse a common prefix, or roll back a draft). */
+  truncate(length: number): void;
+  dispose(): void;
+}
+
+export interface ModelInfo {
+  modelType: string;
+  dtype: WeightDtype;
+  /** Bytes of weights resident on the GPU. */
+  weightBytes: number;
+  /** Bytes of KV cache per token of context. */
+  kvBytesPerToken: number;
+  vocabSize: number;
+  maxPositionEmbeddings: number;
+  /** Bytes of weights a decode step reads (matrices + LM head). */
+  bytesPerToken: number;
+}
+
+export interface Model {
+  readonly gpu: Gpu;
+  readonly info: ModelInfo;
+  createSession(opts?: { maxContext?: number }): Session;
+  dispose(): void;
+}
