@@ -1,0 +1,68 @@
+// The chat layer's public types, named after Transformers' chat conventions.
+
+export type Role = 'system' | 'user' | 'assistant' | 'tool';
+
+export interface Message {
+  role: Role;
+  content: string;
+  /** Assistant tool calls / tool results, passed through to the template as given. */
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+  name?: string;
+}
+
+/** Generation flags with Transformers' GenerationConfig names. */
+export interface GenerationConfig {
+  do_sample?: boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  max_new_tokens?: number;
+  seed?: number;
+  /** Stop strings: matched across token boundaries and cut from the output. */
+  stop?: string[];
+  /** Extra EOS ids on top of the model's. */
+  eos_token_id?: number | number[];
+}
+
+export interface GenerateOptions extends GenerationConfig {
+  signal?: AbortSignal;
+  /** Called with each new piece of text as it is decoded (never a broken UTF-8 character). */
+  onText?: (delta: string) => void;
+  /** Chat input only: append the template's assistant opener (default true). */
+  add_generation_prompt?: boolean;
+  /** Chat input only: continue a trailing assistant message instead of opening a new turn. */
+  continue_final_message?: boolean;
+  /** Passed to the chat template (e.g. Qwen3's enable_thinking). */
+  chat_template_kwargs?: Record<string, unknown>;
+  tools?: unknown[];
+  documents?: unknown[];
+  /** String input only: return prompt + completion (default false returns only the new text). */
+  return_full_text?: boolean;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface GenerationStats {
+  promptTokens: number;
+  /** Prompt tokens whose KV entries were reused from the previous turn instead of recomputed. */
+  reusedTokens: number;
+  newTokens: number;
+  /** Milliseconds from the call to the first generated token. */
+  timeToFirstTokenMs: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  totalMs: number;
+  finishReason: FinishReason;
+}
+
+export interface StreamEvent {
+  /** Text decoded since the previous event (may be empty while a character is incomplete). */
+  delta: string;
+  tokenId: number;
+}
+
+export type ChatOutput = [{ generated_text: Message[] }];
+export type TextOutput = [{ generated_text: string }];
