@@ -10,4 +10,16 @@ if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, transformers, s
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch transformers safetensors tokenizers jinja2 numpy
+# Where pip is configured with local mirrors (extra-index-url / find-links), use them as
+# the only indexes, so pip never waits on an index it cannot reach.
+args=()
+mirrors=$("$PY" -m pip config get global.extra-index-url 2>/dev/null || true)
+links=$("$PY" -m pip config get global.find-links 2>/dev/null || "$PY" -m pip config get :env:.find-links 2>/dev/null || true)
+if [ -n "$mirrors" ]; then
+  first=1
+  for m in $mirrors; do
+    if [ $first = 1 ]; then args+=(--index-url "$m"); first=0; else args+=(--extra-index-url "$m"); fi
+  done
+fi
+for l in $links; do args+=(--find-links "$l"); done
+.venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" torch transformers safetensors tokenizers jinja2 numpy

@@ -61,7 +61,8 @@ export interface GenerationStats {
 export interface StreamEvent {
   /** Text decoded since the previous event (may be empty while a character is incomplete). */
   delta: string;
-  tokenId: number;
+  /** The sampled token, or null for text released when generation ends (held-back text). */
+  tokenId: number | null;
 }
 
 export type ChatOutput = [{ generated_text: Message[] }];

@@ -3,6 +3,7 @@
 
 import type { Gpu } from './device.ts';
 import type { WeightDtype } from './dtype.ts';
+import type { ModelConfig } from './config.ts';
 
 export type DtypeOption = 'auto' | WeightDtype;
 
@@ -37,6 +38,8 @@ export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Force a kernel variant ('software' | 'gpu') instead of choosing by adapter. */
   variant?: 'software' | 'gpu';
+  /** Memory the model may use; by default system RAM for a CPU-backed adapter, unchecked otherwise. */
+  maxMemoryBytes?: number;
 }
 
 export interface TopK {
@@ -80,6 +83,9 @@ export interface ModelInfo {
   maxPositionEmbeddings: number;
   /** Bytes of weights a decode step reads (matrices + LM head). */
   bytesPerToken: number;
+  config: ModelConfig;
+  /** The kernel shapes in use. */
+  variant: 'software' | 'gpu';
 }
 
 export interface Model {

@@ -1,0 +1,296 @@
+// Command-line parsing for `chat` and `serve`: generation flags as `key=value` pairs with
+// Transformers' GenerationConfig names, and a few `--options`. No parsing library: the
+// grammar is small and the errors have to name the valid keys.
+
+import { fileURLToPath } from 'node:url';
+import type { GenerationConfig } from '@webgpu-chat/chat';
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export type Dtype = 'auto' | 'f32' | 'f16' | 'bf16';
+export const DTYPES: readonly Dtype[] = ['auto', 'f32', 'f16', 'bf16'];
+
+/** The generation flags a user may set, with the check each value must pass. */
+type FlagKind = 'boolean' | 'count' | 'nonNegativeInt' | 'nonNegative' | 'unit' | 'positive';
+const FLAG_KINDS = {
+  do_sample: 'boolean',
+  max_new_tokens: 'count',
+  temperature: 'nonNegative',
+  top_p: 'unit',
+  top_k: 'nonNegativeInt',
+  min_p: 'unit',
+  repetition_penalty: 'positive',
+  seed: 'nonNegativeInt',
+} as const satisfies Record<string, FlagKind>;
+
+export type GenerationFlag = keyof typeof FLAG_KINDS;
+export type GenerationFlags = Pick<GenerationConfig, GenerationFlag>;
+export const GENERATION_FLAGS = Object.keys(FLAG_KINDS) as GenerationFlag[];
+
+const KIND_TEXT: Record<FlagKind, string> = {
+  boolean: 'true or false',
+  count: 'an integer >= 1',
+  nonNegativeInt: 'an integer >= 0',
+  nonNegative: 'a number >= 0',
+  unit: 'a number in [0, 1]',
+  positive: 'a number > 0',
+};
+
+function validKeysText(): string {
+  return GENERATION_FLAGS.map((k) => `${k} (${KIND_TEXT[FLAG_KINDS[k]]})`).join(', ');
+}
+
+function parseFlagValue(key: GenerationFlag, raw: string): boolean | number {
+  const kind: FlagKind = FLAG_KINDS[key];
+  const bad = () => new UsageError(`invalid value '${raw}' for ${key}: expected ${KIND_TEXT[kind]}`);
+  if (kind === 'boolean') {
+    // Python spellings too, since users copy flags from `transformers chat`.
+    if (/^(true|1)$/i.test(raw)) return true;
+    if (/^(false|0)$/i.test(raw)) return false;
+    throw bad();
+  }
+  if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw.trim())) throw bad();
+  const v = Number(raw);
+  const integer = kind === 'count' || kind === 'nonNegativeInt';
+  if (!Number.isFinite(v) || (integer && !Number.isSafeInteger(v))) throw bad();
+  if (kind === 'count' && v < 1) throw bad();
+  if ((kind === 'nonNegativeInt' || kind === 'nonNegative') && v < 0) throw bad();
+  if (kind === 'unit' && (v < 0 || v > 1)) throw bad();
+  if (kind === 'positive' && v <= 0) throw bad();
+  return v;
+}
+
+export function isGenerationFlag(key: string): key is GenerationFlag {
+  return Object.hasOwn(FLAG_KINDS, key);
+}
+
+/** Parses `key=value` pairs onto a copy of `base`. Unknown keys and bad values throw a UsageError naming the valid ones. */
+export function parseGenerationFlags(pairs: readonly string[], base: GenerationFlags = {}): GenerationFlags {
+  const out: Record<string, boolean | number> = { ...base };
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new UsageError(`expected key=value, got '${pair}'. Valid keys: ${validKeysText()}`);
+    const key = pair.slice(0, eq);
+    if (!isGenerationFlag(key)) throw new UsageError(`unknown generation flag '${key}'. Valid keys: ${validKeysText()}`);
+    out[key] = parseFlagValue(key, pair.slice(eq + 1));
+  }
+  return out as GenerationFlags;
+}
+
+/** The flags as `key=value` text, in the order of GENERATION_FLAGS. */
+export function formatGenerationFlags(flags: GenerationFlags): string {
+  const parts = GENERATION_FLAGS.filter((k) => flags[k] !== undefined).map((k) => `${k}=${flags[k]}`);
+  return parts.length ? parts.join(' ') : '(model defaults)';
+}
+
+/** The tiny story model shipped in the repository (models/stories260K), used when no MODEL is given. */
+export function bundledModelPath(): string {
+  return fileURLToPath(new URL('../../../models/stories260K', import.meta.url));
+}
+
+export interface ChatArgs {
+  /** Local folder or Hub repo id; undefined means the bundled model. */
+  model?: string;
+  generation: GenerationFlags;
+  system?: string;
+  dtype: Dtype;
+  maxContext?: number;
+  json: boolean;
+  /** --prompt: the prompt for a non-interactive run. */
+  prompt?: string;
+  /** --url: talk to a running `serve` instead of loading the model in-process. */
+  url?: string;
+  help: boolean;
+}
+
+export interface ServeArgs {
+  model?: string;
+  dtype: Dtype;
+  host: string;
+  port: number;
+  apiKey?: string;
+  maxContext?: number;
+  /** Requests waiting behind the running one before new ones get 503. */
+  maxQueue: number;
+  help: boolean;
+}
+
+const GEN_HELP = GENERATION_FLAGS.map((k) => `  ${(k + '=').padEnd(22)}${KIND_TEXT[FLAG_KINDS[k]]}`).join('\n');
+
+export const CHAT_HELP = `Usage: chat [MODEL] [key=value ...] [options]
+
+Chat with a model in the terminal, in-process on WebGPU or through a running \`serve\`.
+
+MODEL is a local model folder or a Hugging Face Hub repo id (org/name, optionally
+org/name@revision), downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACHE,
+HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE are honoured). Without MODEL the bundled
+story model models/stories260K is used.
+
+Generation flags (Transformers GenerationConfig names):
+${GEN_HELP}
+
+Options:
+  --system TEXT          system prompt
+  --dtype auto|f32|f16|bf16
+                         weight dtype on the GPU (default auto: the checkpoint's)
+  --max-context N        tokens of KV cache to allocate
+  --prompt TEXT          the prompt for a non-interactive run (with --json, or instead of stdin)
+  --json                 non-interactive: one prompt (--prompt or all of stdin), the result as JSON
+  --url URL              use a running \`serve\` (e.g. http://127.0.0.1:8000) instead of loading MODEL
+  -h, --help             this help
+
+When stdin is not a terminal, all of stdin is one prompt and only the reply is printed.
+
+In-session commands:
+  !help                  list the commands
+  !clear                 start a new conversation
+  !save [PATH]           save the conversation and settings as JSON
+  !load PATH             load a conversation saved with !save
+  !set key=value ...     change generation flags
+  !status                model, dtype, adapter, context used, last turn's speed
+  !system TEXT           set the system prompt (starts a new conversation)
+  !exit                  leave (also Ctrl-D); Ctrl-C stops the current reply
+`;
+
+export const SERVE_HELP = `Usage: serve [MODEL] [options]
+
+An OpenAI-compatible HTTP server: POST /v1/chat/completions (streaming and not),
+GET /v1/models, GET /health. MODEL as for \`chat\` (default: the bundled story model);
+it is loaded before /health reports ok.
+
+Options:
+  --dtype auto|f32|f16|bf16
+  --host HOST            address to bind (default 127.0.0.1)
+  --port N               port (default 8000; 0 picks a free one)
+  --api-key KEY          require "Authorization: Bearer KEY"
+  --max-context N        tokens of KV cache to allocate
+  --max-queue N          requests that may wait behind the running one (default 16)
+  -h, --help             this help
+`;
+
+function intOption(name: string, raw: string | undefined, min: number): number {
+  if (raw === undefined) throw new UsageError(`${name} needs a value`);
+  const v = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(v) || v < min) throw new UsageError(`${name} expects an integer >= ${min}, got '${raw}'`);
+  return v;
+}
+
+function dtypeOption(raw: string | undefined): Dtype {
+  if (!DTYPES.includes(raw as Dtype)) throw new UsageError(`--dtype expects one of ${DTYPES.join(', ')}, got '${raw ?? ''}'`);
+  return raw as Dtype;
+}
+
+function urlOption(raw: string | undefined): string {
+  if (raw === undefined) throw new UsageError('--url needs a value');
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new UsageError(`--url expects an http(s) URL such as http://127.0.0.1:8000, got '${raw}'`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new UsageError(`--url expects an http(s) URL, got '${raw}'`);
+  return raw.replace(/\/+$/, '');
+}
+
+/** Splits `--name=value` into name and value so both spellings work. */
+function* tokens(argv: readonly string[]): Generator<[string, () => string | undefined]> {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const m = /^(--[\w-]+)=(.*)$/s.exec(a);
+    if (m) {
+      yield [m[1]!, () => m[2]];
+    } else {
+      yield [a, () => (i + 1 < argv.length ? argv[++i] : undefined)];
+    }
+  }
+}
+
+export function parseChatArgs(argv: readonly string[]): ChatArgs {
+  const out: ChatArgs = { generation: {}, dtype: 'auto', json: false, help: false };
+  const pairs: string[] = [];
+  for (const [a, value] of tokens(argv)) {
+    switch (a) {
+      case '-h':
+      case '--help':
+        out.help = true;
+        break;
+      case '--json':
+        out.json = true;
+        break;
+      case '--system': {
+        const v = value();
+        if (v === undefined) throw new UsageError('--system needs a value');
+        out.system = v;
+        break;
+      }
+      case '--prompt': {
+        const v = value();
+        if (v === undefined) throw new UsageError('--prompt needs a value');
+        out.prompt = v;
+        break;
+      }
+      case '--dtype':
+        out.dtype = dtypeOption(value());
+        break;
+      case '--max-context':
+        out.maxContext = intOption('--max-context', value(), 1);
+        break;
+      case '--url':
+        out.url = urlOption(value());
+        break;
+      default:
+        if (a.startsWith('-')) throw new UsageError(`unknown option '${a}'. Run 'chat --help' for the options.`);
+        if (/^[A-Za-z_]\w*=/.test(a)) pairs.push(a);
+        else if (out.model === undefined) out.model = a;
+        else throw new UsageError(`unexpected argument '${a}': MODEL is already '${out.model}' (generation flags are key=value)`);
+    }
+  }
+  out.generation = parseGenerationFlags(pairs);
+  return out;
+}
+
+export function parseServeArgs(argv: readonly string[]): ServeArgs {
+  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, maxQueue: 16, help: false };
+  for (const [a, value] of tokens(argv)) {
+    switch (a) {
+      case '-h':
+      case '--help':
+        out.help = true;
+        break;
+      case '--dtype':
+        out.dtype = dtypeOption(value());
+        break;
+      case '--host': {
+        const v = value();
+        if (!v) throw new UsageError('--host needs a value');
+        out.host = v;
+        break;
+      }
+      case '--port': {
+        const v = intOption('--port', value(), 0);
+        if (v > 65535) throw new UsageError(`--port expects 0..65535, got ${v}`);
+        out.port = v;
+        break;
+      }
+      case '--api-key': {
+        const v = value();
+        if (!v) throw new UsageError('--api-key needs a value');
+        out.apiKey = v;
+        break;
+      }
+      case '--max-context':
+        out.maxContext = intOption('--max-context', value(), 1);
+        break;
+      case '--max-queue':
+        out.maxQueue = intOption('--max-queue', value(), 0);
+        break;
+      default:
+        if (a.startsWith('-')) throw new UsageError(`unknown option '${a}'. Run 'serve --help' for the options.`);
+        if (out.model === undefined) out.model = a;
+        else throw new UsageError(`unexpected argument '${a}': MODEL is already '${out.model}'`);
+    }
+  }
+  return out;
+}

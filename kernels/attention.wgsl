@@ -1,0 +1,268 @@
+// Causal attention over a KV cache, with grouped-query heads and an optional sliding window.
+//
+// Cache layout: kCache, vCache [nKvHeads, maxContext, headDim] f32, so one head's keys are
+// contiguous. Query row r = t * nHeads + h (the layout of q and out, [T, nHeads * headDim])
+// is at position pos = startPos + t and attends to cache positions j in
+// [max(0, pos + 1 - window), pos] (window 0: no window), using kv head h / (nHeads / nKvHeads).
+//
+// The positions are cut into `splits` ranges of splitLen (flash-decoding): each work item
+// (r, s) runs an online softmax over its range and, with direct = 1 (one split), writes
+// the normalised output; otherwise it writes its running max m, sum l and unnormalised
+// accumulator to `part`, and the COMBINE variant merges the splits of each row.
+//
+// Variants:
+//   KV_WRITE  copies T new k/v rows into the cache at startPos.
+//   SPLIT_SW  one thread per work item (CPU-backed adapters: no barriers), reading the
+//             caches as vec4 (headDim is a multiple of 4, checked on the host).
+//   SPLIT_GPU one workgroup per work item: a score per thread, shared-memory reductions,
+//             and each thread accumulating a few output dims over the chunk's v rows.
+//   COMBINE   one thread per output element.
+
+#if KV_WRITE
+struct Params {
+  tokens: u32,
+  nKvHeads: u32,
+  headDim: u32,
+  maxContext: u32,
+  startPos: u32,
+}
+
+override WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// k, v: [T, nKvHeads * headDim], as the projections wrote them (after RoPE on k).
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kCache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vCache: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = gid.x + gid.y * nwg.x * WG;
+  if (idx >= p.tokens * p.nKvHeads * p.headDim) { return; }
+  let d = idx % p.headDim;
+  let th = idx / p.headDim;
+  let h = th % p.nKvHeads;
+  let t = th / p.nKvHeads;
+  let dst = (h * p.maxContext + p.startPos + t) * p.headDim + d;
+  kCache[dst] = k[idx];
+  vCache[dst] = v[idx];
+}
+#endif
+
+#if COMBINE
+struct Params {
+  rows: u32,
+  headDim: u32,
+  splits: u32,
+  accOffset: u32,
+}
+
+override WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// part: [rows * splits] pairs (m, l), then at accOffset [rows * splits, headDim] accumulators.
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+// out: [rows, headDim] = [T, nHeads * headDim].
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = gid.x + gid.y * nwg.x * WG;
+  if (idx >= p.rows * p.headDim) { return; }
+  let d = idx % p.headDim;
+  let row = idx / p.headDim;
+  let first = row * p.splits;
+  var m = -3.4e38;
+  for (var s = 0u; s < p.splits; s++) { m = max(m, part[2u * (first + s)]); }
+  var l = 0.0;
+  var acc = 0.0;
+  for (var s = 0u; s < p.splits; s++) {
+    let w = exp(part[2u * (first + s)] - m);
+    l += w * part[2u * (first + s) + 1u];
+    acc += w * part[p.accOffset + (first + s) * p.headDim + d];
+  }
+  out[idx] = acc / l;
+}
+#endif
+
+#if !KV_WRITE
+#if !COMBINE
+struct Params {
+  tokens: u32,
+  nHeads: u32,
+  nKvHeads: u32,
+  headDim: u32,
+  maxContext: u32,
+  startPos: u32,
+  window: u32,
+  splits: u32,
+  splitLen: u32,
+  scale: f32,
+  direct: u32,
+  accOffset: u32,
+}
+
+// Largest head dimension (checked on the host).
+const MAX_D: u32 = 256u;
+const NEG_BIG: f32 = -3.4e38;
+
+override WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// q: [T, nHeads * headDim] (after RoPE).
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+// Bindings 2 and 3, kCache and vCache, are declared by each variant.
+// out: [T, nHeads * headDim], written when direct = 1.
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// part: split partials (see COMBINE), written when direct = 0.
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+
+struct Item {
+  row: u32,
+  cacheBase: u32, // index of the kv head's position 0 in the caches
+  begin: u32,
+  end: u32,
+}
+
+fn item(i: u32) -> Item {
+  let s = i % p.splits;
+  let row = i / p.splits;
+  let h = row % p.nHeads;
+  let t = row / p.nHeads;
+  let pos = p.startPos + t;
+  var lo = 0u;
+  if (p.window > 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
+  let kvh = h / (p.nHeads / p.nKvHeads);
+  return Item(row, kvh * p.maxContext * p.headDim, max(lo, s * p.splitLen), min(pos + 1u, (s + 1u) * p.splitLen));
+}
+
+#if SPLIT_SW
+// The head dimension in vec4s, as a pipeline constant so the compiler can unroll the dim
+// loops and keep qv/acc in registers (2-3x faster on lavapipe than a runtime bound).
+override HD4: u32 = 16u;
+
+@group(0) @binding(2) var<storage, read> kCache4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> vCache4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= p.tokens * p.nHeads * p.splits) { return; }
+  let it = item(i);
+  var qv: array<vec4<f32>, MAX_D / 4u>;
+  var acc: array<vec4<f32>, MAX_D / 4u>;
+  for (var d = 0u; d < HD4; d++) {
+    let b = it.row * HD4 * 4u + d * 4u;
+    qv[d] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * p.scale;
+    acc[d] = vec4(0.0);
+  }
+  var m = NEG_BIG;
+  var l = 0.0;
+  let cacheBase4 = it.cacheBase / 4u;
+  for (var j = it.begin; j < it.end; j++) {
+    let base = cacheBase4 + j * HD4;
+    var s4 = vec4(0.0);
+    for (var d = 0u; d < HD4; d++) { s4 += qv[d] * kCache4[base + d]; }
+    let s = s4.x + s4.y + s4.z + s4.w;
+    if (s > m) {
+      let corr = exp(m - s);
+      l *= corr;
+      for (var d = 0u; d < HD4; d++) { acc[d] *= corr; }
+      m = s;
+    }
+    let w = exp(s - m);
+    l += w;
+    for (var d = 0u; d < HD4; d++) { acc[d] += w * vCache4[base + d]; }
+  }
+  let D = HD4 * 4u;
+  if (p.direct == 1u) {
+    for (var d = 0u; d < D; d++) { out[it.row * D + d] = acc[d / 4u][d % 4u] / l; }
+  } else {
+    part[2u * i] = m;
+    part[2u * i + 1u] = l;
+    for (var d = 0u; d < D; d++) { part[p.accOffset + i * D + d] = acc[d / 4u][d % 4u]; }
+  }
+}
+#endif
+
+#if SPLIT_GPU
+// Each thread owns output dims lid, lid + WG, ... (at most ACC of them: headDim <= ACC * WG).
+const ACC: u32 = 4u;
+
+@group(0) @binding(2) var<storage, read> kCache: array<f32>;
+@group(0) @binding(3) var<storage, read> vCache: array<f32>;
+
+var<workgroup> qs: array<f32, MAX_D>;
+var<workgroup> probs: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = wg.x + wg.y * nwg.x;
+  if (i >= p.tokens * p.nHeads * p.splits) { return; }
+  let it = item(i);
+  let D = p.headDim;
+  for (var d = lid; d < D; d += WG) { qs[d] = q[it.row * D + d] * p.scale; }
+  workgroupBarrier();
+  var m = NEG_BIG;
+  var l = 0.0;
+  var acc: array<f32, ACC>;
+  for (var c = it.begin; c < it.end; c += WG) {
+    let j = c + lid;
+    var s = NEG_BIG;
+    if (j < it.end) {
+      let base = it.cacheBase + j * D;
+      s = 0.0;
+      for (var d = 0u; d < D; d++) { s += qs[d] * kCache[base + d]; }
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+      if (lid < st) { red[lid] = max(red[lid], red[lid + st]); }
+      workgroupBarrier();
+    }
+    let mNew = max(m, red[0]);
+    workgroupBarrier();
+    var w = 0.0;
+    if (j < it.end) { w = exp(s - mNew); }
+    probs[lid] = w;
+    red[lid] = w;
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+      if (lid < st) { red[lid] += red[lid + st]; }
+      workgroupBarrier();
+    }
+    let corr = exp(m - mNew);
+    l = l * corr + red[0];
+    m = mNew;
+    let n = min(WG, it.end - c);
+    for (var a = 0u; a < ACC; a++) {
+      let d = lid + a * WG;
+      if (d < D) {
+        var sum = acc[a] * corr;
+        for (var jj = 0u; jj < n; jj++) { sum += probs[jj] * vCache[it.cacheBase + (c + jj) * D + d]; }
+        acc[a] = sum;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (p.direct == 1u) {
+    for (var a = 0u; a < ACC; a++) {
+      let d = lid + a * WG;
+      if (d < D) { out[it.row * D + d] = acc[a] / l; }
+    }
+  } else {
+    if (lid == 0u) {
+      part[2u * i] = m;
+      part[2u * i + 1u] = l;
+    }
+    for (var a = 0u; a < ACC; a++) {
+      let d = lid + a * WG;
+      if (d < D) { part[p.accOffset + i * D + d] = acc[a]; }
+    }
+  }
+}
+#endif
+#endif
+#endif

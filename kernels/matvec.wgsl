@@ -1,0 +1,175 @@
+// Matrix-vector product for one token (decode's hot path), over one row chunk of W:
+//   y[colOffset + r] (+)= sum_k x[k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows).
+// W is the chunk's rows, row-major [rows, K], in f32 or in bf16/f16 packed two per u32 from the
+// chunk's own element 0 (element e in word e >> 1, low half when e is even); 16-bit weights are
+// unpacked here, so no shader-f16 is needed.
+// Defines: WBF16 / WF16 (weight format; both imply W16; neither = f32), VEC (K % 8 == 0: eight
+// weights per load), XU (x read from a uniform buffer; VEC only), BIAS, ACC (y += rather than y =),
+// GPU (TPR threads per row reducing through workgroup memory; else one thread per 4 rows, no barriers).
+// Bindings: 0 params, 1 W chunk, 2 x [K] f32, 3 y [N] f32, 4 bias [N] f32 (BIAS only).
+
+struct Params {
+  K: u32,
+  rows: u32,
+  colOffset: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+#if W16
+#if VEC
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+#else
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+#endif
+#else
+#if VEC
+@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
+#else
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+#endif
+#endif
+
+#if XU
+// Uniform arrays need 16-byte elements; 4096 vec4 = the 64 KiB uniform binding limit.
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
+#else
+#if VEC
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#else
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+#endif
+#endif
+
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+#if WBF16
+fn unpack2(v: u32) -> vec2<f32> {
+  return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
+}
+#endif
+#if WF16
+fn unpack2(v: u32) -> vec2<f32> {
+  return unpack2x16float(v);
+}
+#endif
+
+struct Oct {
+  a: vec4<f32>,
+  b: vec4<f32>,
+}
+
+#if VEC
+// Eight weights starting at element 8 * c of the chunk.
+fn w8(c: u32) -> Oct {
+#if W16
+  let q = w[c];
+  return Oct(vec4<f32>(unpack2(q.x), unpack2(q.y)), vec4<f32>(unpack2(q.z), unpack2(q.w)));
+#else
+  return Oct(w[2u * c], w[2u * c + 1u]);
+#endif
+}
+
+fn x8(c: u32) -> Oct {
+  return Oct(x[2u * c], x[2u * c + 1u]);
+}
+
+fn dot8(a: Oct, b: Oct) -> f32 {
+  return dot(a.a, b.a) + dot(a.b, b.b);
+}
+#else
+fn w1(e: u32) -> f32 {
+#if W16
+  let v = unpack2(w[e >> 1u]);
+  return select(v.x, v.y, (e & 1u) == 1u);
+#else
+  return w[e];
+#endif
+}
+#endif
+
+fn store(r: u32, v: f32) {
+  let i = p.colOffset + r;
+  var o = v;
+#if BIAS
+  o += bias[i];
+#endif
+#if ACC
+  o += y[i];
+#endif
+  y[i] = o;
+}
+
+#if GPU
+override TPR: u32 = 32u; // threads per row, a power of two
+override RPW: u32 = 8u;  // rows per workgroup
+
+var<workgroup> red: array<f32, TPR * RPW>;
+
+@compute @workgroup_size(TPR * RPW)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let lane = lid % TPR;
+  let r = (wg.x + wg.y * nwg.x) * RPW + lid / TPR;
+  let rr = min(r, p.rows - 1u);
+  var s = 0.0;
+#if VEC
+  let kc = p.K / 8u;
+  // Neighbouring threads read neighbouring 16- or 32-byte pieces of the row: coalesced.
+  for (var c = lane; c < kc; c += TPR) {
+    s += dot8(w8(rr * kc + c), x8(c));
+  }
+#else
+  for (var k = lane; k < p.K; k += TPR) {
+    s += w1(rr * p.K + k) * x[k];
+  }
+#endif
+  red[lid] = s;
+  workgroupBarrier();
+  for (var h = TPR / 2u; h > 0u; h >>= 1u) {
+    if (lane < h) { red[lid] += red[lid + h]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && r < p.rows) { store(r, red[lid]); }
+}
+#else
+override WG: u32 = 64u;
+
+// Four rows per thread: x is loaded once for four rows (+45-60% on lavapipe).
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let r0 = (gid.x + gid.y * nwg.x * WG) * 4u;
+  if (r0 >= p.rows) { return; }
+  let last = p.rows - 1u;
+  let r1 = min(r0 + 1u, last);
+  let r2 = min(r0 + 2u, last);
+  let r3 = min(r0 + 3u, last);
+  var s: vec4<f32>;
+#if VEC
+  let kc = p.K / 8u;
+  var a0 = 0.0;
+  var a1 = 0.0;
+  var a2 = 0.0;
+  var a3 = 0.0;
+  for (var c = 0u; c < kc; c++) {
+    let xv = x8(c);
+    a0 += dot8(w8(r0 * kc + c), xv);
+    a1 += dot8(w8(r1 * kc + c), xv);
+    a2 += dot8(w8(r2 * kc + c), xv);
+    a3 += dot8(w8(r3 * kc + c), xv);
+  }
+  s = vec4<f32>(a0, a1, a2, a3);
+#else
+  let K = p.K;
+  for (var k = 0u; k < K; k++) {
+    s += vec4<f32>(w1(r0 * K + k), w1(r1 * K + k), w1(r2 * K + k), w1(r3 * K + k)) * x[k];
+  }
+#endif
+  store(r0, s.x);
+  if (r0 + 1u <= last) { store(r0 + 1u, s.y); }
+  if (r0 + 2u <= last) { store(r0 + 2u, s.z); }
+  if (r0 + 3u <= last) { store(r0 + 3u, s.w); }
+}
+#endif

@@ -1,0 +1,35 @@
+// Named errors of the chat layer: each message says what was wrong and what to do.
+
+/** A model folder's tokenizer files are missing or malformed. */
+export class TokenizerLoadError extends Error {
+  override name = 'TokenizerLoadError';
+}
+
+/** A chat template is missing, fails to parse, or raised while rendering. */
+export class TemplateError extends Error {
+  override name = 'TemplateError';
+}
+
+/** The messages (or prompt) handed to the chat layer are malformed. */
+export class ChatInputError extends Error {
+  override name = 'ChatInputError';
+}
+
+/** A generation flag is out of range (temperature < 0, top_p outside (0, 1], ...). */
+export class GenerationConfigError extends Error {
+  override name = 'GenerationConfigError';
+}
+
+/** The prompt does not fit the session's context. */
+export class ContextLengthError extends Error {
+  override name = 'ContextLengthError';
+  constructor(
+    readonly promptTokens: number,
+    readonly maxContext: number,
+  ) {
+    super(
+      `The prompt is ${promptTokens} tokens but the context holds ${maxContext}: ` +
+        `shorten the conversation or load the model with a larger maxContext.`,
+    );
+  }
+}

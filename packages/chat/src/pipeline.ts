@@ -1,0 +1,170 @@
+// pipeline('text-generation', model): Transformers' TextGenerationPipeline over our
+// engine. Call it with a chat (list of messages) to get the chat back with the
+// assistant's reply appended, or with a string to get the continuation. One engine
+// session per pipeline: successive calls reuse the KV cache of the shared prefix, so a
+// multi-turn chat only prefills the new turn.
+
+import { directorySource, loadModel, urlSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
+import { ChatInputError, GenerationConfigError } from './errors.ts';
+import { SessionGenerator } from './generate.ts';
+import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
+import { ChatTemplates, renderPlain, validateMessages, type PLAIN_FALLBACK } from './template.ts';
+import { ChatTokenizer } from './tokenizer.ts';
+import type { ChatOutput, GenerateOptions, GenerationConfig, GenerationStats, Message, StreamEvent, TextOutput } from './types.ts';
+
+export interface PipelineOptions {
+  dtype?: LoadOptions['dtype'];
+  /** Tokens of KV cache for the conversation (default: the engine's). */
+  maxContext?: number;
+  onProgress?: LoadOptions['onProgress'];
+  gpu?: Gpu;
+  /** For models without a chat template: 'plain' concatenates message contents (see PLAIN_FALLBACK). */
+  templateFallback?: typeof PLAIN_FALLBACK;
+  /** A Jinja chat template used instead of the model's (for models that ship none). */
+  chatTemplate?: string;
+}
+
+export interface TextGenerationPipeline {
+  (input: Message[], opts?: GenerateOptions): Promise<ChatOutput>;
+  (input: string, opts?: GenerateOptions): Promise<TextOutput>;
+  /** The same generation as a stream of text deltas. */
+  stream(input: Message[] | string, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
+  /** Statistics of the latest finished (or abandoned) call. */
+  readonly lastStats: GenerationStats | undefined;
+  readonly tokenizer: ChatTokenizer;
+  readonly templates: ChatTemplates;
+  readonly model: Model;
+  /** The defaults calls start from: Transformers' own, overridden by generation_config.json. */
+  readonly generationConfig: GenerationConfig;
+  /** Frees the session and the model. */
+  dispose(): void;
+}
+
+/** The folder's files besides the weights: tokenizer, chat templates and generation defaults. */
+export interface ChatFiles {
+  tokenizer: ChatTokenizer;
+  templates: ChatTemplates;
+  generationConfig: GenerationConfig;
+}
+
+export async function loadChatFiles(source: FileSource, opts: { chatTemplate?: string } = {}): Promise<ChatFiles> {
+  const tokenizer = await ChatTokenizer.load(source);
+  const templates = opts.chatTemplate !== undefined ? new ChatTemplates({ default: opts.chatTemplate }) : await ChatTemplates.load(source, tokenizer.config);
+  const gen = await source.text('generation_config.json');
+  let generationConfig: GenerationConfig = {};
+  if (gen !== undefined) {
+    try {
+      generationConfig = parseGenerationConfigJson(JSON.parse(gen));
+    } catch (e) {
+      throw new GenerationConfigError(`${source.name}/generation_config.json is unreadable: ${(e as Error).message}`);
+    }
+  }
+  return { tokenizer, templates, generationConfig };
+}
+
+/** A path, an http(s) URL, or a FileSource as it is. */
+export function toFileSource(model: string | FileSource): FileSource {
+  if (typeof model !== 'string') return model;
+  return /^https?:\/\//.test(model) ? urlSource(model) : directorySource(model);
+}
+
+/** Loads a model folder (a path, URL or FileSource) and returns Transformers' text-generation pipeline. */
+export async function pipeline(task: 'text-generation', model: string | FileSource, opts: PipelineOptions = {}): Promise<TextGenerationPipeline> {
+  if (task !== 'text-generation') throw new ChatInputError(`Unknown task ${JSON.stringify(task)}: only 'text-generation' is supported`);
+  const source = toFileSource(model);
+  const files = await loadChatFiles(source, opts);
+  const load: LoadOptions = {};
+  if (opts.dtype !== undefined) load.dtype = opts.dtype;
+  if (opts.maxContext !== undefined) load.maxContext = opts.maxContext;
+  if (opts.onProgress !== undefined) load.onProgress = opts.onProgress;
+  if (opts.gpu !== undefined) load.gpu = opts.gpu;
+  const loaded = await loadModel(source, load);
+  return createTextGenerationPipeline(loaded, files, opts);
+}
+
+/** Serializes calls: they share one session. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  lock(): Promise<() => void> {
+    let release!: () => void;
+    const next = new Promise<void>((r) => (release = r));
+    const ready = this.tail.then(() => release);
+    this.tail = this.tail.then(() => next);
+    return ready;
+  }
+}
+
+interface Prepared {
+  ids: number[];
+  cfg: ResolvedGenerationConfig;
+  output: (reply: string) => ChatOutput | TextOutput;
+}
+
+/** The pipeline over an already loaded model (it takes ownership: dispose() frees it). */
+export function createTextGenerationPipeline(model: Model, files: ChatFiles, opts: Pick<PipelineOptions, 'templateFallback' | 'maxContext'> = {}): TextGenerationPipeline {
+  const { tokenizer, templates, generationConfig } = files;
+  const session = model.createSession(opts.maxContext !== undefined ? { maxContext: opts.maxContext } : {});
+  const generator = new SessionGenerator(session, tokenizer, model.info.vocabSize);
+  const mutex = new Mutex();
+  let disposed = false;
+
+  const prepare = (input: Message[] | string, o: GenerateOptions): Prepared => {
+    if (disposed) throw new ChatInputError('This pipeline has been disposed');
+    const cfg = resolveGenerationConfig(generationConfig, o);
+    if (typeof input === 'string') {
+      const ids = tokenizer.encode(input, { addSpecialTokens: true });
+      return { ids, cfg, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
+    }
+    validateMessages(input);
+    // Transformers' pipeline: a chat ending in an assistant message is continued, not answered.
+    const cont = o.continue_final_message ?? input[input.length - 1]!.role === 'assistant';
+    const render = { ...o, continue_final_message: cont, add_generation_prompt: o.add_generation_prompt ?? !cont };
+    const plain = templates.isEmpty && opts.templateFallback === 'plain';
+    // A template writes its own BOS and turn markers; the plain fallback needs the tokenizer's.
+    const ids = plain ? tokenizer.encode(renderPlain(input), { addSpecialTokens: true }) : tokenizer.encode(templates.render(input, tokenizer, render), { addSpecialTokens: false });
+    const output = (reply: string): ChatOutput => {
+      const last = input[input.length - 1]!;
+      const chat = cont ? [...input.slice(0, -1), { ...last, content: last.content + reply }] : [...input, { role: 'assistant' as const, content: reply }];
+      return [{ generated_text: chat }];
+    };
+    return { ids, cfg, output };
+  };
+
+  async function* stream(input: Message[] | string, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
+    const p = prepare(input, o);
+    const release = await mutex.lock();
+    try {
+      yield* generator.stream(p.ids, p.cfg, o);
+    } finally {
+      release();
+    }
+  }
+
+  const call = async (input: Message[] | string, o: GenerateOptions = {}): Promise<ChatOutput | TextOutput> => {
+    const p = prepare(input, o);
+    const release = await mutex.lock();
+    try {
+      const r = await generator.run(p.ids, p.cfg, o);
+      return p.output(r.text);
+    } finally {
+      release();
+    }
+  };
+
+  return Object.defineProperties(call, {
+    stream: { value: stream },
+    lastStats: { get: () => generator.lastResult?.stats },
+    tokenizer: { value: tokenizer },
+    templates: { value: templates },
+    model: { value: model },
+    generationConfig: { value: generationConfig },
+    dispose: {
+      value: () => {
+        if (disposed) return;
+        disposed = true;
+        session.dispose();
+        model.dispose();
+      },
+    },
+  }) as unknown as TextGenerationPipeline;
+}

@@ -1,0 +1,278 @@
+// loadModel: an HF model folder (path, URL or picked files) → weights on the GPU, and
+// sessions that run tokens through them with a KV cache.
+
+import { type ModelConfig, ConfigError } from './config.ts';
+import { type Gpu, getGpu } from './device.ts';
+import { BYTES_PER_ELEMENT, type WeightDtype } from './dtype.ts';
+import { directorySource, urlSource } from './files.ts';
+import { KernelCache } from './kernel.ts';
+import { parseConfig } from './models/family.ts';
+import type { OpContext } from './ops/context.ts';
+import { createLogitsReducer, type LogitsReducer } from './ops/logits.ts';
+import { type Checkpoint, openCheckpoint } from './safetensors.ts';
+import { Decoder } from './transformer.ts';
+import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, Session, TopK } from './types.ts';
+import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
+
+export class ModelLoadError extends Error {
+  override name = 'ModelLoadError';
+}
+
+export class ContextOverflowError extends Error {
+  override name = 'ContextOverflowError';
+}
+
+/** Tokens one prefill step runs: bounds activation memory; longer prompts take several steps. */
+const MAX_STEP_TOKENS = 256;
+/** Rows of logits kept per step when every position's logits are asked for (scoring, drafts). */
+const MAX_LOGIT_ROWS = 64;
+const DEFAULT_MAX_CONTEXT = 4096;
+
+function toSource(source: string | FileSource): FileSource {
+  if (typeof source !== 'string') return source;
+  return /^https?:\/\//.test(source) ? urlSource(source) : directorySource(source);
+}
+
+async function readConfig(src: FileSource): Promise<Record<string, unknown>> {
+  const text = await src.text('config.json');
+  if (text === undefined) throw new ModelLoadError(`no config.json in ${src.name}: is this a Hugging Face model folder?`);
+  try {
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    throw new ModelLoadError(`config.json in ${src.name} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+const SAFETENSORS_DTYPES: Record<string, WeightDtype | undefined> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+/** 'auto' follows what the checkpoint actually stores (its embedding table), then config.json. */
+function chooseDtype(opt: DtypeOption, ckpt: Checkpoint, c: ModelConfig): WeightDtype {
+  if (opt !== 'auto') return opt;
+  const stored = ckpt.has('model.embed_tokens.weight') ? ckpt.get('model.embed_tokens.weight').dtype : undefined;
+  return (stored && SAFETENSORS_DTYPES[stored]) ?? c.dtype;
+}
+
+export interface MemoryPlan {
+  weightBytes: number;
+  kvBytes: number;
+  activationBytes: number;
+  total: number;
+}
+
+export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number): MemoryPlan {
+  let weightBytes = 0;
+  for (const shape of expectedTensors(c).values()) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    weightBytes += shape.length === 2 ? n * BYTES_PER_ELEMENT[dtype] : n * 4;
+  }
+  const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
+  const T = MAX_STEP_TOKENS;
+  const perToken = 3 * c.hidden_size + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
+  const activationBytes = 4 * (T * perToken + MAX_LOGIT_ROWS * c.vocab_size);
+  return { weightBytes, kvBytes, activationBytes, total: weightBytes + kvBytes + activationBytes };
+}
+
+/** Memory the adapter can give: system RAM for a CPU-backed adapter under Node; otherwise unknown. */
+async function availableMemory(gpu: Gpu): Promise<number | undefined> {
+  const g = globalThis as { process?: { versions?: { node?: string } }; Deno?: unknown };
+  if (!gpu.info.isSoftware || !g.process?.versions?.node) return undefined;
+  const os = await import('node:os');
+  return os.totalmem();
+}
+
+const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+
+export async function loadModel(source: string | FileSource, opts: LoadOptions = {}): Promise<Model> {
+  const src = toSource(source);
+  const raw = await readConfig(src);
+  const config = parseConfig(raw);
+  const ckpt = await openCheckpoint(src);
+  const dtype = chooseDtype(opts.dtype ?? 'auto', ckpt, config);
+  const gpu = opts.gpu ?? (await getGpu());
+  const maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, config.max_position_embeddings);
+
+  const plan = planMemory(config, dtype, maxContext);
+  const available = opts.maxMemoryBytes ?? (await availableMemory(gpu));
+  if (available !== undefined && plan.total > available)
+    throw new ModelLoadError(
+      `model too large for this adapter: needs ${gib(plan.total)} (weights ${gib(plan.weightBytes)} in ${dtype}, KV cache ${gib(plan.kvBytes)} for ${maxContext} tokens) but ${gib(available)} is available; try a smaller --max-context or dtype`,
+    );
+  const rowBytes = config.hidden_size * BYTES_PER_ELEMENT[dtype];
+  if (rowBytes > gpu.info.limits.maxStorageBufferBindingSize)
+    throw new ModelLoadError(`one weight row (${rowBytes} bytes) exceeds this adapter's maxStorageBufferBindingSize (${gpu.info.limits.maxStorageBufferBindingSize})`);
+
+  gpu.device.pushErrorScope('out-of-memory');
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress);
+  const oom = await gpu.device.popErrorScope();
+  if (oom) {
+    weights.destroy();
+    throw new ModelLoadError(`the adapter ran out of memory while loading ${gib(plan.weightBytes)} of weights: ${oom.message}`);
+  }
+
+  const ctx: OpContext = {
+    device: gpu.device,
+    kernels: new KernelCache(gpu.device),
+    variant: opts.variant ?? (gpu.info.isSoftware ? 'software' : 'gpu'),
+    f16: gpu.hasF16,
+    subgroups: gpu.hasSubgroups,
+    limits: gpu.info.limits,
+  };
+  const kvBytesPerToken = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4;
+  const info: ModelInfo = {
+    modelType: config.model_type,
+    dtype,
+    weightBytes: weights.bytes,
+    kvBytesPerToken,
+    vocabSize: config.vocab_size,
+    maxPositionEmbeddings: config.max_position_embeddings,
+    bytesPerToken: plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes),
+    config,
+    variant: ctx.variant,
+  };
+  const sessions = new Set<DecoderSession>();
+  return {
+    gpu,
+    info,
+    createSession(o = {}) {
+      const s = new DecoderSession(ctx, config, weights, Math.min(o.maxContext ?? maxContext, config.max_position_embeddings), () => sessions.delete(s));
+      sessions.add(s);
+      return s;
+    },
+    dispose() {
+      for (const s of [...sessions]) s.dispose();
+      weights.destroy();
+    },
+  };
+}
+
+class DecoderSession implements Session {
+  private len = 0;
+  private decoder: Decoder;
+  private reducer: LogitsReducer;
+  private pending: GPUCommandEncoder | undefined;
+  /** Rows of logits the last step left in the logits buffer. */
+  private logitRows = 0;
+  private disposed = false;
+
+  constructor(
+    private readonly ctx: OpContext,
+    private readonly c: ModelConfig,
+    weights: DecoderWeights,
+    readonly maxContext: number,
+    private readonly onDispose: () => void,
+  ) {
+    this.decoder = new Decoder(ctx, c, weights, {
+      maxContext,
+      maxTokens: MAX_STEP_TOKENS,
+      maxLogitRows: Math.min(MAX_LOGIT_ROWS, Math.floor(ctx.limits.maxStorageBufferBindingSize / (c.vocab_size * 4))),
+    });
+    this.reducer = createLogitsReducer(ctx, this.decoder.logits, c.vocab_size);
+  }
+
+  get length(): number {
+    return this.len;
+  }
+
+  forward(tokens: ArrayLike<number>, opts: { allLogits?: boolean } = {}): void {
+    this.check();
+    const n = tokens.length;
+    if (n === 0) throw new RangeError('forward() needs at least one token');
+    if (this.len + n > this.maxContext)
+      throw new ContextOverflowError(`${this.len} cached + ${n} new tokens exceed the context of ${this.maxContext} tokens`);
+    const ids = Uint32Array.from(tokens as ArrayLike<number>);
+    for (const id of ids)
+      if (id >= this.c.vocab_size) throw new RangeError(`token id ${id} is outside the vocabulary (size ${this.c.vocab_size})`);
+    const maxRows = this.decoder.opts.maxLogitRows;
+    if (opts.allLogits && n > maxRows) throw new RangeError(`allLogits is limited to ${maxRows} tokens per forward; got ${n}`);
+    const step = this.decoder.opts.maxTokens;
+    for (let at = 0; at < n; at += step) {
+      const count = Math.min(step, n - at);
+      const last = at + count === n;
+      // ids are rewritten for each step, so the previous step must be submitted first.
+      this.flush();
+      this.ctx.device.queue.writeBuffer(this.decoder.ids, 0, ids, at, count);
+      const enc = this.ctx.device.createCommandEncoder();
+      const rows = last && opts.allLogits ? count : 1;
+      this.decoder.encode(enc, count, this.len, rows);
+      this.pending = enc;
+      this.len += count;
+      this.logitRows = rows;
+    }
+  }
+
+  async argmax(): Promise<number> {
+    this.needLogits();
+    const enc = this.takeEncoder();
+    const pass = enc.beginComputePass();
+    this.reducer.encodeArgmax(pass, (this.logitRows - 1) * this.c.vocab_size);
+    pass.end();
+    this.ctx.device.queue.submit([enc.finish()]);
+    return this.reducer.readArgmax();
+  }
+
+  async topK(k: number): Promise<TopK> {
+    this.needLogits();
+    const enc = this.takeEncoder();
+    const pass = enc.beginComputePass();
+    this.reducer.encodeTopK(pass, k, (this.logitRows - 1) * this.c.vocab_size);
+    pass.end();
+    this.ctx.device.queue.submit([enc.finish()]);
+    return this.reducer.readTopK();
+  }
+
+  async logits(row?: number): Promise<Float32Array> {
+    this.needLogits();
+    const r = row === undefined ? this.logitRows - 1 : row - (this.len - this.logitRows);
+    if (row !== undefined && (r < 0 || r >= this.logitRows))
+      throw new RangeError(`logits of position ${row} are not kept (have positions ${this.len - this.logitRows}..${this.len - 1}; forward with allLogits)`);
+    const V = this.c.vocab_size;
+    const staging = this.ctx.device.createBuffer({ size: V * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const enc = this.takeEncoder();
+    enc.copyBufferToBuffer(this.decoder.logits, r * V * 4, staging, 0, V * 4);
+    this.ctx.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = new Float32Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  truncate(length: number): void {
+    this.check();
+    if (!(Number.isInteger(length) && length >= 0 && length <= this.len)) throw new RangeError(`cannot truncate ${this.len} cached tokens to ${length}`);
+    // Stale cache rows past `length` are overwritten by the next forward and never read before.
+    this.len = length;
+    this.logitRows = 0;
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.flush();
+    this.decoder.destroy();
+    this.reducer.destroy();
+    this.onDispose();
+  }
+
+  private needLogits(): void {
+    this.check();
+    if (this.logitRows === 0) throw new Error('no logits yet: call forward() first');
+  }
+
+  private takeEncoder(): GPUCommandEncoder {
+    const enc = this.pending ?? this.ctx.device.createCommandEncoder();
+    this.pending = undefined;
+    return enc;
+  }
+
+  private flush(): void {
+    if (this.pending) this.ctx.device.queue.submit([this.pending.finish()]);
+    this.pending = undefined;
+  }
+
+  private check(): void {
+    if (this.disposed) throw new Error('session was disposed');
+  }
+}
+
+export { ConfigError };

@@ -1,0 +1,144 @@
+// Causal grouped-query attention over a KV cache (kernels/attention.wgsl).
+//
+// encode(pass, T, startPos) writes the T new k/v rows into the cache at startPos.. and
+// attends each of the T queries to cache positions 0..startPos+t (within the sliding
+// window when set). Rolling back is encoding at a smaller startPos later: stale cache
+// rows past it are never read and get overwritten.
+
+import { bindGroup, dispatch, grid } from '../kernel.ts';
+import { emptyBuffer } from '../buffers.ts';
+import { type OpContext, ParamsBuffer } from './context.ts';
+
+export class AttentionError extends Error {
+  override name = 'AttentionError';
+}
+
+export interface AttentionOptions {
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  /** Cache capacity in tokens. */
+  maxContext: number;
+  /** Multiplies q·k; default 1 / sqrt(headDim). */
+  scale?: number;
+  /** Attend only to the last `slidingWindow` positions, the query's own included (HF Mistral/Qwen2). */
+  slidingWindow?: number;
+}
+
+export interface AttentionOp {
+  encode(pass: GPUComputePassEncoder, tokens: number, startPos: number): void;
+  /** [nKvHeads, maxContext, headDim] f32. */
+  readonly kCache: GPUBuffer;
+  /** [nKvHeads, maxContext, headDim] f32. */
+  readonly vCache: GPUBuffer;
+  destroy(): void;
+}
+
+/** The kernel's private and shared arrays are sized for this. */
+export const MAX_HEAD_DIM = 256;
+
+const WG = 64;
+// Splitting policy: a split covers at least MIN_SPLIT positions and a row has at most
+// MAX_SPLITS of them. A CPU-backed adapter needs only a few dozen threads busy, and each
+// split costs it a full pass over headDim in the combine; a GPU wants hundreds of workgroups.
+const POLICY = {
+  software: { minSplit: 256, maxSplits: 32 },
+  gpu: { minSplit: 128, maxSplits: 64 },
+} as const;
+// Partials are kept for this many rows' worth of full splits: decode and short prefills
+// split fully; long prefills have enough rows to fill the device without splitting.
+const PARTIAL_ROWS_PER_HEAD = 4;
+
+/**
+ * q: [maxTokens, nHeads * headDim], k and v: [maxTokens, nKvHeads * headDim] (k after RoPE),
+ * out: [maxTokens, nHeads * headDim], all f32. maxTokens is read from q's size.
+ */
+export function createAttention(
+  ctx: OpContext,
+  opts: AttentionOptions,
+  q: GPUBuffer,
+  k: GPUBuffer,
+  v: GPUBuffer,
+  out: GPUBuffer,
+): AttentionOp {
+  const { nHeads, nKvHeads, headDim, maxContext } = opts;
+  const window = opts.slidingWindow ?? 0;
+  const scale = opts.scale ?? 1 / Math.sqrt(headDim);
+  if (!(Number.isInteger(nHeads) && Number.isInteger(nKvHeads) && nKvHeads >= 1 && nHeads % nKvHeads === 0))
+    throw new AttentionError(`nHeads (${nHeads}) must be a positive multiple of nKvHeads (${nKvHeads})`);
+  if (!(Number.isInteger(headDim) && headDim >= 4 && headDim <= MAX_HEAD_DIM && headDim % 4 === 0))
+    throw new AttentionError(`headDim ${headDim} must be a multiple of 4 in 4..${MAX_HEAD_DIM}`);
+  if (!(Number.isInteger(maxContext) && maxContext >= 1)) throw new AttentionError(`maxContext ${maxContext} must be a positive integer`);
+  if (!(Number.isInteger(window) && window >= 0)) throw new AttentionError(`slidingWindow ${window} must be a positive integer`);
+  const cacheBytes = nKvHeads * maxContext * headDim * 4;
+  const bindLimit = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
+  if (cacheBytes > bindLimit) {
+    const fits = Math.floor(bindLimit / (nKvHeads * headDim * 4));
+    throw new AttentionError(
+      `a KV cache of ${maxContext} tokens needs ${cacheBytes} bytes per layer for k (and again for v), over this device's ` +
+        `storage binding limit of ${bindLimit} bytes; use maxContext <= ${fits}`,
+    );
+  }
+  const qRow = nHeads * headDim * 4;
+  const maxTokens = Math.floor(q.size / qRow);
+  if (maxTokens < 1) throw new AttentionError('q buffer holds no token');
+  if (out.size < maxTokens * qRow) throw new AttentionError('out buffer is smaller than q');
+  const kvRow = nKvHeads * headDim * 4;
+  if (k.size < maxTokens * kvRow || v.size < maxTokens * kvRow) throw new AttentionError('k or v buffer holds fewer tokens than q');
+
+  const policy = POLICY[ctx.variant];
+  const dev = ctx.device;
+  const kCache = emptyBuffer(dev, cacheBytes, 'kCache');
+  const vCache = emptyBuffer(dev, cacheBytes, 'vCache');
+  const partialItems = nHeads * policy.maxSplits * PARTIAL_ROWS_PER_HEAD;
+  const accOffset = 2 * partialItems;
+  const part = emptyBuffer(dev, (accOffset + partialItems * headDim) * 4, 'attention partials');
+
+  const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
+  const write = ctx.kernels.get('attention', { KV_WRITE: true }, { WG });
+  const writeParams = new ParamsBuffer(dev, write);
+  const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache]);
+  const software = ctx.variant === 'software';
+  const attn = software
+    ? ctx.kernels.get('attention', { SPLIT_SW: true }, { WG, HD4: headDim / 4 })
+    : ctx.kernels.get('attention', { SPLIT_GPU: true }, { WG });
+  const attnParams = new ParamsBuffer(dev, attn);
+  const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part]);
+  const combine = ctx.kernels.get('attention', { COMBINE: true }, { WG });
+  const combineParams = new ParamsBuffer(dev, combine);
+  const combineGroup = bindGroup(dev, combine, [combineParams.buffer, part, out]);
+
+  return {
+    kCache,
+    vCache,
+    encode(pass, tokens, startPos) {
+      if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= maxTokens))
+        throw new AttentionError(`tokens ${tokens} outside 1..${maxTokens}`);
+      if (!(Number.isInteger(startPos) && startPos >= 0 && startPos + tokens <= maxContext))
+        throw new AttentionError(`positions ${startPos}..${startPos + tokens - 1} exceed the cache of ${maxContext} tokens`);
+      writeParams.set({ tokens, nKvHeads, headDim, maxContext, startPos });
+      dispatch(pass, write, writeGroup, ...grid(Math.ceil((tokens * nKvHeads * headDim) / WG), maxDim));
+
+      const rows = tokens * nHeads;
+      const length = startPos + tokens;
+      const splits = Math.max(1, Math.min(policy.maxSplits, Math.ceil(length / policy.minSplit), Math.floor(partialItems / rows)));
+      const splitLen = Math.ceil(length / splits);
+      const direct = splits === 1 ? 1 : 0;
+      attnParams.set({ tokens, nHeads, nKvHeads, headDim, maxContext, startPos, window, splits, splitLen, scale, direct, accOffset });
+      const items = rows * splits;
+      dispatch(pass, attn, attnGroup, ...grid(software ? Math.ceil(items / WG) : items, maxDim));
+      if (!direct) {
+        combineParams.set({ rows, headDim, splits, accOffset });
+        dispatch(pass, combine, combineGroup, ...grid(Math.ceil((rows * headDim) / WG), maxDim));
+      }
+    },
+    destroy() {
+      kCache.destroy();
+      vCache.destroy();
+      part.destroy();
+      writeParams.destroy();
+      attnParams.destroy();
+      combineParams.destroy();
+    },
+  };
+}

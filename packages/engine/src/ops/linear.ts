@@ -1,0 +1,173 @@
+// Linear layer y[t, n] (+)= sum_k x[t, k] * W[n, k] (+ bias[n]) with W in f32/bf16/f16, split by
+// rows into chunks that each fit one storage binding. One token uses kernels/matvec.wgsl (decode),
+// several use kernels/matmul.wgsl (prefill); each dispatches once per chunk.
+
+import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
+import { type Defines, type Kernel, grid } from '../kernel.ts';
+import { type OpContext, ParamsBuffer } from './context.ts';
+
+/** Rows [rowStart, rowStart + rows) of a weight, packed from the buffer's own element 0. */
+export interface WeightChunk {
+  buffer: GPUBuffer;
+  rowStart: number;
+  rows: number;
+}
+
+/** A [rows, cols] row-major weight (N x K for a linear layer), bf16/f16 packed two per u32. */
+export interface LinearWeight {
+  dtype: WeightDtype;
+  rows: number;
+  cols: number;
+  /** In row order, covering rows 0 .. rows-1 without gaps. */
+  chunks: WeightChunk[];
+  /** f32 [rows], added to every output row. */
+  bias?: GPUBuffer;
+}
+
+export interface LinearOptions {
+  /** y += x W^T (+ bias) instead of y = ..., to fuse a residual add. */
+  accumulate?: boolean;
+  /** Most tokens one encode may run (x and y must hold that many rows). Default 1. */
+  maxTokens?: number;
+  /** Use one kernel whatever the token count (tests, benchmarks). */
+  force?: 'matvec' | 'matmul';
+  /**
+   * Read x for the matvec through a uniform binding (faster for 16-bit weights on lavapipe).
+   * Default: when the variant is 'software', K % 8 == 0, K <= 16384, and x was created with
+   * UNIFORM usage and holds at least 64 KiB (the binding always spans 64 KiB).
+   */
+  uniformX?: boolean;
+}
+
+export interface LinearOp {
+  /** Records y = x W^T for the first `tokens` rows of x into `pass`. */
+  encode(pass: GPUComputePassEncoder, tokens: number): void;
+  destroy(): void;
+}
+
+export class LinearError extends Error {
+  override name = 'LinearError';
+}
+
+const UNIFORM_X_BYTES = 65536;
+const MATVEC_SOFTWARE_WG = 64;
+const MATVEC_GPU = { TPR: 32, RPW: 8 };
+const MATMUL_SOFTWARE_WG = 64;
+const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul.wgsl's software shape
+const MATMUL_GPU_TILE = 64;
+
+/** Checks a chunked weight: chunks in order, no gaps, each buffer large enough. */
+export function checkWeight(w: LinearWeight, what = 'weight'): void {
+  if (!(w.dtype in BYTES_PER_ELEMENT)) throw new LinearError(`${what}: unknown dtype '${w.dtype}'`);
+  if (!(Number.isInteger(w.rows) && w.rows > 0 && Number.isInteger(w.cols) && w.cols > 0)) {
+    throw new LinearError(`${what}: bad shape [${w.rows}, ${w.cols}]`);
+  }
+  let next = 0;
+  for (const [i, c] of w.chunks.entries()) {
+    if (c.rowStart !== next || !(Number.isInteger(c.rows) && c.rows > 0)) {
+      throw new LinearError(`${what}: chunk ${i} covers rows [${c.rowStart}, ${c.rowStart + c.rows}), expected to start at ${next}`);
+    }
+    const bytes = chunkBytes(w.dtype, c.rows * w.cols);
+    if (c.buffer.size < bytes) throw new LinearError(`${what}: chunk ${i} buffer has ${c.buffer.size} bytes, needs ${bytes}`);
+    next += c.rows;
+  }
+  if (next !== w.rows) throw new LinearError(`${what}: chunks cover ${next} rows of ${w.rows}`);
+}
+
+/** Bytes a chunk of `elements` weights occupies (16-bit formats padded to whole u32s). */
+export function chunkBytes(dtype: WeightDtype, elements: number): number {
+  return dtype === 'f32' ? elements * 4 : Math.ceil(elements / 2) * 4;
+}
+
+export function weightDefines(dtype: WeightDtype): Defines {
+  return { W16: dtype !== 'f32', WBF16: dtype === 'bf16', WF16: dtype === 'f16' };
+}
+
+interface Dispatch {
+  kernel: Kernel;
+  params: ParamsBuffer;
+  group: GPUBindGroup;
+  rows: number;
+}
+
+export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
+  checkWeight(w, 'linear');
+  const N = w.rows;
+  const K = w.cols;
+  const maxTokens = opts.maxTokens ?? 1;
+  if (!(Number.isInteger(maxTokens) && maxTokens > 0)) throw new LinearError(`linear: bad maxTokens ${maxTokens}`);
+  if (x.size < maxTokens * K * 4) throw new LinearError(`linear: x has ${x.size} bytes, needs ${maxTokens * K * 4} for ${maxTokens} x ${K} f32`);
+  if (y.size < maxTokens * N * 4) throw new LinearError(`linear: y has ${y.size} bytes, needs ${maxTokens * N * 4} for ${maxTokens} x ${N} f32`);
+  if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
+  const gpu = ctx.variant === 'gpu';
+  const vec = K % 8 === 0;
+  const common: Defines = { ...weightDefines(w.dtype), BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu };
+
+  const uniformOk = !gpu && vec && K * 4 <= UNIFORM_X_BYTES && (x.usage & GPUBufferUsage.UNIFORM) !== 0 && x.size >= UNIFORM_X_BYTES;
+  if (opts.uniformX && !uniformOk) {
+    throw new LinearError('linear: uniformX needs the software variant, K % 8 == 0, K <= 16384 and x with UNIFORM usage and >= 64 KiB');
+  }
+  const xu = opts.uniformX ?? uniformOk;
+
+  const build = (family: 'matvec' | 'matmul'): Dispatch[] => {
+    const defines: Defines =
+      family === 'matvec' ? { ...common, VEC: vec, XU: xu } : { ...common, VEC: vec && !gpu };
+    const constants =
+      family === 'matvec'
+        ? gpu ? { ...MATVEC_GPU } : { WG: MATVEC_SOFTWARE_WG }
+        : gpu ? {} : { WG: MATMUL_SOFTWARE_WG };
+    const kernel = ctx.kernels.get(family, defines, constants);
+    return w.chunks.map((c) => {
+      const entries: GPUBindGroupEntry[] = [
+        { binding: 1, resource: { buffer: c.buffer, size: chunkBytes(w.dtype, c.rows * K) } },
+        { binding: 2, resource: family === 'matvec' && xu ? { buffer: x, size: UNIFORM_X_BYTES } : { buffer: x } },
+        { binding: 3, resource: { buffer: y } },
+      ];
+      if (w.bias) entries.push({ binding: 4, resource: { buffer: w.bias } });
+      const params = new ParamsBuffer(ctx.device, kernel);
+      entries.push({ binding: 0, resource: { buffer: params.buffer } });
+      const group = ctx.device.createBindGroup({ layout: kernel.pipeline.getBindGroupLayout(0), entries, label: kernel.key });
+      return { kernel, params, group, rows: c.rows };
+    });
+  };
+
+  const force = opts.force;
+  const matvec = force !== 'matmul' ? build('matvec') : undefined;
+  const matmul = force !== 'matvec' && (maxTokens > 1 || force === 'matmul') ? build('matmul') : undefined;
+  const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
+
+  return {
+    encode(pass, tokens) {
+      if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= maxTokens)) {
+        throw new LinearError(`linear: tokens ${tokens} outside 1..${maxTokens}`);
+      }
+      let rowStart = 0;
+      if (matvec && (tokens === 1 || !matmul)) {
+        if (tokens !== 1) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens`);
+        for (const d of matvec) {
+          d.params.set({ K, rows: d.rows, colOffset: rowStart });
+          const groups = gpu ? Math.ceil(d.rows / MATVEC_GPU.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
+          pass.setPipeline(d.kernel.pipeline);
+          pass.setBindGroup(0, d.group);
+          pass.dispatchWorkgroups(...grid(groups, maxDim));
+          rowStart += d.rows;
+        }
+        return;
+      }
+      for (const d of matmul!) {
+        d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens });
+        const [gx, gy] = gpu
+          ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
+          : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / MATMUL_SOFTWARE_TOKENS)];
+        if (gx > maxDim || gy > maxDim) throw new LinearError(`linear: ${d.rows} rows x ${tokens} tokens exceed the dispatch limit`);
+        pass.setPipeline(d.kernel.pipeline);
+        pass.setBindGroup(0, d.group);
+        pass.dispatchWorkgroups(gx, gy);
+        rowStart += d.rows;
+      }
+    },
+    destroy() {
+      for (const d of [...(matvec ?? []), ...(matmul ?? [])]) d.params.destroy();
+    },
+  };
+}

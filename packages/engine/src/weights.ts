@@ -1,0 +1,169 @@
+// Loads a dense decoder's weights onto the GPU, once, in the layout the ops want.
+// Checkpoint fix-ups happen here and nowhere else: the tied LM head reuses the
+// embedding table, rotary_emb.inv_freq and other unused tensors are ignored.
+
+import type { ModelConfig } from './config.ts';
+import type { WeightDtype } from './dtype.ts';
+import type { LinearWeight } from './ops/linear.ts';
+import type { Checkpoint } from './safetensors.ts';
+import { type GpuTensor, UploadError, UploadProgress, destroyTensor, uploadF32, uploadTensor } from './upload.ts';
+import type { LoadProgress } from './types.ts';
+
+export interface LayerWeights {
+  inputNorm: GPUBuffer; // [hidden]
+  q: LinearWeight; // [heads * head_dim, hidden] (+ bias)
+  k: LinearWeight; // [kv_heads * head_dim, hidden] (+ bias)
+  v: LinearWeight; // [kv_heads * head_dim, hidden] (+ bias)
+  o: LinearWeight; // [hidden, heads * head_dim]
+  qNorm?: GPUBuffer; // [head_dim] (Qwen3)
+  kNorm?: GPUBuffer; // [head_dim] (Qwen3)
+  postNorm: GPUBuffer; // [hidden]
+  gate: LinearWeight; // [intermediate, hidden]
+  up: LinearWeight; // [intermediate, hidden]
+  down: LinearWeight; // [hidden, intermediate]
+}
+
+export interface DecoderWeights {
+  embed: LinearWeight; // [vocab, hidden]
+  layers: LayerWeights[];
+  norm: GPUBuffer; // [hidden]
+  lmHead: LinearWeight; // [vocab, hidden], the embedding table when tied
+  /** Bytes of GPU memory held. */
+  bytes: number;
+  destroy(): void;
+}
+
+/** Checkpoint tensor names of one layer, as Transformers saves them. */
+function layerNames(i: number, c: ModelConfig) {
+  const p = `model.layers.${i}.`;
+  const bias = (name: string, has: boolean) => (has ? `${p}${name}.bias` : undefined);
+  return {
+    inputNorm: `${p}input_layernorm.weight`,
+    postNorm: `${p}post_attention_layernorm.weight`,
+    qNorm: c.qk_norm ? `${p}self_attn.q_norm.weight` : undefined,
+    kNorm: c.qk_norm ? `${p}self_attn.k_norm.weight` : undefined,
+    linear: {
+      q: [`${p}self_attn.q_proj.weight`, bias('self_attn.q_proj', c.attention_bias)],
+      k: [`${p}self_attn.k_proj.weight`, bias('self_attn.k_proj', c.attention_bias)],
+      v: [`${p}self_attn.v_proj.weight`, bias('self_attn.v_proj', c.attention_bias)],
+      o: [`${p}self_attn.o_proj.weight`, bias('self_attn.o_proj', c.o_proj_bias)],
+      gate: [`${p}mlp.gate_proj.weight`, bias('mlp.gate_proj', c.mlp_bias)],
+      up: [`${p}mlp.up_proj.weight`, bias('mlp.up_proj', c.mlp_bias)],
+      down: [`${p}mlp.down_proj.weight`, bias('mlp.down_proj', c.mlp_bias)],
+    } as Record<'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down', [string, string | undefined]>,
+  };
+}
+
+/** Every tensor name the load reads, with the shape config.json implies. */
+export function expectedTensors(c: ModelConfig): Map<string, number[]> {
+  const h = c.hidden_size;
+  const qDim = c.num_attention_heads * c.head_dim;
+  const kvDim = c.num_key_value_heads * c.head_dim;
+  const shapes: Record<string, [number, number]> = {
+    q: [qDim, h],
+    k: [kvDim, h],
+    v: [kvDim, h],
+    o: [h, qDim],
+    gate: [c.intermediate_size, h],
+    up: [c.intermediate_size, h],
+    down: [h, c.intermediate_size],
+  };
+  const out = new Map<string, number[]>();
+  out.set('model.embed_tokens.weight', [c.vocab_size, h]);
+  for (let i = 0; i < c.num_hidden_layers; i++) {
+    const n = layerNames(i, c);
+    out.set(n.inputNorm, [h]);
+    out.set(n.postNorm, [h]);
+    if (n.qNorm) out.set(n.qNorm, [c.head_dim]);
+    if (n.kNorm) out.set(n.kNorm, [c.head_dim]);
+    for (const [key, [w, b]] of Object.entries(n.linear)) {
+      out.set(w, shapes[key]!);
+      if (b) out.set(b, [shapes[key]![0]]);
+    }
+  }
+  out.set('model.norm.weight', [h]);
+  if (!c.tie_word_embeddings) out.set('lm_head.weight', [c.vocab_size, h]);
+  return out;
+}
+
+/** Checks names and shapes before anything is uploaded, so a bad checkpoint fails fast. */
+export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig): Map<string, number[]> {
+  const expected = expectedTensors(c);
+  // Some tied checkpoints still store lm_head.weight; it is the same matrix and is not read.
+  const missing = [...expected.keys()].filter((n) => !ckpt.has(n));
+  if (missing.length)
+    throw new UploadError(
+      `checkpoint ${ckpt.source.name} lacks ${missing.length} tensor(s) the config needs, e.g. ${missing.slice(0, 3).join(', ')}`,
+    );
+  for (const [name, shape] of expected) {
+    const got = ckpt.get(name).shape;
+    if (got.length !== shape.length || got.some((d, i) => d !== shape[i]))
+      throw new UploadError(`tensor ${name} has shape [${got}] but config.json implies [${shape}]`);
+  }
+  return expected;
+}
+
+function asLinear(t: GpuTensor, bias?: GPUBuffer): LinearWeight {
+  return { dtype: t.dtype, rows: t.shape[0]!, cols: t.shape[1]!, chunks: t.chunks, ...(bias ? { bias } : {}) };
+}
+
+export async function loadDecoderWeights(
+  device: GPUDevice,
+  ckpt: Checkpoint,
+  c: ModelConfig,
+  dtype: WeightDtype,
+  onProgress?: (p: LoadProgress) => void,
+): Promise<DecoderWeights> {
+  const expected = checkCheckpoint(ckpt, c);
+  const progress = new UploadProgress(ckpt, expected.keys(), onProgress ?? (() => {}));
+  const tensors: GpuTensor[] = [];
+  const small: GPUBuffer[] = [];
+  const matrix = async (name: string) => {
+    const t = await uploadTensor(device, ckpt, name, { dtype, progress, label: name });
+    tensors.push(t);
+    return t;
+  };
+  const vector = async (name: string) => {
+    const b = await uploadF32(device, ckpt, name, { progress, label: name });
+    small.push(b);
+    return b;
+  };
+  try {
+    const embedT = await matrix('model.embed_tokens.weight');
+    const layers: LayerWeights[] = [];
+    for (let i = 0; i < c.num_hidden_layers; i++) {
+      const n = layerNames(i, c);
+      const lin = {} as Record<keyof typeof n.linear, LinearWeight>;
+      for (const [key, [w, b]] of Object.entries(n.linear) as [keyof typeof n.linear, [string, string | undefined]][]) {
+        const t = await matrix(w);
+        lin[key] = asLinear(t, b ? await vector(b) : undefined);
+      }
+      layers.push({
+        inputNorm: await vector(n.inputNorm),
+        postNorm: await vector(n.postNorm),
+        ...(n.qNorm ? { qNorm: await vector(n.qNorm) } : {}),
+        ...(n.kNorm ? { kNorm: await vector(n.kNorm) } : {}),
+        ...lin,
+      });
+    }
+    const norm = await vector('model.norm.weight');
+    const embed = asLinear(embedT);
+    const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix('lm_head.weight'));
+    const bytes = tensors.reduce((s, t) => s + t.bytes, 0) + small.reduce((s, b) => s + b.size, 0);
+    return {
+      embed,
+      layers,
+      norm,
+      lmHead,
+      bytes,
+      destroy() {
+        tensors.forEach(destroyTensor);
+        small.forEach((b) => b.destroy());
+      },
+    };
+  } catch (e) {
+    tensors.forEach(destroyTensor);
+    small.forEach((b) => b.destroy());
+    throw e;
+  }
+}

@@ -1,0 +1,120 @@
+import { describe, expect, it } from 'vitest';
+import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
+import { roundTo, type WeightDtype } from '../src/dtype.ts';
+import type { Variant } from '../src/ops/context.ts';
+import { createLinear, LinearError } from '../src/ops/linear.ts';
+import { expectClose, randomArray, testGpu } from './harness.ts';
+import { makeWeight, opContext } from './weights-helper.ts';
+
+/** float64 reference on the weights as stored: y[t, n] = y0[t, n] + sum_k x[t, k] W[n, k] + bias[n]. */
+function linearRef(x: Float32Array, w: Float64Array, T: number, N: number, K: number, bias?: Float32Array, y0?: Float32Array): Float64Array {
+  const y = new Float64Array(T * N);
+  for (let t = 0; t < T; t++) {
+    for (let n = 0; n < N; n++) {
+      let s = (bias?.[n] ?? 0) + (y0?.[t * N + n] ?? 0);
+      for (let k = 0; k < K; k++) s += x[t * K + k]! * w[n * K + k]!;
+      y[t * N + n] = s;
+    }
+  }
+  return y;
+}
+
+interface Case {
+  N: number;
+  K: number;
+  T: number;
+  split?: number[];
+  bias?: boolean;
+  acc?: boolean;
+  uniformX?: boolean;
+}
+
+const cases: Case[] = [
+  { N: 1, K: 1, T: 1 },
+  { N: 5, K: 1, T: 7 },
+  { N: 37, K: 13, T: 1 },
+  { N: 37, K: 13, T: 7, bias: true },
+  { N: 70, K: 64, T: 1, bias: true, acc: true },
+  { N: 70, K: 64, T: 33, acc: true },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27] },
+  { N: 131, K: 96, T: 33, split: [43, 61, 27], bias: true },
+  { N: 67, K: 29, T: 7, split: [3, 64] },
+  { N: 67, K: 29, T: 1, split: [3, 64], acc: true },
+  { N: 300, K: 200, T: 1, uniformX: true, bias: true },
+  { N: 129, K: 72, T: 70 },
+];
+
+describe('linear', () => {
+  for (const variant of ['software', 'gpu'] as Variant[]) {
+    for (const dtype of ['f32', 'bf16', 'f16'] as WeightDtype[]) {
+      for (const c of cases) {
+        if (c.uniformX && variant === 'gpu') continue;
+        const { N, K, T } = c;
+        const desc = `${variant} ${dtype} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.uniformX ? ' uniform-x' : ''}`;
+        it(`matches the float64 reference: ${desc}`, async () => {
+          const gpu = await testGpu();
+          const ctx = opContext(gpu, variant);
+          const seed = N * 1000 + K * 10 + T;
+          const wf = randomArray(N * K, seed, 0.5);
+          const weight = makeWeight(gpu.device, wf, N, K, dtype, c.split);
+          const bias = c.bias ? randomArray(N, seed + 1) : undefined;
+          if (bias) weight.bias = bufferFrom(gpu.device, bias);
+          const x = randomArray(T * K, seed + 2, 2);
+          const y0 = randomArray(T * N, seed + 3);
+          const xBuf = c.uniformX
+            ? gpu.device.createBuffer({ size: 65536, usage: storageUsage() | GPUBufferUsage.UNIFORM })
+            : bufferFrom(gpu.device, x);
+          if (c.uniformX) gpu.device.queue.writeBuffer(xBuf, 0, x);
+          const yBuf = bufferFrom(gpu.device, y0);
+          const op = createLinear(ctx, weight, xBuf, yBuf, {
+            maxTokens: T,
+            ...(c.acc ? { accumulate: true } : {}),
+            ...(c.uniformX ? { uniformX: true } : {}),
+          });
+          const enc = gpu.device.createCommandEncoder();
+          const pass = enc.beginComputePass();
+          op.encode(pass, T);
+          pass.end();
+          gpu.device.queue.submit([enc.finish()]);
+          const want = linearRef(x, roundTo(wf, dtype), T, N, K, bias, c.acc ? y0 : undefined);
+          expectClose(await readF32(gpu.device, yBuf, T * N), want, { relL2: 1e-5 }, desc);
+          op.destroy();
+        });
+      }
+    }
+  }
+
+  it('runs both kernels on one op: matvec for 1 token, matmul for more', async () => {
+    const gpu = await testGpu();
+    const ctx = opContext(gpu, 'software');
+    const [N, K, T] = [40, 16, 5];
+    const wf = randomArray(N * K, 9);
+    const x = randomArray(T * K, 10);
+    const xBuf = bufferFrom(gpu.device, x);
+    const yBuf = bufferFrom(gpu.device, new Float32Array(T * N));
+    const op = createLinear(ctx, makeWeight(gpu.device, wf, N, K, 'bf16', [24, 16]), xBuf, yBuf, { maxTokens: T });
+    const w = roundTo(wf, 'bf16');
+    for (const tokens of [T, 1]) {
+      const enc = gpu.device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      op.encode(pass, tokens);
+      pass.end();
+      gpu.device.queue.submit([enc.finish()]);
+      expectClose(await readF32(gpu.device, yBuf, tokens * N), linearRef(x, w, tokens, N, K), { relL2: 1e-5 }, `${tokens} tokens`);
+    }
+  });
+
+  it('rejects bad shapes with a LinearError', async () => {
+    const gpu = await testGpu();
+    const ctx = opContext(gpu, 'software');
+    const w = makeWeight(gpu.device, randomArray(8 * 4, 1), 8, 4, 'f32', [3, 5]);
+    const x = bufferFrom(gpu.device, new Float32Array(8));
+    const y = bufferFrom(gpu.device, new Float32Array(16));
+    expect(() => createLinear(ctx, { ...w, chunks: [w.chunks[1]!] }, x, y)).toThrow(LinearError);
+    expect(() => createLinear(ctx, w, x, y, { maxTokens: 3 })).toThrow(LinearError);
+    const op = createLinear(ctx, w, x, y, { maxTokens: 2 });
+    const pass = gpu.device.createCommandEncoder().beginComputePass();
+    expect(() => op.encode(pass, 3)).toThrow(LinearError);
+    pass.end();
+  });
+});
