@@ -40,6 +40,8 @@ export class Decoder {
   private readonly body: Encodable[] = [];
   private readonly head: Encodable[] = [];
   private readonly owned: GPUBuffer[] = [];
+  /** Ops referenced from several steps, destroyed once. */
+  private readonly owners: { destroy(): void }[] = [];
   private readonly attention: AttentionOp[] = [];
 
   constructor(
@@ -86,6 +88,10 @@ export class Decoder {
     });
     const heads = { nHeads: c.num_attention_heads, nKvHeads: c.num_key_value_heads, headDim: c.head_dim };
 
+    // q and k are the same buffers in every layer, so one RoPE op serves them all.
+    const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k);
+    const ropeStep = stepOp((pass, tokens, startPos) => rope.encode(pass, tokens, startPos));
+    this.owners.push(rope);
     this.body.push(perToken(createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
     w.layers.forEach((L, i) => {
       this.body.push(perToken(createRmsNorm(ctx, this.hidden, L.inputNorm, normed, h, c.rms_norm_eps)));
@@ -96,8 +102,7 @@ export class Decoder {
         this.body.push(perToken(createRmsNorm(ctx, qRaw, L.qNorm!, q, c.head_dim, c.rms_norm_eps), c.num_attention_heads));
         this.body.push(perToken(createRmsNorm(ctx, kRaw, L.kNorm!, k, c.head_dim, c.rms_norm_eps), c.num_key_value_heads));
       }
-      const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k);
-      this.body.push(stepOp((pass, tokens, startPos) => rope.encode(pass, tokens, startPos), () => rope.destroy()));
+      this.body.push(ropeStep);
       const window = c.layer_windows[i] ?? 0;
       const attn = createAttention(ctx, { ...heads, maxContext: opts.maxContext, ...(window ? { slidingWindow: window } : {}) }, q, k, v, attnOut);
       this.attention.push(attn);
@@ -136,7 +141,7 @@ export class Decoder {
   }
 
   destroy(): void {
-    for (const op of [...this.body, ...this.head]) op.destroy();
+    for (const op of [...this.body, ...this.head, ...this.owners]) op.destroy();
     for (const b of this.owned) b.destroy();
   }
 }

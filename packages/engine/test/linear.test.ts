@@ -64,7 +64,7 @@ describe('linear', () => {
           const xBuf = c.uniformX
             ? gpu.device.createBuffer({ size: 65536, usage: storageUsage() | GPUBufferUsage.UNIFORM })
             : bufferFrom(gpu.device, x);
-          if (c.uniformX) gpu.device.queue.writeBuffer(xBuf, 0, x);
+          if (c.uniformX) gpu.device.queue.writeBuffer(xBuf, 0, x.buffer, x.byteOffset, x.byteLength);
           const yBuf = bufferFrom(gpu.device, y0);
           const op = createLinear(ctx, weight, xBuf, yBuf, {
             maxTokens: T,

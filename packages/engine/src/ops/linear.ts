@@ -3,7 +3,7 @@
 // several use kernels/matmul.wgsl (prefill); each dispatches once per chunk.
 
 import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
-import { type Defines, type Kernel, grid } from '../kernel.ts';
+import { type Constants, type Defines, type Kernel, grid } from '../kernel.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 
 /** Rows [rowStart, rowStart + rows) of a weight, packed from the buffer's own element 0. */
@@ -112,7 +112,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
   const build = (family: 'matvec' | 'matmul'): Dispatch[] => {
     const defines: Defines =
       family === 'matvec' ? { ...common, VEC: vec, XU: xu } : { ...common, VEC: vec && !gpu };
-    const constants =
+    const constants: Constants =
       family === 'matvec'
         ? gpu ? { ...MATVEC_GPU } : { WG: MATVEC_SOFTWARE_WG }
         : gpu ? {} : { WG: MATMUL_SOFTWARE_WG };
