@@ -7,17 +7,19 @@
 // lower index, so exactly k elements have a key >= the k-th largest key, found 8 bits at a time.
 // The selection only looks at keys >= floorHi, a lower bound of the k-th largest: each thread of
 // STATS takes the max of a disjoint subset, so when at least k threads saw elements, at least k
-// elements are >= the smallest of those maxima. Most of the row then costs one compare per pass.
+// elements are >= the smallest of those maxima. PREFILTER lists the indices of keys >= floorHi;
+// when they fit in FILT_CAP, the selection passes run over that list instead of the whole row.
 // Each pass is one pipeline, chosen by define:
 //   STATS   workgroup b over [b*blockLen, (b+1)*blockLen): max, its first index, sum exp(x - max),
 //           smallest per-thread max -> blocks[b]
 //   REDUCE  one workgroup: combines blocks -> res[0..2]; resets the selection state, sets floorHi
+//   PREFILTER appends the indices of keys >= floorHi to filt (counting past FILT_CAP)
 //   HIST    (override D = digit 0..6) histogram of digit D of the keys whose higher digits equal the prefix so far
 //   SCAN    (D) one thread: picks the bucket holding the k-th largest key, extends the prefix
 //   COMPACT appends the k elements whose key >= the selected key to cand (in any order)
 //   SORT    one workgroup: bitonic sort of the k candidates -> res ids and logits
 // Bindings (each pass declares the ones it uses): 0 params, 1 logits f32, 2 blocks, 3 res u32,
-// 4 sel (selection state and histograms), 5 cand [256] (key hi, index).
+// 4 sel (selection state and histograms), 5 cand [256] (key hi, index), 6 filt [FILT_CAP] indices.
 
 struct Params {
   vocab: u32,
@@ -40,11 +42,13 @@ struct Sel {
   kRem: u32,
   floorHi: u32,
   count: atomic<u32>,
+  filtered: atomic<u32>,
   hist: array<atomic<u32>, 1792>, // 7 digits x 256 buckets
 }
 
 const NONE = 0xffffffffu;
 const MAXK = 256u;
+const FILT_CAP = 16384u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -162,6 +166,25 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     sel.prefixLo = 0u;
     sel.kRem = p.k;
     atomicStore(&sel.count, 0u);
+    atomicStore(&sel.filtered, 0u);
+  }
+}
+#endif
+
+#if PREFILTER
+override WG: u32 = 64u;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sel: Sel;
+@group(0) @binding(6) var<storage, read_write> filt: array<u32, FILT_CAP>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let floor = sel.floorHi;
+  for (var i = gid.x + gid.y * nwg.x * WG; i < p.vocab; i += nwg.x * nwg.y * WG) {
+    if (key_hi(logits[p.rowOffset + i]) >= floor) {
+      let slot = atomicAdd(&sel.filtered, 1u);
+      if (slot < FILT_CAP) { filt[slot] = i; }
+    }
   }
 }
 #endif
@@ -171,18 +194,20 @@ override WG: u32 = 64u;
 override D: u32 = 0u;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sel: Sel;
+@group(0) @binding(6) var<storage, read> filt: array<u32, FILT_CAP>;
 var<workgroup> hist: array<atomic<u32>, 256>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   for (var i = lid; i < 256u; i += WG) { atomicStore(&hist[i], 0u); }
   workgroupBarrier();
-  let b = wg.x + wg.y * nwg.x;
-  let start = b * p.blockLen;
-  let end = min(start + p.blockLen, p.vocab);
   let ph = sel.prefixHi;
   let pl = sel.prefixLo;
   let floor = sel.floorHi;
+  // The prefiltered list when it fit, else the whole row.
+  let nf = atomicLoad(&sel.filtered);
+  let useList = nf <= FILT_CAP;
+  let n = select(p.vocab, nf, useList);
   // Masks of the digits already chosen (none for D = 0 and D = 4).
   // `let d` is a runtime value: shifts and differences that would overflow for other digits are
   // not evaluated as override expressions at pipeline creation.
@@ -194,7 +219,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   } else {
     maskLo = ~(0xffffffu >> (8u * (d - 4u))) & 0xffffffu;
   }
-  for (var i = start + lid; i < end; i += WG) {
+  for (var j = (wg.x + wg.y * nwg.x) * WG + lid; j < n; j += nwg.x * nwg.y * WG) {
+    var i = j;
+    if (useList) { i = filt[j]; }
     let hi = key_hi(logits[p.rowOffset + i]);
     let lo = key_lo(i);
     if (hi < floor || (hi & maskHi) != ph || (lo & maskLo) != pl) { continue; }
@@ -239,12 +266,18 @@ override WG: u32 = 64u;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sel: Sel;
 @group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>, MAXK>;
+@group(0) @binding(6) var<storage, read> filt: array<u32, FILT_CAP>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let ph = sel.prefixHi;
   let pl = sel.prefixLo;
-  for (var i = gid.x + gid.y * nwg.x * WG; i < p.vocab; i += nwg.x * nwg.y * WG) {
+  let nf = atomicLoad(&sel.filtered);
+  let useList = nf <= FILT_CAP;
+  let n = select(p.vocab, nf, useList);
+  for (var j = gid.x + gid.y * nwg.x * WG; j < n; j += nwg.x * nwg.y * WG) {
+    var i = j;
+    if (useList) { i = filt[j]; }
     let hi = key_hi(logits[p.rowOffset + i]);
     if (hi > ph || (hi == ph && key_lo(i) >= pl)) {
       let slot = atomicAdd(&sel.count, 1u);

@@ -3,8 +3,8 @@
 // x is [tokens, K] f32, y is [tokens, N] f32 (row stride N, this chunk writes columns
 // colOffset .. colOffset + rows). W is laid out as in matvec.wgsl: the chunk's rows, row-major
 // [rows, K], f32 or bf16/f16 packed two per u32 from the chunk's own element 0.
-// Defines: WBF16 / WF16 (both imply W16; neither = f32), VEC (K % 8 == 0; software shape only,
-// the GPU tiles load single elements),
+// Defines: WBF16 / WF16 (both imply W16; neither = f32), VEC (K % 4 == 0: four weights per load;
+// software shape only, the GPU tiles load single elements),
 // BIAS, ACC (y += rather than y =), GPU (64x64 output tiles through workgroup memory; else each
 // thread computes 4 rows x 4 tokens, so each weight load serves 4 tokens and each x load 4 rows).
 // Bindings: 0 params, 1 W chunk, 2 x [tokens, K] f32, 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only).
@@ -21,7 +21,7 @@ struct Params {
 
 #if W16
 #if VEC
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;
 #else
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 #endif
@@ -54,28 +54,15 @@ fn unpack2(v: u32) -> vec2<f32> {
 }
 #endif
 
-struct Oct {
-  a: vec4<f32>,
-  b: vec4<f32>,
-}
-
 #if VEC
-// Eight weights starting at element 8 * c of the chunk.
-fn w8(c: u32) -> Oct {
+// Four weights starting at element 4 * c of the chunk.
+fn w4(c: u32) -> vec4<f32> {
 #if W16
   let q = w[c];
-  return Oct(vec4<f32>(unpack2(q.x), unpack2(q.y)), vec4<f32>(unpack2(q.z), unpack2(q.w)));
+  return vec4<f32>(unpack2(q.x), unpack2(q.y));
 #else
-  return Oct(w[2u * c], w[2u * c + 1u]);
+  return w[c];
 #endif
-}
-
-fn x8(c: u32) -> Oct {
-  return Oct(x[2u * c], x[2u * c + 1u]);
-}
-
-fn dot8(a: Oct, b: Oct) -> f32 {
-  return dot(a.a, b.a) + dot(a.b, b.b);
 }
 #else
 fn w1(e: u32) -> f32 {
@@ -151,12 +138,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 #else
 override WG: u32 = 64u;
 
-// 4 rows x 4 tokens per thread in named accumulators: lavapipe keeps them in registers, where a
-// private array indexed in a loop goes through memory.
+// 4 rows x 4 tokens per thread in named accumulators, four k per step: lavapipe keeps them in
+// registers (a private array indexed in a loop goes through memory, and eight k per step spills).
+// Tokens come from workgroup_id so x's addresses are uniform across the workgroup.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let r0 = gid.x * 4u;
-  let t0 = gid.y * 4u;
+  let t0 = wg.y * 4u;
   if (r0 >= p.rows || t0 >= p.tokens) { return; }
   let last = p.rows - 1u;
   let r1 = min(r0 + 1u, last);
@@ -172,20 +160,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var a2: vec4<f32>;
   var a3: vec4<f32>;
 #if VEC
-  let kc = p.K / 8u;
+  let kc = p.K / 4u;
   for (var c = 0u; c < kc; c++) {
-    let wa = w8(r0 * kc + c);
-    let wb = w8(r1 * kc + c);
-    let wc = w8(r2 * kc + c);
-    let wd = w8(r3 * kc + c);
-    let x0 = x8(t0 * kc + c);
-    a0 += vec4<f32>(dot8(wa, x0), dot8(wb, x0), dot8(wc, x0), dot8(wd, x0));
-    let x1 = x8(t1 * kc + c);
-    a1 += vec4<f32>(dot8(wa, x1), dot8(wb, x1), dot8(wc, x1), dot8(wd, x1));
-    let x2 = x8(t2 * kc + c);
-    a2 += vec4<f32>(dot8(wa, x2), dot8(wb, x2), dot8(wc, x2), dot8(wd, x2));
-    let x3 = x8(t3 * kc + c);
-    a3 += vec4<f32>(dot8(wa, x3), dot8(wb, x3), dot8(wc, x3), dot8(wd, x3));
+    let wa = w4(r0 * kc + c);
+    let wb = w4(r1 * kc + c);
+    let wc = w4(r2 * kc + c);
+    let wd = w4(r3 * kc + c);
+    let x0 = x[t0 * kc + c];
+    a0 += vec4<f32>(dot(wa, x0), dot(wb, x0), dot(wc, x0), dot(wd, x0));
+    let x1 = x[t1 * kc + c];
+    a1 += vec4<f32>(dot(wa, x1), dot(wb, x1), dot(wc, x1), dot(wd, x1));
+    let x2 = x[t2 * kc + c];
+    a2 += vec4<f32>(dot(wa, x2), dot(wb, x2), dot(wc, x2), dot(wd, x2));
+    let x3 = x[t3 * kc + c];
+    a3 += vec4<f32>(dot(wa, x3), dot(wb, x3), dot(wc, x3), dot(wd, x3));
   }
 #else
   let K = p.K;

@@ -1,6 +1,7 @@
 // A local stand-in for the Hugging Face Hub on 127.0.0.1, answering the requests that
 // @huggingface/hub (and Python's huggingface_hub) make to download a model:
 //   GET  /api/models/ORG/NAME[/revision/REV]   repo info with sha and siblings
+//   GET  /api/models/ORG/NAME/tree/REV         the file list (Python's snapshot_download)
 //   GET|HEAD /ORG/NAME/resolve/REV/FILE        the file, with ETag (git blob sha1, or the
 //        sha256 as X-Linked-Etag for "LFS" files), X-Repo-Commit, Content-Length, Range
 // A gated repo answers 401 on resolve, a missing one 404 everywhere; a file can be set to
@@ -79,6 +80,23 @@ export async function startFakeHub(repos: Record<string, FakeRepo>): Promise<Fak
         pipeline_tag: 'text-generation',
         siblings: Object.keys(repo.files).map((rfilename) => ({ rfilename })),
       });
+    }
+    // Python's snapshot_download lists the tree before fetching files.
+    const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/.exec(path);
+    if (tree) {
+      const repo = hub.repos.get(tree[1]!);
+      if (!repo || (tree[2] !== 'main' && tree[2] !== repo.commit)) return notFound(res);
+      return sendJson(
+        res,
+        200,
+        Object.entries(repo.files).map(([p, data]) => ({
+          type: 'file',
+          path: p,
+          size: data.byteLength,
+          oid: gitBlobSha1(data),
+          ...(p.endsWith('.safetensors') ? { lfs: { oid: sha256(data), size: data.byteLength, pointerSize: 134 } } : {}),
+        })),
+      );
     }
     const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(path);
     if (!resolve) return sendJson(res, 404, { error: `no route ${path}` });

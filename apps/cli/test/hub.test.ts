@@ -1,6 +1,6 @@
 // Hub downloads against a local fake Hub (HF_ENDPOINT → 127.0.0.1): the cache layout
 // Python's huggingface_hub uses, reuse without requests, offline mode, resuming, errors.
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -255,15 +255,16 @@ describe.skipIf(!havePython)('interoperates with Python huggingface_hub', () => 
 
   it('we reuse a download made by Python, with no request', async () => {
     const env = freshEnv();
-    const py = spawnSync(
-      python,
-      [
-        '-c',
-        "from huggingface_hub import snapshot_download; print(snapshot_download('tiny-org/single', allow_patterns=['*.json', '*.safetensors']))",
-      ],
-      { encoding: 'utf8', env: { ...process.env, HF_HUB_CACHE: env.cacheDir, HF_ENDPOINT: hub.url, HF_HUB_DISABLE_PROGRESS_BARS: '1', HF_HUB_DISABLE_TELEMETRY: '1' } },
-    );
-    expect(py.status, py.stderr).toBe(0);
+    // Asynchronously: the fake Hub answering Python lives in this process.
+    const py = await new Promise<{ code: number; stdout: string; stderr: string }>((res) => {
+      execFile(
+        python,
+        ['-c', "from huggingface_hub import snapshot_download; print(snapshot_download('tiny-org/single', allow_patterns=['*.json', '*.safetensors']))"],
+        { encoding: 'utf8', env: { ...process.env, HF_HUB_CACHE: env.cacheDir, HF_ENDPOINT: hub.url, HF_HUB_DISABLE_PROGRESS_BARS: '1', HF_HUB_DISABLE_TELEMETRY: '1' } },
+        (err, stdout, stderr) => res({ code: err ? 1 : 0, stdout, stderr }),
+      );
+    });
+    expect(py.code, py.stderr).toBe(0);
     hub.requests.length = 0;
     const r = await resolveModel('tiny-org/single', { env });
     expect(r).toMatchObject({ source: 'cache', path: py.stdout.trim() });

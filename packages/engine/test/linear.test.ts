@@ -42,6 +42,8 @@ const cases: Case[] = [
   { N: 67, K: 29, T: 1, split: [3, 64], acc: true },
   { N: 300, K: 200, T: 1, uniformX: true, bias: true },
   { N: 129, K: 72, T: 70 },
+  { N: 45, K: 36, T: 33, split: [22, 23], bias: true },
+  { N: 45, K: 36, T: 1, acc: true },
 ];
 
 describe('linear', () => {

@@ -64,7 +64,7 @@ describe('logits reductions', () => {
     }
   }
 
-  it('handles rows of equal values and rows that are all -Infinity but one', async () => {
+  it('handles rows of equal values (more than the prefilter holds) and rows that are all -Infinity but one', async () => {
     const gpu = await testGpu();
     const ctx = opContext(gpu, 'software');
     const V = 1000;
@@ -74,6 +74,13 @@ describe('logits reductions', () => {
     const got = await red.readTopK();
     expect(Array.from(got.ids)).toEqual(Array.from({ length: 40 }, (_, i) => i));
     expect(got.logSumExp).toBeCloseTo(-2.5 + Math.log(V), 4);
+
+    // More elements at the floor than the prefilter list holds: the selection reads the whole row.
+    const wide = new Float32Array(40000).fill(1);
+    wide[39999] = 2;
+    const redWide = createLogitsReducer(ctx, bufferFrom(gpu.device, wide), wide.length);
+    await submit(gpu.device, (p) => redWide.encodeTopK(p, 40));
+    expect(Array.from((await redWide.readTopK()).ids)).toEqual([39999, ...Array.from({ length: 39 }, (_, i) => i)]);
 
     const spike = new Float32Array(V).fill(-Infinity);
     spike[777] = 3;

@@ -100,10 +100,11 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
   if (y.size < maxTokens * N * 4) throw new LinearError(`linear: y has ${y.size} bytes, needs ${maxTokens * N * 4} for ${maxTokens} x ${N} f32`);
   if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
   const gpu = ctx.variant === 'gpu';
-  const vec = K % 8 === 0;
+  const vec8 = K % 8 === 0; // matvec's loads: 8 weights
+  const vec4 = K % 4 === 0; // software matmul's loads: 4 weights
   const common: Defines = { ...weightDefines(w.dtype), BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu };
 
-  const uniformOk = !gpu && vec && K * 4 <= UNIFORM_X_BYTES && (x.usage & GPUBufferUsage.UNIFORM) !== 0 && x.size >= UNIFORM_X_BYTES;
+  const uniformOk = !gpu && vec8 && K * 4 <= UNIFORM_X_BYTES && (x.usage & GPUBufferUsage.UNIFORM) !== 0 && x.size >= UNIFORM_X_BYTES;
   if (opts.uniformX && !uniformOk) {
     throw new LinearError('linear: uniformX needs the software variant, K % 8 == 0, K <= 16384 and x with UNIFORM usage and >= 64 KiB');
   }
@@ -111,7 +112,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
 
   const build = (family: 'matvec' | 'matmul'): Dispatch[] => {
     const defines: Defines =
-      family === 'matvec' ? { ...common, VEC: vec, XU: xu } : { ...common, VEC: vec && !gpu };
+      family === 'matvec' ? { ...common, VEC: vec8, XU: xu } : { ...common, VEC: vec4 && !gpu };
     const constants: Constants =
       family === 'matvec'
         ? gpu ? { ...MATVEC_GPU } : { WG: MATVEC_SOFTWARE_WG }

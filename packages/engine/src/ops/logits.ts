@@ -31,7 +31,8 @@ const MAX_VOCAB = 1 << 24;
 const DIGITS = 7;
 const WG = 64;
 const STATS_WG = 64; // SWG in logits.wgsl
-const SEL_BYTES = 20 + DIGITS * 256 * 4;
+const SEL_BYTES = 24 + DIGITS * 256 * 4;
+const FILT_CAP = 16384; // FILT_CAP in logits.wgsl
 const RES_WORDS = 4 + 2 * MAX_TOP_K;
 
 export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: number): LogitsReducer {
@@ -50,6 +51,7 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   const res = storage(RES_WORDS * 4, 'logits result');
   const sel = storage(SEL_BYTES, 'logits selection');
   const cand = storage(MAX_TOP_K * 8, 'logits candidates');
+  const filt = storage(FILT_CAP * 4, 'logits prefiltered indices');
   const staging = device.createBuffer({ size: RES_WORDS * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'logits readback' });
 
   const k = (name: string, constants: Record<string, number> = {}) => ctx.kernels.get('logits', { [name]: true }, constants);
@@ -68,10 +70,11 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   const statsPass = pass(stats, [[1, logits], [2, blocks]]);
   const reducePass = pass(k('REDUCE'), [[2, blocks], [3, res], [4, sel]]);
   const digitPasses = Array.from({ length: DIGITS }, (_, d) => ({
-    hist: pass(k('HIST', { WG, D: d }), [[1, logits], [4, sel]]),
+    hist: pass(k('HIST', { WG, D: d }), [[1, logits], [4, sel], [6, filt]]),
     scan: pass(k('SCAN', { D: d }), [[4, sel]], false),
   }));
-  const compactPass = pass(k('COMPACT', { WG }), [[1, logits], [4, sel], [5, cand]]);
+  const prefilterPass = pass(k('PREFILTER', { WG }), [[1, logits], [4, sel], [6, filt]]);
+  const compactPass = pass(k('COMPACT', { WG }), [[1, logits], [4, sel], [5, cand], [6, filt]]);
   const sortPass = pass(k('SORT'), [[1, logits], [3, res], [5, cand]]);
   const compactGrid = grid(Math.min(Math.ceil(vocab / WG), 1024), ctx.limits.maxComputeWorkgroupsPerDimension);
 
@@ -127,6 +130,7 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       setParams(rowOffset, topK);
       run(p, statsPass, blockGrid);
       run(p, reducePass, [1, 1]);
+      run(p, prefilterPass, compactGrid);
       for (const d of digitPasses) {
         run(p, d.hist, blockGrid);
         run(p, d.scan, [1, 1]);
@@ -144,7 +148,7 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       return { ids: new Int32Array(w.slice(4, 4 + kk)), logits: f.slice(4 + kk, 4 + 2 * kk), logSumExp: f[2]! };
     },
     destroy() {
-      for (const b of [blocks, res, sel, cand, staging]) b.destroy();
+      for (const b of [blocks, res, sel, cand, filt, staging]) b.destroy();
       params.destroy();
     },
   };

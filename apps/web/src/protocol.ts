@@ -1,0 +1,64 @@
+// The typed messages between the page (main.ts) and the engine's worker (worker.ts).
+// One operation runs at a time; every reply names the operation it belongs to.
+
+import type { GenerationConfig, GenerationStats, Message } from '@webgpu-chat/chat';
+import type { DeviceInfo, DtypeOption, LoadProgress } from '@webgpu-chat/engine';
+
+/** Where a model folder comes from. Picked files travel as Blobs keyed by folder-relative path. */
+export type ModelSpec =
+  | { kind: 'hub'; repo: string; endpoint: string; revision: string }
+  | { kind: 'url'; url: string }
+  | { kind: 'files'; name: string; files: { path: string; blob: Blob }[] };
+
+export interface CacheEntry {
+  /** The model folder's URL (a Hub resolve URL or a folder URL). */
+  folder: string;
+  files: { name: string; bytes: number }[];
+}
+
+export type Request =
+  | { type: 'gpu' }
+  | { type: 'load'; model: ModelSpec; dtype: DtypeOption; maxContext: number; useCache: boolean }
+  | { type: 'generate'; messages: Message[]; config: GenerationConfig }
+  | { type: 'stop' }
+  | { type: 'cache-list' }
+  | { type: 'cache-clear' };
+
+export interface GpuSummary {
+  info: DeviceInfo;
+  hasF16: boolean;
+  description: string;
+}
+
+export interface LoadedModel {
+  name: string;
+  modelType: string;
+  dtype: string;
+  weightBytes: number;
+  maxContext: number;
+  /** False for base/story models: chats are fed as plain concatenated text. */
+  hasChatTemplate: boolean;
+}
+
+/** Where a file's bytes came from during a load. */
+export interface FileRead {
+  file: string;
+  bytes: number;
+  fromCache: boolean;
+}
+
+export type Reply =
+  | { type: 'gpu'; gpu: GpuSummary }
+  | { type: 'progress'; progress: LoadProgress }
+  | { type: 'file'; read: FileRead }
+  | { type: 'loaded'; model: LoadedModel; files: FileRead[] }
+  | { type: 'token'; delta: string; tokenId: number | null }
+  | { type: 'done'; stats: GenerationStats }
+  | { type: 'cache'; entries: CacheEntry[] }
+  | { type: 'error'; op: Request['type']; name: string; message: string };
+
+/** The Hub's resolve URL for a repository's files at a revision. */
+export function hubFolderUrl(endpoint: string, repo: string, revision = 'main'): string {
+  if (!/^[\w.-]+\/[\w.-]+$/.test(repo)) throw new Error(`'${repo}' is not a Hub repository id: expected 'owner/name'`);
+  return `${endpoint.replace(/\/+$/, '')}/${repo}/resolve/${encodeURIComponent(revision)}`;
+}
