@@ -1,11 +1,14 @@
 // pnpm bench: prefill and decode tokens/s of a Qwen2.5-0.5B-shaped model (the real
 // config, seeded random weights) in each dtype, as a table and as JSON.
 //
-//   pnpm bench [--dtype bf16,f32] [--prompt 128] [--decode 64] [--model DIR] [--json]
+//   pnpm bench [--dtype bf16,f32] [--prompt 128] [--decode 64] [--model DIR] [--json] [--profile]
+//
+// --profile times every op with timestamp queries (each op in its own pass, which itself
+// costs time) and prints each kernel family's share of a decode step and of the prefill.
 
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeGpu, getGpu, loadModel, type WeightDtype } from '@webgpu-chat/engine';
+import { describeGpu, getGpu, loadModel, StepProfiler, type Session, type WeightDtype } from '@webgpu-chat/engine';
 import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
 import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
 
@@ -41,6 +44,8 @@ interface Row {
   bytesPerToken: number;
   decodeGBps: number;
   loadSeconds: number;
+  /** ms per kernel family: of the prefill, and of one decode step (averaged). */
+  profile?: { prefill: Record<string, number>; decode: Record<string, number> };
 }
 
 function args() {
@@ -55,6 +60,7 @@ function args() {
     decode: Number(get('--decode', '64')),
     model: get('--model', ''),
     json: a.includes('--json'),
+    profile: a.includes('--profile'),
   };
 }
 
@@ -68,7 +74,7 @@ function benchModel(): string {
   return dir;
 }
 
-async function run(dir: string, dtype: WeightDtype, promptTokens: number, decodeTokens: number): Promise<Row> {
+async function run(dir: string, dtype: WeightDtype, promptTokens: number, decodeTokens: number, profile: boolean): Promise<Row> {
   const gpu = await getGpu();
   let t0 = performance.now();
   const model = await loadModel(dir, { gpu, dtype, maxContext: promptTokens + decodeTokens + 8 });
@@ -104,8 +110,38 @@ async function run(dir: string, dtype: WeightDtype, promptTokens: number, decode
     decodeGBps: (model.info.bytesPerToken * decodeTokens) / decodeS / 1e9,
     loadSeconds,
   };
+  if (profile) row.profile = await profileSteps(session, prompt, Math.min(decodeTokens, 16));
   model.dispose();
   return row;
+}
+
+async function profileSteps(session: Session, prompt: number[], steps: number): Promise<NonNullable<Row['profile']>> {
+  const profiler = new StepProfiler((await getGpu()).device);
+  session.profiler = profiler;
+  session.truncate(0);
+  session.forward(prompt);
+  let tok = await session.argmax();
+  const prefill = Object.fromEntries(profiler.totals);
+  profiler.reset();
+  for (let i = 0; i < steps; i++) {
+    session.forward([tok]);
+    tok = await session.argmax();
+  }
+  const decode = Object.fromEntries([...profiler.totals].map(([k, v]) => [k, v / profiler.steps]));
+  session.profiler = undefined;
+  profiler.destroy();
+  return { prefill, decode };
+}
+
+function printProfile(r: Row): void {
+  if (!r.profile) return;
+  for (const [what, times] of Object.entries(r.profile)) {
+    const total = Object.values(times).reduce((a, b) => a + b, 0);
+    const parts = Object.entries(times)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${((100 * v) / total).toFixed(1)}% (${v.toFixed(2)} ms)`);
+    console.log(`${r.dtype} ${what} (${total.toFixed(1)} ms${what === 'decode' ? ' per token' : ''}): ${parts.join(', ')}`);
+  }
 }
 
 async function main() {
@@ -114,7 +150,7 @@ async function main() {
   const gpu = await getGpu();
   process.stderr.write(`adapter: ${describeGpu(gpu.info)}\n`);
   const rows: Row[] = [];
-  for (const dtype of o.dtypes) rows.push(await run(dir, dtype, o.prompt, o.decode));
+  for (const dtype of o.dtypes) rows.push(await run(dir, dtype, o.prompt, o.decode, o.profile));
   const out = { adapter: gpu.info, rows };
   mkdirSync(join(REPO_ROOT, '.cache', 'bench'), { recursive: true });
   writeFileSync(join(REPO_ROOT, '.cache', 'bench', 'last.json'), JSON.stringify(out, null, 2));
@@ -128,6 +164,7 @@ async function main() {
     console.log(
       `| ${r.model} | ${r.dtype} | ${r.prefillTokensPerSecond.toFixed(1)} | ${r.decodeTokensPerSecond.toFixed(2)} | ${(r.bytesPerToken / 1e6).toFixed(0)} | ${r.decodeGBps.toFixed(2)} |`,
     );
+  for (const r of rows) printProfile(r);
 }
 
 await main();

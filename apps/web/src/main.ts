@@ -33,7 +33,9 @@ const HINTS: Record<string, string> = {
   ConfigError: 'The model’s config.json describes something this engine cannot run.',
   ModelLoadError: 'The model could not be loaded.',
   FileSourceError: 'A model file is missing or could not be read.',
-  SafetensorsError: 'The weights file is malformed.',
+  NetworkError: 'The model’s server could not be reached.',
+  CacheError: 'The browser cache refused the files.',
+  SafetensorsError: 'The weights are missing or malformed.',
   UploadError: 'The weights could not be copied to the GPU.',
   TokenizerLoadError: 'The tokenizer files are missing or malformed.',
   TemplateError: 'The chat template failed.',
@@ -312,6 +314,7 @@ worker.onmessage = (ev: MessageEvent<Reply>) => {
     case 'loaded':
       busy = undefined;
       onLoaded(r.model, r.files);
+      if (r.cacheError) showError('CacheError', `the model works but could not be kept in this browser: ${r.cacheError}`);
       return refreshButtons();
     case 'token':
       return onToken(r.delta, r.tokenId);

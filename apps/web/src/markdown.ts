@@ -97,7 +97,7 @@ export function renderMarkdown(doc: Document, src: string): DocumentFragment {
       code.textContent = b.text;
       pre.appendChild(code);
       frag.appendChild(pre);
-    } else if (b.kind === 'ul' || b.kind === 'ol') {
+    } else if ('items' in b) {
       const list = doc.createElement(b.kind);
       for (const item of b.items) {
         const li = doc.createElement('li');

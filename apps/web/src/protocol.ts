@@ -51,7 +51,7 @@ export type Reply =
   | { type: 'gpu'; gpu: GpuSummary }
   | { type: 'progress'; progress: LoadProgress }
   | { type: 'file'; read: FileRead }
-  | { type: 'loaded'; model: LoadedModel; files: FileRead[] }
+  | { type: 'loaded'; model: LoadedModel; files: FileRead[]; cacheError?: string }
   | { type: 'token'; delta: string; tokenId: number | null }
   | { type: 'done'; stats: GenerationStats }
   | { type: 'cache'; entries: CacheEntry[] }

@@ -13,6 +13,11 @@ let stopper: AbortController | undefined;
 
 const send = (r: Reply) => scope.postMessage(r);
 
+/** fetch() rejects with a bare "Failed to fetch" TypeError: say which server and the usual causes. */
+class NetworkError extends Error {
+  override name = 'NetworkError';
+}
+
 function openSource(spec: ModelSpec, useCache: boolean, onRead: (r: FileRead) => void): { source: FileSource; cache?: CachingSource; name: string } {
   if (spec.kind === 'files') {
     return { source: blobSource(new Map(spec.files.map((f) => [f.path, f.blob])), spec.name), name: spec.name };
@@ -38,15 +43,29 @@ async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
   };
   const { source, cache, name } = openSource(req.model, req.useCache, onRead);
   const gpu = await getGpu();
-  const p = await pipeline('text-generation', source, {
-    gpu,
-    dtype: req.dtype,
-    maxContext: req.maxContext,
-    templateFallback: PLAIN_FALLBACK,
-    onProgress: (progress) => send({ type: 'progress', progress }),
-  });
-  await cache?.persist();
+  let p: TextGenerationPipeline;
+  try {
+    p = await pipeline('text-generation', source, {
+      gpu,
+      dtype: req.dtype,
+      maxContext: req.maxContext,
+      templateFallback: PLAIN_FALLBACK,
+      onProgress: (progress) => send({ type: 'progress', progress }),
+    });
+  } catch (e) {
+    if (e instanceof TypeError && /fetch/i.test(e.message)) {
+      throw new NetworkError(`could not reach ${source.name} (${e.message}): offline, blocked, or the server does not allow cross-origin requests`);
+    }
+    throw e;
+  }
   chat = p;
+  // The model is usable even when the browser refuses to store it (quota, private mode).
+  let cacheError: string | undefined;
+  try {
+    await cache?.persist();
+  } catch (e) {
+    cacheError = `${(e as Error).name}: ${(e as Error).message}`;
+  }
   const info = p.model.info;
   send({
     type: 'loaded',
@@ -59,6 +78,7 @@ async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
       hasChatTemplate: !p.templates.isEmpty,
     },
     files: [...reads.values()],
+    ...(cacheError ? { cacheError } : {}),
   });
 }
 

@@ -1,6 +1,7 @@
 // The generation loop over one engine session: prefill (reusing the KV cache of the
-// prefix this prompt shares with what the session already holds), then one token at a
-// time until EOS, a stop string, the token budget or an abort.
+// prefix this prompt shares with what the session already holds), then tokens until
+// EOS, a stop string, the token budget or an abort. Tokens come from a TokenSource:
+// plain decoding (one per step) or a draft model verified by the session (several).
 
 import type { Session } from '@webgpu-chat/engine';
 import { StreamingDetokenizer } from './detokenizer.ts';
@@ -8,7 +9,8 @@ import { ChatInputError, ContextLengthError } from './errors.ts';
 import { nextToken, SeededRandom, type ResolvedGenerationConfig } from './sampling.ts';
 import { eosIds, StopStringMatcher } from './stopping.ts';
 import type { ChatTokenizer } from './tokenizer.ts';
-import type { FinishReason, GenerationStats, StreamEvent } from './types.ts';
+import type { Assistant } from './speculative.ts';
+import type { FinishReason, GenerationStats, SpeculativeStats, StreamEvent } from './types.ts';
 
 export interface GenerationResult {
   /** The reply, stop string cut off, special tokens skipped. */
@@ -21,6 +23,50 @@ export interface GenerationResult {
 export interface RunOptions {
   signal?: AbortSignal;
   onText?: (delta: string) => void;
+  /** Speculative decoding with this draft (see speculative.ts). */
+  assistant?: Assistant;
+}
+
+/**
+ * Where the loop's tokens come from. Between calls to next() the target session holds
+ * every token of the sequence but the last one, whose logits are computed on demand.
+ */
+export interface TokenSource {
+  /** Runs the prompt past the `reused` tokens the session already holds. */
+  prefill(prompt: readonly number[], reused: number): void;
+  /**
+   * The next tokens (at least one, at most `max`) after `sequence` (prompt and the tokens
+   * generated so far). The session may be left holding more than the sequence; the
+   * loop truncates it to what it keeps.
+   */
+  next(sequence: readonly number[], max: number): Promise<number[]>;
+  /** The session now holds exactly the first `length` tokens of the sequence. */
+  settle(length: number): void;
+  stats(): SpeculativeStats | undefined;
+}
+
+/** Plain decoding: one forward and one read per token. */
+class PlainSource implements TokenSource {
+  /** The sampled token not yet run through the session. */
+  private pending: number | undefined;
+  constructor(
+    private readonly session: Session,
+    private readonly cfg: ResolvedGenerationConfig,
+    private readonly rng: SeededRandom,
+    private readonly vocabSize: number,
+  ) {}
+  prefill(prompt: readonly number[], reused: number): void {
+    this.session.forward(prompt.slice(reused));
+  }
+  async next(sequence: readonly number[]): Promise<number[]> {
+    if (this.pending !== undefined) this.session.forward([this.pending]);
+    this.pending = await nextToken(this.session, this.cfg, this.rng, this.vocabSize, sequence);
+    return [this.pending];
+  }
+  settle(): void {}
+  stats(): undefined {
+    return undefined;
+  }
 }
 
 /** Length of the common prefix of two id lists. */
@@ -75,6 +121,8 @@ export class SessionGenerator {
     let finishReason: FinishReason = 'length';
     let reused = 0;
     let tFirst = t0;
+    const rng = new SeededRandom(cfg.seed);
+    const source: TokenSource = opts.assistant ? opts.assistant.source(session, cfg, rng, this.vocabSize) : new PlainSource(session, cfg, rng, this.vocabSize);
     const finish = (): GenerationResult => {
       const tEnd = performance.now();
       const prefillSec = (tFirst - t0) / 1000;
@@ -89,6 +137,8 @@ export class SessionGenerator {
         totalMs: tEnd - t0,
         finishReason,
       };
+      const spec = source.stats();
+      if (spec) stats.speculative = spec;
       return (this.last = { text, tokenIds: generated, stats });
     };
 
@@ -106,44 +156,40 @@ export class SessionGenerator {
     const eos = eosIds(cfg.eos_token_id, this.tokenizer);
     const detok = new StreamingDetokenizer(this.tokenizer, { skipSpecialTokens: true });
     const stopper = new StopStringMatcher(cfg.stop);
-    const rng = new SeededRandom(cfg.seed);
-    const history = function* (): Generator<number> {
-      yield* prompt;
-      yield* generated;
-    };
+    const sequence = [...prompt];
     const emit = (delta: string): void => {
       text += delta;
       if (delta) opts.onText?.(delta);
     };
 
     let ok = false;
+    let failed = false;
     try {
       session.truncate(reused);
       this.cached.length = reused;
-      session.forward(prompt.slice(reused));
-      this.cached.push(...prompt.slice(reused));
-      for (;;) {
-        const id = await nextToken(session, cfg, rng, this.vocabSize, history());
-        if (generated.length === 0) tFirst = performance.now();
-        generated.push(id);
-        if (eos.has(id)) {
-          finishReason = 'stop';
-          break;
+      source.prefill(prompt, reused);
+      decode: for (;;) {
+        for (const id of await source.next(sequence, budget - generated.length)) {
+          if (generated.length === 0) tFirst = performance.now();
+          generated.push(id);
+          sequence.push(id);
+          if (eos.has(id)) {
+            finishReason = 'stop';
+            break decode;
+          }
+          const r = stopper.push(detok.push(id));
+          emit(r.text);
+          yield { delta: r.text, tokenId: id };
+          if (r.stopped) {
+            finishReason = 'stop';
+            break decode;
+          }
+          if (generated.length >= budget) break decode;
+          if (opts.signal?.aborted) {
+            finishReason = 'abort';
+            break decode;
+          }
         }
-        const r = stopper.push(detok.push(id));
-        emit(r.text);
-        yield { delta: r.text, tokenId: id };
-        if (r.stopped) {
-          finishReason = 'stop';
-          break;
-        }
-        if (generated.length >= budget) break;
-        if (opts.signal?.aborted) {
-          finishReason = 'abort';
-          break;
-        }
-        session.forward([id]);
-        this.cached.push(id);
       }
       if (!stopper.stopped) {
         const tail = stopper.push(detok.flush()).text + (stopper.stopped ? '' : stopper.flush());
@@ -153,11 +199,20 @@ export class SessionGenerator {
       ok = true;
     } catch (e) {
       // After a failed read the cache contents are unknown: the next call recomputes all.
+      failed = true;
       this.cached = [];
       throw e;
     } finally {
       // Not ok without an error: the caller stopped iterating, which is an abort.
       if (!ok) finishReason = 'abort';
+      if (!failed) {
+        // Keep what plain decoding leaves cached: the prompt and every token but the last
+        // (a draft step may have run further).
+        const kept = Math.min(session.length, prompt.length + Math.max(generated.length - 1, 0));
+        session.truncate(kept);
+        source.settle(kept);
+        this.cached = sequence.slice(0, kept);
+      }
       finish();
     }
     return this.last!;

@@ -7,7 +7,7 @@
 
 import type { Session, TopK } from '@webgpu-chat/engine';
 import { GenerationConfigError } from './errors.ts';
-import type { GenerationConfig } from './types.ts';
+import type { AssistantTokensSchedule, GenerationConfig } from './types.ts';
 
 /** The largest top_k reduced on the GPU; beyond it the logits row is read back. */
 export const MAX_GPU_TOP_K = 256;
@@ -18,6 +18,12 @@ export const MAX_GPU_TOP_K = 256;
  * chat reply short; 256 is a reply-sized budget.
  */
 export const DEFAULT_MAX_NEW_TOKENS = 256;
+
+/** Transformers' default draft length for assisted generation. */
+export const DEFAULT_NUM_ASSISTANT_TOKENS = 20;
+/** The engine scores at most 64 positions per forward with allLogits: K drafted + 1. */
+export const MAX_NUM_ASSISTANT_TOKENS = 63;
+const SCHEDULES: readonly AssistantTokensSchedule[] = ['constant', 'heuristic', 'heuristic_transient'];
 
 export interface SamplingParams {
   do_sample: boolean;
@@ -33,6 +39,8 @@ export interface ResolvedGenerationConfig extends SamplingParams {
   seed: number | undefined;
   stop: string[];
   eos_token_id: number[];
+  num_assistant_tokens: number;
+  num_assistant_tokens_schedule: AssistantTokensSchedule;
 }
 
 /** Transformers' GenerationConfig defaults. */
@@ -45,7 +53,7 @@ export const TRANSFORMERS_DEFAULTS: Readonly<SamplingParams> = {
   repetition_penalty: 1,
 };
 
-const NUMBER_FIELDS = ['temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'max_new_tokens', 'seed'] as const;
+const NUMBER_FIELDS = ['temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'max_new_tokens', 'seed', 'num_assistant_tokens'] as const;
 
 /**
  * The GenerationConfig fields of a generation_config.json object. null means "unset",
@@ -66,6 +74,8 @@ export function parseGenerationConfigJson(json: unknown): GenerationConfig {
   const eos = src.eos_token_id;
   if (typeof eos === 'number' || (Array.isArray(eos) && eos.every((x) => typeof x === 'number'))) out.eos_token_id = eos as number | number[];
   if (Array.isArray(src.stop_strings) && src.stop_strings.every((s) => typeof s === 'string')) out.stop = src.stop_strings as string[];
+  const schedule = src.num_assistant_tokens_schedule;
+  if (SCHEDULES.includes(schedule as AssistantTokensSchedule)) out.num_assistant_tokens_schedule = schedule as AssistantTokensSchedule;
   return out;
 }
 
@@ -91,6 +101,13 @@ export function validateGenerationConfig(c: GenerationConfig): void {
     const ids = Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id];
     check(ids.every((x) => isInt(x) && x >= 0), `eos_token_id must be a token id or a list of them, got ${JSON.stringify(c.eos_token_id)}`);
   }
+  if (c.num_assistant_tokens !== undefined) {
+    const k = c.num_assistant_tokens;
+    check(isInt(k) && k >= 1 && k <= MAX_NUM_ASSISTANT_TOKENS, `num_assistant_tokens must be an integer in 1..${MAX_NUM_ASSISTANT_TOKENS}, got ${k}`);
+  }
+  if (c.num_assistant_tokens_schedule !== undefined) {
+    check(SCHEDULES.includes(c.num_assistant_tokens_schedule), `num_assistant_tokens_schedule must be one of ${SCHEDULES.join(', ')}, got ${JSON.stringify(c.num_assistant_tokens_schedule)}`);
+  }
 }
 
 /**
@@ -99,7 +116,15 @@ export function validateGenerationConfig(c: GenerationConfig): void {
  * EOS never disables the model's own.
  */
 export function resolveGenerationConfig(...layers: (GenerationConfig | undefined)[]): ResolvedGenerationConfig {
-  const out: ResolvedGenerationConfig = { ...TRANSFORMERS_DEFAULTS, max_new_tokens: DEFAULT_MAX_NEW_TOKENS, seed: undefined, stop: [], eos_token_id: [] };
+  const out: ResolvedGenerationConfig = {
+    ...TRANSFORMERS_DEFAULTS,
+    max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
+    seed: undefined,
+    stop: [],
+    eos_token_id: [],
+    num_assistant_tokens: DEFAULT_NUM_ASSISTANT_TOKENS,
+    num_assistant_tokens_schedule: 'heuristic',
+  };
   for (const layer of layers) {
     if (!layer) continue;
     validateGenerationConfig(layer);
@@ -108,6 +133,7 @@ export function resolveGenerationConfig(...layers: (GenerationConfig | undefined
       if (v !== undefined) (out as unknown as Record<string, unknown>)[k] = v;
     }
     if (layer.stop) out.stop = [...layer.stop];
+    if (layer.num_assistant_tokens_schedule !== undefined) out.num_assistant_tokens_schedule = layer.num_assistant_tokens_schedule;
     if (layer.eos_token_id !== undefined) {
       for (const id of Array.isArray(layer.eos_token_id) ? layer.eos_token_id : [layer.eos_token_id]) {
         if (!out.eos_token_id.includes(id)) out.eos_token_id.push(id);

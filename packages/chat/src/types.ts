@@ -1,5 +1,8 @@
 // The chat layer's public types, named after Transformers' chat conventions.
 
+import type { FileSource, Model } from '@webgpu-chat/engine';
+import type { TextGenerationPipeline } from './pipeline.ts';
+
 export type Role = 'system' | 'user' | 'assistant' | 'tool';
 
 export interface Message {
@@ -25,7 +28,25 @@ export interface GenerationConfig {
   stop?: string[];
   /** Extra EOS ids on top of the model's. */
   eos_token_id?: number | number[];
+  /** Assisted generation: tokens the draft proposes per step (the start value of an adaptive schedule). */
+  num_assistant_tokens?: number;
+  /**
+   * 'constant' keeps num_assistant_tokens; 'heuristic' adds 2 after a step whose draft was
+   * all accepted and subtracts 1 otherwise, carried over to the next call with the same
+   * draft (as Transformers does); 'heuristic_transient' restarts from num_assistant_tokens
+   * every call.
+   */
+  num_assistant_tokens_schedule?: AssistantTokensSchedule;
 }
+
+export type AssistantTokensSchedule = 'constant' | 'heuristic' | 'heuristic_transient';
+
+/**
+ * A draft model for assisted generation: a loaded pipeline (its tokenizer is checked
+ * against the target's), a loaded engine Model (vocabulary size and special ids are
+ * checked), or a model folder (path, URL or FileSource) loaded on first use.
+ */
+export type AssistantModel = TextGenerationPipeline | Model | string | FileSource;
 
 export interface GenerateOptions extends GenerationConfig {
   signal?: AbortSignal;
@@ -41,6 +62,8 @@ export interface GenerateOptions extends GenerationConfig {
   documents?: unknown[];
   /** String input only: return prompt + completion (default false returns only the new text). */
   return_full_text?: boolean;
+  /** Speculative decoding: a smaller model sharing the tokenizer drafts tokens that this model verifies. */
+  assistant_model?: AssistantModel;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -56,6 +79,22 @@ export interface GenerationStats {
   decodeTokensPerSecond: number;
   totalMs: number;
   finishReason: FinishReason;
+  /** Assisted generation only. */
+  speculative?: SpeculativeStats;
+}
+
+export interface SpeculativeStats {
+  /** Verification steps: one batched target forward each. */
+  steps: number;
+  /** Tokens the draft proposed, and how many of them the target accepted. */
+  draftedTokens: number;
+  acceptedTokens: number;
+  /** acceptedTokens / draftedTokens (0 when nothing was drafted). */
+  acceptanceRate: number;
+  /** acceptedTokens / steps: each step also yields one token of the target's own. */
+  meanAcceptedTokens: number;
+  /** The draft length the schedule reached. */
+  finalNumAssistantTokens: number;
 }
 
 export interface StreamEvent {

@@ -37,11 +37,50 @@ export interface ModelConfig {
   dtype: WeightDtype;
   bos_token_id: number | number[] | undefined;
   eos_token_id: number | number[] | undefined;
+  /** A learned per-head logit in each attention softmax's denominator (GPT-OSS `sinks`). */
+  attention_sinks: boolean;
+  /** Mixture-of-experts MLPs (Mixtral, Qwen2/3-MoE, GPT-OSS); absent for dense models. */
+  moe?: MoeConfig;
+}
+
+/** How a family's MoE layers route and what their checkpoint holds (see ops/moe.ts). */
+export interface MoeConfig {
+  /** Checkpoint naming: Mixtral's block_sparse_moe.experts.N.w1/w2/w3, Qwen's mlp.experts.N.*_proj, GPT-OSS's stacked mlp.experts.*. */
+  layout: 'mixtral' | 'qwen' | 'gpt_oss';
+  num_experts: number;
+  num_experts_per_tok: number;
+  /** Rows of each expert's gate and up projections. */
+  expert_intermediate_size: number;
+  /** 'topk_softmax': softmax over the k best logits (Mixtral, GPT-OSS); 'softmax_topk': softmax over all, then the k best (Qwen). */
+  routing: 'topk_softmax' | 'softmax_topk';
+  /** With softmax_topk: renormalise the k probabilities to sum to 1. */
+  norm_topk_prob: boolean;
+  /** GPT-OSS: router bias, expert biases, and the clamped SwiGLU (up + 1) * gate * sigmoid(alpha * gate). */
+  gpt_oss_experts: boolean;
+  swiglu_limit: number;
+  /** Qwen2-MoE's always-on expert with a sigmoid gate; 0 when there is none. */
+  shared_expert_intermediate_size: number;
+  /** Per layer: true where the MLP is the sparse block (Qwen's mlp_only_layers / decoder_sparse_step). */
+  sparse_layers: boolean[];
+  /** GPT-OSS experts stored as MXFP4 (`*_blocks` e2m1 nibbles, `*_scales` e8m0 per 32 values). */
+  mxfp4: boolean;
+}
+
+/** Checks what every MoE config must satisfy; families fill in the rest. */
+export function checkMoeConfig(m: MoeConfig, layers: number): MoeConfig {
+  const { num_experts: e, num_experts_per_tok: k } = m;
+  if (!(Number.isInteger(e) && e >= 1)) throw new ConfigError(`config.json: the number of experts must be a positive integer, got ${e}`);
+  if (!(Number.isInteger(k) && k >= 1)) throw new ConfigError(`config.json: 'num_experts_per_tok' must be a positive integer, got ${k}`);
+  if (k > e) throw new ConfigError(`config.json: num_experts_per_tok (${k}) is larger than the number of experts (${e})`);
+  if (!(Number.isInteger(m.expert_intermediate_size) && m.expert_intermediate_size >= 1))
+    throw new ConfigError(`config.json: expert intermediate size must be a positive integer, got ${m.expert_intermediate_size}`);
+  if (m.sparse_layers.length !== layers) throw new ConfigError(`config.json: ${m.sparse_layers.length} sparse-layer flags for ${layers} layers`);
+  return m;
 }
 
 export type RawConfig = Record<string, unknown>;
 
-function num(raw: RawConfig, key: string, fallback?: number): number {
+export function num(raw: RawConfig, key: string, fallback?: number): number {
   const v = raw[key];
   if (v === undefined || v === null) {
     if (fallback !== undefined) return fallback;
@@ -51,7 +90,7 @@ function num(raw: RawConfig, key: string, fallback?: number): number {
   return v;
 }
 
-function positiveInt(raw: RawConfig, key: string, fallback?: number): number {
+export function positiveInt(raw: RawConfig, key: string, fallback?: number): number {
   const v = num(raw, key, fallback);
   if (!Number.isInteger(v) || v <= 0) throw new ConfigError(`config.json: '${key}' must be a positive integer, got ${v}`);
   return v;
@@ -108,6 +147,7 @@ export function parseCommonConfig(raw: RawConfig, family: { attentionBias?: bool
     dtype: parseDtype(raw.torch_dtype ?? raw.dtype),
     bos_token_id: raw.bos_token_id as number | number[] | undefined,
     eos_token_id: raw.eos_token_id as number | number[] | undefined,
+    attention_sinks: false,
   };
 }
 

@@ -9,3 +9,4 @@ export { loadModel, planMemory, ModelLoadError, ContextOverflowError, type Memor
 export { directorySource, urlSource, blobSource, FileSourceError } from './files.ts';
 export { openCheckpoint, SafetensorsError, type Checkpoint, type TensorInfo } from './safetensors.ts';
 export { writeSafetensors } from './safetensors-writer.ts';
+export { StepProfiler, type OpKind } from './profiler.ts';

@@ -11,6 +11,7 @@ import type { OpContext } from './ops/context.ts';
 import { createLogitsReducer, type LogitsReducer } from './ops/logits.ts';
 import { type Checkpoint, openCheckpoint } from './safetensors.ts';
 import { Decoder } from './transformer.ts';
+import type { StepProfiler } from './profiler.ts';
 import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, Session, TopK } from './types.ts';
 import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
 
@@ -80,12 +81,20 @@ async function availableMemory(gpu: Gpu): Promise<number | undefined> {
   return os.totalmem();
 }
 
+/** The config of the first `n` layers (a truncated-layer draft); the whole config without n. */
+function keepLayers(c: ModelConfig, n: number | undefined): ModelConfig {
+  if (n === undefined) return c;
+  if (!(Number.isInteger(n) && n >= 1 && n <= c.num_hidden_layers))
+    throw new ModelLoadError(`numLayers must be an integer in 1..${c.num_hidden_layers} (the model's layers), got ${n}`);
+  return { ...c, num_hidden_layers: n, layer_windows: c.layer_windows.slice(0, n) };
+}
+
 const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
 
 export async function loadModel(source: string | FileSource, opts: LoadOptions = {}): Promise<Model> {
   const src = toSource(source);
   const raw = await readConfig(src);
-  const config = parseConfig(raw);
+  const config = keepLayers(parseConfig(raw), opts.numLayers);
   const ckpt = await openCheckpoint(src);
   const dtype = chooseDtype(opts.dtype ?? 'auto', ckpt, config);
   const gpu = opts.gpu ?? (await getGpu());
@@ -153,6 +162,8 @@ class DecoderSession implements Session {
   /** Rows of logits the last step left in the logits buffer. */
   private logitRows = 0;
   private disposed = false;
+  /** When set, every op is timed (see StepProfiler); reads collect the timings. */
+  profiler: StepProfiler | undefined;
 
   constructor(
     private readonly ctx: OpContext,
@@ -193,47 +204,42 @@ class DecoderSession implements Session {
       this.ctx.device.queue.writeBuffer(this.decoder.ids, 0, ids, at, count);
       const enc = this.ctx.device.createCommandEncoder();
       const rows = last && opts.allLogits ? count : 1;
-      this.decoder.encode(enc, count, this.len, rows);
+      this.decoder.encode(enc, count, this.len, rows, this.profiler);
       this.pending = enc;
       this.len += count;
       this.logitRows = rows;
     }
   }
 
-  async argmax(): Promise<number> {
-    this.needLogits();
-    const enc = this.takeEncoder();
-    const pass = enc.beginComputePass();
-    this.reducer.encodeArgmax(pass, (this.logitRows - 1) * this.c.vocab_size);
-    pass.end();
-    this.ctx.device.queue.submit([enc.finish()]);
-    return this.reducer.readArgmax();
+  async argmax(row?: number): Promise<number> {
+    const r = this.keptRow(row);
+    this.submitReduction((pass) => this.reducer.encodeArgmax(pass, r * this.c.vocab_size));
+    const id = await this.reducer.readArgmax();
+    await this.profiler?.collect();
+    return id;
   }
 
-  async topK(k: number): Promise<TopK> {
-    this.needLogits();
-    const enc = this.takeEncoder();
-    const pass = enc.beginComputePass();
-    this.reducer.encodeTopK(pass, k, (this.logitRows - 1) * this.c.vocab_size);
-    pass.end();
-    this.ctx.device.queue.submit([enc.finish()]);
-    return this.reducer.readTopK();
+  async topK(k: number, row?: number): Promise<TopK> {
+    const r = this.keptRow(row);
+    this.submitReduction((pass) => this.reducer.encodeTopK(pass, k, r * this.c.vocab_size));
+    const top = await this.reducer.readTopK();
+    await this.profiler?.collect();
+    return top;
   }
 
   async logits(row?: number): Promise<Float32Array> {
-    this.needLogits();
-    const r = row === undefined ? this.logitRows - 1 : row - (this.len - this.logitRows);
-    if (row !== undefined && (r < 0 || r >= this.logitRows))
-      throw new RangeError(`logits of position ${row} are not kept (have positions ${this.len - this.logitRows}..${this.len - 1}; forward with allLogits)`);
+    const r = this.keptRow(row);
     const V = this.c.vocab_size;
     const staging = this.ctx.device.createBuffer({ size: V * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     const enc = this.takeEncoder();
     enc.copyBufferToBuffer(this.decoder.logits, r * V * 4, staging, 0, V * 4);
+    this.profiler?.finish(enc);
     this.ctx.device.queue.submit([enc.finish()]);
     await staging.mapAsync(GPUMapMode.READ);
     const out = new Float32Array(staging.getMappedRange().slice(0));
     staging.unmap();
     staging.destroy();
+    await this.profiler?.collect();
     return out;
   }
 
@@ -254,9 +260,25 @@ class DecoderSession implements Session {
     this.onDispose();
   }
 
-  private needLogits(): void {
+  /** Index in the logits buffer of position `row` (default: the last forwarded one). */
+  private keptRow(row: number | undefined): number {
     this.check();
     if (this.logitRows === 0) throw new Error('no logits yet: call forward() first');
+    if (row === undefined) return this.logitRows - 1;
+    const r = row - (this.len - this.logitRows);
+    if (!(Number.isInteger(row) && r >= 0 && r < this.logitRows))
+      throw new RangeError(`logits of position ${row} are not kept (have positions ${this.len - this.logitRows}..${this.len - 1}; forward with allLogits)`);
+    return r;
+  }
+
+  /** Appends a logits reduction to the pending step and submits them together. */
+  private submitReduction(encode: (pass: GPUComputePassEncoder) => void): void {
+    const enc = this.takeEncoder();
+    const pass = this.profiler ? this.profiler.pass(enc, 'sampling') : enc.beginComputePass();
+    encode(pass);
+    pass.end();
+    this.profiler?.finish(enc);
+    this.ctx.device.queue.submit([enc.finish()]);
   }
 
   private takeEncoder(): GPUCommandEncoder {
@@ -266,7 +288,9 @@ class DecoderSession implements Session {
   }
 
   private flush(): void {
-    if (this.pending) this.ctx.device.queue.submit([this.pending.finish()]);
+    if (!this.pending) return;
+    this.profiler?.finish(this.pending);
+    this.ctx.device.queue.submit([this.pending.finish()]);
     this.pending = undefined;
   }
 

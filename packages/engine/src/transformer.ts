@@ -5,7 +5,7 @@
 // every op, buffer and bind group is made here once and re-encoded each step.
 
 import type { ModelConfig } from './config.ts';
-import { emptyBuffer } from './buffers.ts';
+import { emptyBuffer, storageUsage } from './buffers.ts';
 import type { OpContext } from './ops/context.ts';
 import { createAttention, type AttentionOp } from './ops/attention.ts';
 import { createEmbedding } from './ops/embedding.ts';
@@ -15,8 +15,13 @@ import { createRope } from './ops/rope.ts';
 import { createSiluMul } from './ops/elementwise.ts';
 import { ropeInvFreq } from './rope-frequencies.ts';
 import type { DecoderWeights } from './weights.ts';
+import type { OpKind, StepProfiler } from './profiler.ts';
+
+/** The span a uniform binding of x covers (the WebGPU minimum for maxUniformBufferBindingSize). */
+const UNIFORM_WINDOW_BYTES = 65536;
 
 interface Encodable {
+  kind: OpKind;
   encode(pass: GPUComputePassEncoder, tokens: number, startPos: number): void;
   destroy(): void;
 }
@@ -59,25 +64,36 @@ export class Decoder {
       this.owned.push(b);
       return b;
     };
+    // Inputs of linear layers may also be bound as a uniform (a 64 KiB window) by the
+    // software matvec, which reads x faster that way on CPU-backed adapters.
+    const linearInput = (elems: number, label: string) => {
+      const b = ctx.device.createBuffer({
+        size: Math.max(elems * 4, UNIFORM_WINDOW_BYTES),
+        usage: storageUsage() | GPUBufferUsage.UNIFORM,
+        label,
+      });
+      this.owned.push(b);
+      return b;
+    };
     this.ids = buf(T, 'ids');
     this.hidden = buf(T * h, 'hidden'); // [T, hidden]
-    const normed = buf(T * h, 'normed'); // [T, hidden]
+    const normed = linearInput(T * h, 'normed'); // [T, hidden]
     const qRaw = buf(T * qDim, 'q_raw'); // [T, heads * head_dim] before q_norm
     const kRaw = buf(T * kvDim, 'k_raw'); // [T, kv_heads * head_dim] before k_norm
     const q = c.qk_norm ? buf(T * qDim, 'q') : qRaw;
     const k = c.qk_norm ? buf(T * kvDim, 'k') : kRaw;
     const v = buf(T * kvDim, 'v'); // [T, kv_heads * head_dim]
-    const attnOut = buf(T * qDim, 'attn_out'); // [T, heads * head_dim]
+    const attnOut = linearInput(T * qDim, 'attn_out'); // [T, heads * head_dim]
     const gate = buf(T * c.intermediate_size, 'gate'); // [T, intermediate]
     const up = buf(T * c.intermediate_size, 'up'); // [T, intermediate]
-    const act = buf(T * c.intermediate_size, 'act'); // [T, intermediate]
+    const act = linearInput(T * c.intermediate_size, 'act'); // [T, intermediate]
     this.lastHidden = buf(opts.maxLogitRows * h, 'last_hidden');
-    this.finalNormed = buf(opts.maxLogitRows * h, 'final_normed');
+    this.finalNormed = linearInput(opts.maxLogitRows * h, 'final_normed');
     this.logits = buf(opts.maxLogitRows * c.vocab_size, 'logits');
 
-    const stepOp = (encode: (pass: GPUComputePassEncoder, tokens: number, startPos: number) => void, destroy: () => void = () => {}) => ({ encode, destroy });
-    const perToken = (op: { encode(pass: GPUComputePassEncoder, n: number): void; destroy(): void }, rowsPerToken = 1) =>
-      stepOp((pass, tokens) => op.encode(pass, tokens * rowsPerToken), () => op.destroy());
+    const stepOp = (kind: OpKind, encode: Encodable['encode'], destroy: () => void = () => {}): Encodable => ({ kind, encode, destroy });
+    const perToken = (kind: OpKind, op: { encode(pass: GPUComputePassEncoder, n: number): void; destroy(): void }, rowsPerToken = 1) =>
+      stepOp(kind, (pass, tokens) => op.encode(pass, tokens * rowsPerToken), () => op.destroy());
 
     const freqs = ropeInvFreq({
       headDim: c.head_dim,
@@ -90,49 +106,58 @@ export class Decoder {
 
     // q and k are the same buffers in every layer, so one RoPE op serves them all.
     const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k);
-    const ropeStep = stepOp((pass, tokens, startPos) => rope.encode(pass, tokens, startPos));
+    const ropeStep = stepOp('rope', (pass, tokens, startPos) => rope.encode(pass, tokens, startPos));
     this.owners.push(rope);
-    this.body.push(perToken(createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
+    this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
     w.layers.forEach((L, i) => {
-      this.body.push(perToken(createRmsNorm(ctx, this.hidden, L.inputNorm, normed, h, c.rms_norm_eps)));
-      this.body.push(perToken(createLinear(ctx, L.q, normed, qRaw, { maxTokens: T })));
-      this.body.push(perToken(createLinear(ctx, L.k, normed, kRaw, { maxTokens: T })));
-      this.body.push(perToken(createLinear(ctx, L.v, normed, v, { maxTokens: T })));
+      this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.inputNorm, normed, h, c.rms_norm_eps)));
+      this.body.push(perToken('linear', createLinear(ctx, L.q, normed, qRaw, { maxTokens: T })));
+      this.body.push(perToken('linear', createLinear(ctx, L.k, normed, kRaw, { maxTokens: T })));
+      this.body.push(perToken('linear', createLinear(ctx, L.v, normed, v, { maxTokens: T })));
       if (c.qk_norm) {
-        this.body.push(perToken(createRmsNorm(ctx, qRaw, L.qNorm!, q, c.head_dim, c.rms_norm_eps), c.num_attention_heads));
-        this.body.push(perToken(createRmsNorm(ctx, kRaw, L.kNorm!, k, c.head_dim, c.rms_norm_eps), c.num_key_value_heads));
+        this.body.push(perToken('norm', createRmsNorm(ctx, qRaw, L.qNorm!, q, c.head_dim, c.rms_norm_eps), c.num_attention_heads));
+        this.body.push(perToken('norm', createRmsNorm(ctx, kRaw, L.kNorm!, k, c.head_dim, c.rms_norm_eps), c.num_key_value_heads));
       }
       this.body.push(ropeStep);
       const window = c.layer_windows[i] ?? 0;
       const attn = createAttention(ctx, { ...heads, maxContext: opts.maxContext, ...(window ? { slidingWindow: window } : {}) }, q, k, v, attnOut);
       this.attention.push(attn);
-      this.body.push(stepOp((pass, tokens, startPos) => attn.encode(pass, tokens, startPos), () => attn.destroy()));
-      this.body.push(perToken(createLinear(ctx, L.o, attnOut, this.hidden, { accumulate: true, maxTokens: T })));
-      this.body.push(perToken(createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
-      this.body.push(perToken(createLinear(ctx, L.gate, normed, gate, { maxTokens: T })));
-      this.body.push(perToken(createLinear(ctx, L.up, normed, up, { maxTokens: T })));
-      this.body.push(perToken(createSiluMul(ctx, c.intermediate_size, { gate, up }, act)));
-      this.body.push(perToken(createLinear(ctx, L.down, act, this.hidden, { accumulate: true, maxTokens: T })));
+      this.body.push(stepOp('attention', (pass, tokens, startPos) => attn.encode(pass, tokens, startPos), () => attn.destroy()));
+      this.body.push(perToken('linear', createLinear(ctx, L.o, attnOut, this.hidden, { accumulate: true, maxTokens: T })));
+      this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
+      this.body.push(perToken('linear', createLinear(ctx, L.gate, normed, gate, { maxTokens: T })));
+      this.body.push(perToken('linear', createLinear(ctx, L.up, normed, up, { maxTokens: T })));
+      this.body.push(perToken('elementwise', createSiluMul(ctx, c.intermediate_size, { gate, up }, act)));
+      this.body.push(perToken('linear', createLinear(ctx, L.down, act, this.hidden, { accumulate: true, maxTokens: T })));
     });
-    this.head.push(perToken(createRmsNorm(ctx, this.lastHidden, w.norm, this.finalNormed, h, c.rms_norm_eps)));
-    this.head.push(perToken(createLinear(ctx, w.lmHead, this.finalNormed, this.logits, { maxTokens: opts.maxLogitRows })));
+    this.head.push(perToken('norm', createRmsNorm(ctx, this.lastHidden, w.norm, this.finalNormed, h, c.rms_norm_eps)));
+    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, this.finalNormed, this.logits, { maxTokens: opts.maxLogitRows })));
   }
 
   /**
    * Records one step: `tokens` ids (already written to `ids`) at positions startPos..,
    * and the LM head over the last `logitRows` of them.
    */
-  encode(enc: GPUCommandEncoder, tokens: number, startPos: number, logitRows: number): void {
+  encode(enc: GPUCommandEncoder, tokens: number, startPos: number, logitRows: number, profiler?: StepProfiler): void {
     if (tokens < 1 || tokens > this.opts.maxTokens) throw new RangeError(`step of ${tokens} tokens outside 1..${this.opts.maxTokens}`);
     if (logitRows < 1 || logitRows > Math.min(tokens, this.opts.maxLogitRows)) throw new RangeError(`logit rows ${logitRows} out of range`);
-    let pass = enc.beginComputePass();
-    for (const op of this.body) op.encode(pass, tokens, startPos);
-    pass.end();
     const h = this.c.hidden_size * 4;
+    const run = (ops: Encodable[], n: number) => {
+      if (profiler) {
+        for (const op of ops) {
+          const pass = profiler.pass(enc, op.kind);
+          op.encode(pass, n, startPos);
+          pass.end();
+        }
+        return;
+      }
+      const pass = enc.beginComputePass();
+      for (const op of ops) op.encode(pass, n, startPos);
+      pass.end();
+    };
+    run(this.body, tokens);
     enc.copyBufferToBuffer(this.hidden, (tokens - logitRows) * h, this.lastHidden, 0, logitRows * h);
-    pass = enc.beginComputePass();
-    for (const op of this.head) op.encode(pass, logitRows, startPos);
-    pass.end();
+    run(this.head, logitRows);
   }
 
   /** KV cache buffers, for memory accounting. */

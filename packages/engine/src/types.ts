@@ -4,6 +4,7 @@
 import type { Gpu } from './device.ts';
 import type { WeightDtype } from './dtype.ts';
 import type { ModelConfig } from './config.ts';
+import type { StepProfiler } from './profiler.ts';
 
 export type DtypeOption = 'auto' | WeightDtype;
 
@@ -40,6 +41,11 @@ export interface LoadOptions {
   variant?: 'software' | 'gpu';
   /** Memory the model may use; by default system RAM for a CPU-backed adapter, unchecked otherwise. */
   maxMemoryBytes?: number;
+  /**
+   * Load only the first n decoder layers (then the final norm and LM head): a cheap
+   * draft model for speculative decoding from the target's own folder.
+   */
+  numLayers?: number;
 }
 
 export interface TopK {
@@ -61,12 +67,17 @@ export interface Session {
    * Logits of the last position are kept on the GPU (of every position with allLogits).
    */
   forward(tokens: ArrayLike<number>, opts?: { allLogits?: boolean }): void;
-  /** Greedy choice for the last forwarded position (reduced on the GPU; 4 bytes read back). */
-  argmax(): Promise<number>;
-  /** The k best tokens of the last position, reduced on the GPU. */
-  topK(k: number): Promise<TopK>;
+  /**
+   * Greedy choice for the last forwarded position, or for position `row` after a forward
+   * with allLogits (reduced on the GPU; 4 bytes read back).
+   */
+  argmax(row?: number): Promise<number>;
+  /** The k best tokens of the last position (or of position `row`), reduced on the GPU. */
+  topK(k: number, row?: number): Promise<TopK>;
   /** The whole logits row of the last position (or of position `row` after a forward with allLogits). */
   logits(row?: number): Promise<Float32Array>;
+  /** When set, every op of later steps is timed per kernel family (bench --profile). */
+  profiler?: StepProfiler | undefined;
   /** Drops cached tokens past `length` (to reuse a common prefix, or roll back a draft). */
   truncate(length: number): void;
   dispose(): void;

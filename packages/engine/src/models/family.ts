@@ -5,6 +5,10 @@ import { llama } from './llama.ts';
 import { mistral } from './mistral.ts';
 import { qwen2 } from './qwen2.ts';
 import { qwen3 } from './qwen3.ts';
+import { mixtral } from './mixtral.ts';
+import { qwen2_moe } from './qwen2_moe.ts';
+import { qwen3_moe } from './qwen3_moe.ts';
+import { gpt_oss } from './gpt_oss.ts';
 
 export interface Family {
   /** config.json `model_type` values this family reads. */
@@ -12,7 +16,7 @@ export interface Family {
   parseConfig(raw: RawConfig): ModelConfig;
 }
 
-const FAMILIES: Family[] = [llama, mistral, qwen2, qwen3];
+const FAMILIES: Family[] = [llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, gpt_oss];
 
 export function supportedModelTypes(): string[] {
   return FAMILIES.flatMap((f) => f.modelTypes);

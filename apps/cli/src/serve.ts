@@ -1,0 +1,64 @@
+// `serve [MODEL] [options]`: the OpenAI-compatible server (see server.ts) over one model,
+// loaded before /health reports ok.
+
+import { describeGpu } from '@webgpu-chat/engine';
+import { SERVE_HELP, UsageError, bundledModelPath, parseServeArgs } from './args.ts';
+import { BUNDLED_MODEL_ID, loadLocalModel, modelIdOf } from './backend.ts';
+import { startChatServer } from './server.ts';
+
+async function main(argv: string[]): Promise<number> {
+  let args;
+  try {
+    args = parseServeArgs(argv);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`serve: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (args.help) {
+    process.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  const spec = args.model ?? bundledModelPath();
+  if (!args.model) process.stderr.write(`serve: no MODEL given: using the bundled default story model (${spec})\n`);
+  const modelId = args.model ? modelIdOf(spec) : BUNDLED_MODEL_ID;
+  const srv = await startChatServer({
+    modelId,
+    host: args.host,
+    port: args.port,
+    maxQueue: args.maxQueue,
+    ...(args.apiKey !== undefined ? { apiKey: args.apiKey } : {}),
+  });
+  process.stderr.write(`serve: listening on ${srv.url} (loading the model; /health answers 503 until ready)\n`);
+  const t0 = performance.now();
+  const loaded = await loadLocalModel(spec, { modelId, dtype: args.dtype, ...(args.maxContext ? { maxContext: args.maxContext } : {}) });
+  const info = loaded.pipe.model.info;
+  srv.setModel({
+    model: loaded.pipe,
+    health: { dtype: info.dtype, adapter: describeGpu(loaded.pipe.model.gpu.info), max_context: loaded.maxContext },
+  });
+  process.stderr.write(
+    `serve: ${loaded.modelId} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s (${info.dtype}, ${loaded.maxContext} tokens of context` +
+      `${loaded.plainTemplate ? '; no chat template: messages are joined as plain text' : ''}) at ${srv.url}/v1\n`,
+  );
+  const stop = () => {
+    process.stderr.write('serve: shutting down\n');
+    void srv.close().then(() => {
+      loaded.pipe.dispose();
+      process.exit(0);
+    });
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return new Promise<number>(() => {});
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`serve: ${(e as Error).name}: ${(e as Error).message}\n`);
+    process.exit(1);
+  },
+);

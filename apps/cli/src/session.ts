@@ -1,0 +1,164 @@
+// The state of an interactive chat and its `!commands`, apart from the terminal, so the
+// commands can be tested without one. Modelled on `transformers chat`.
+
+import { readFile, writeFile } from 'node:fs/promises';
+import type { Message } from '@webgpu-chat/chat';
+import { formatGenerationFlags, parseGenerationFlags, UsageError, type GenerationFlags } from './args.ts';
+import type { ChatBackend, TurnStats } from './backend.ts';
+
+export const COMMANDS_HELP = `Commands:
+  !help                  this list
+  !clear                 start a new conversation
+  !save [PATH]           save the conversation and settings as JSON
+  !load PATH             load a conversation saved with !save
+  !set key=value ...     change generation flags (e.g. !set do_sample=true temperature=0.7)
+  !status                model, dtype, adapter, context used, last turn's speed
+  !system TEXT           set the system prompt (empty to remove it)
+  !exit                  leave (also Ctrl-D). Ctrl-C stops the current reply.`;
+
+/** What !save writes and !load reads. */
+export interface SavedChat {
+  model: string;
+  settings: { generation: GenerationFlags; system?: string };
+  messages: Message[];
+  savedAt: string;
+}
+
+export type CommandResult = { output: string } | { exit: true } | { notACommand: true };
+
+/** `N tokens in X s (Y tokens/s, TTFT Z ms)`: the line after each reply. */
+export function formatTurn(t: TurnStats): string {
+  const stopped = t.finishReason === 'abort' ? ' [stopped]' : t.finishReason === 'length' ? ' [max_new_tokens reached]' : '';
+  return `${t.newTokens} tokens in ${t.seconds.toFixed(2)} s (${t.tokensPerSecond.toFixed(1)} tokens/s, TTFT ${t.timeToFirstTokenMs.toFixed(0)} ms)${stopped}`;
+}
+
+function defaultSavePath(): string {
+  const d = new Date();
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `chat-${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}.json`;
+}
+
+export class ChatSession {
+  /** The conversation without the system prompt. */
+  turns: Message[] = [];
+  flags: GenerationFlags;
+  system: string | undefined;
+  lastTurn: TurnStats | undefined;
+
+  constructor(
+    readonly backend: ChatBackend,
+    opts: { flags?: GenerationFlags; system?: string } = {},
+  ) {
+    this.flags = { ...opts.flags };
+    this.system = opts.system;
+  }
+
+  /** The messages sent to the model: the system prompt, then the turns. */
+  get messages(): Message[] {
+    return this.system ? [{ role: 'system', content: this.system }, ...this.turns] : [...this.turns];
+  }
+
+  /**
+   * Streams the reply to `prompt`, calling onText per piece. An aborted reply keeps what
+   * was generated, so the conversation stays consistent with what the user saw.
+   */
+  async reply(prompt: string, onText: (t: string) => void, signal: AbortSignal): Promise<TurnStats | undefined> {
+    this.turns.push({ role: 'user', content: prompt });
+    let text = '';
+    try {
+      for await (const piece of this.backend.stream(this.messages, this.flags, signal)) {
+        text += piece;
+        onText(piece);
+      }
+    } catch (e) {
+      this.turns.pop();
+      throw e;
+    }
+    this.turns.push({ role: 'assistant', content: text });
+    this.lastTurn = this.backend.lastTurn;
+    return this.lastTurn;
+  }
+
+  async status(): Promise<string> {
+    const s = await this.backend.status();
+    const lines = [`model:    ${s.model}`, `runs:     ${s.where}`];
+    if (s.dtype) lines.push(`dtype:    ${s.dtype}`);
+    if (s.adapter) lines.push(`adapter:  ${s.adapter}`);
+    const used = this.lastTurn ? this.lastTurn.promptTokens + this.lastTurn.newTokens : 0;
+    lines.push(`context:  ${used} tokens used${s.maxContext ? ` of ${s.maxContext}` : ''} (as of the last reply)`);
+    lines.push(`turns:    ${this.turns.length} messages${this.system ? ' + system prompt' : ''}`);
+    lines.push(`settings: ${formatGenerationFlags(this.flags)}`);
+    lines.push(`last:     ${this.lastTurn ? formatTurn(this.lastTurn) : 'no reply yet'}`);
+    return lines.join('\n');
+  }
+
+  async save(path: string | undefined): Promise<string> {
+    const target = path || defaultSavePath();
+    const data: SavedChat = {
+      model: this.backend.modelId,
+      settings: { generation: this.flags, ...(this.system ? { system: this.system } : {}) },
+      messages: this.messages,
+      savedAt: new Date().toISOString(),
+    };
+    await writeFile(target, JSON.stringify(data, null, 2) + '\n');
+    return target;
+  }
+
+  async load(path: string): Promise<void> {
+    let data: SavedChat;
+    try {
+      data = JSON.parse(await readFile(path, 'utf8')) as SavedChat;
+    } catch (e) {
+      throw new UsageError(`cannot load ${path}: ${(e as Error).message}`);
+    }
+    const msgs = data?.messages;
+    if (!Array.isArray(msgs) || msgs.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string')) {
+      throw new UsageError(`cannot load ${path}: expected a file written by !save (messages of {role, content})`);
+    }
+    const gen = data.settings?.generation ?? {};
+    // Re-validate the saved flags through the parser, so a hand-edited file cannot smuggle bad values.
+    this.flags = parseGenerationFlags(Object.entries(gen).map(([k, v]) => `${k}=${v}`));
+    const sys = msgs[0]?.role === 'system' ? msgs[0].content : data.settings?.system;
+    this.system = sys || undefined;
+    this.turns = msgs.filter((m, i) => !(i === 0 && m.role === 'system'));
+    this.lastTurn = undefined;
+  }
+
+  /** Runs a `!command` line. Lines not starting with '!' are prompts. */
+  async command(line: string): Promise<CommandResult> {
+    const t = line.trim();
+    if (!t.startsWith('!')) return { notACommand: true };
+    const m = /^!(\w+)\s*([\s\S]*)$/.exec(t);
+    const name = m?.[1] ?? '';
+    const rest = (m?.[2] ?? '').trim();
+    switch (name) {
+      case 'help':
+        return { output: COMMANDS_HELP };
+      case 'exit':
+      case 'quit':
+        return { exit: true };
+      case 'clear':
+        this.turns = [];
+        this.lastTurn = undefined;
+        return { output: 'New conversation.' };
+      case 'set': {
+        if (!rest) return { output: `settings: ${formatGenerationFlags(this.flags)}` };
+        this.flags = parseGenerationFlags(rest.split(/\s+/), this.flags);
+        return { output: `settings: ${formatGenerationFlags(this.flags)}` };
+      }
+      case 'status':
+        return { output: await this.status() };
+      case 'save':
+        return { output: `Saved to ${await this.save(rest || undefined)}` };
+      case 'load':
+        if (!rest) throw new UsageError('!load needs a path');
+        await this.load(rest);
+        return { output: `Loaded ${this.turns.length} messages from ${rest}; settings: ${formatGenerationFlags(this.flags)}` };
+      case 'system':
+        this.system = rest || undefined;
+        return { output: rest ? 'System prompt set.' : 'System prompt removed.' };
+      default:
+        throw new UsageError(`unknown command '!${name}'. ${COMMANDS_HELP}`);
+    }
+  }
+}
