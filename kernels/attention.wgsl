@@ -17,6 +17,8 @@
 //   SPLIT_GPU one workgroup per work item: a score per thread, shared-memory reductions,
 //             and each thread accumulating a few output dims over the chunk's v rows.
 //   COMBINE   one thread per output element.
+//   SINKS     (with SPLIT_*) a learned logit per head joins each row's softmax denominator
+//             (GPT-OSS): split 0 starts from m = sink, l = 1 instead of m = -inf, l = 0.
 
 #if KV_WRITE
 struct Params {
@@ -117,6 +119,18 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // part: split partials (see COMBINE), written when direct = 0.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
+#if SINKS
+// sinks: [nHeads] f32.
+@group(0) @binding(6) var<storage, read> sinks: array<f32>;
+#endif
+
+// The softmax's starting max and sum for work item i.
+fn startML(i: u32, row: u32) -> vec2<f32> {
+#if SINKS
+  if (i % p.splits == 0u) { return vec2<f32>(sinks[row % p.nHeads], 1.0); }
+#endif
+  return vec2<f32>(NEG_BIG, 0.0);
+}
 
 struct Item {
   row: u32,
@@ -157,8 +171,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     qv[d] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * p.scale;
     acc[d] = vec4(0.0);
   }
-  var m = NEG_BIG;
-  var l = 0.0;
+  let ml = startML(i, it.row);
+  var m = ml.x;
+  var l = ml.y;
   let cacheBase4 = it.cacheBase / 4u;
   for (var j = it.begin; j < it.end; j++) {
     let base = cacheBase4 + j * HD4;
@@ -205,8 +220,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let D = p.headDim;
   for (var d = lid; d < D; d += WG) { qs[d] = q[it.row * D + d] * p.scale; }
   workgroupBarrier();
-  var m = NEG_BIG;
-  var l = 0.0;
+  let ml = startML(i, it.row);
+  var m = ml.x;
+  var l = ml.y;
   var acc: array<f32, ACC>;
   for (var c = it.begin; c < it.end; c += WG) {
     let j = c + lid;

@@ -150,7 +150,7 @@ In-session commands:
   !load PATH             load a conversation saved with !save
   !set key=value ...     change generation flags
   !status                model, dtype, adapter, context used, last turn's speed
-  !system TEXT           set the system prompt (starts a new conversation)
+  !system TEXT           set the system prompt (empty to remove it)
   !exit                  leave (also Ctrl-D); Ctrl-C stops the current reply
 `;
 

@@ -71,10 +71,13 @@ function kind(): ModelSpec['kind'] {
   return (document.querySelector<HTMLInputElement>('input[name=kind]:checked')?.value ?? 'hub') as ModelSpec['kind'];
 }
 
-for (const radio of document.querySelectorAll<HTMLInputElement>('input[name=kind]')) {
-  radio.addEventListener('change', () => {
-    for (const div of document.querySelectorAll<HTMLElement>('#load div[data-kind]')) div.hidden = div.dataset.kind !== kind();
-  });
+const showKind = () => {
+  for (const div of document.querySelectorAll<HTMLElement>('#load div[data-kind]')) div.hidden = div.dataset.kind !== kind();
+};
+for (const radio of document.querySelectorAll<HTMLInputElement>('input[name=kind]')) radio.addEventListener('change', showKind);
+if (query.has('url')) {
+  document.querySelector<HTMLInputElement>('input[name=kind][value=url]')!.checked = true;
+  showKind();
 }
 
 /** <input webkitdirectory> gives paths like "folder/config.json": keep them relative to the folder. */

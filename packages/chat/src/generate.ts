@@ -42,6 +42,8 @@ export interface TokenSource {
   next(sequence: readonly number[], max: number): Promise<number[]>;
   /** The session now holds exactly the first `length` tokens of the sequence. */
   settle(length: number): void;
+  /** After a failed read: forget what any other cache holds, so the next call rebuilds it. */
+  reset(): void;
   stats(): SpeculativeStats | undefined;
 }
 
@@ -64,6 +66,7 @@ class PlainSource implements TokenSource {
     return [this.pending];
   }
   settle(): void {}
+  reset(): void {}
   stats(): undefined {
     return undefined;
   }
@@ -201,6 +204,7 @@ export class SessionGenerator {
       // After a failed read the cache contents are unknown: the next call recomputes all.
       failed = true;
       this.cached = [];
+      source.reset();
       throw e;
     } finally {
       // Not ok without an error: the caller stopped iterating, which is an abort.

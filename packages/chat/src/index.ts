@@ -7,3 +7,4 @@ export * from './sampling.ts';
 export * from './stopping.ts';
 export * from './generate.ts';
 export * from './pipeline.ts';
+export * from './speculative.ts';

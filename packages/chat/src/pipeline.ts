@@ -6,11 +6,12 @@
 
 import { directorySource, loadModel, urlSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
 import { ChatInputError, GenerationConfigError } from './errors.ts';
-import { SessionGenerator } from './generate.ts';
+import { SessionGenerator, type RunOptions } from './generate.ts';
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
+import { Assistant } from './speculative.ts';
 import { ChatTemplates, renderPlain, validateMessages, type PLAIN_FALLBACK } from './template.ts';
 import { ChatTokenizer } from './tokenizer.ts';
-import type { ChatOutput, GenerateOptions, GenerationConfig, GenerationStats, Message, StreamEvent, TextOutput } from './types.ts';
+import type { AssistantModel, ChatOutput, GenerateOptions, GenerationConfig, GenerationStats, Message, StreamEvent, TextOutput } from './types.ts';
 
 export interface PipelineOptions {
   dtype?: LoadOptions['dtype'];
@@ -22,6 +23,8 @@ export interface PipelineOptions {
   templateFallback?: typeof PLAIN_FALLBACK;
   /** A Jinja chat template used instead of the model's (for models that ship none). */
   chatTemplate?: string;
+  /** Load only the first n decoder layers: a truncated-layer draft for assisted generation. */
+  numLayers?: number;
 }
 
 export interface TextGenerationPipeline {
@@ -78,6 +81,7 @@ export async function pipeline(task: 'text-generation', model: string | FileSour
   if (opts.maxContext !== undefined) load.maxContext = opts.maxContext;
   if (opts.onProgress !== undefined) load.onProgress = opts.onProgress;
   if (opts.gpu !== undefined) load.gpu = opts.gpu;
+  if (opts.numLayers !== undefined) load.numLayers = opts.numLayers;
   const loaded = await loadModel(source, load);
   return createTextGenerationPipeline(loaded, files, opts);
 }
@@ -107,6 +111,32 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
   const generator = new SessionGenerator(session, tokenizer, model.info.vocabSize);
   const mutex = new Mutex();
   let disposed = false;
+  // Assisted generation: one draft session per draft model; folders named by path are
+  // loaded once and owned (freed with this pipeline).
+  const assistants = new Map<Model, Assistant>();
+  const ownedDrafts = new Map<string | FileSource, Promise<TextGenerationPipeline>>();
+
+  const assistantFor = async (a: AssistantModel): Promise<Assistant> => {
+    let draft: TextGenerationPipeline | Model;
+    if (typeof a === 'string' || 'range' in a) {
+      let loading = ownedDrafts.get(a);
+      if (!loading) {
+        loading = pipeline('text-generation', a, { maxContext: session.maxContext, gpu: model.gpu });
+        ownedDrafts.set(a, loading);
+        loading.catch(() => ownedDrafts.delete(a));
+      }
+      draft = await loading;
+    } else draft = a;
+    const draftModel = typeof draft === 'function' ? draft.model : draft;
+    let assistant = assistants.get(draftModel);
+    if (!assistant) {
+      assistant = Assistant.open({ model, session, tokenizer }, typeof draft === 'function' ? { model: draft.model, tokenizer: draft.tokenizer } : { model: draft });
+      assistants.set(draftModel, assistant);
+    }
+    return assistant;
+  };
+
+  const runOptions = async (o: GenerateOptions): Promise<RunOptions> => (o.assistant_model === undefined ? o : { ...o, assistant: await assistantFor(o.assistant_model) });
 
   const prepare = (input: Message[] | string, o: GenerateOptions): Prepared => {
     if (disposed) throw new ChatInputError('This pipeline has been disposed');
@@ -134,7 +164,7 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
     const p = prepare(input, o);
     const release = await mutex.lock();
     try {
-      yield* generator.stream(p.ids, p.cfg, o);
+      yield* generator.stream(p.ids, p.cfg, await runOptions(o));
     } finally {
       release();
     }
@@ -144,7 +174,7 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
     const p = prepare(input, o);
     const release = await mutex.lock();
     try {
-      const r = await generator.run(p.ids, p.cfg, o);
+      const r = await generator.run(p.ids, p.cfg, await runOptions(o));
       return p.output(r.text);
     } finally {
       release();
@@ -162,6 +192,8 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
       value: () => {
         if (disposed) return;
         disposed = true;
+        for (const a of assistants.values()) a.dispose();
+        for (const d of ownedDrafts.values()) d.then((p) => p.dispose(), () => {});
         session.dispose();
         model.dispose();
       },

@@ -14,6 +14,7 @@ import { Decoder } from './transformer.ts';
 import type { StepProfiler } from './profiler.ts';
 import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, Session, TopK } from './types.ts';
 import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
+import { inactiveExpertBytes, plannedTensorBytes } from './moe-weights.ts';
 
 export class ModelLoadError extends Error {
   override name = 'ModelLoadError';
@@ -62,10 +63,7 @@ export interface MemoryPlan {
 
 export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number): MemoryPlan {
   let weightBytes = 0;
-  for (const shape of expectedTensors(c).values()) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    weightBytes += shape.length === 2 ? n * BYTES_PER_ELEMENT[dtype] : n * 4;
-  }
+  for (const [name, shape] of expectedTensors(c)) weightBytes += plannedTensorBytes(name, shape, dtype);
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
   const perToken = 3 * c.hidden_size + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
@@ -134,7 +132,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     kvBytesPerToken,
     vocabSize: config.vocab_size,
     maxPositionEmbeddings: config.max_position_embeddings,
-    bytesPerToken: plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes),
+    bytesPerToken: plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes) - inactiveExpertBytes(config, dtype),
     config,
     variant: ctx.variant,
   };

@@ -1,6 +1,7 @@
 // The dense decoder's forward pass, read top to bottom:
 //   embed → per layer (norm, q/k/v, [q/k norm], RoPE, attention over the KV cache,
-//   o_proj + residual, norm, gate/up, SiLU·up, down_proj + residual) → norm → LM head.
+//   o_proj + residual, norm, gate/up, SiLU·up, down_proj + residual — or on MoE layers the
+//   routed experts, ops/moe.ts) → norm → LM head.
 // One Decoder is one session's run state (activations, KV cache) over shared weights;
 // every op, buffer and bind group is made here once and re-encoded each step.
 
@@ -14,6 +15,8 @@ import { createRmsNorm } from './ops/norm.ts';
 import { createRope } from './ops/rope.ts';
 import { createSiluMul } from './ops/elementwise.ts';
 import { ropeInvFreq } from './rope-frequencies.ts';
+import { createMoe, createMoeScratch } from './ops/moe.ts';
+import { moeOptions } from './moe-weights.ts';
 import type { DecoderWeights } from './weights.ts';
 import type { OpKind, StepProfiler } from './profiler.ts';
 
@@ -108,6 +111,9 @@ export class Decoder {
     const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k);
     const ropeStep = stepOp('rope', (pass, tokens, startPos) => rope.encode(pass, tokens, startPos));
     this.owners.push(rope);
+    // Every MoE layer's scratch activations are the same buffers: layers run one after another.
+    const moeScratch = c.moe ? createMoeScratch(ctx.device, moeOptions(c, T)) : undefined;
+    if (moeScratch) this.owners.push(moeScratch);
     this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
     w.layers.forEach((L, i) => {
       this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.inputNorm, normed, h, c.rms_norm_eps)));
@@ -120,15 +126,19 @@ export class Decoder {
       }
       this.body.push(ropeStep);
       const window = c.layer_windows[i] ?? 0;
-      const attn = createAttention(ctx, { ...heads, maxContext: opts.maxContext, ...(window ? { slidingWindow: window } : {}) }, q, k, v, attnOut);
+      const attn = createAttention(ctx, { ...heads, maxContext: opts.maxContext, ...(window ? { slidingWindow: window } : {}), ...(L.sinks ? { sinks: L.sinks } : {}) }, q, k, v, attnOut);
       this.attention.push(attn);
       this.body.push(stepOp('attention', (pass, tokens, startPos) => attn.encode(pass, tokens, startPos), () => attn.destroy()));
       this.body.push(perToken('linear', createLinear(ctx, L.o, attnOut, this.hidden, { accumulate: true, maxTokens: T })));
       this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
-      this.body.push(perToken('linear', createLinear(ctx, L.gate, normed, gate, { maxTokens: T })));
-      this.body.push(perToken('linear', createLinear(ctx, L.up, normed, up, { maxTokens: T })));
+      if (L.moe) {
+        this.body.push(perToken('linear', createMoe(ctx, L.moe, moeScratch!, normed, this.hidden)));
+        return;
+      }
+      this.body.push(perToken('linear', createLinear(ctx, L.gate!, normed, gate, { maxTokens: T })));
+      this.body.push(perToken('linear', createLinear(ctx, L.up!, normed, up, { maxTokens: T })));
       this.body.push(perToken('elementwise', createSiluMul(ctx, c.intermediate_size, { gate, up }, act)));
-      this.body.push(perToken('linear', createLinear(ctx, L.down, act, this.hidden, { accumulate: true, maxTokens: T })));
+      this.body.push(perToken('linear', createLinear(ctx, L.down!, act, this.hidden, { accumulate: true, maxTokens: T })));
     });
     this.head.push(perToken('norm', createRmsNorm(ctx, this.lastHidden, w.norm, this.finalNormed, h, c.rms_norm_eps)));
     this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, this.finalNormed, this.logits, { maxTokens: opts.maxLogitRows })));

@@ -8,6 +8,8 @@ import type { LinearWeight } from './ops/linear.ts';
 import type { Checkpoint } from './safetensors.ts';
 import { type GpuTensor, UploadError, UploadProgress, destroyTensor, uploadF32, uploadTensor } from './upload.ts';
 import type { LoadProgress } from './types.ts';
+import { isSparseLayer, loadMoeLayer, moeTensorShapes } from './moe-weights.ts';
+import type { MoeWeights } from './ops/moe.ts';
 
 export interface LayerWeights {
   inputNorm: GPUBuffer; // [hidden]
@@ -17,10 +19,13 @@ export interface LayerWeights {
   o: LinearWeight; // [hidden, heads * head_dim]
   qNorm?: GPUBuffer; // [head_dim] (Qwen3)
   kNorm?: GPUBuffer; // [head_dim] (Qwen3)
+  sinks?: GPUBuffer; // [heads] attention sink logits (GPT-OSS)
   postNorm: GPUBuffer; // [hidden]
-  gate: LinearWeight; // [intermediate, hidden]
-  up: LinearWeight; // [intermediate, hidden]
-  down: LinearWeight; // [hidden, intermediate]
+  // The dense MLP, or on sparse layers the mixture of experts (moe-weights.ts).
+  gate?: LinearWeight; // [intermediate, hidden]
+  up?: LinearWeight; // [intermediate, hidden]
+  down?: LinearWeight; // [hidden, intermediate]
+  moe?: MoeWeights;
 }
 
 export interface DecoderWeights {
@@ -42,7 +47,8 @@ function layerNames(i: number, c: ModelConfig) {
     postNorm: `${p}post_attention_layernorm.weight`,
     qNorm: c.qk_norm ? `${p}self_attn.q_norm.weight` : undefined,
     kNorm: c.qk_norm ? `${p}self_attn.k_norm.weight` : undefined,
-    linear: {
+    sinks: c.attention_sinks ? `${p}self_attn.sinks` : undefined,
+    linear: Object.fromEntries(Object.entries({
       q: [`${p}self_attn.q_proj.weight`, bias('self_attn.q_proj', c.attention_bias)],
       k: [`${p}self_attn.k_proj.weight`, bias('self_attn.k_proj', c.attention_bias)],
       v: [`${p}self_attn.v_proj.weight`, bias('self_attn.v_proj', c.attention_bias)],
@@ -50,7 +56,7 @@ function layerNames(i: number, c: ModelConfig) {
       gate: [`${p}mlp.gate_proj.weight`, bias('mlp.gate_proj', c.mlp_bias)],
       up: [`${p}mlp.up_proj.weight`, bias('mlp.up_proj', c.mlp_bias)],
       down: [`${p}mlp.down_proj.weight`, bias('mlp.down_proj', c.mlp_bias)],
-    } as Record<'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down', [string, string | undefined]>,
+    }).filter(([key]) => !isSparseLayer(c, i) || !['gate', 'up', 'down'].includes(key))) as Partial<Record<'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down', [string, string | undefined]>>,
   };
 }
 
@@ -76,6 +82,8 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
     out.set(n.postNorm, [h]);
     if (n.qNorm) out.set(n.qNorm, [c.head_dim]);
     if (n.kNorm) out.set(n.kNorm, [c.head_dim]);
+    if (n.sinks) out.set(n.sinks, [c.num_attention_heads]);
+    if (isSparseLayer(c, i)) for (const [name, shape] of moeTensorShapes(i, c)) out.set(name, shape);
     for (const [key, [w, b]] of Object.entries(n.linear)) {
       out.set(w, shapes[key]!);
       if (b) out.set(b, [shapes[key]![0]]);
@@ -128,12 +136,17 @@ export async function loadDecoderWeights(
     small.push(b);
     return b;
   };
+  const moeLayer = async (i: number) => {
+    const m = await loadMoeLayer(device, ckpt, c, i, dtype, progress);
+    small.push(...m.buffers);
+    return m.weights;
+  };
   try {
     const embedT = await matrix('model.embed_tokens.weight');
     const layers: LayerWeights[] = [];
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const n = layerNames(i, c);
-      const lin = {} as Record<keyof typeof n.linear, LinearWeight>;
+      const lin = {} as Partial<Record<keyof typeof n.linear, LinearWeight>>;
       for (const [key, [w, b]] of Object.entries(n.linear) as [keyof typeof n.linear, [string, string | undefined]][]) {
         const t = await matrix(w);
         lin[key] = asLinear(t, b ? await vector(b) : undefined);
@@ -143,7 +156,9 @@ export async function loadDecoderWeights(
         postNorm: await vector(n.postNorm),
         ...(n.qNorm ? { qNorm: await vector(n.qNorm) } : {}),
         ...(n.kNorm ? { kNorm: await vector(n.kNorm) } : {}),
-        ...lin,
+        ...(n.sinks ? { sinks: await vector(n.sinks) } : {}),
+        ...(isSparseLayer(c, i) ? { moe: await moeLayer(i) } : {}),
+        ...(lin as Record<'q' | 'k' | 'v' | 'o', LinearWeight>),
       });
     }
     const norm = await vector('model.norm.weight');

@@ -23,6 +23,8 @@ export interface AttentionOptions {
   scale?: number;
   /** Attend only to the last `slidingWindow` positions, the query's own included (HF Mistral/Qwen2). */
   slidingWindow?: number;
+  /** [nHeads] f32 logits that join each softmax's denominator and weigh no value (GPT-OSS sinks). */
+  sinks?: GPUBuffer;
 }
 
 export interface AttentionOp {
@@ -100,10 +102,11 @@ export function createAttention(
   const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache]);
   const software = ctx.variant === 'software';
   const attn = software
-    ? ctx.kernels.get('attention', { SPLIT_SW: true }, { WG, HD4: headDim / 4 })
-    : ctx.kernels.get('attention', { SPLIT_GPU: true }, { WG });
+    ? ctx.kernels.get('attention', { SPLIT_SW: true, SINKS: !!opts.sinks }, { WG, HD4: headDim / 4 })
+    : ctx.kernels.get('attention', { SPLIT_GPU: true, SINKS: !!opts.sinks }, { WG });
   const attnParams = new ParamsBuffer(dev, attn);
-  const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part]);
+  if (opts.sinks && opts.sinks.size < nHeads * 4) throw new AttentionError(`sinks hold fewer than ${nHeads} f32`);
+  const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, ...(opts.sinks ? [opts.sinks] : [])]);
   const combine = ctx.kernels.get('attention', { COMBINE: true }, { WG });
   const combineParams = new ParamsBuffer(dev, combine);
   const combineGroup = bindGroup(dev, combine, [combineParams.buffer, part, out]);

@@ -5,12 +5,16 @@
 import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
 import { type Constants, type Defines, type Kernel, grid } from '../kernel.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
+import type { QuantSpec } from '../quant.ts';
+import { checkQuantWeight, createQuantLinear } from './linear-quant.ts';
 
 /** Rows [rowStart, rowStart + rows) of a weight, packed from the buffer's own element 0. */
 export interface WeightChunk {
   buffer: GPUBuffer;
   rowStart: number;
   rows: number;
+  /** Quantized weights only: [rows, groups] u32 scale words (src/quant.ts). */
+  scales?: GPUBuffer;
 }
 
 /** A [rows, cols] row-major weight (N x K for a linear layer), bf16/f16 packed two per u32. */
@@ -22,6 +26,12 @@ export interface LinearWeight {
   chunks: WeightChunk[];
   /** f32 [rows], added to every output row. */
   bias?: GPUBuffer;
+  /**
+   * Set for q8/q4 weights (chunks hold packed words and scales, src/quant.ts; `dtype` is then the
+   * checkpoint's and unused by the kernels). `perm` (u32 [cols]): the weight's columns are stored in
+   * this order (GPTQ act-order), so x[perm[j]] meets column j.
+   */
+  quant?: QuantSpec & { perm?: GPUBuffer };
 }
 
 export interface LinearOptions {
@@ -58,6 +68,7 @@ const MATMUL_GPU_TILE = 64;
 
 /** Checks a chunked weight: chunks in order, no gaps, each buffer large enough. */
 export function checkWeight(w: LinearWeight, what = 'weight'): void {
+  if (w.quant) return checkQuantWeight(w, what);
   if (!(w.dtype in BYTES_PER_ELEMENT)) throw new LinearError(`${what}: unknown dtype '${w.dtype}'`);
   if (!(Number.isInteger(w.rows) && w.rows > 0 && Number.isInteger(w.cols) && w.cols > 0)) {
     throw new LinearError(`${what}: bad shape [${w.rows}, ${w.cols}]`);
@@ -91,6 +102,7 @@ interface Dispatch {
 }
 
 export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
+  if (w.quant) return createQuantLinear(ctx, w, x, y, opts);
   checkWeight(w, 'linear');
   const N = w.rows;
   const K = w.cols;

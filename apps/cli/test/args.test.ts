@@ -1,0 +1,171 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { CHAT_HELP, GENERATION_FLAGS, SERVE_HELP, UsageError, bundledModelPath, parseChatArgs, parseGenerationFlags, parseServeArgs } from '../src/args.ts';
+import { flagsToRequest, modelIdOf, type ChatBackend, type TurnStats } from '../src/backend.ts';
+import { ChatSession, formatTurn } from '../src/session.ts';
+import type { Message } from '@webgpu-chat/chat';
+
+describe('generation flags', () => {
+  it('parses Transformers names and values, Python booleans included', () => {
+    expect(
+      parseGenerationFlags(['do_sample=False', 'max_new_tokens=10', 'temperature=0.7', 'top_p=0.9', 'top_k=50', 'min_p=0.05', 'repetition_penalty=1.1', 'seed=0']),
+    ).toEqual({ do_sample: false, max_new_tokens: 10, temperature: 0.7, top_p: 0.9, top_k: 50, min_p: 0.05, repetition_penalty: 1.1, seed: 0 });
+    expect(parseGenerationFlags(['do_sample=true'], { seed: 3 })).toEqual({ do_sample: true, seed: 3 });
+  });
+
+  it('rejects unknown keys, listing every valid one', () => {
+    const e = (() => {
+      try {
+        parseGenerationFlags(['max_length=5']);
+      } catch (x) {
+        return x as Error;
+      }
+    })();
+    expect(e).toBeInstanceOf(UsageError);
+    expect(e!.message).toMatch(/unknown generation flag 'max_length'/);
+    for (const k of GENERATION_FLAGS) expect(e!.message).toContain(k);
+  });
+
+  it.each([
+    ['do_sample=maybe', /invalid value 'maybe' for do_sample: expected true or false/],
+    ['max_new_tokens=0', /max_new_tokens: expected an integer >= 1/],
+    ['max_new_tokens=2.5', /max_new_tokens: expected an integer >= 1/],
+    ['temperature=-1', /temperature: expected a number >= 0/],
+    ['temperature=abc', /temperature/],
+    ['top_p=1.5', /top_p: expected a number in \[0, 1\]/],
+    ['top_k=-3', /top_k: expected an integer >= 0/],
+    ['repetition_penalty=0', /repetition_penalty: expected a number > 0/],
+    ['seed=', /invalid value '' for seed/],
+    ['=3', /expected key=value/],
+  ])('rejects %s', (pair, msg) => {
+    expect(() => parseGenerationFlags([pair])).toThrow(msg);
+  });
+});
+
+describe('parseChatArgs', () => {
+  it('reads MODEL, key=value pairs and options in any order', () => {
+    expect(
+      parseChatArgs(['Qwen/Qwen2.5-0.5B-Instruct', 'do_sample=false', '--system', 'Be brief.', '--dtype=f16', 'max_new_tokens=10', '--max-context', '2048', '--json', '--prompt', 'Hi']),
+    ).toEqual({
+      model: 'Qwen/Qwen2.5-0.5B-Instruct',
+      generation: { do_sample: false, max_new_tokens: 10 },
+      system: 'Be brief.',
+      dtype: 'f16',
+      maxContext: 2048,
+      json: true,
+      prompt: 'Hi',
+      help: false,
+    });
+    expect(parseChatArgs([])).toEqual({ generation: {}, dtype: 'auto', json: false, help: false });
+    expect(parseChatArgs(['--url', 'http://127.0.0.1:8000/']).url).toBe('http://127.0.0.1:8000');
+    expect(parseChatArgs(['-h']).help).toBe(true);
+  });
+
+  it('gives clear errors', () => {
+    expect(() => parseChatArgs(['--dtype', 'int3'])).toThrow(/--dtype expects one of auto, f32, f16, bf16, got 'int3'/);
+    expect(() => parseChatArgs(['--max-context', 'lots'])).toThrow(/--max-context expects an integer >= 1/);
+    expect(() => parseChatArgs(['--url', 'ftp://x'])).toThrow(/--url expects an http\(s\) URL/);
+    expect(() => parseChatArgs(['--frobnicate'])).toThrow(/unknown option '--frobnicate'/);
+    expect(() => parseChatArgs(['a/b', 'c/d'])).toThrow(/unexpected argument 'c\/d'/);
+    expect(() => parseChatArgs(['--system'])).toThrow(/--system needs a value/);
+  });
+
+  it('help lists every flag, option and command', () => {
+    for (const k of [...GENERATION_FLAGS, '--system', '--dtype', '--max-context', '--json', '--url', '--prompt', '--help', '!help', '!clear', '!save', '!load', '!set', '!status', '!system', '!exit']) {
+      expect(CHAT_HELP).toContain(k);
+    }
+    for (const k of ['--host', '--port', '--api-key', '--dtype', '--max-queue']) expect(SERVE_HELP).toContain(k);
+  });
+
+  it('the bundled model path points at models/stories260K', () => {
+    expect(readFileSync(join(bundledModelPath(), 'config.json'), 'utf8')).toContain('"llama"');
+  });
+});
+
+describe('parseServeArgs', () => {
+  it('defaults to loopback and reads the options', () => {
+    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, maxQueue: 16, help: false });
+    expect(parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--dtype', 'bf16'])).toEqual({
+      model: 'm',
+      dtype: 'bf16',
+      host: '0.0.0.0',
+      port: 0,
+      apiKey: 'k',
+      maxQueue: 2,
+      help: false,
+    });
+    expect(() => parseServeArgs(['--port', '70000'])).toThrow(/--port expects 0..65535/);
+  });
+});
+
+describe('backend helpers', () => {
+  it('names models by repo id or folder name', () => {
+    expect(modelIdOf('Qwen/Qwen2.5-0.5B-Instruct@main')).toBe('Qwen/Qwen2.5-0.5B-Instruct@main');
+    expect(modelIdOf('/work/models/stories260K/')).toBe('stories260K');
+    expect(modelIdOf('./models/x')).toBe('x');
+  });
+
+  it('maps Transformers flags onto OpenAI request fields', () => {
+    expect(flagsToRequest({ do_sample: false, temperature: 0.7, max_new_tokens: 5, top_k: 3 })).toEqual({ temperature: 0, max_tokens: 5, top_k: 3 });
+    expect(flagsToRequest({ do_sample: true })).toEqual({ temperature: 1 });
+    expect(flagsToRequest({ temperature: 0.5, seed: 1, min_p: 0.1 })).toEqual({ temperature: 0.5, seed: 1, min_p: 0.1 });
+  });
+});
+
+/** Echoes the last user message back, one word per piece. */
+class EchoBackend implements ChatBackend {
+  readonly modelId = 'echo';
+  lastTurn: TurnStats | undefined;
+  seen: Message[][] = [];
+  async *stream(messages: Message[]): AsyncIterable<string> {
+    this.seen.push(messages);
+    const words = messages.at(-1)!.content.split(' ');
+    for (const w of words) yield w + ' ';
+    this.lastTurn = { promptTokens: 7, newTokens: words.length, seconds: 0.5, tokensPerSecond: 4, timeToFirstTokenMs: 12, finishReason: 'stop' };
+  }
+  async status() {
+    return { model: 'echo', where: 'in-process', maxContext: 100 };
+  }
+  async dispose() {}
+}
+
+describe('ChatSession commands', () => {
+  it('!set, !system, !status, !save, !clear, !load, !exit', async () => {
+    const b = new EchoBackend();
+    const s = new ChatSession(b, { flags: { max_new_tokens: 5 } });
+    expect(await s.command('hello')).toEqual({ notACommand: true });
+    expect(await s.command('!set temperature=0.5 do_sample=true')).toEqual({ output: 'settings: do_sample=true max_new_tokens=5 temperature=0.5' });
+    await expect(s.command('!set nope=1')).rejects.toThrow(/unknown generation flag 'nope'/);
+    await s.command('!system Be nice.');
+    let out = '';
+    await s.reply('a b c', (t) => (out += t), new AbortController().signal);
+    expect(out).toBe('a b c ');
+    expect(b.seen[0]).toEqual([{ role: 'system', content: 'Be nice.' }, { role: 'user', content: 'a b c' }]);
+    const status = ((await s.command('!status')) as { output: string }).output;
+    expect(status).toContain('context:  10 tokens used of 100');
+    expect(status).toContain('settings: do_sample=true max_new_tokens=5 temperature=0.5');
+    expect(status).toContain('last:     3 tokens in 0.50 s (4.0 tokens/s, TTFT 12 ms)');
+
+    const path = join(mkdtempSync(join(tmpdir(), 'chatsave-')), 'c.json');
+    expect(await s.command(`!save ${path}`)).toEqual({ output: `Saved to ${path}` });
+    const saved = JSON.parse(readFileSync(path, 'utf8'));
+    expect(saved.messages).toHaveLength(3);
+    expect(saved.settings.generation).toEqual({ max_new_tokens: 5, temperature: 0.5, do_sample: true });
+
+    await s.command('!clear');
+    expect(s.turns).toEqual([]);
+    const fresh = new ChatSession(b);
+    await fresh.command(`!load ${path}`);
+    expect(fresh.messages).toEqual(saved.messages);
+    expect(fresh.flags).toEqual(saved.settings.generation);
+    writeFileSync(path, '{"messages": 3}');
+    await expect(fresh.command(`!load ${path}`)).rejects.toThrow(/expected a file written by !save/);
+    await expect(s.command('!bogus')).rejects.toThrow(/unknown command '!bogus'/);
+    expect(await s.command('!exit')).toEqual({ exit: true });
+    expect(formatTurn({ promptTokens: 1, newTokens: 20, seconds: 2, tokensPerSecond: 10.04, timeToFirstTokenMs: 150.4, finishReason: 'length' })).toBe(
+      '20 tokens in 2.00 s (10.0 tokens/s, TTFT 150 ms) [max_new_tokens reached]',
+    );
+  });
+});

@@ -1,0 +1,248 @@
+// Fused dequant matrix-matrix product for several tokens (prefill), over one row chunk of a
+// quantized W:
+//   y[t, colOffset + r] (+)= sum_k x[t, k] * W[r, k] (+ bias[colOffset + r])   t < tokens, r < rows.
+// x is [tokens, K] f32, y is [tokens, N] f32 (row stride N). W and its scales are laid out as in
+// matvec_q.wgsl (src/quant.ts): rows padded to `groups` groups of G columns; Q4: 8 nibbles per
+// word, scale word pack2x16float(s, z), w = (q - z) * s; else q8: 4 int8 per word, scale word the
+// f32 bits of s. Weights are never expanded to a full-precision buffer; f32 arithmetic only (see
+// matvec_q.wgsl for why no shader-f16 variant).
+// Defines: Q4 (else q8), TAIL (K % G != 0: x masked to k < K in the last group), BIAS, ACC,
+// GPU (64x64 output tiles through workgroup memory, weights dequantized into the tile; else each
+// thread computes 4 rows x 4 tokens, so each weight word serves 4 tokens and each x load 4 rows,
+// and each group's integer sums are scaled once).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32>, 2 x [tokens, K] f32,
+// 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32.
+
+struct Params {
+  K: u32,
+  rows: u32,
+  colOffset: u32,
+  N: u32,
+  tokens: u32,
+  groups: u32,
+}
+
+override G: u32 = 32u; // weights per group: a multiple of 32
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+@group(0) @binding(5) var<storage, read> sc: array<u32>;
+
+#if Q4
+const EPV = 32u; // weights per vec4<u32>
+const EPW = 8u;  // weights per u32
+#else
+const EPV = 16u;
+const EPW = 4u;
+#endif
+
+fn store(t: u32, r: u32, v: f32) {
+  let i = t * p.N + p.colOffset + r;
+  var o = v;
+#if BIAS
+  o += bias[p.colOffset + r];
+#endif
+#if ACC
+  o += y[i];
+#endif
+  y[i] = o;
+}
+
+#if GPU
+const BM = 64u; // rows per tile
+const BT = 64u; // tokens per tile
+const BK = 16u; // k per step
+
+var<workgroup> ws: array<f32, 1024>; // [BM][BK] dequantized weights
+var<workgroup> xs: array<f32, 1024>; // [BT][BK]
+
+// Element (r, k) of the chunk, dequantized.
+fn wq(r: u32, k: u32) -> f32 {
+  let e = r * p.groups * G + k;
+  let word = w[e / EPV][(e % EPV) / EPW];
+  let sw = sc[r * p.groups + k / G];
+#if Q4
+  let sz = unpack2x16float(sw);
+  return (f32((word >> (4u * (e % 8u))) & 15u) - sz.y) * sz.x;
+#else
+  return f32((bitcast<i32>(word) << (24u - 8u * (e % 4u))) >> 24u) * bitcast<f32>(sw);
+#endif
+}
+
+// 256 threads as 16 x 16, each computing 4 rows x 4 tokens of the 64 x 64 tile.
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let rowBase = wg.x * BM;
+  let tokBase = wg.y * BT;
+  let tr = lid % 16u;
+  let tt = lid / 16u;
+  var acc: array<vec4<f32>, 4>; // acc[i][j]: token tt + 16 i, row tr + 16 j
+  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+    for (var i = 0u; i < 4u; i++) {
+      let e = lid + i * 256u;
+      let rk = e / BK;
+      let k = k0 + e % BK;
+      let r = rowBase + rk;
+      var wv = 0.0;
+      if (r < p.rows && k < p.K) { wv = wq(r, k); }
+      ws[e] = wv;
+      let t = tokBase + rk;
+      var xv = 0.0;
+      if (t < p.tokens && k < p.K) { xv = x[t * p.K + k]; }
+      xs[e] = xv;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk++) {
+      let wv = vec4<f32>(ws[tr * BK + kk], ws[(tr + 16u) * BK + kk], ws[(tr + 32u) * BK + kk], ws[(tr + 48u) * BK + kk]);
+      for (var i = 0u; i < 4u; i++) {
+        acc[i] += wv * xs[(tt + 16u * i) * BK + kk];
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let t = tokBase + tt + 16u * i;
+    if (t >= p.tokens) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let r = rowBase + tr + 16u * j;
+      if (r < p.rows) { store(t, r, acc[i][j]); }
+    }
+  }
+}
+#else
+override WG: u32 = 64u;
+
+// Per group: d<i> = integer dot products of token t<i> with rows r0..r3, s = x sums per token.
+struct Sums {
+  d0: vec4<f32>, d1: vec4<f32>, d2: vec4<f32>, d3: vec4<f32>,
+  s: vec4<f32>,
+}
+
+// x[t, k .. k + 4), zeroed at or past K when masked.
+fn x4(t: u32, k: u32, masked: bool) -> vec4<f32> {
+  let b = t * p.K + k;
+  let v = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
+  if (!masked) { return v; }
+  return select(vec4<f32>(0.0), v, vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.K));
+}
+
+#if Q4
+fn nib(v: u32, sh: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>((vec4<u32>(v) >> sh) & vec4<u32>(15u));
+}
+
+// One word per row (q.x .. q.w for rows r0..r3): 8 weights from column k.
+fn word(q: vec4<u32>, k: u32, t: vec4<u32>, masked: bool, a: ptr<function, Sums>) {
+  let lo = vec4<u32>(0u, 4u, 8u, 12u);
+  let hi = vec4<u32>(16u, 20u, 24u, 28u);
+  let wa0 = nib(q.x, lo); let wa1 = nib(q.x, hi);
+  let wb0 = nib(q.y, lo); let wb1 = nib(q.y, hi);
+  let wc0 = nib(q.z, lo); let wc1 = nib(q.z, hi);
+  let wd0 = nib(q.w, lo); let wd1 = nib(q.w, hi);
+  var x0 = x4(t.x, k, masked); var x1 = x4(t.x, k + 4u, masked);
+  (*a).d0 += vec4<f32>(dot(wa0, x0) + dot(wa1, x1), dot(wb0, x0) + dot(wb1, x1), dot(wc0, x0) + dot(wc1, x1), dot(wd0, x0) + dot(wd1, x1));
+  var s = vec4<f32>(0.0);
+  s.x = dot(x0 + x1, vec4<f32>(1.0));
+  x0 = x4(t.y, k, masked); x1 = x4(t.y, k + 4u, masked);
+  (*a).d1 += vec4<f32>(dot(wa0, x0) + dot(wa1, x1), dot(wb0, x0) + dot(wb1, x1), dot(wc0, x0) + dot(wc1, x1), dot(wd0, x0) + dot(wd1, x1));
+  s.y = dot(x0 + x1, vec4<f32>(1.0));
+  x0 = x4(t.z, k, masked); x1 = x4(t.z, k + 4u, masked);
+  (*a).d2 += vec4<f32>(dot(wa0, x0) + dot(wa1, x1), dot(wb0, x0) + dot(wb1, x1), dot(wc0, x0) + dot(wc1, x1), dot(wd0, x0) + dot(wd1, x1));
+  s.z = dot(x0 + x1, vec4<f32>(1.0));
+  x0 = x4(t.w, k, masked); x1 = x4(t.w, k + 4u, masked);
+  (*a).d3 += vec4<f32>(dot(wa0, x0) + dot(wa1, x1), dot(wb0, x0) + dot(wb1, x1), dot(wc0, x0) + dot(wc1, x1), dot(wd0, x0) + dot(wd1, x1));
+  s.w = dot(x0 + x1, vec4<f32>(1.0));
+  (*a).s += s;
+}
+
+// Per row: s * (d - z * sum x), for one token's d and x sum.
+fn deq4(d: vec4<f32>, xs: f32, words: vec4<u32>) -> vec4<f32> {
+  let a = unpack2x16float(words.x);
+  let b = unpack2x16float(words.y);
+  let c = unpack2x16float(words.z);
+  let e = unpack2x16float(words.w);
+  return vec4<f32>(a.x, b.x, c.x, e.x) * (d - vec4<f32>(a.y, b.y, c.y, e.y) * xs);
+}
+#else
+fn byt(v: u32) -> vec4<f32> {
+  return vec4<f32>((vec4<i32>(bitcast<i32>(v)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// One word per row (q.x .. q.w for rows r0..r3): 4 weights from column k.
+fn word(q: vec4<u32>, k: u32, t: vec4<u32>, masked: bool, a: ptr<function, Sums>) {
+  let wa = byt(q.x);
+  let wb = byt(q.y);
+  let wc = byt(q.z);
+  let wd = byt(q.w);
+  var xv = x4(t.x, k, masked);
+  (*a).d0 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+  xv = x4(t.y, k, masked);
+  (*a).d1 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+  xv = x4(t.z, k, masked);
+  (*a).d2 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+  xv = x4(t.w, k, masked);
+  (*a).d3 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+}
+
+fn deq4(d: vec4<f32>, xs: f32, words: vec4<u32>) -> vec4<f32> {
+  return bitcast<vec4<f32>>(words) * d;
+}
+#endif
+
+// Adds group g of rows r (x4) times tokens t (x4) to the accumulators a<i> (token t<i>).
+fn group(g: u32, r: vec4<u32>, t: vec4<u32>, masked: bool, acc: ptr<function, array<vec4<f32>, 4>>) {
+  let vpg = G / EPV;
+  let base = r * (p.groups * vpg) + vec4<u32>(g * vpg);
+  var a: Sums;
+  for (var v = 0u; v < vpg; v++) {
+    let k = g * G + v * EPV;
+    let qa = w[base.x + v];
+    let qb = w[base.y + v];
+    let qc = w[base.z + v];
+    let qd = w[base.w + v];
+    word(vec4<u32>(qa.x, qb.x, qc.x, qd.x), k, t, masked, &a);
+    word(vec4<u32>(qa.y, qb.y, qc.y, qd.y), k + EPW, t, masked, &a);
+    word(vec4<u32>(qa.z, qb.z, qc.z, qd.z), k + 2u * EPW, t, masked, &a);
+    word(vec4<u32>(qa.w, qb.w, qc.w, qd.w), k + 3u * EPW, t, masked, &a);
+  }
+  let si = r * p.groups + vec4<u32>(g);
+  let words = vec4<u32>(sc[si.x], sc[si.y], sc[si.z], sc[si.w]);
+  (*acc)[0] += deq4(a.d0, a.s.x, words);
+  (*acc)[1] += deq4(a.d1, a.s.y, words);
+  (*acc)[2] += deq4(a.d2, a.s.z, words);
+  (*acc)[3] += deq4(a.d3, a.s.w, words);
+}
+
+// Tokens come from workgroup_id so x's addresses are uniform across the workgroup.
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let r0 = gid.x * 4u;
+  let t0 = wg.y * 4u;
+  if (r0 >= p.rows || t0 >= p.tokens) { return; }
+  let last = p.rows - 1u;
+  let r = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+  let tl = p.tokens - 1u;
+  let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(tl));
+  var acc: array<vec4<f32>, 4>; // acc[i]: token t[i], rows r0..r3
+  let full = p.K / G;
+  for (var g = 0u; g < full; g++) {
+    group(g, r, t, false, &acc);
+  }
+#if TAIL
+  group(full, r, t, true, &acc);
+#endif
+  for (var i = 0u; i < 4u; i++) {
+    if (t0 + i > tl) { break; }
+    let v = acc[i];
+    store(t[i], r0, v.x);
+    if (r0 + 1u <= last) { store(t[i], r0 + 1u, v.y); }
+    if (r0 + 2u <= last) { store(t[i], r0 + 2u, v.z); }
+    if (r0 + 3u <= last) { store(t[i], r0 + 3u, v.w); }
+  }
+}
+#endif

@@ -1,0 +1,206 @@
+// Fused dequant matrix-vector product for one token (decode), over one row chunk of a quantized W:
+//   y[colOffset + r] (+)= sum_k x[k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows).
+// W layout (src/quant.ts): each row padded with zero weights to `groups` groups of G columns;
+// a group is G / EPV vec4<u32> loads. Q8: 16 int8 per vec4<u32> (element k in byte k % 4 of word
+// k / 4), scale word = f32 bits of s, w = q * s. Else q4: 32 nibbles per vec4<u32> (element k in
+// bits 4 (k % 8) of word k / 8), scale word = pack2x16float(s, z), w = (q - z) * s, computed as
+// s * (sum q x - z * sum x) so the zero point costs one multiply per group.
+// Each group's integer dot product is summed in f32 and scaled once: no shader-f16 is needed (f16
+// partial sums would overflow on outlier activations: 127 * |x| * 32), and scales are decoded with
+// the core unpack2x16float, so this one path serves adapters with and without shader-f16.
+// Defines: Q4 (else q8), XU (x from a uniform buffer), TAIL (K % G != 0: the last group's x is
+// masked to k < K), BIAS, ACC (y += rather than y =), GPU (TPR threads per row reduce through
+// workgroup memory; else one thread per 4 rows, no barriers, x loaded once for 4 rows).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32>, 2 x [K] f32,
+// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32.
+
+struct Params {
+  K: u32,
+  rows: u32,
+  colOffset: u32,
+  groups: u32,
+}
+
+override G: u32 = 32u; // weights per group: a multiple of 32
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+#if XU
+// Uniform arrays need 16-byte elements; 4096 vec4 = the 64 KiB uniform binding limit.
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
+#else
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#endif
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+@group(0) @binding(5) var<storage, read> sc: array<u32>;
+
+#if Q4
+const EPV = 32u; // weights per vec4<u32>
+
+// x[k .. k + 32)
+struct XV {
+  a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
+  e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32>,
+}
+
+fn xv(k: u32) -> XV {
+  let i = k / 4u;
+  return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+}
+
+fn xvm(k: u32) -> XV {
+  let i = k / 4u;
+  return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u),
+            m4(x[i + 4u], k + 16u), m4(x[i + 5u], k + 20u), m4(x[i + 6u], k + 24u), m4(x[i + 7u], k + 28u));
+}
+
+fn nib(v: u32, sh: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>((vec4<u32>(v) >> sh) & vec4<u32>(15u));
+}
+
+fn dotw(q: vec4<u32>, v: XV) -> f32 {
+  let lo = vec4<u32>(0u, 4u, 8u, 12u);
+  let hi = vec4<u32>(16u, 20u, 24u, 28u);
+  return dot(nib(q.x, lo), v.a) + dot(nib(q.x, hi), v.b) + dot(nib(q.y, lo), v.c) + dot(nib(q.y, hi), v.d)
+       + dot(nib(q.z, lo), v.e) + dot(nib(q.z, hi), v.f) + dot(nib(q.w, lo), v.g) + dot(nib(q.w, hi), v.h);
+}
+
+fn xsum(v: XV) -> f32 {
+  return dot((v.a + v.b) + (v.c + v.d) + (v.e + v.f) + (v.g + v.h), vec4<f32>(1.0));
+}
+
+// Group result from the integer dot d, the group's x sum and its scale word.
+fn deq(d: f32, s: f32, word: u32) -> f32 {
+  let sz = unpack2x16float(word);
+  return sz.x * (d - sz.y * s);
+}
+#else
+const EPV = 16u;
+
+struct XV {
+  a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
+}
+
+fn xv(k: u32) -> XV {
+  let i = k / 4u;
+  return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+fn xvm(k: u32) -> XV {
+  let i = k / 4u;
+  return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u));
+}
+
+fn byt(v: u32) -> vec4<f32> {
+  return vec4<f32>((vec4<i32>(bitcast<i32>(v)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+fn dotw(q: vec4<u32>, v: XV) -> f32 {
+  return dot(byt(q.x), v.a) + dot(byt(q.y), v.b) + dot(byt(q.z), v.c) + dot(byt(q.w), v.d);
+}
+
+fn xsum(v: XV) -> f32 {
+  return 0.0;
+}
+
+fn deq(d: f32, s: f32, word: u32) -> f32 {
+  return bitcast<f32>(word) * d;
+}
+#endif
+
+// x[k .. k + 4) with elements at or past K zeroed (they meet the zero padding of the last group,
+// but past the end of x they may hold anything).
+fn m4(v: vec4<f32>, k: u32) -> vec4<f32> {
+  return select(vec4<f32>(0.0), v, vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.K));
+}
+
+fn store(r: u32, v: f32) {
+  let i = p.colOffset + r;
+  var o = v;
+#if BIAS
+  o += bias[i];
+#endif
+#if ACC
+  o += y[i];
+#endif
+  y[i] = o;
+}
+
+#if GPU
+override TPR: u32 = 32u; // threads per row, a power of two
+override RPW: u32 = 8u;  // rows per workgroup
+
+var<workgroup> red: array<f32, TPR * RPW>;
+
+// Lanes of a row take whole groups in turn, so each reads its group's scale once.
+@compute @workgroup_size(TPR * RPW)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let lane = lid % TPR;
+  let r = (wg.x + wg.y * nwg.x) * RPW + lid / TPR;
+  let rr = min(r, p.rows - 1u);
+  let vpg = G / EPV;
+  let full = p.K / G;
+  var acc = 0.0;
+  for (var g = lane; g < p.groups; g += TPR) {
+    var d = 0.0;
+    var s = 0.0;
+    for (var v = 0u; v < vpg; v++) {
+      let k = g * G + v * EPV;
+      var xx: XV;
+      if (g < full) { xx = xv(k); } else { xx = xvm(k); }
+      d += dotw(w[(rr * p.groups + g) * vpg + v], xx);
+      s += xsum(xx);
+    }
+    acc += deq(d, s, sc[rr * p.groups + g]);
+  }
+  red[lid] = acc;
+  workgroupBarrier();
+  for (var h = TPR / 2u; h > 0u; h >>= 1u) {
+    if (lane < h) { red[lid] += red[lid + h]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && r < p.rows) { store(r, red[lid]); }
+}
+#else
+override WG: u32 = 64u;
+
+// One group of rows r (4 of them), x loaded once per vec4 of weights for all four.
+fn group(g: u32, r: vec4<u32>, masked: bool) -> vec4<f32> {
+  let vpg = G / EPV;
+  let base = r * (p.groups * vpg) + vec4<u32>(g * vpg);
+  var d = vec4<f32>(0.0);
+  var s = 0.0;
+  for (var v = 0u; v < vpg; v++) {
+    let k = g * G + v * EPV;
+    var xx: XV;
+    if (masked) { xx = xvm(k); } else { xx = xv(k); }
+    d += vec4<f32>(dotw(w[base.x + v], xx), dotw(w[base.y + v], xx), dotw(w[base.z + v], xx), dotw(w[base.w + v], xx));
+    s += xsum(xx);
+  }
+  let si = r * p.groups + vec4<u32>(g);
+  return vec4<f32>(deq(d.x, s, sc[si.x]), deq(d.y, s, sc[si.y]), deq(d.z, s, sc[si.z]), deq(d.w, s, sc[si.w]));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let r0 = (gid.x + gid.y * nwg.x * WG) * 4u;
+  if (r0 >= p.rows) { return; }
+  let last = p.rows - 1u;
+  let r = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+  let full = p.K / G;
+  var acc = vec4<f32>(0.0);
+  for (var g = 0u; g < full; g++) {
+    acc += group(g, r, false);
+  }
+#if TAIL
+  acc += group(full, r, true);
+#endif
+  store(r0, acc.x);
+  if (r0 + 1u <= last) { store(r0 + 1u, acc.y); }
+  if (r0 + 2u <= last) { store(r0 + 2u, acc.z); }
+  if (r0 + 3u <= last) { store(r0 + 3u, acc.w); }
+}
+#endif

@@ -1,0 +1,319 @@
+// Assisted generation (speculative decoding): a draft model sharing the target's
+// tokenizer proposes K tokens one at a time; the target scores all of them plus one
+// more in a single forward over its KV cache (allLogits), keeps the longest accepted
+// prefix and adds one token of its own. Both caches then roll back past the rejected
+// tokens with truncate, so no prefix is ever recomputed.
+//
+// Acceptance is speculative sampling (Leviathan et al. 2023, Chen et al. 2023): accept a
+// drafted x with probability min(1, p(x)/q(x)); at the first rejection draw from
+// normalize(max(0, p - q)); after a fully accepted draft draw the bonus token from p.
+// p and q are the target's and draft's distributions after the same warpers, so the
+// output follows exactly the distribution plain sampling gives. Greedy decoding is the
+// special case of point masses: a drafted token is kept iff it is the target's argmax,
+// so the output equals the target's own greedy output.
+
+import type { Model, Session } from '@webgpu-chat/engine';
+import type { TokenSource } from './generate.ts';
+import {
+  applyRepetitionPenalty,
+  argmax,
+  distributionFromLogits,
+  draw,
+  isGreedy,
+  MAX_NUM_ASSISTANT_TOKENS,
+  readPath,
+  warpSorted,
+  type Distribution,
+  type ResolvedGenerationConfig,
+  type SamplingParams,
+  type SeededRandom,
+} from './sampling.ts';
+import type { ChatTokenizer } from './tokenizer.ts';
+import type { SpeculativeStats } from './types.ts';
+
+/** The draft cannot serve this target: another tokenizer, or a shorter context. */
+export class DraftModelError extends Error {
+  override name = 'DraftModelError';
+}
+
+/** A distribution that puts all its mass on one token (how greedy choices enter the acceptance rule). */
+export function pointMass(id: number): Distribution {
+  return { ids: Int32Array.of(id), probs: Float64Array.of(1) };
+}
+
+/** The probability of `id` under `d` (0 when it is not a candidate). */
+export function probabilityOf(d: Distribution, id: number): number {
+  for (let i = 0; i < d.ids.length; i++) if (d.ids[i] === id) return d.probs[i]!;
+  return 0;
+}
+
+/** normalize(max(0, p - q)): where a rejected draft token's mass goes. p itself if that is empty (rounding). */
+export function residualDistribution(p: Distribution, q: Distribution): Distribution {
+  const qOf = new Map<number, number>();
+  for (let i = 0; i < q.ids.length; i++) qOf.set(q.ids[i]!, q.probs[i]!);
+  const ids: number[] = [];
+  const mass: number[] = [];
+  let sum = 0;
+  for (let i = 0; i < p.ids.length; i++) {
+    const r = p.probs[i]! - (qOf.get(p.ids[i]!) ?? 0);
+    if (r > 0) {
+      ids.push(p.ids[i]!);
+      mass.push(r);
+      sum += r;
+    }
+  }
+  if (!(sum > 0)) return p;
+  return { ids: Int32Array.from(ids), probs: Float64Array.from(mass, (m) => m / sum) };
+}
+
+export interface Verdict {
+  /** How many drafted tokens the target kept (a prefix of the draft). */
+  accepted: number;
+  /** The target's own token after them: a correction after a rejection, a bonus after full acceptance. */
+  token: number;
+}
+
+/**
+ * Speculative sampling over one draft. `q[i]` is the distribution drafted[i] was drawn
+ * from; `target(i)` is the target's distribution at that position (i = drafted.length:
+ * after the whole draft). target(i) is asked for in order and only while needed, so a
+ * caller can read the target's rows lazily.
+ */
+export async function verifyDraft(
+  drafted: readonly number[],
+  q: readonly Distribution[],
+  target: (i: number) => Distribution | Promise<Distribution>,
+  rng: SeededRandom,
+): Promise<Verdict> {
+  if (q.length !== drafted.length) throw new RangeError(`verifyDraft: ${drafted.length} drafted tokens but ${q.length} draft distributions`);
+  for (let i = 0; i < drafted.length; i++) {
+    const p = await target(i);
+    const x = drafted[i]!;
+    const qx = probabilityOf(q[i]!, x);
+    // u < p/q, written without the division; qx > 0 since x was drawn from q.
+    if (rng.next() * qx < probabilityOf(p, x)) continue;
+    return { accepted: i, token: draw(residualDistribution(p, q[i]!), rng) };
+  }
+  return { accepted: drafted.length, token: draw(await target(drafted.length), rng) };
+}
+
+/**
+ * The distribution the sampling flags give at a position of `session` (the last one
+ * forwarded, or `row` after a forward with allLogits), read the way plain decoding reads
+ * it: argmax for greedy, the GPU's top-k for top_k <= 256, else the whole row.
+ * previousIds: the sequence up to that position, for the repetition penalty.
+ */
+export async function distributionAt(session: Session, p: SamplingParams, vocabSize: number, row: number | undefined, previousIds: Iterable<number>): Promise<Distribution> {
+  switch (readPath(p, vocabSize)) {
+    case 'argmax':
+      return pointMass(await session.argmax(row));
+    case 'topk': {
+      const top = await session.topK(p.top_k, row);
+      return warpSorted(top.ids, top.logits, p);
+    }
+    case 'logits': {
+      const logits = await session.logits(row); // a fresh copy: safe to penalise in place
+      applyRepetitionPenalty(logits, previousIds, p.repetition_penalty);
+      return isGreedy(p) ? pointMass(argmax(logits)) : distributionFromLogits(logits, p);
+    }
+  }
+}
+
+/** What must match for two models to share token ids. */
+export interface TokenizerSide {
+  /** Length of the model's logits row. */
+  vocabSize: number;
+  /** The tokenizer, when the side has one (a pipeline); a bare Model has only its config. */
+  tokenizer?: ChatTokenizer;
+  bosTokenId?: number | number[] | undefined;
+  eosTokenId?: number | number[] | undefined;
+}
+
+/**
+ * Throws a DraftModelError unless the draft reads and writes the same token ids as the
+ * target: the same logits width, and (when both have tokenizers) the same token string
+ * for every id and the same special tokens; with a bare Model, the same BOS/EOS ids.
+ */
+export function checkSameTokenizer(target: TokenizerSide, draft: TokenizerSide): void {
+  const fail = (why: string): never => {
+    throw new DraftModelError(`The assistant model cannot draft for this model: ${why}. A draft must use the target's tokenizer (same vocabulary and special tokens).`);
+  };
+  if (target.vocabSize !== draft.vocabSize) fail(`its vocabulary has ${draft.vocabSize} entries, the target's ${target.vocabSize}`);
+  const a = target.tokenizer;
+  const b = draft.tokenizer;
+  if (a && b) {
+    if (a.vocabSize !== b.vocabSize) fail(`its tokenizer has ${b.vocabSize} tokens, the target's ${a.vocabSize}`);
+    for (let id = 0; id < a.vocabSize; id++) {
+      const ta = a.idToToken(id);
+      const tb = b.idToToken(id);
+      if (ta !== tb) fail(`token ${id} is ${JSON.stringify(tb)} in its tokenizer but ${JSON.stringify(ta)} in the target's`);
+    }
+    for (const k of ['bos', 'eos', 'pad', 'unk'] as const) {
+      if (a[k]?.id !== b[k]?.id) fail(`its ${k}_token is ${JSON.stringify(b[k]?.content ?? null)}, the target's ${JSON.stringify(a[k]?.content ?? null)}`);
+    }
+    const sa = [...a.specialIds].sort((x, y) => x - y).join(',');
+    const sb = [...b.specialIds].sort((x, y) => x - y).join(',');
+    if (sa !== sb) fail('its special tokens differ from the target\'s');
+  } else {
+    const same = (x: unknown, y: unknown) => JSON.stringify(x ?? null) === JSON.stringify(y ?? null);
+    if (!same(target.bosTokenId, draft.bosTokenId)) fail(`its bos_token_id is ${JSON.stringify(draft.bosTokenId)}, the target's ${JSON.stringify(target.bosTokenId)}`);
+    if (!same(target.eosTokenId, draft.eosTokenId)) fail(`its eos_token_id is ${JSON.stringify(draft.eosTokenId)}, the target's ${JSON.stringify(target.eosTokenId)}`);
+  }
+}
+
+/** Transformers' heuristic: +2 after a fully accepted draft, -1 (down to 1) otherwise. */
+export function nextNumAssistantTokens(k: number, drafted: number, accepted: number): number {
+  return accepted === drafted ? Math.min(k + 2, MAX_NUM_ASSISTANT_TOKENS) : Math.max(1, k - 1);
+}
+
+/**
+ * A draft model bound to one target session: its own session (KV cache), the ids that
+ * cache holds (reused across calls like the target's), and the draft length the
+ * 'heuristic' schedule carries between calls.
+ */
+export class Assistant {
+  /** The ids the draft session's KV cache holds, in order. */
+  readonly cached: number[] = [];
+  /** The draft length the 'heuristic' schedule reached, and the num_assistant_tokens it started from. */
+  private carried: { start: number; k: number } | undefined;
+  private disposed = false;
+
+  private constructor(
+    readonly model: Model,
+    readonly session: Session,
+  ) {}
+
+  /**
+   * Binds `draft` to a target whose generation runs in `targetSession`: checks that they
+   * share a tokenizer and that the draft holds as much context, and opens the draft's session.
+   */
+  static open(target: { model: Model; session: Session; tokenizer: ChatTokenizer }, draft: { model: Model; tokenizer?: ChatTokenizer }): Assistant {
+    const side = (m: Model, tokenizer?: ChatTokenizer): TokenizerSide => ({
+      vocabSize: m.info.vocabSize,
+      ...(tokenizer ? { tokenizer } : {}),
+      bosTokenId: m.info.config.bos_token_id,
+      eosTokenId: m.info.config.eos_token_id,
+    });
+    // A bare Model has no tokenizer: compare config ids on both sides then.
+    checkSameTokenizer(side(target.model, draft.tokenizer && target.tokenizer), side(draft.model, draft.tokenizer));
+    const session = draft.model.createSession({ maxContext: target.session.maxContext });
+    if (session.maxContext < target.session.maxContext) {
+      session.dispose();
+      throw new DraftModelError(`The assistant model holds ${session.maxContext} tokens of context, fewer than the target session's ${target.session.maxContext}: load the target with a smaller maxContext`);
+    }
+    return new Assistant(draft.model, session);
+  }
+
+  /** The token source one generation call uses (see SessionGenerator). */
+  source(target: Session, cfg: ResolvedGenerationConfig, rng: SeededRandom, vocabSize: number): TokenSource {
+    if (this.disposed) throw new DraftModelError('This assistant has been disposed');
+    const start = cfg.num_assistant_tokens;
+    let k = start;
+    if (cfg.num_assistant_tokens_schedule === 'heuristic' && this.carried?.start === start) k = this.carried.k;
+    const carry = cfg.num_assistant_tokens_schedule === 'heuristic' ? (reached: number) => (this.carried = { start, k: reached }) : undefined;
+    return new SpeculativeSource(target, this, cfg, rng, vocabSize, k, carry);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.session.dispose();
+  }
+}
+
+/** Draft K, verify in one target forward, keep the accepted prefix and one target token. */
+class SpeculativeSource implements TokenSource {
+  private steps = 0;
+  private drafted = 0;
+  private accepted = 0;
+
+  constructor(
+    private readonly target: Session,
+    private readonly draft: Assistant,
+    private readonly cfg: ResolvedGenerationConfig,
+    private readonly rng: SeededRandom,
+    private readonly vocabSize: number,
+    /** The current draft length. */
+    private k: number,
+    /** Where a 'heuristic' schedule keeps k for the next call. */
+    private readonly carry: ((k: number) => void) | undefined,
+  ) {}
+
+  prefill(prompt: readonly number[], reused: number): void {
+    // Both caches hold everything but the sequence's last token, which opens the next
+    // verification forward: its row is the target's distribution for the first new token.
+    if (prompt.length - 1 > reused) this.target.forward(prompt.slice(reused, -1));
+    const d = this.draft;
+    let same = 0;
+    while (same < Math.min(d.cached.length, prompt.length - 1) && d.cached[same] === prompt[same]) same++;
+    this.rollDraft(same);
+    if (prompt.length - 1 > same) this.runDraft(prompt.slice(same, -1));
+  }
+
+  async next(sequence: readonly number[], max: number): Promise<number[]> {
+    const { cfg, rng, vocabSize } = this;
+    const n = sequence.length;
+    if (this.target.length !== n - 1) throw new Error(`speculative decoding: the target holds ${this.target.length} tokens, expected ${n - 1}`);
+    // K drafted + 1 target token never exceed what the loop still wants, which also
+    // keeps both caches inside their context (the loop's budget accounts for it).
+    const K = Math.max(0, Math.min(this.k, max - 1));
+    const drafted: number[] = [];
+    const q: Distribution[] = [];
+    const prefix = (i: number) => [...sequence, ...drafted.slice(0, i)];
+    for (let i = 0; i < K; i++) {
+      this.runDraft(i === 0 ? sequence.slice(this.draft.cached.length) : [drafted[i - 1]!]);
+      const dist = await distributionAt(this.draft.session, cfg, vocabSize, undefined, prefix(i));
+      q.push(dist);
+      drafted.push(draw(dist, rng));
+    }
+
+    const base = this.target.length;
+    this.target.forward([sequence[n - 1]!, ...drafted], { allLogits: true });
+    const verdict = await verifyDraft(drafted, q, (i) => distributionAt(this.target, cfg, vocabSize, base + i, prefix(i)), rng);
+
+    // Keep the sequence plus the accepted drafts; the new token stays pending.
+    const kept = n + verdict.accepted;
+    this.target.truncate(kept);
+    this.rollDraft(Math.min(this.draft.cached.length, kept));
+    if (K > 0) {
+      this.steps++;
+      this.drafted += K;
+      this.accepted += verdict.accepted;
+      if (cfg.num_assistant_tokens_schedule !== 'constant') {
+        this.k = nextNumAssistantTokens(this.k, K, verdict.accepted);
+        this.carry?.(this.k);
+      }
+    }
+    return [...drafted.slice(0, verdict.accepted), verdict.token];
+  }
+
+  settle(length: number): void {
+    this.rollDraft(Math.min(this.draft.cached.length, length));
+  }
+
+  reset(): void {
+    // The next prefill finds no common prefix and truncates the draft session to 0.
+    this.draft.cached.length = 0;
+  }
+
+  stats(): SpeculativeStats {
+    return {
+      steps: this.steps,
+      draftedTokens: this.drafted,
+      acceptedTokens: this.accepted,
+      acceptanceRate: this.drafted > 0 ? this.accepted / this.drafted : 0,
+      meanAcceptedTokens: this.steps > 0 ? this.accepted / this.steps : 0,
+      finalNumAssistantTokens: this.k,
+    };
+  }
+
+  private runDraft(ids: readonly number[]): void {
+    this.draft.session.forward(ids);
+    this.draft.cached.push(...ids);
+  }
+
+  private rollDraft(length: number): void {
+    this.draft.session.truncate(length);
+    this.draft.cached.length = length;
+  }
+}

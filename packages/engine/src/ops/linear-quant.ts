@@ -1,0 +1,164 @@
+// Linear layer over q8/q4 weights (src/quant.ts layout): y[t, n] (+)= sum_k x[t, k] W[n, k] (+ bias[n])
+// with W dequantized inside the kernels (kernels/matvec_q.wgsl for one token, kernels/matmul_q.wgsl
+// for several), never expanded to full precision. createLinear comes here when a weight has `quant`.
+// Activation-order GPTQ weights carry a column permutation: x is gathered through it first
+// (kernels/gather_cols.wgsl) into a buffer this op owns.
+
+import { groupsPerRow, rowWords, checkSpec } from '../quant.ts';
+import { type Constants, type Defines, grid } from '../kernel.ts';
+import { storageUsage } from '../buffers.ts';
+import { type OpContext, ParamsBuffer } from './context.ts';
+import { type LinearOp, type LinearOptions, type LinearWeight, LinearError } from './linear.ts';
+
+const UNIFORM_X_BYTES = 65536;
+const MATVEC_SOFTWARE_WG = 64;
+const MATVEC_GPU = { TPR: 32, RPW: 8 };
+const MATMUL_SOFTWARE_WG = 64;
+const MATMUL_SOFTWARE_TOKENS = 4;
+const MATMUL_GPU_TILE = 64;
+const GATHER_WG = 64;
+
+/** Checks a quantized weight: spec, chunks in order without gaps, words and scales large enough. */
+export function checkQuantWeight(w: LinearWeight, what = 'weight'): void {
+  const q = w.quant;
+  if (!q) throw new LinearError(`${what}: not a quantized weight`);
+  checkSpec(q, what);
+  if (!(Number.isInteger(w.rows) && w.rows > 0 && Number.isInteger(w.cols) && w.cols > 0)) {
+    throw new LinearError(`${what}: bad shape [${w.rows}, ${w.cols}]`);
+  }
+  const rw = rowWords(q, w.cols);
+  const groups = groupsPerRow(q, w.cols);
+  let next = 0;
+  for (const [i, c] of w.chunks.entries()) {
+    if (c.rowStart !== next || !(Number.isInteger(c.rows) && c.rows > 0)) {
+      throw new LinearError(`${what}: chunk ${i} covers rows [${c.rowStart}, ${c.rowStart + c.rows}), expected to start at ${next}`);
+    }
+    if (c.buffer.size < c.rows * rw * 4) throw new LinearError(`${what}: chunk ${i} has ${c.buffer.size} bytes of ${q.format} weights, needs ${c.rows * rw * 4}`);
+    if (!c.scales) throw new LinearError(`${what}: chunk ${i} has no scales buffer`);
+    if (c.scales.size < c.rows * groups * 4) throw new LinearError(`${what}: chunk ${i} has ${c.scales.size} bytes of scales, needs ${c.rows * groups * 4}`);
+    next += c.rows;
+  }
+  if (next !== w.rows) throw new LinearError(`${what}: chunks cover ${next} rows of ${w.rows}`);
+  if (q.perm && q.perm.size < w.cols * 4) throw new LinearError(`${what}: column permutation has ${q.perm.size} bytes, needs ${w.cols * 4}`);
+}
+
+interface Dispatch {
+  params: ParamsBuffer;
+  group: GPUBindGroup;
+  rows: number;
+}
+
+export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
+  checkQuantWeight(w, 'linear');
+  const q = w.quant!;
+  const N = w.rows;
+  const K = w.cols;
+  const groups = groupsPerRow(q, K);
+  const maxTokens = opts.maxTokens ?? 1;
+  if (!(Number.isInteger(maxTokens) && maxTokens > 0)) throw new LinearError(`linear: bad maxTokens ${maxTokens}`);
+  if (x.size < maxTokens * K * 4) throw new LinearError(`linear: x has ${x.size} bytes, needs ${maxTokens * K * 4} for ${maxTokens} x ${K} f32`);
+  if (y.size < maxTokens * N * 4) throw new LinearError(`linear: y has ${y.size} bytes, needs ${maxTokens * N * 4} for ${maxTokens} x ${N} f32`);
+  if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
+  const gpu = ctx.variant === 'gpu';
+
+  // The permuted copy of x is made uniform-capable so the software matvec can still read it as one.
+  let gather: { params: ParamsBuffer; group: GPUBindGroup; kernel: ReturnType<OpContext['kernels']['get']> } | undefined;
+  let xq = x;
+  if (q.perm) {
+    xq = ctx.device.createBuffer({ size: Math.max(maxTokens * K * 4, UNIFORM_X_BYTES), usage: storageUsage() | GPUBufferUsage.UNIFORM, label: 'x permuted' });
+    const kernel = ctx.kernels.get('gather_cols', {}, { WG: GATHER_WG });
+    const params = new ParamsBuffer(ctx.device, kernel, { K });
+    const group = ctx.device.createBindGroup({
+      layout: kernel.pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: params.buffer } },
+        { binding: 1, resource: { buffer: q.perm } },
+        { binding: 2, resource: { buffer: x } },
+        { binding: 3, resource: { buffer: xq } },
+      ],
+      label: kernel.key,
+    });
+    gather = { params, group, kernel };
+  }
+
+  const padded = groups * q.groupSize;
+  const uniformOk = !gpu && padded * 4 <= UNIFORM_X_BYTES && (xq.usage & GPUBufferUsage.UNIFORM) !== 0 && xq.size >= UNIFORM_X_BYTES;
+  if (opts.uniformX && !uniformOk) {
+    throw new LinearError(`linear: uniformX needs the software variant, K padded to groups (${padded}) <= 16384 and x with UNIFORM usage and >= 64 KiB`);
+  }
+  const xu = opts.uniformX ?? uniformOk;
+  const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu };
+
+  const build = (family: 'matvec_q' | 'matmul_q'): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
+    const defines: Defines = family === 'matvec_q' ? { ...common, XU: xu } : common;
+    const constants: Constants = { G: q.groupSize };
+    if (family === 'matvec_q') Object.assign(constants, gpu ? MATVEC_GPU : { WG: MATVEC_SOFTWARE_WG });
+    else if (!gpu) constants.WG = MATMUL_SOFTWARE_WG;
+    const kernel = ctx.kernels.get(family, defines, constants);
+    const parts = w.chunks.map((c) => {
+      const entries: GPUBindGroupEntry[] = [
+        { binding: 1, resource: { buffer: c.buffer, size: c.rows * rowWords(q, K) * 4 } },
+        { binding: 2, resource: family === 'matvec_q' && xu ? { buffer: xq, size: UNIFORM_X_BYTES } : { buffer: xq } },
+        { binding: 3, resource: { buffer: y } },
+        { binding: 5, resource: { buffer: c.scales!, size: c.rows * groups * 4 } },
+      ];
+      if (w.bias) entries.push({ binding: 4, resource: { buffer: w.bias } });
+      const params = new ParamsBuffer(ctx.device, kernel);
+      entries.push({ binding: 0, resource: { buffer: params.buffer } });
+      const group = ctx.device.createBindGroup({ layout: kernel.pipeline.getBindGroupLayout(0), entries, label: kernel.key });
+      return { params, group, rows: c.rows };
+    });
+    return { kernel, parts };
+  };
+
+  const force = opts.force;
+  const matvec = force !== 'matmul' ? build('matvec_q') : undefined;
+  const matmul = force !== 'matvec' && (maxTokens > 1 || force === 'matmul') ? build('matmul_q') : undefined;
+  const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
+
+  return {
+    encode(pass, tokens) {
+      if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= maxTokens)) {
+        throw new LinearError(`linear: tokens ${tokens} outside 1..${maxTokens}`);
+      }
+      if (gather) {
+        if (tokens > maxDim) throw new LinearError(`linear: ${tokens} tokens exceed the dispatch limit of the column gather`);
+        gather.params.set({ K });
+        pass.setPipeline(gather.kernel.pipeline);
+        pass.setBindGroup(0, gather.group);
+        pass.dispatchWorkgroups(Math.ceil(K / GATHER_WG), tokens);
+      }
+      let rowStart = 0;
+      if (matvec && (tokens === 1 || !matmul)) {
+        if (tokens !== 1) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens`);
+        pass.setPipeline(matvec.kernel.pipeline);
+        for (const d of matvec.parts) {
+          d.params.set({ K, rows: d.rows, colOffset: rowStart, groups });
+          const wgs = gpu ? Math.ceil(d.rows / MATVEC_GPU.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
+          pass.setBindGroup(0, d.group);
+          pass.dispatchWorkgroups(...grid(wgs, maxDim));
+          rowStart += d.rows;
+        }
+        return;
+      }
+      pass.setPipeline(matmul!.kernel.pipeline);
+      for (const d of matmul!.parts) {
+        d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, groups });
+        const [gx, gy] = gpu
+          ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
+          : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / MATMUL_SOFTWARE_TOKENS)];
+        if (gx > maxDim || gy > maxDim) throw new LinearError(`linear: ${d.rows} rows x ${tokens} tokens exceed the dispatch limit`);
+        pass.setBindGroup(0, d.group);
+        pass.dispatchWorkgroups(gx, gy);
+        rowStart += d.rows;
+      }
+    },
+    destroy() {
+      for (const d of [...(matvec?.parts ?? []), ...(matmul?.parts ?? [])]) d.params.destroy();
+      if (gather) {
+        gather.params.destroy();
+        xq.destroy();
+      }
+    },
+  };
+}

@@ -1,0 +1,146 @@
+// The fused dequant kernels (matvec_q, matmul_q) against a float64 reference on the weights as
+// stored (src/quant.ts's dequantize), for both formats, both variants, on adapters with and
+// without shader-f16, with row chunks, bias, accumulate, a partial last group, and column permutation.
+import { describe, expect, it } from 'vitest';
+import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
+import { requestGpu, type Gpu } from '../src/device.ts';
+import type { Variant } from '../src/ops/context.ts';
+import { createLinear, LinearError, type LinearWeight } from '../src/ops/linear.ts';
+import { dequantize, groupsPerRow, quantize, rowWords, type QuantFormat } from '../src/quant.ts';
+import { expectClose, randomArray, rng, testGpu } from './harness.ts';
+import { opContext } from './weights-helper.ts';
+
+/** Quantizes W [rows, cols] on the host and uploads it in chunks of the given row counts. */
+function makeQuantWeight(
+  device: GPUDevice,
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  spec: { format: QuantFormat; groupSize: number; symmetric: boolean },
+  split: number[] = [rows],
+): { weight: LinearWeight; deq: Float64Array } {
+  const q = quantize(w, rows, cols, spec);
+  const rw = rowWords(spec, cols);
+  const groups = groupsPerRow(spec, cols);
+  const chunks = [];
+  let rowStart = 0;
+  for (const n of split) {
+    chunks.push({
+      buffer: bufferFrom(device, q.words.subarray(rowStart * rw, (rowStart + n) * rw)),
+      scales: bufferFrom(device, q.scales.subarray(rowStart * groups, (rowStart + n) * groups)),
+      rowStart,
+      rows: n,
+    });
+    rowStart += n;
+  }
+  return { weight: { dtype: 'f32', rows, cols, chunks, quant: { format: spec.format, groupSize: spec.groupSize } }, deq: dequantize(spec, q, rows, cols) };
+}
+
+function linearRef(x: Float32Array, w: Float64Array, T: number, N: number, K: number, bias?: Float32Array, y0?: Float32Array): Float64Array {
+  const y = new Float64Array(T * N);
+  for (let t = 0; t < T; t++) {
+    for (let n = 0; n < N; n++) {
+      let s = (bias?.[n] ?? 0) + (y0?.[t * N + n] ?? 0);
+      for (let k = 0; k < K; k++) s += x[t * K + k]! * w[n * K + k]!;
+      y[t * N + n] = s;
+    }
+  }
+  return y;
+}
+
+interface Case {
+  N: number;
+  K: number;
+  T: number;
+  G?: number;
+  split?: number[];
+  bias?: boolean;
+  acc?: boolean;
+  perm?: boolean;
+}
+
+const cases: Case[] = [
+  { N: 1, K: 32, T: 1 },
+  { N: 37, K: 64, T: 1, bias: true },
+  { N: 37, K: 64, T: 7, bias: true },
+  { N: 70, K: 172, T: 1, acc: true }, // stories260K's down_proj: a partial last group
+  { N: 70, K: 172, T: 33, acc: true },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27] },
+  { N: 131, K: 96, T: 9, split: [43, 61, 27], bias: true },
+  { N: 64, K: 256, T: 1, G: 128 },
+  { N: 64, K: 256, T: 5, G: 64, acc: true },
+  { N: 45, K: 128, T: 1, perm: true, bias: true },
+  { N: 45, K: 128, T: 6, perm: true },
+  { N: 300, K: 40, T: 1 },
+];
+
+async function gpuWithoutF16(): Promise<Gpu> {
+  return requestGpu({ disableFeatures: ['shader-f16'] });
+}
+
+describe('quantized linear (matvec_q, matmul_q)', () => {
+  for (const f16 of [true, false]) {
+    for (const variant of ['software', 'gpu'] as Variant[]) {
+      for (const format of ['q8', 'q4'] as QuantFormat[]) {
+        for (const c of cases) {
+          if (!f16 && variant === 'gpu') continue;
+          const { N, K, T } = c;
+          const G = c.G ?? 32;
+          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}`;
+          it(`matches the float64 reference: ${desc}`, async () => {
+            const gpu = f16 ? await testGpu() : await gpuWithoutF16();
+            if (!f16) expect(gpu.hasF16).toBe(false);
+            const ctx = opContext(gpu, variant);
+            const seed = N * 1000 + K * 10 + T + (format === 'q4' ? 7 : 0);
+            const wf = randomArray(N * K, seed, 0.5);
+            const { weight, deq } = makeQuantWeight(gpu.device, wf, N, K, { format, groupSize: G, symmetric: format === 'q8' }, c.split);
+            const x = randomArray(T * K, seed + 1, 1);
+            let xRef = x;
+            if (c.perm) {
+              // Column j of the stored weight meets x[perm[j]]: the reference permutes x the same way.
+              const r = rng(seed + 5);
+              const perm = Uint32Array.from({ length: K }, (_, i) => i);
+              for (let i = K - 1; i > 0; i--) {
+                const j = Math.floor(r() * (i + 1));
+                [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+              }
+              weight.quant!.perm = bufferFrom(gpu.device, perm);
+              xRef = new Float32Array(T * K);
+              for (let t = 0; t < T; t++) for (let j = 0; j < K; j++) xRef[t * K + j] = x[t * K + perm[j]!]!;
+            }
+            const bias = c.bias ? randomArray(N, seed + 2, 1) : undefined;
+            if (bias) weight.bias = bufferFrom(gpu.device, bias);
+            const y0 = c.acc ? randomArray(T * N, seed + 3, 1) : undefined;
+            const xBuf = gpu.device.createBuffer({ size: Math.max(T * K * 4, 65536), usage: storageUsage() | GPUBufferUsage.UNIFORM, mappedAtCreation: true });
+            new Float32Array(xBuf.getMappedRange(), 0, T * K).set(x);
+            xBuf.unmap();
+            const yBuf = bufferFrom(gpu.device, y0 ?? new Float32Array(T * N));
+            const op = createLinear(ctx, weight, xBuf, yBuf, { maxTokens: T, ...(c.acc ? { accumulate: true } : {}) });
+            const enc = gpu.device.createCommandEncoder();
+            const pass = enc.beginComputePass();
+            op.encode(pass, T);
+            pass.end();
+            gpu.device.queue.submit([enc.finish()]);
+            const got = await readF32(gpu.device, yBuf, T * N);
+            expectClose(got, linearRef(xRef, deq, T, N, K, bias, y0), { relL2: 1e-5 }, desc);
+            op.destroy();
+          });
+        }
+      }
+    }
+  }
+
+  it('refuses a quantized weight without scales, or with too few bytes', async () => {
+    const gpu = await testGpu();
+    const ctx = opContext(gpu, 'software');
+    const { weight } = makeQuantWeight(gpu.device, randomArray(8 * 64, 1), 8, 64, { format: 'q4', groupSize: 32, symmetric: false });
+    const x = bufferFrom(gpu.device, new Float32Array(64));
+    const y = bufferFrom(gpu.device, new Float32Array(8));
+    const noScales: LinearWeight = { ...weight, chunks: [{ ...weight.chunks[0]!, scales: undefined }] };
+    expect(() => createLinear(ctx, noScales, x, y)).toThrow(/no scales buffer/);
+    const short: LinearWeight = { ...weight, cols: 128 };
+    expect(() => createLinear(ctx, short, x, y)).toThrow(LinearError);
+    const badGroup: LinearWeight = { ...weight, quant: { format: 'q4', groupSize: 48 } };
+    expect(() => createLinear(ctx, badGroup, x, y)).toThrow(/multiple of 32/);
+  });
+});
