@@ -109,13 +109,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     count += select(0u, 1u, x == e);
   }
   var rank = 0u;
-  var active = 0u;
+  var nActive = 0u;
   for (var w = 0u; w < MAX_EXPERTS / 32u; w++) {
-    active += countOneBits(present[w]);
+    nActive += countOneBits(present[w]);
     if (w < e / 32u) { rank += countOneBits(present[w]); }
   }
   rank += countOneBits(present[e / 32u] & ((1u << (e % 32u)) - 1u));
-  if (e == 0u) { groups[0] = active; }
+  if (e == 0u) { groups[0] = nActive; }
   if (count == 0u) { return; }
   groups[1u + 3u * rank] = e;
   groups[2u + 3u * rank] = before;
@@ -143,8 +143,8 @@ struct Params {
 // hidden: [T, cols] f32, the residual stream.
 @group(0) @binding(2) var<storage, read_write> hidden: array<f32>;
 #if SHARED
-// shared: [T, cols] f32 shared expert output; sharedGate: [T] f32 its gate logit.
-@group(0) @binding(3) var<storage, read> shared: array<f32>;
+// sharedOut: [T, cols] f32 shared expert output; sharedGate: [T] f32 its gate logit.
+@group(0) @binding(3) var<storage, read> sharedOut: array<f32>;
 @group(0) @binding(4) var<storage, read> sharedGate: array<f32>;
 #endif
 
@@ -157,7 +157,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var s = 0.0;
   for (var j = 0u; j < p.k; j++) { s += out[(t * p.k + j) * p.cols + n]; }
 #if SHARED
-  s += shared[idx] / (1.0 + exp(-sharedGate[t]));
+  s += sharedOut[idx] / (1.0 + exp(-sharedGate[t]));
 #endif
   hidden[idx] += s;
 }

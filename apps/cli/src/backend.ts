@@ -71,7 +71,7 @@ export interface LoadedModel {
 /** Resolves MODEL (folder or Hub repo), loads it on the GPU and builds the text-generation pipeline. */
 export async function loadLocalModel(spec: string, opts: LocalLoadOptions): Promise<LoadedModel> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
-  const resolved = await resolveModel(spec, { onProgress: progressPrinter(), log, ...opts.resolve });
+  const resolved = await resolveModel(spec, { onProgress: progressPrinter(), ...opts.resolve });
   if (resolved.source === 'cache') log(`using ${resolved.repo}@${resolved.commit?.slice(0, 10)} from the Hugging Face cache`);
   const maxContext = opts.maxContext ?? DEFAULT_MAX_CONTEXT;
   const pipe = await pipeline('text-generation', resolved.path, { dtype: opts.dtype, maxContext, templateFallback: 'plain' });

@@ -114,8 +114,6 @@ export interface DownloadProgress {
 export interface ResolveOptions {
   env?: HubEnv;
   onProgress?: (p: DownloadProgress) => void;
-  /** One-line notices (using the cache after a network error, ...). */
-  log?: (line: string) => void;
   fetch?: typeof fetch;
 }
 

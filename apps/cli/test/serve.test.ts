@@ -199,7 +199,7 @@ describe('serve: invalid requests get OpenAI error JSON', () => {
   it('the openai client surfaces these as APIError with the status', async () => {
     const e = await client.chat.completions.create({ model: MODEL, messages: user('hi'), n: 2 }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((e as OpenAI.APIError).status).toBe(400);
+    expect((e as InstanceType<typeof OpenAI.APIError>).status).toBe(400);
   });
 });
 
