@@ -209,15 +209,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let useList = nf <= FILT_CAP;
   let n = select(p.vocab, nf, useList);
   // Masks of the digits already chosen (none for D = 0 and D = 4).
-  // `let d` is a runtime value: shifts and differences that would overflow for other digits are
-  // not evaluated as override expressions at pipeline creation.
+  // Shift amounts are masked to 0..31: some compilers fold the override D into both branches,
+  // and the branch not taken for this digit would shift by 32 or more, which they reject.
   let d = D;
   var maskHi = 0xffffffffu;
   var maskLo = 0u;
   if (d < 4u) {
-    maskHi = ~(0xffffffffu >> (8u * d));
+    maskHi = ~(0xffffffffu >> ((8u * d) & 31u));
   } else {
-    maskLo = ~(0xffffffu >> (8u * (d - 4u))) & 0xffffffu;
+    maskLo = ~(0xffffffu >> ((8u * (d - 4u)) & 31u)) & 0xffffffu;
   }
   for (var j = (wg.x + wg.y * nwg.x) * WG + lid; j < n; j += nwg.x * nwg.y * WG) {
     var i = j;
@@ -226,7 +226,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let lo = key_lo(i);
     if (hi < floor || (hi & maskHi) != ph || (lo & maskLo) != pl) { continue; }
     var digit: u32;
-    if (d < 4u) { digit = (hi >> (24u - 8u * d)) & 255u; } else { digit = (lo >> (16u - 8u * (d - 4u))) & 255u; }
+    if (d < 4u) { digit = (hi >> ((24u - 8u * d) & 31u)) & 255u; } else { digit = (lo >> ((16u - 8u * (d - 4u)) & 31u)) & 255u; }
     atomicAdd(&hist[digit], 1u);
   }
   workgroupBarrier();
@@ -254,9 +254,9 @@ fn main() {
   }
   sel.kRem = need;
   if (d < 4u) {
-    sel.prefixHi |= b << (24u - 8u * d);
+    sel.prefixHi |= b << ((24u - 8u * d) & 31u);
   } else {
-    sel.prefixLo |= b << (16u - 8u * (d - 4u));
+    sel.prefixLo |= b << ((16u - 8u * (d - 4u)) & 31u);
   }
 }
 #endif
