@@ -92,13 +92,24 @@ export function directorySource(dir: string): FileSource {
  * Range requests; a server that ignores them is an error unless the whole file was asked for,
  * since falling back would download the whole file once per chunk.
  */
+/** Tries of one request that fails at the network level (reset connection, refused). */
+const NETWORK_ATTEMPTS = 3;
+
 export function urlSource(baseUrl: string, init?: RequestInit): FileSource {
   const base = baseUrl.replace(/\/+$/, '');
   const url = (path: string) => `${base}/${checkPath(path, base).split('/').map(encodeURIComponent).join('/')}`;
-  const get = (path: string, range?: string) => {
+  const get = async (path: string, range?: string) => {
     const headers = new Headers(init?.headers);
     if (range) headers.set('Range', range);
-    return fetch(url(path), { ...init, headers });
+    // GETs are idempotent: retry a request that failed at the network level, as happens when a
+    // server closes an idle keep-alive connection just as the next request reuses it.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fetch(url(path), { ...init, headers });
+      } catch (e) {
+        if (attempt >= NETWORK_ATTEMPTS || init?.signal?.aborted) throw e;
+      }
+    }
   };
   const fail = (path: string, res: Response) => new FileSourceError(`fetching '${path}' from ${base} failed: HTTP ${res.status} ${res.statusText}`);
   return {
