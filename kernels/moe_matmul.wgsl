@@ -147,6 +147,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
 #if UP
     var accUp: array<vec4<f32>, 4>;
 #endif
+    for (var r = 0u; r < 4u; r++) {
+      acc[r] = vec4<f32>(0.0);
+#if UP
+      accUp[r] = vec4<f32>(0.0);
+#endif
+    }
     for (var c = 0u; c < K; c += 8u) {
       let x0 = x8(inBase[0] + c);
       let x1 = x8(inBase[1] + c);

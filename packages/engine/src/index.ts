@@ -10,3 +10,4 @@ export { directorySource, urlSource, blobSource, FileSourceError } from './files
 export { openCheckpoint, SafetensorsError, type Checkpoint, type TensorInfo } from './safetensors.ts';
 export { writeSafetensors } from './safetensors-writer.ts';
 export { StepProfiler, type OpKind } from './profiler.ts';
+export { scoreTokens, ScoringError, MAX_SCORE_ROWS, MAX_SCORE_TOP_K, type ScoreOptions, type TokenScore } from './scoring.ts';

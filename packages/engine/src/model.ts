@@ -8,13 +8,14 @@ import { directorySource, urlSource } from './files.ts';
 import { KernelCache } from './kernel.ts';
 import { parseConfig } from './models/family.ts';
 import type { OpContext } from './ops/context.ts';
-import { createLogitsReducer, type LogitsReducer } from './ops/logits.ts';
+import { createLogitsReducer, MAX_TOP_K, parseRows, rowResultWords, type LogitsReducer, type ReducedRow } from './ops/logits.ts';
 import { type Checkpoint, openCheckpoint } from './safetensors.ts';
 import { Decoder } from './transformer.ts';
 import type { StepProfiler } from './profiler.ts';
-import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, Session, TopK } from './types.ts';
+import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, RowScore, Session, TopK } from './types.ts';
 import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
 import { inactiveExpertBytes, plannedTensorBytes } from './moe-weights.ts';
+import { LOAD_TIME_QUANT, readQuantizationConfig } from './quant.ts';
 
 export class ModelLoadError extends Error {
   override name = 'ModelLoadError';
@@ -109,7 +110,13 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     throw new ModelLoadError(`one weight row (${rowBytes} bytes) exceeds this adapter's maxStorageBufferBindingSize (${gpu.info.limits.maxStorageBufferBindingSize})`);
 
   gpu.device.pushErrorScope('out-of-memory');
-  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress);
+  const prequant = readQuantizationConfig(raw);
+  if (prequant && opts.quantize)
+    throw new ModelLoadError(`${src.name} is already quantized (${prequant.method}); load it without quantize '${opts.quantize}'`);
+  if (opts.quantize !== undefined && !(opts.quantize in LOAD_TIME_QUANT))
+    throw new ModelLoadError(`quantize '${String(opts.quantize)}' is not supported (supported: ${Object.keys(LOAD_TIME_QUANT).join(', ')})`);
+  const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant);
   const oom = await gpu.device.popErrorScope();
   if (oom) {
     weights.destroy();
@@ -132,7 +139,15 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     kvBytesPerToken,
     vocabSize: config.vocab_size,
     maxPositionEmbeddings: config.max_position_embeddings,
-    bytesPerToken: plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes) - inactiveExpertBytes(config, dtype),
+    bytesPerToken:
+      plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes) - inactiveExpertBytes(config, dtype) -
+      weights.quantized.denseBytes + weights.quantized.bytes,
+    weightBytesByFormat: weights.bytesByFormat,
+    ...(prequant
+      ? { quantization: { method: prequant.method, bits: 4 as const, groupSize: prequant.groupSize } }
+      : opts.quantize
+        ? { quantization: { method: opts.quantize, bits: opts.quantize === 'q8' ? (8 as const) : (4 as const), groupSize: LOAD_TIME_QUANT[opts.quantize].groupSize } }
+        : {}),
     config,
     variant: ctx.variant,
   };
@@ -239,6 +254,34 @@ class DecoderSession implements Session {
     staging.destroy();
     await this.profiler?.collect();
     return out;
+  }
+
+  async reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]> {
+    if (targets && targets.length !== rows.length) throw new RangeError(`reduceRows: ${targets.length} targets for ${rows.length} rows`);
+    const V = this.c.vocab_size;
+    // Checked before the pending forward is taken, so a bad argument loses no work.
+    if (!(Number.isInteger(k) && k >= 0 && k <= Math.min(MAX_TOP_K, V))) throw new RangeError(`reduceRows: k ${k} outside 0..${Math.min(MAX_TOP_K, V)}`);
+    const reduced: ReducedRow[] = rows.map((row, i) => {
+      const t = targets?.[i];
+      if (t !== undefined && !(Number.isInteger(t) && t >= 0 && t < V)) throw new RangeError(`reduceRows: target id ${t} is outside the vocabulary (size ${V})`);
+      return t === undefined ? { offset: this.keptRow(row) * V } : { offset: this.keptRow(row) * V, target: t };
+    });
+    if (reduced.length === 0) return [];
+    const bytes = reduced.length * rowResultWords(k) * 4;
+    const staging = this.ctx.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'reduced rows readback' });
+    try {
+      const enc = this.takeEncoder();
+      this.reducer.encodeRows(enc, k, reduced, staging);
+      this.profiler?.finish(enc);
+      this.ctx.device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ);
+      const words = new Uint32Array(staging.getMappedRange().slice(0));
+      staging.unmap();
+      await this.profiler?.collect();
+      return parseRows(words, k, reduced);
+    } finally {
+      staging.destroy();
+    }
   }
 
   truncate(length: number): void {

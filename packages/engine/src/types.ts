@@ -39,6 +39,12 @@ export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Force a kernel variant ('software' | 'gpu') instead of choosing by adapter. */
   variant?: 'software' | 'gpu';
+  /**
+   * Quantize the decoder's linear layers while loading: 'q8' (int8, one f32 scale per 32 weights)
+   * or 'q4' (int4 with an f16 scale and zero point per 32). Embeddings and the LM head keep `dtype`.
+   * GPTQ/AWQ checkpoints are read quantized whatever this says (it must then be unset).
+   */
+  quantize?: 'q8' | 'q4';
   /** Memory the model may use; by default system RAM for a CPU-backed adapter, unchecked otherwise. */
   maxMemoryBytes?: number;
   /**
@@ -55,6 +61,14 @@ export interface TopK {
   logits: Float32Array;
   /** log(sum(exp(logits))) over the whole vocabulary, so exp(logit - lse) is the exact probability. */
   logSumExp: number;
+}
+
+/** One position's reduction from Session.reduceRows. */
+export interface RowScore extends TopK {
+  /** Id of the largest logit (ties → lowest id). */
+  argmax: number;
+  /** The raw logit of the target id asked for at this position; NaN when none was asked. */
+  targetLogit: number;
 }
 
 export interface Session {
@@ -76,6 +90,12 @@ export interface Session {
   topK(k: number, row?: number): Promise<TopK>;
   /** The whole logits row of the last position (or of position `row` after a forward with allLogits). */
   logits(row?: number): Promise<Float32Array>;
+  /**
+   * Top-k (0 ≤ k ≤ 256; 0 gives only logSumExp and argmax) of several kept positions, with
+   * the logit of targets[i] at rows[i], reduced on the GPU and read back together.
+   * Sessions of loadModel have it (see scoring.ts); test doubles may leave it out.
+   */
+  reduceRows?(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]>;
   /** When set, every op of later steps is timed per kernel family (bench --profile). */
   profiler?: StepProfiler | undefined;
   /** Drops cached tokens past `length` (to reuse a common prefix, or roll back a draft). */
@@ -88,6 +108,10 @@ export interface ModelInfo {
   dtype: WeightDtype;
   /** Bytes of weights resident on the GPU. */
   weightBytes: number;
+  /** How the decoder's linear layers are stored when not in `dtype`: load-time q8/q4, or a GPTQ/AWQ checkpoint's int4. */
+  quantization?: { method: 'q8' | 'q4' | 'gptq' | 'awq'; bits: 8 | 4; groupSize: number };
+  /** weightBytes by storage format ('bf16', 'q4', 'gptq', ...; 'other': norms, biases, MoE layers). */
+  weightBytesByFormat?: Record<string, number>;
   /** Bytes of KV cache per token of context. */
   kvBytesPerToken: number;
   vocabSize: number;

@@ -10,6 +10,9 @@ import { type GpuTensor, UploadError, UploadProgress, destroyTensor, uploadF32, 
 import type { LoadProgress } from './types.ts';
 import { isSparseLayer, loadMoeLayer, moeTensorShapes } from './moe-weights.ts';
 import type { MoeWeights } from './ops/moe.ts';
+import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat } from './quant.ts';
+import { type QuantUpload, prequantNames, uploadPrequantized, uploadQuantized } from './quant-upload.ts';
+import { BYTES_PER_ELEMENT } from './dtype.ts';
 
 export interface LayerWeights {
   inputNorm: GPUBuffer; // [hidden]
@@ -35,7 +38,17 @@ export interface DecoderWeights {
   lmHead: LinearWeight; // [vocab, hidden], the embedding table when tied
   /** Bytes of GPU memory held. */
   bytes: number;
+  /** GPU bytes by storage format of the matrices ('bf16', 'q4', 'gptq', ...); 'other': norms, biases, MoE layers. */
+  bytesByFormat: Record<string, number>;
+  /** Linear weights held quantized: their bytes, and what they would take in the load dtype. */
+  quantized: { bytes: number; denseBytes: number };
   destroy(): void;
+}
+
+/** How linear layers are stored: quantized while loading, or read from a GPTQ/AWQ checkpoint. */
+export interface WeightQuantization {
+  quantize?: QuantFormat;
+  prequant?: PrequantConfig;
 }
 
 /** Checkpoint tensor names of one layer, as Transformers saves them. */
@@ -95,8 +108,18 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
 }
 
 /** Checks names and shapes before anything is uploaded, so a bad checkpoint fails fast. */
-export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig): Map<string, number[]> {
+export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: PrequantConfig): Map<string, number[]> {
   const expected = expectedTensors(c);
+  // A GPTQ/AWQ layer stores qweight/qzeros/scales(/g_idx) instead of weight; their shapes are
+  // checked against the config when the layer is repacked (quant-upload.ts).
+  if (prequant) {
+    for (const name of [...expected.keys()]) {
+      const prefix = name.replace(/\.weight$/, '');
+      if (prefix === name || !ckpt.has(`${prefix}.qweight`)) continue;
+      expected.delete(name);
+      for (const n of prequantNames(prefix, prequant)) if (!n.endsWith('.g_idx')) expected.set(n, []);
+    }
+  }
   // Some tied checkpoints still store lm_head.weight; it is the same matrix and is not read.
   const missing = [...expected.keys()].filter((n) => !ckpt.has(n));
   if (missing.length)
@@ -104,6 +127,7 @@ export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig): Map<string, n
       `checkpoint ${ckpt.source.name} lacks ${missing.length} tensor(s) the config needs, e.g. ${missing.slice(0, 3).join(', ')}`,
     );
   for (const [name, shape] of expected) {
+    if (prequant && shape.length === 0) continue;
     const got = ckpt.get(name).shape;
     if (got.length !== shape.length || got.some((d, i) => d !== shape[i]))
       throw new UploadError(`tensor ${name} has shape [${got}] but config.json implies [${shape}]`);
@@ -121,11 +145,29 @@ export async function loadDecoderWeights(
   c: ModelConfig,
   dtype: WeightDtype,
   onProgress?: (p: LoadProgress) => void,
+  quant: WeightQuantization = {},
 ): Promise<DecoderWeights> {
-  const expected = checkCheckpoint(ckpt, c);
-  const progress = new UploadProgress(ckpt, expected.keys(), onProgress ?? (() => {}));
+  const shapes = expectedTensors(c);
+  const expected = checkCheckpoint(ckpt, c, quant.prequant);
+  const gIdx = [...expected.keys()].filter((n) => n.endsWith('.qweight')).map((n) => n.replace(/qweight$/, 'g_idx')).filter((n) => ckpt.has(n));
+  const progress = new UploadProgress(ckpt, [...expected.keys(), ...gIdx], onProgress ?? (() => {}));
   const tensors: GpuTensor[] = [];
   const small: GPUBuffer[] = [];
+  const quantized = { bytes: 0, denseBytes: 0 };
+  const quantFormat = quant.prequant ? quant.prequant.method : quant.quantize;
+  // Linear layers of the decoder body are quantized (or read quantized); embeddings and the LM head keep the load dtype.
+  const linear = async (w: string, bias?: GPUBuffer): Promise<LinearWeight> => {
+    const prefix = w.replace(/\.weight$/, '');
+    let u: QuantUpload | undefined;
+    const [N, K] = shapes.get(w)! as [number, number];
+    if (quant.prequant && ckpt.has(`${prefix}.qweight`)) u = await uploadPrequantized(device, ckpt, prefix, N, K, quant.prequant, progress);
+    else if (quant.quantize) u = await uploadQuantized(device, ckpt, w, LOAD_TIME_QUANT[quant.quantize], progress);
+    if (!u) return asLinear(await matrix(w), bias);
+    small.push(...u.buffers);
+    quantized.bytes += u.bytes;
+    quantized.denseBytes += N * K * BYTES_PER_ELEMENT[dtype];
+    return { dtype, ...u.weight, ...(bias ? { bias } : {}) };
+  };
   const matrix = async (name: string) => {
     const t = await uploadTensor(device, ckpt, name, { dtype, progress, label: name });
     tensors.push(t);
@@ -148,8 +190,7 @@ export async function loadDecoderWeights(
       const n = layerNames(i, c);
       const lin = {} as Partial<Record<keyof typeof n.linear, LinearWeight>>;
       for (const [key, [w, b]] of Object.entries(n.linear) as [keyof typeof n.linear, [string, string | undefined]][]) {
-        const t = await matrix(w);
-        lin[key] = asLinear(t, b ? await vector(b) : undefined);
+        lin[key] = await linear(w, b ? await vector(b) : undefined);
       }
       layers.push({
         inputNorm: await vector(n.inputNorm),
@@ -165,7 +206,14 @@ export async function loadDecoderWeights(
     const embed = asLinear(embedT);
     const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix('lm_head.weight'));
     const bytes = tensors.reduce((s, t) => s + t.bytes, 0) + small.reduce((s, b) => s + b.size, 0);
+    const bytesByFormat: Record<string, number> = {};
+    const add = (f: string, n: number) => n && (bytesByFormat[f] = (bytesByFormat[f] ?? 0) + n);
+    add(dtype, tensors.reduce((s, t) => s + t.bytes, 0));
+    if (quantFormat) add(quantFormat, quantized.bytes);
+    add('other', bytes - tensors.reduce((s, t) => s + t.bytes, 0) - quantized.bytes);
     return {
+      bytesByFormat,
+      quantized,
       embed,
       layers,
       norm,

@@ -5,8 +5,8 @@
 // matching read. The read copies the small result with its own submission, queued after the
 // caller's, and maps it.
 
-import type { TopK } from '../types.ts';
-import { type Kernel, grid } from '../kernel.ts';
+import type { RowScore, TopK } from '../types.ts';
+import { type Kernel, grid, packParams } from '../kernel.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 
 export interface LogitsReducer {
@@ -18,7 +18,41 @@ export interface LogitsReducer {
   encodeTopK(pass: GPUComputePassEncoder, k: number, rowOffset?: number): void;
   /** Ids highest logit first (ties → lowest id), their logits and logSumExp of the whole row. */
   readTopK(): Promise<TopK>;
+  /**
+   * Records, in one command buffer, the top-k (k = 0: only logSumExp and argmax) of several
+   * rows, copying each row's result (rowResultWords(k) words, see parseRows) into `dst` at
+   * dstOffset + i * 4 * rowResultWords(k), with the logit of rows[i].target in word 3.
+   * Each row's params come from its own copy, so the rows need no separate submissions;
+   * submit `enc` before the next encodeRows (the params source is reused).
+   */
+  encodeRows(enc: GPUCommandEncoder, k: number, rows: readonly ReducedRow[], dst: GPUBuffer, dstOffset?: number): void;
   destroy(): void;
+}
+
+export interface ReducedRow {
+  /** Element offset of the row in the logits buffer. */
+  offset: number;
+  /** A token id whose logit to copy out with the row (e.g. the actual next token). */
+  target?: number;
+}
+
+/** Words of one row's result in encodeRows' output: argmax, max, logSumExp, target logit, k ids, k logits. */
+export const rowResultWords = (k: number): number => 4 + 2 * k;
+
+/** Splits encodeRows' output for n rows into scores (targetLogit NaN where no target was given). */
+export function parseRows(words: Uint32Array, k: number, rows: readonly ReducedRow[]): RowScore[] {
+  const f = new Float32Array(words.buffer, words.byteOffset, words.length);
+  const w = rowResultWords(k);
+  return rows.map((row, i) => {
+    const at = i * w;
+    return {
+      ids: new Int32Array(words.slice(at + 4, at + 4 + k)),
+      logits: f.slice(at + 4 + k, at + 4 + 2 * k),
+      logSumExp: f[at + 2]!,
+      argmax: words[at]!,
+      targetLogit: row.target === undefined ? NaN : f[at + 3]!,
+    };
+  });
 }
 
 export class LogitsError extends Error {
@@ -58,8 +92,10 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   const stats = k('STATS');
   const params = new ParamsBuffer(device, stats);
   // Binding 0 is the params uniform, for every pass but SCAN (auto layouts drop unused bindings).
-  const pass = (kernel: Kernel, buffers: [number, GPUBuffer][], usesParams = true) => {
-    const all: [number, GPUBuffer][] = usesParams ? [[0, params.buffer], ...buffers] : buffers;
+  // encodeRows binds its own uniform, written only by copies, so `params`' cache stays true.
+  const rowsUniform = device.createBuffer({ size: stats.layout!.byteSize, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: 'logits rows params' });
+  const bindPass = (uniform: GPUBuffer) => (kernel: Kernel, buffers: [number, GPUBuffer][], usesParams = true) => {
+    const all: [number, GPUBuffer][] = usesParams ? [[0, uniform], ...buffers] : buffers;
     const group = device.createBindGroup({
       layout: kernel.pipeline.getBindGroupLayout(0),
       entries: all.map(([binding, buffer]) => ({ binding, resource: { buffer } })),
@@ -67,15 +103,25 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
     });
     return { kernel, group };
   };
-  const statsPass = pass(stats, [[1, logits], [2, blocks]]);
-  const reducePass = pass(k('REDUCE'), [[2, blocks], [3, res], [4, sel]]);
-  const digitPasses = Array.from({ length: DIGITS }, (_, d) => ({
-    hist: pass(k('HIST', { WG, D: d }), [[1, logits], [4, sel], [6, filt]]),
-    scan: pass(k('SCAN', { D: d }), [[4, sel]], false),
-  }));
-  const prefilterPass = pass(k('PREFILTER', { WG }), [[1, logits], [4, sel], [6, filt]]);
-  const compactPass = pass(k('COMPACT', { WG }), [[1, logits], [4, sel], [5, cand], [6, filt]]);
-  const sortPass = pass(k('SORT'), [[1, logits], [3, res], [5, cand]]);
+  const makePasses = (uniform: GPUBuffer) => {
+    const pass = bindPass(uniform);
+    return {
+      stats: pass(stats, [[1, logits], [2, blocks]]),
+      reduce: pass(k('REDUCE'), [[2, blocks], [3, res], [4, sel]]),
+      digits: Array.from({ length: DIGITS }, (_, d) => ({
+        hist: pass(k('HIST', { WG, D: d }), [[1, logits], [4, sel], [6, filt]]),
+        scan: pass(k('SCAN', { D: d }), [[4, sel]], false),
+      })),
+      prefilter: pass(k('PREFILTER', { WG }), [[1, logits], [4, sel], [6, filt]]),
+      compact: pass(k('COMPACT', { WG }), [[1, logits], [4, sel], [5, cand], [6, filt]]),
+      sort: pass(k('SORT'), [[1, logits], [3, res], [5, cand]]),
+    };
+  };
+  type Passes = ReturnType<typeof makePasses>;
+  const single = makePasses(params.buffer);
+  let multi: Passes | undefined;
+  // Every row's params for encodeRows; rewritten by each call, so each must be submitted before the next.
+  let rowsSource: GPUBuffer | undefined;
   const compactGrid = grid(Math.min(Math.ceil(vocab / WG), 1024), ctx.limits.maxComputeWorkgroupsPerDimension);
 
   let lastK = 0; // 0: the last encode was an argmax
@@ -88,11 +134,33 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
     p.dispatchWorkgroups(gx, gy);
   };
 
-  const setParams = (rowOffset: number, topK: number) => {
+  const checkRow = (rowOffset: number) => {
     if (!(Number.isInteger(rowOffset) && rowOffset >= 0 && (rowOffset + vocab) * 4 <= logits.size)) {
       throw new LogitsError(`logits: row at element ${rowOffset} runs past the buffer (${logits.size / 4} elements)`);
     }
-    params.set({ vocab, rowOffset, blockLen, numBlocks, k: topK });
+  };
+  const checkK = (topK: number, min: number) => {
+    if (!(Number.isInteger(topK) && topK >= min && topK <= Math.min(MAX_TOP_K, vocab))) {
+      throw new LogitsError(`logits: k ${topK} outside ${min}..${Math.min(MAX_TOP_K, vocab)}`);
+    }
+  };
+  const rowParams = (rowOffset: number, topK: number) => ({ vocab, rowOffset, blockLen, numBlocks, k: topK });
+  const setParams = (rowOffset: number, topK: number) => {
+    checkRow(rowOffset);
+    params.set(rowParams(rowOffset, topK));
+  };
+  const encodeStats = (p: GPUComputePassEncoder, x: Passes) => {
+    run(p, x.stats, blockGrid);
+    run(p, x.reduce, [1, 1]);
+  };
+  const encodeSelect = (p: GPUComputePassEncoder, x: Passes) => {
+    run(p, x.prefilter, compactGrid);
+    for (const d of x.digits) {
+      run(p, d.hist, blockGrid);
+      run(p, d.scan, [1, 1]);
+    }
+    run(p, x.compact, compactGrid);
+    run(p, x.sort, [1, 1]);
   };
 
   const read = async (words: number): Promise<Uint32Array> => {
@@ -114,8 +182,7 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   return {
     encodeArgmax(p, rowOffset = 0) {
       setParams(rowOffset, 1);
-      run(p, statsPass, blockGrid);
-      run(p, reducePass, [1, 1]);
+      encodeStats(p, single);
       encoded = 'argmax';
       lastK = 0;
     },
@@ -124,19 +191,10 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       return (await read(1))[0]!;
     },
     encodeTopK(p, topK, rowOffset = 0) {
-      if (!(Number.isInteger(topK) && topK >= 1 && topK <= Math.min(MAX_TOP_K, vocab))) {
-        throw new LogitsError(`logits: k ${topK} outside 1..${Math.min(MAX_TOP_K, vocab)}`);
-      }
+      checkK(topK, 1);
       setParams(rowOffset, topK);
-      run(p, statsPass, blockGrid);
-      run(p, reducePass, [1, 1]);
-      run(p, prefilterPass, compactGrid);
-      for (const d of digitPasses) {
-        run(p, d.hist, blockGrid);
-        run(p, d.scan, [1, 1]);
-      }
-      run(p, compactPass, compactGrid);
-      run(p, sortPass, [1, 1]);
+      encodeStats(p, single);
+      encodeSelect(p, single);
       encoded = 'topk';
       lastK = topK;
     },
@@ -147,8 +205,45 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       const f = new Float32Array(w.buffer);
       return { ids: new Int32Array(w.slice(4, 4 + kk)), logits: f.slice(4 + kk, 4 + 2 * kk), logSumExp: f[2]! };
     },
+    encodeRows(enc, topK, rows, dst, dstOffset = 0) {
+      checkK(topK, 0);
+      const bytes = 4 * rowResultWords(topK);
+      if (!(Number.isInteger(dstOffset) && dstOffset % 4 === 0 && dstOffset + rows.length * bytes <= dst.size)) {
+        throw new LogitsError(`logits: ${rows.length} rows of ${bytes} bytes at ${dstOffset} do not fit a ${dst.size}-byte buffer`);
+      }
+      if (rows.length === 0) return;
+      const size = stats.layout!.byteSize;
+      const all = new Uint8Array(rows.length * size);
+      rows.forEach((row, i) => {
+        checkRow(row.offset);
+        if (row.target !== undefined && !(Number.isInteger(row.target) && row.target >= 0 && row.target < vocab)) {
+          throw new LogitsError(`logits: target id ${row.target} is outside the vocabulary (size ${vocab})`);
+        }
+        all.set(new Uint8Array(packParams(stats.layout!, rowParams(row.offset, topK))), i * size);
+      });
+      if (!rowsSource || rowsSource.size < all.byteLength) {
+        rowsSource?.destroy();
+        rowsSource = device.createBuffer({ size: all.byteLength, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label: 'logits rows params source' });
+      }
+      const src = rowsSource;
+      device.queue.writeBuffer(src, 0, all);
+      multi ??= makePasses(rowsUniform);
+      rows.forEach((row, i) => {
+        enc.copyBufferToBuffer(src, i * size, rowsUniform, 0, size);
+        const p = enc.beginComputePass();
+        encodeStats(p, multi!);
+        if (topK > 0) encodeSelect(p, multi!);
+        p.end();
+        const at = dstOffset + i * bytes;
+        enc.copyBufferToBuffer(res, 0, dst, at, bytes);
+        if (row.target !== undefined) enc.copyBufferToBuffer(logits, (row.offset + row.target) * 4, dst, at + 12, 4);
+      });
+      // res now holds the last row's result, not what readArgmax/readTopK would expect.
+      encoded = 'none';
+    },
     destroy() {
-      for (const b of [blocks, res, sel, cand, filt, staging]) b.destroy();
+      for (const b of [blocks, res, sel, cand, filt, staging, rowsUniform]) b.destroy();
+      rowsSource?.destroy();
       params.destroy();
     },
   };
