@@ -21,7 +21,7 @@ struct Params {
   N: u32,
   tokens: u32,
   tokenBase: u32, // XU: the group's first token
-  xBase: u32,     // XU: where token tokenBase starts in the x window, in vec4s
+  xBase: u32,     // XU: where token tokenBase starts in the x window (in vec4s)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

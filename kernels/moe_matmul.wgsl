@@ -153,6 +153,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
       accUp[r] = vec4<f32>(0.0);
 #endif
     }
+    if (i == end) {
+      // A lone slot (every decode step): one dot per row instead of four.
+      // Scalars, not the private arrays: lavapipe keeps them in registers.
+      let b0 = rowBase[0];
+      let b1 = rowBase[1];
+      let b2 = rowBase[2];
+      let b3 = rowBase[3];
+      let xb = inBase[0];
+      var a = vec4<f32>(0.0);
+#if UP
+      var u = vec4<f32>(0.0);
+#endif
+      for (var c = 0u; c < K; c += 8u) {
+        let x0 = x8(xb + c);
+        a += vec4<f32>(dot8(w8(b0 + c), x0), dot8(w8(b1 + c), x0), dot8(w8(b2 + c), x0), dot8(w8(b3 + c), x0));
+#if UP
+        u += vec4<f32>(dot8(w8(b0 + upOff + c), x0), dot8(w8(b1 + upOff + c), x0), dot8(w8(b2 + upOff + c), x0), dot8(w8(b3 + upOff + c), x0));
+#endif
+      }
+      for (var r = 0u; r < 4u; r++) {
+        acc[r].x = a[r];
+#if UP
+        accUp[r].x = u[r];
+#endif
+      }
+    } else {
     for (var c = 0u; c < K; c += 8u) {
       let x0 = x8(inBase[0] + c);
       let x1 = x8(inBase[1] + c);
@@ -164,6 +190,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
         accUp[r] += dot4(w8(rowBase[r] + upOff + c), x0, x1, x2, x3);
 #endif
       }
+    }
     }
     for (var r = 0u; r < 4u; r++) {
       let row = r0 + r;

@@ -1,5 +1,8 @@
 // An OpenAI-compatible HTTP server over one loaded model, on node:http alone.
-//   POST /v1/chat/completions   JSON, or server-sent events with stream: true (ending in `data: [DONE]`)
+//   POST /v1/chat/completions   JSON, or server-sent events with stream: true (ending in `data: [DONE]`);
+//                               logprobs: true + top_logprobs run on the token-level API
+//   POST /v1/completions        vLLM's completions: token-id prompts, echo, logprobs (completions.ts)
+//   POST /tokenize, /detokenize, /apply-template   llama-server's tokenizer and template routes
 //   GET  /v1/models[/ID]        the one model
 //   GET  /health                {"status":"ok"}; 503 {"status":"loading"} until the model is loaded
 // One GPU: requests run one at a time, in arrival order, behind a bounded queue (503 when
@@ -9,6 +12,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { GenerationConfig, GenerationStats, Message, StreamEvent } from '@webgpu-chat/chat';
+import { isTokenModel, TokenLevelApi } from './completions.ts';
 
 /** What the server needs of a model: the chat package's TextGenerationPipeline fits. */
 export interface ServedModel {
@@ -34,6 +38,16 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** Called for each finished request (tests, logs). */
   onRequestDone?: (e: { id: string; finishReason: string; completionTokens: number }) => void;
+}
+
+/** llama-server's routes (outside /v1). */
+const TOKEN_ROUTES: ReadonlySet<string> = new Set(['/tokenize', '/detokenize', '/apply-template']);
+
+/** The messages of an /apply-template body, checked as the chat route checks them. */
+function templateMessages(body: unknown): Message[] {
+  const b = body as { messages?: unknown } | null;
+  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw invalid('The request body must be a JSON object', null);
+  return parseChatRequest({ messages: b.messages }, '').messages;
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 4 * 2 ** 20;
@@ -124,13 +138,15 @@ export interface ChatRequest {
   stream: boolean;
   includeUsage: boolean;
   config: GenerationConfig;
+  /** logprobs: true was asked, with this many top_logprobs per token. */
+  logprobs?: number;
 }
 
-function invalid(message: string, param: string | null, code: string | null = null): ApiError {
+export function invalid(message: string, param: string | null, code: string | null = null): ApiError {
   return new ApiError(400, message, 'invalid_request_error', param, code);
 }
 
-function num(body: Record<string, unknown>, key: string, min: number, max: number, integer = false): number | undefined {
+export function num(body: Record<string, unknown>, key: string, min: number, max: number, integer = false): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v))) {
@@ -186,11 +202,28 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     const v = num(b, k, -2, 2);
     if (v !== undefined && v !== 0) throw invalid(`'${k}' is not supported (use repetition_penalty)`, k, 'unsupported_value');
   }
-  if (b.logprobs === true) throw invalid("'logprobs' is not supported", 'logprobs', 'unsupported_value');
+  if (b.logprobs !== undefined && b.logprobs !== null && typeof b.logprobs !== 'boolean') throw invalid("'logprobs' must be a boolean", 'logprobs');
+  const topLogprobs = num(b, 'top_logprobs', 0, MAX_LOGPROBS, true);
+  if (topLogprobs !== undefined && b.logprobs !== true) throw invalid("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
 
-  const config: GenerationConfig = {};
+  const config = parseSamplingFields(b);
   const maxTokens = num(b, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ?? num(b, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true);
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
+  return {
+    messages,
+    stream: b.stream === true,
+    includeUsage: (so as { include_usage?: unknown } | undefined)?.include_usage === true,
+    config,
+    ...(b.logprobs === true ? { logprobs: topLogprobs ?? 0 } : {}),
+  };
+}
+
+/** The most alternatives per position `logprobs` / `top_logprobs` may ask for (OpenAI's and vLLM's cap). */
+export const MAX_LOGPROBS = 20;
+
+/** temperature, top_p, top_k, min_p, repetition_penalty, seed and stop of a request, validated, as generation flags. */
+export function parseSamplingFields(b: Record<string, unknown>): GenerationConfig {
+  const config: GenerationConfig = {};
   const temperature = num(b, 'temperature', 0, 2);
   if (temperature !== undefined) {
     // OpenAI's temperature 0 is greedy; any other value samples.
@@ -202,8 +235,9 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     if (topP === 0) throw invalid("'top_p' must be > 0", 'top_p');
     config.top_p = topP;
   }
-  const topK = num(b, 'top_k', 0, Number.MAX_SAFE_INTEGER, true);
-  if (topK !== undefined) config.top_k = topK;
+  // vLLM's top_k -1 means "no top-k", as 0 does in Transformers.
+  const topK = num(b, 'top_k', -1, Number.MAX_SAFE_INTEGER, true);
+  if (topK !== undefined) config.top_k = Math.max(topK, 0);
   const minP = num(b, 'min_p', 0, 1);
   if (minP !== undefined) config.min_p = minP;
   const rep = num(b, 'repetition_penalty', Number.MIN_VALUE, 100);
@@ -217,15 +251,10 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     }
     if (stop.length) config.stop = stop as string[];
   }
-  return {
-    messages,
-    stream: b.stream === true,
-    includeUsage: (so as { include_usage?: unknown } | undefined)?.include_usage === true,
-    config,
-  };
+  return config;
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...headers });
   res.end(text);
@@ -258,7 +287,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
-function errorFromGeneration(e: unknown): ApiError {
+export function errorFromGeneration(e: unknown): ApiError {
   const name = (e as Error | null)?.name;
   const message = (e as Error | null)?.message ?? String(e);
   if (name === 'ContextLengthError' || name === 'ContextOverflowError') {
@@ -286,6 +315,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   const queue = new RequestQueue(opts.maxQueue ?? 16);
   const created = Math.floor(Date.now() / 1000);
   let served: ServedModelInfo | undefined;
+  let api: TokenLevelApi | undefined;
   const expectedAuth = opts.apiKey !== undefined ? Buffer.from(`Bearer ${opts.apiKey}`) : undefined;
 
   function authorized(req: IncomingMessage): boolean {
@@ -296,16 +326,67 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
 
   const modelObject = () => ({ id: opts.modelId, object: 'model', created, owned_by: 'webgpu-chat' });
 
-  async function completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function jsonBody(req: IncomingMessage): Promise<unknown> {
     const raw = await readBody(req, maxBody);
-    let body: unknown;
     try {
-      body = JSON.parse(raw.toString('utf8'));
+      return JSON.parse(raw.toString('utf8'));
     } catch (e) {
       throw invalid(`The request body is not valid JSON: ${(e as Error).message}`, null, 'invalid_json');
     }
-    const request = parseChatRequest(body, opts.modelId);
-    if (!served) throw new ApiError(503, 'The model is still loading; retry when GET /health reports ok', 'server_error', null, 'model_loading');
+  }
+
+  const loading = () => new ApiError(503, 'The model is still loading; retry when GET /health reports ok', 'server_error', null, 'model_loading');
+
+  function tokenApi(): TokenLevelApi {
+    if (!served) throw loading();
+    if (!api) throw new ApiError(501, 'This server model has no tokenizer-level access (token routes need the chat pipeline)', 'server_error', null, 'unsupported');
+    return api;
+  }
+
+  /** Runs `work` in its turn on the GPU; a client that goes away aborts it or its place in the queue. */
+  async function queued(res: ServerResponse, prefix: string, work: (signal: AbortSignal) => Promise<{ finishReason: string; completionTokens: number }>): Promise<void> {
+    const abort = new AbortController();
+    let finished = false;
+    res.on('close', () => {
+      if (!finished) abort.abort(new Error('client disconnected'));
+    });
+    let release: () => void;
+    try {
+      release = await queue.acquire(abort.signal);
+    } catch (e) {
+      if (abort.signal.aborted) return;
+      throw e;
+    }
+    let outcome = { finishReason: 'error', completionTokens: 0 };
+    try {
+      outcome = await work(abort.signal);
+    } catch (e) {
+      if (abort.signal.aborted) {
+        outcome.finishReason = 'abort';
+        return;
+      }
+      throw e instanceof ApiError ? e : errorFromGeneration(e);
+    } finally {
+      finished = true;
+      release();
+      opts.onRequestDone?.({ id: `${prefix}-${randomBytes(6).toString('hex')}`, ...outcome });
+    }
+  }
+
+  async function textCompletions(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await jsonBody(req);
+    const a = tokenApi();
+    const request = a.parseCompletionRequest(body);
+    return queued(res, 'cmpl', (signal) => a.completions(request, res, signal));
+  }
+
+  async function completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const request = parseChatRequest(await jsonBody(req), opts.modelId);
+    if (!served) throw loading();
+    if (request.logprobs !== undefined) {
+      const a = tokenApi();
+      return queued(res, 'chatcmpl', (signal) => a.chat(request, res, signal));
+    }
     const model = served.model;
 
     // A client that goes away aborts its generation or its place in the queue.
@@ -398,7 +479,8 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       if (req.method !== 'GET' && req.method !== 'HEAD') throw new ApiError(405, `Method ${req.method} not allowed on ${path}`);
       return served ? sendJson(res, 200, { status: 'ok', model: opts.modelId, ...served.health }) : sendJson(res, 503, { status: 'loading' });
     }
-    if (!path.startsWith('/v1/')) throw new ApiError(404, `Unknown route ${req.method} ${path}`, 'not_found_error', null, 'unknown_url');
+    const tokenRoute = TOKEN_ROUTES.has(path);
+    if (!path.startsWith('/v1/') && !tokenRoute) throw new ApiError(404, `Unknown route ${req.method} ${path}`, 'not_found_error', null, 'unknown_url');
     if (!authorized(req)) {
       throw new ApiError(401, 'Incorrect API key provided: send it as "Authorization: Bearer KEY"', 'authentication_error', null, 'invalid_api_key');
     }
@@ -414,6 +496,18 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     if (path === '/v1/chat/completions') {
       if (req.method !== 'POST') throw new ApiError(405, `Method ${req.method} not allowed on ${path}: use POST`);
       return completions(req, res);
+    }
+    if (path === '/v1/completions') {
+      if (req.method !== 'POST') throw new ApiError(405, `Method ${req.method} not allowed on ${path}: use POST`);
+      return textCompletions(req, res);
+    }
+    if (tokenRoute) {
+      if (req.method !== 'POST') throw new ApiError(405, `Method ${req.method} not allowed on ${path}: use POST`);
+      const body = await jsonBody(req);
+      const a = tokenApi();
+      if (path === '/tokenize') return sendJson(res, 200, a.tokenize(body));
+      if (path === '/detokenize') return sendJson(res, 200, a.detokenize(body));
+      return sendJson(res, 200, a.applyTemplate(body, templateMessages(body)));
     }
     throw new ApiError(404, `Unknown route ${req.method} ${path}`, 'not_found_error', null, 'unknown_url');
   }
@@ -438,6 +532,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     queue,
     setModel: (m) => {
       served = m;
+      api = isTokenModel(m.model) ? new TokenLevelApi(m.model, opts.modelId) : undefined;
     },
     close: () =>
       new Promise<void>((r) => {

@@ -15,6 +15,8 @@ import type { AssistantModel, ChatOutput, GenerateOptions, GenerationConfig, Gen
 
 export interface PipelineOptions {
   dtype?: LoadOptions['dtype'];
+  /** Quantize the linear layers while loading ('q8' | 'q4'); see LoadOptions.quantize. */
+  quantize?: LoadOptions['quantize'];
   /** Tokens of KV cache for the conversation (default: the engine's). */
   maxContext?: number;
   onProgress?: LoadOptions['onProgress'];
@@ -78,6 +80,7 @@ export async function pipeline(task: 'text-generation', model: string | FileSour
   const files = await loadChatFiles(source, opts);
   const load: LoadOptions = {};
   if (opts.dtype !== undefined) load.dtype = opts.dtype;
+  if (opts.quantize !== undefined) load.quantize = opts.quantize;
   if (opts.maxContext !== undefined) load.maxContext = opts.maxContext;
   if (opts.onProgress !== undefined) load.onProgress = opts.onProgress;
   if (opts.gpu !== undefined) load.gpu = opts.gpu;

@@ -110,7 +110,8 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     throw new ModelLoadError(`one weight row (${rowBytes} bytes) exceeds this adapter's maxStorageBufferBindingSize (${gpu.info.limits.maxStorageBufferBindingSize})`);
 
   gpu.device.pushErrorScope('out-of-memory');
-  const prequant = readQuantizationConfig(raw);
+  // GPT-OSS's MXFP4 covers only its experts, which moe-weights.ts loads as they are.
+  const prequant = config.moe?.mxfp4 ? undefined : readQuantizationConfig(raw);
   if (prequant && opts.quantize)
     throw new ModelLoadError(`${src.name} is already quantized (${prequant.method}); load it without quantize '${opts.quantize}'`);
   if (opts.quantize !== undefined && !(opts.quantize in LOAD_TIME_QUANT))

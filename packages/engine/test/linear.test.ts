@@ -44,6 +44,11 @@ const cases: Case[] = [
   { N: 129, K: 72, T: 70 },
   { N: 45, K: 36, T: 33, split: [22, 23], bias: true },
   { N: 45, K: 36, T: 1, acc: true },
+  // uniform x with several tokens: the matmul's 16-token windows (one, several, shifted to fit x)
+  { N: 70, K: 64, T: 33, uniformX: true, acc: true },
+  { N: 131, K: 96, T: 35, split: [43, 61, 27], uniformX: true, bias: true },
+  { N: 37, K: 516, T: 70, uniformX: true },
+  { N: 9, K: 1020, T: 17, uniformX: true },
 ];
 
 describe('linear', () => {
@@ -64,14 +69,14 @@ describe('linear', () => {
           const x = randomArray(T * K, seed + 2, 2);
           const y0 = randomArray(T * N, seed + 3);
           const xBuf = c.uniformX
-            ? gpu.device.createBuffer({ size: 65536, usage: storageUsage() | GPUBufferUsage.UNIFORM })
+            ? gpu.device.createBuffer({ size: Math.max(65536, Math.ceil(x.byteLength / 256) * 256), usage: storageUsage() | GPUBufferUsage.UNIFORM })
             : bufferFrom(gpu.device, x);
           if (c.uniformX) gpu.device.queue.writeBuffer(xBuf, 0, x.buffer, x.byteOffset, x.byteLength);
           const yBuf = bufferFrom(gpu.device, y0);
           const op = createLinear(ctx, weight, xBuf, yBuf, {
             maxTokens: T,
             ...(c.acc ? { accumulate: true } : {}),
-            ...(c.uniformX ? { uniformX: true } : {}),
+            ...(c.uniformX ? (T === 1 ? { uniformX: true } : { matmulUniformX: true }) : {}),
           });
           const enc = gpu.device.createCommandEncoder();
           const pass = enc.beginComputePass();
@@ -114,6 +119,7 @@ describe('linear', () => {
     const y = bufferFrom(gpu.device, new Float32Array(16));
     expect(() => createLinear(ctx, { ...w, chunks: [w.chunks[1]!] }, x, y)).toThrow(LinearError);
     expect(() => createLinear(ctx, w, x, y, { maxTokens: 3 })).toThrow(LinearError);
+    expect(() => createLinear(ctx, w, x, y, { maxTokens: 2, matmulUniformX: true })).toThrow(LinearError);
     const op = createLinear(ctx, w, x, y, { maxTokens: 2 });
     const pass = gpu.device.createCommandEncoder().beginComputePass();
     expect(() => op.encode(pass, 3)).toThrow(LinearError);

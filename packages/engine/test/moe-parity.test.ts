@@ -3,17 +3,22 @@
 // family (real config class, seeded weights), and both it and our engine run the same
 // prompt. Top-1 must agree at every position, log-probabilities within f32 error, and 64
 // greedy tokens must be identical. GPT-OSS is also compared with its experts packed into
-// MXFP4 as published, loaded by Transformers from that same checkpoint.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+// MXFP4 as published, loaded by Transformers from that same checkpoint: Transformers 5.18
+// on a CPU dequantizes MXFP4 to bf16 experts (exact: every e2m1 x 2^k value fits bf16) and
+// then runs them in bf16, so the reference takes the experts Transformers dequantized,
+// widened to f32, and runs them in f32 as our engine does.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { directorySource } from '../src/files.ts';
 import { loadModel } from '../src/model.ts';
-import { quantizeMxfp4 } from '../src/mxfp4.ts';
+import { dequantizeMxfp4, quantizeMxfp4 } from '../src/mxfp4.ts';
 import { openCheckpoint } from '../src/safetensors.ts';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors-writer.ts';
 import type { Model } from '../src/types.ts';
 import { rng, testGpu } from './harness.ts';
+import { REPO_ROOT } from './paths.ts';
 import { compareLogprobs, makeReferenceModel, pythonAvailable, referenceLogits, type ReferenceFamily } from './transformers-reference.ts';
 
 interface Case {
@@ -75,16 +80,62 @@ async function packMxfp4(dir: string): Promise<string> {
   return out;
 }
 
+// Loads an MXFP4 folder in Transformers and saves every parameter as f32 (the experts as
+// Transformers dequantized them) beside the config without its quantization_config.
+const DEQUANTIZE_PY = `
+import json, os, sys, torch, transformers, safetensors.torch as st
+src, out = sys.argv[1], sys.argv[2]
+m = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+os.makedirs(out, exist_ok=True)
+st.save_file({k: v.detach().float().contiguous() for k, v in m.named_parameters()}, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+cfg = json.load(open(os.path.join(src, "config.json")))
+del cfg["quantization_config"]
+json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+`;
+
+function transformersDequantized(mxfp4Dir: string): string {
+  const out = `${mxfp4Dir}-hf-dequantized`;
+  if (existsSync(path.join(out, 'config.json'))) return out;
+  const py = process.env.REFERENCE_PYTHON ?? path.join(REPO_ROOT, '.venv', 'bin', 'python');
+  execFileSync(py, ['-c', DEQUANTIZE_PY, mxfp4Dir, out], { env: { ...process.env, HF_HUB_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1', OMP_NUM_THREADS: '1' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+  return out;
+}
+
+/** Transformers' dequantized experts equal ours, bit for bit (our layout is output-major). */
+async function expectSameDequantization(mxfp4Dir: string, hfDir: string): Promise<void> {
+  const ours = await openCheckpoint(directorySource(mxfp4Dir));
+  const hf = await openCheckpoint(directorySource(hfDir));
+  let checked = 0;
+  for (const name of ours.tensors.keys()) {
+    if (!name.endsWith('_blocks')) continue;
+    const base = name.slice(0, -'_blocks'.length);
+    const [E, N, G] = ours.get(name).shape as [number, number, number];
+    const K = G * 32;
+    const deq = dequantizeMxfp4((await ours.read(name)).slice(), (await ours.read(`${base}_scales`)).slice(), E * N, K);
+    const ref = new Float32Array((await hf.read(base)).slice().buffer); // [E, K, N]
+    for (let e = 0; e < E; e++)
+      for (let n = 0; n < N; n++)
+        for (let k = 0; k < K; k++) if (deq[(e * N + n) * K + k] !== ref[(e * K + k) * N + n]) throw new Error(`${base}[${e}, ${k}, ${n}]: ours ${deq[(e * N + n) * K + k]}, Transformers ${ref[(e * K + k) * N + n]}`);
+    checked++;
+  }
+  expect(checked).toBeGreaterThan(0);
+}
+
 describe.skipIf(!python.ok)('MoE parity with Transformers', () => {
   for (const [i, c] of CASES.entries()) {
     it(c.name, async () => {
       let dir = await makeReferenceModel({ family: c.family, seed: 300 + i, dtype: 'float32', ...(c.config ? { config: c.config } : {}) });
-      if (c.mxfp4) dir = await packMxfp4(dir);
+      let refDir = dir;
+      if (c.mxfp4) {
+        dir = await packMxfp4(dir);
+        refDir = transformersDequantized(dir);
+        await expectSameDequantization(dir, refDir);
+      }
       const model = await loadModel(dir, { gpu: await testGpu() });
       models.push(model);
       const r = rng(11 + i);
       const prompt = Array.from({ length: PROMPT_LEN }, () => Math.floor(r() * model.info.vocabSize));
-      const ref = await referenceLogits(dir, prompt, { greedy: GREEDY, dtype: 'float32' });
+      const ref = await referenceLogits(refDir, prompt, { greedy: GREEDY, dtype: 'float32' });
 
       const session = model.createSession();
       const V = model.info.vocabSize;

@@ -107,6 +107,10 @@ interface Dispatch {
   params: ParamsBuffer;
   group: GPUBindGroup;
   rows: number;
+  rowStart: number;
+  /** XU matmul: the dispatch's first token and its x window's byte offset. */
+  tokenBase?: number;
+  xOffset?: number;
 }
 
 /** Where the uniform window of x for tokens [t0, t0 + 16) starts (bytes), or undefined if they do not fit one. */
@@ -168,12 +172,16 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
       const params = new ParamsBuffer(ctx.device, kernel);
       entries.push({ binding: 0, resource: { buffer: params.buffer } });
       const group = ctx.device.createBindGroup({ layout: kernel.pipeline.getBindGroupLayout(0), entries, label: kernel.key });
-      return { kernel, params, group, rows: c.rows };
+      return { kernel, params, group, rows: c.rows, rowStart: c.rowStart };
     };
     if (family === 'matmul' && mmXu) {
       // Per chunk, one dispatch per group of 16 tokens, each with its own window of x.
       return w.chunks.flatMap((c) =>
-        Array.from({ length: xuGroups }, (_, g) => dispatch(c, { buffer: x, offset: xWindow(x, K, g * MATMUL_XU_TOKENS, maxTokens)!, size: UNIFORM_X_BYTES })),
+        Array.from({ length: xuGroups }, (_, g) => {
+          const tokenBase = g * MATMUL_XU_TOKENS;
+          const xOffset = xWindow(x, K, tokenBase, maxTokens)!;
+          return { ...dispatch(c, { buffer: x, offset: xOffset, size: UNIFORM_X_BYTES }), tokenBase, xOffset };
+        }),
       );
     }
     return w.chunks.map((c) => dispatch(c, family === 'matvec' && xu ? { buffer: x, size: UNIFORM_X_BYTES } : { buffer: x }));
@@ -203,17 +211,14 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
         return;
       }
       if (mmXu) {
-        const wgs = Math.ceil(matmul![0]!.rows / 4 / MATMUL_SOFTWARE_WG);
-        for (const [i, d] of matmul!.entries()) {
-          const g = i % xuGroups;
-          if (g === 0 && i > 0) rowStart += matmul![i - 1]!.rows;
-          const tokenBase = g * MATMUL_XU_TOKENS;
+        for (const d of matmul!) {
+          const tokenBase = d.tokenBase!;
           if (tokenBase >= tokens) continue;
-          const xBase = (tokenBase * K * 4 - xWindow(x, K, tokenBase, maxTokens)!) / 16;
-          d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, tokenBase, xBase });
+          const xBase = (tokenBase * K * 4 - d.xOffset!) / 16;
+          d.params.set({ K, rows: d.rows, colOffset: d.rowStart, N, tokens, tokenBase, xBase });
           pass.setPipeline(d.kernel.pipeline);
           pass.setBindGroup(0, d.group);
-          pass.dispatchWorkgroups(...grid(g === 0 ? Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG) : wgs, maxDim));
+          pass.dispatchWorkgroups(...grid(Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), maxDim));
         }
         return;
       }
