@@ -15,7 +15,7 @@
 // speed as a ratio to each. Every row carries the load average, and tokens per CPU-second x 2
 // (what 2 otherwise idle cores would give if the work scales with CPU time).
 
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { describeGpu, getGpu, loadModel, StepProfiler, type Session, type WeightDtype } from '@webgpu-chat/engine';
@@ -101,6 +101,11 @@ function args() {
   };
 }
 
+/** The prompt every engine runs: n spread-out token ids. */
+function benchPrompt(n: number, vocab: number): number[] {
+  return Array.from({ length: n }, (_, i) => (i * 7919 + 13) % vocab);
+}
+
 function benchModel(): string {
   const dir = join(REPO_ROOT, '.cache', 'bench', 'qwen2.5-0.5b-shaped-bf16');
   if (!existsSync(join(dir, 'model.safetensors'))) {
@@ -118,7 +123,7 @@ async function run(dir: string, dtype: WeightDtype | Quantize, promptTokens: num
   const model = await loadModel(dir, { gpu, ...load, maxContext: promptTokens + decodeTokens + 8 });
   const loadSeconds = (performance.now() - t0) / 1000;
   const vocab = model.info.vocabSize;
-  const prompt = Array.from({ length: promptTokens }, (_, i) => (i * 7919 + 13) % vocab);
+  const prompt = benchPrompt(promptTokens, vocab);
   const session = model.createSession();
   // Warm-up: compiles every pipeline both paths use.
   session.forward(prompt.slice(0, 8));
@@ -199,8 +204,8 @@ async function main() {
   const llamaCpp: LlamaCppResult[] = [];
   const skipped: string[] = [];
   if (o.compare) {
-    const vocab = 151936;
-    const prompt = Array.from({ length: o.prompt }, (_, i) => (i * 7919 + 13) % vocab);
+    const vocab = (JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
+    const prompt = benchPrompt(o.prompt, vocab);
     for (const format of o.ggufFormats) {
       let gguf;
       try {

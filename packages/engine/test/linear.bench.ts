@@ -60,8 +60,13 @@ for (const dtype of only === 'matvec' ? [] : (['f32', 'bf16'] as WeightDtype[]))
   let total = 0;
   const line = [`prefill ${T} tokens ${dtype}:`];
   for (const [N, K] of [...new Map(layer.map((s) => [s.join('x'), s])).values()]) {
-    const ms = await time(T, N, K, dtype, {}, 3);
-    line.push(`${N}x${K} ${ms.toFixed(1)} ms (${((2 * N * K * T) / ms / 1e6).toFixed(1)} GFLOP/s)`);
+    const parts = [`${N}x${K}`];
+    // x through 16-token uniform windows (the default where K allows) against x from storage.
+    for (const matmulUniformX of variant === 'software' && K <= 1020 ? [false, true] : [false]) {
+      const ms = await time(T, N, K, dtype, { matmulUniformX }, 3);
+      parts.push(`${matmulUniformX ? 'x uniform' : 'x storage'} ${ms.toFixed(1)} ms (${((2 * N * K * T) / ms / 1e6).toFixed(1)} GFLOP/s)`);
+    }
+    line.push(parts.join('  '));
   }
   for (const [N, K] of layer) total += await time(T, N, K, dtype, {}, 2);
   line.push(`=> 24 layers of matmuls ${(24 * total).toFixed(0)} ms = ${((T * 1000) / (24 * total)).toFixed(1)} tokens/s`);

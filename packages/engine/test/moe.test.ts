@@ -6,6 +6,11 @@ import { bufferFrom, emptyBuffer, readF32 } from '../src/buffers.ts';
 import { encode16, roundTo, type WeightDtype } from '../src/dtype.ts';
 import { dequantizeMxfp4, quantizeMxfp4 } from '../src/mxfp4.ts';
 import { type ExpertWeights, type MoeOptions, type MoeWeights, MoeError, createMoe, createMoeScratch } from '../src/ops/moe.ts';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { loadModel } from '../src/model.ts';
+import { writeSafetensors } from '../src/safetensors-writer.ts';
 import { expectClose, randomArray, testGpu } from './harness.ts';
 import { makeWeight, opContext } from './weights-helper.ts';
 
@@ -207,5 +212,54 @@ describe('moe block', () => {
     const w: MoeWeights = { router: makeWeight(dev, randomArray(4 * 32, 3), 4, 32, 'f32'), gateUp: gu, down: dn };
     expect(() => createMoe(opContext(gpu, 'software'), w, scratch, emptyBuffer(dev, 2 * 32 * 4), emptyBuffer(dev, 2 * 32 * 4))).toThrow(/down experts: experts \[4, 32, 8\], expected \[4, 32, 16\]/);
     scratch.destroy();
+  });
+});
+
+/** A one-layer Mixtral folder (2 experts) with the given tensors left out or reshaped. */
+function tinyMixtral(name: string, opts: { drop?: string; reshape?: [string, number[]]; config?: Record<string, unknown> } = {}): string {
+  const H = 32;
+  const I = 16;
+  const shapes: [string, number[]][] = [
+    ['model.embed_tokens.weight', [16, H]], ['lm_head.weight', [16, H]], ['model.norm.weight', [H]],
+    ['model.layers.0.input_layernorm.weight', [H]], ['model.layers.0.post_attention_layernorm.weight', [H]],
+    ['model.layers.0.self_attn.q_proj.weight', [H, H]], ['model.layers.0.self_attn.k_proj.weight', [H, H]],
+    ['model.layers.0.self_attn.v_proj.weight', [H, H]], ['model.layers.0.self_attn.o_proj.weight', [H, H]],
+    ['model.layers.0.block_sparse_moe.gate.weight', [2, H]],
+  ];
+  for (const e of [0, 1]) {
+    const p = `model.layers.0.block_sparse_moe.experts.${e}.`;
+    shapes.push([`${p}w1.weight`, [I, H]], [`${p}w3.weight`, [I, H]], [`${p}w2.weight`, [H, I]]);
+  }
+  const tensors = shapes
+    .filter(([n]) => n !== opts.drop)
+    .map(([n, shape]) => {
+      const sh = opts.reshape?.[0] === n ? opts.reshape[1] : shape;
+      return { name: n, dtype: 'F32' as const, shape: sh, data: randomArray(sh.reduce((a, b) => a * b, 1), 1) };
+    });
+  const dir = path.join(tmpdir(), `wgc-moe-bad-${name}-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  const config = {
+    architectures: ['MixtralForCausalLM'], model_type: 'mixtral', hidden_size: H, intermediate_size: I, num_hidden_layers: 1,
+    num_attention_heads: 4, num_key_value_heads: 4, num_local_experts: 2, num_experts_per_tok: 1, vocab_size: 16,
+    max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, torch_dtype: 'float32', ...opts.config,
+  };
+  writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  writeFileSync(path.join(dir, 'model.safetensors'), writeSafetensors(tensors));
+  return dir;
+}
+
+describe('moe checkpoints', () => {
+  it('loads a well-formed one and names what is wrong with bad ones', async () => {
+    const gpu = await testGpu();
+    const ok = await loadModel(tinyMixtral('ok'), { gpu });
+    expect(ok.info.bytesPerToken).toBeLessThan(ok.info.weightBytes);
+    ok.dispose();
+    await expect(loadModel(tinyMixtral('missing', { drop: 'model.layers.0.block_sparse_moe.experts.1.w2.weight' }), { gpu })).rejects.toThrow(
+      /lacks 1 tensor\(s\) the config needs, e\.g\. model\.layers\.0\.block_sparse_moe\.experts\.1\.w2\.weight/,
+    );
+    await expect(loadModel(tinyMixtral('shape', { reshape: ['model.layers.0.block_sparse_moe.experts.0.w1.weight', [8, 32]] }), { gpu })).rejects.toThrow(
+      /experts\.0\.w1\.weight has shape \[8,32\] but config\.json implies \[16,32\]/,
+    );
+    await expect(loadModel(tinyMixtral('k', { config: { num_experts_per_tok: 3 } }), { gpu })).rejects.toThrow(/num_experts_per_tok \(3\) is larger than the number of experts \(2\)/);
   });
 });
