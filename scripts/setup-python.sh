@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || { echo "setup-python: no python3; reference tests will skip" >&2; exit 0; }
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, transformers, safetensors, tokenizers, jinja2" 2>/dev/null; then
+# lm-evaluation-harness (apps/cli/test/lm-eval.test.ts) and the modules its API and hf models import.
+LM_EVAL_CHECK="import lm_eval, lm_eval.evaluator, lm_eval.models.openai_completions, lm_eval.models.huggingface, tenacity, aiohttp, requests"
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, transformers, safetensors, tokenizers, jinja2" 2>/dev/null \
+  && .venv/bin/python -c "$LM_EVAL_CHECK" 2>/dev/null; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -23,3 +26,10 @@ if [ -n "$mirrors" ]; then
 fi
 for l in $links; do args+=(--find-links "$l"); done
 .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" torch transformers safetensors tokenizers jinja2 numpy
+# --no-deps: lm-eval's full dependency list pulls in packages the mirror lacks; the test needs only these.
+# Optional: without it the lm-eval test skips.
+if ! .venv/bin/python -c "$LM_EVAL_CHECK" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" --no-deps lm-eval \
+    && .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" datasets dill more_itertools sacrebleu scikit-learn tenacity aiohttp requests accelerate \
+    || echo "setup-python: lm-eval could not be installed; the lm-eval test will skip" >&2
+fi
