@@ -235,7 +235,7 @@ async function main() {
       `| ${r.model} | ${r.dtype} | ${r.prefillTokensPerSecond.toFixed(1)} | ${r.decodeTokensPerSecond.toFixed(2)} | ${(r.weightBytes / 1e6).toFixed(0)} | ${(r.bytesPerToken / 1e6).toFixed(0)} | ${r.decodeGBps.toFixed(2)} |`,
     );
   for (const r of rows) printProfile(r);
-  if (o.compare) printComparison(rows, llamaCpp, skipped, describeGpu(gpu.info).split(';')[0]!);
+  if (o.compare) printComparison(rows, llamaCpp, skipped, `${gpu.info.vendor} ${gpu.info.architecture}`.trim() || 'unknown adapter');
 }
 
 /** One table: every engine x format, with our first row's speed as a ratio to each. */
@@ -252,7 +252,7 @@ function printComparison(rows: Row[], others: LlamaCppResult[], skipped: string[
         `${x(ours.prefillTokensPerSecond, r.prefillTokensPerSecond)} | ${x(ours.decodeTokensPerSecond, r.decodeTokensPerSecond)} | ` +
         `${r.prefillTokensPerCpuSecond2.toFixed(1)} / ${r.decodeTokensPerCpuSecond2.toFixed(2)} | ${r.load.toFixed(1)} |`,
     );
-  for (const r of rows) line(`webgpu-chat (${adapter})`, r.dtype, r);
+  for (const r of rows) line(`webgpu-chat (WebGPU, ${adapter})`, r.dtype, r);
   for (const r of others) line(r.engine, r.format, r);
   for (const s of skipped) console.log(s);
 }

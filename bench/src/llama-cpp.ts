@@ -106,8 +106,13 @@ export async function runLlamaCpp(
     const context = await model.createContext({ contextSize: prompt.length + decode + 16, batchSize: prompt.length, threads });
     const seq = context.getSequence();
     const ids = prompt as unknown as Parameters<typeof seq.evaluateWithoutGeneratingNewTokens>[0];
-    // Warm-up (pipelines, buffers), then the timed run on a cleared sequence.
-    await seq.evaluateWithoutGeneratingNewTokens(ids.slice(0, 8));
+    // Warm-up with the timed shapes (the Vulkan backend compiles its pipelines on first use,
+    // for the prompt's batch and for single tokens), then the timed run on a cleared sequence.
+    await seq.evaluateWithoutGeneratingNewTokens(ids);
+    let warm = 0;
+    for await (const _ of seq.evaluate(ids.slice(-1), { temperature: 0 })) {
+      if (++warm >= 2) break;
+    }
     await seq.clearHistory();
     let c0 = process.cpuUsage();
     let t0 = performance.now();

@@ -3,7 +3,7 @@
 // grammar is small and the errors have to name the valid keys.
 
 import { fileURLToPath } from 'node:url';
-import type { GenerationConfig } from '@webgpu-chat/chat';
+import { MAX_NUM_ASSISTANT_TOKENS, type AssistantTokensSchedule, type GenerationConfig } from '@webgpu-chat/chat';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -12,8 +12,17 @@ export class UsageError extends Error {
 export type Dtype = 'auto' | 'f32' | 'f16' | 'bf16';
 export const DTYPES: readonly Dtype[] = ['auto', 'f32', 'f16', 'bf16'];
 
+export type Quantize = 'q8' | 'q4';
+export const QUANTIZE: readonly Quantize[] = ['q8', 'q4'];
+
+/** `--draft self-q4`: the target's own folder loaded again with q4 linear layers as the draft. */
+export const SELF_Q4 = 'self-q4';
+/** `draft=none` in `!set`: decode without a draft. */
+export const NO_DRAFT = 'none';
+
 /** The generation flags a user may set, with the check each value must pass. */
-type FlagKind = 'boolean' | 'count' | 'nonNegativeInt' | 'nonNegative' | 'unit' | 'positive';
+type FlagKind = 'boolean' | 'count' | 'nonNegativeInt' | 'nonNegative' | 'unit' | 'positive' | 'draftLength' | 'schedule';
+const SCHEDULES: readonly AssistantTokensSchedule[] = ['constant', 'heuristic', 'heuristic_transient'];
 const FLAG_KINDS = {
   do_sample: 'boolean',
   max_new_tokens: 'count',
@@ -23,6 +32,8 @@ const FLAG_KINDS = {
   min_p: 'unit',
   repetition_penalty: 'positive',
   seed: 'nonNegativeInt',
+  num_assistant_tokens: 'draftLength',
+  num_assistant_tokens_schedule: 'schedule',
 } as const satisfies Record<string, FlagKind>;
 
 export type GenerationFlag = keyof typeof FLAG_KINDS;
@@ -36,13 +47,17 @@ const KIND_TEXT: Record<FlagKind, string> = {
   nonNegative: 'a number >= 0',
   unit: 'a number in [0, 1]',
   positive: 'a number > 0',
+  draftLength: `an integer in 1..${MAX_NUM_ASSISTANT_TOKENS}`,
+  schedule: SCHEDULES.join(', '),
 };
 
 function validKeysText(): string {
-  return GENERATION_FLAGS.map((k) => `${k} (${KIND_TEXT[FLAG_KINDS[k]]})`).join(', ');
+  return GENERATION_FLAGS.map((k) => `${k} (${KIND_TEXT[FLAG_KINDS[k]]})`).join(', ') + `, draft (${DRAFT_TEXT})`;
 }
 
-function parseFlagValue(key: GenerationFlag, raw: string): boolean | number {
+const DRAFT_TEXT = `a model folder or Hub id sharing the tokenizer, ${SELF_Q4}, or ${NO_DRAFT}`;
+
+function parseFlagValue(key: GenerationFlag, raw: string): boolean | number | string {
   const kind: FlagKind = FLAG_KINDS[key];
   const bad = () => new UsageError(`invalid value '${raw}' for ${key}: expected ${KIND_TEXT[kind]}`);
   if (kind === 'boolean') {
@@ -51,14 +66,19 @@ function parseFlagValue(key: GenerationFlag, raw: string): boolean | number {
     if (/^(false|0)$/i.test(raw)) return false;
     throw bad();
   }
+  if (kind === 'schedule') {
+    if (!SCHEDULES.includes(raw as AssistantTokensSchedule)) throw bad();
+    return raw;
+  }
   if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw.trim())) throw bad();
   const v = Number(raw);
-  const integer = kind === 'count' || kind === 'nonNegativeInt';
+  const integer = kind === 'count' || kind === 'nonNegativeInt' || kind === 'draftLength';
   if (!Number.isFinite(v) || (integer && !Number.isSafeInteger(v))) throw bad();
   if (kind === 'count' && v < 1) throw bad();
   if ((kind === 'nonNegativeInt' || kind === 'nonNegative') && v < 0) throw bad();
   if (kind === 'unit' && (v < 0 || v > 1)) throw bad();
   if (kind === 'positive' && v <= 0) throw bad();
+  if (kind === 'draftLength' && (v < 1 || v > MAX_NUM_ASSISTANT_TOKENS)) throw bad();
   return v;
 }
 
@@ -68,7 +88,7 @@ export function isGenerationFlag(key: string): key is GenerationFlag {
 
 /** Parses `key=value` pairs onto a copy of `base`. Unknown keys and bad values throw a UsageError naming the valid ones. */
 export function parseGenerationFlags(pairs: readonly string[], base: GenerationFlags = {}): GenerationFlags {
-  const out: Record<string, boolean | number> = { ...base };
+  const out: Record<string, boolean | number | string> = { ...base };
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
     if (eq <= 0) throw new UsageError(`expected key=value, got '${pair}'. Valid keys: ${validKeysText()}`);
@@ -77,6 +97,24 @@ export function parseGenerationFlags(pairs: readonly string[], base: GenerationF
     out[key] = parseFlagValue(key, pair.slice(eq + 1));
   }
   return out as GenerationFlags;
+}
+
+/**
+ * Splits `draft=MODEL` pairs (a session setting, not a generation flag) from the rest;
+ * the last one wins. An empty value is a UsageError.
+ */
+export function takeDraftPairs(pairs: readonly string[]): { draft?: string; rest: string[] } {
+  let draft: string | undefined;
+  const rest: string[] = [];
+  for (const p of pairs) {
+    if (!p.startsWith('draft=')) {
+      rest.push(p);
+      continue;
+    }
+    draft = p.slice('draft='.length);
+    if (!draft) throw new UsageError(`draft needs a value: ${DRAFT_TEXT}`);
+  }
+  return draft === undefined ? { rest } : { draft, rest };
 }
 
 /** The flags as `key=value` text, in the order of GENERATION_FLAGS. */
@@ -96,6 +134,10 @@ export interface ChatArgs {
   generation: GenerationFlags;
   system?: string;
   dtype: Dtype;
+  /** --quantize: quantize the linear layers while loading. */
+  quantize?: Quantize;
+  /** --draft / draft=: a draft model for speculative decoding (a folder, Hub id or 'self-q4'). */
+  draft?: string;
   maxContext?: number;
   json: boolean;
   /** --prompt: the prompt for a non-interactive run. */
@@ -108,6 +150,9 @@ export interface ChatArgs {
 export interface ServeArgs {
   model?: string;
   dtype: Dtype;
+  quantize?: Quantize;
+  /** A draft model every chat completion is decoded with (a folder, Hub id or 'self-q4'). */
+  draft?: string;
   host: string;
   port: number;
   apiKey?: string;
@@ -119,6 +164,15 @@ export interface ServeArgs {
 
 const GEN_HELP = GENERATION_FLAGS.map((k) => `  ${(k + '=').padEnd(22)}${KIND_TEXT[FLAG_KINDS[k]]}`).join('\n');
 
+const MODEL_OPTIONS_HELP = `  --dtype auto|f32|f16|bf16
+                         weight dtype on the GPU (default auto: the checkpoint's)
+  --quantize q8|q4       quantize the linear layers while loading (q8: int8, q4: int4,
+                         one scale per 32 weights); embeddings and LM head keep --dtype
+  --draft MODEL          speculative decoding: a small model sharing MODEL's tokenizer
+                         (a folder or Hub id) drafts tokens that MODEL verifies; greedy
+                         output is unchanged. --draft ${SELF_Q4} uses MODEL's own weights
+                         quantized to q4 (no second download)`;
+
 export const CHAT_HELP = `Usage: chat [MODEL] [key=value ...] [options]
 
 Chat with a model in the terminal, in-process on WebGPU or through a running \`serve\`.
@@ -128,13 +182,14 @@ org/name@revision), downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACH
 HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE are honoured). Without MODEL the bundled
 story model models/stories260K is used.
 
-Generation flags (Transformers GenerationConfig names):
+Generation flags (Transformers GenerationConfig names; num_assistant_tokens and
+num_assistant_tokens_schedule apply with a draft):
 ${GEN_HELP}
+  draft=                 ${DRAFT_TEXT} (as --draft)
 
 Options:
   --system TEXT          system prompt
-  --dtype auto|f32|f16|bf16
-                         weight dtype on the GPU (default auto: the checkpoint's)
+${MODEL_OPTIONS_HELP}
   --max-context N        tokens of KV cache to allocate
   --prompt TEXT          the prompt for a non-interactive run (with --json, or instead of stdin)
   --json                 non-interactive: one prompt (--prompt or all of stdin), the result as JSON
@@ -148,8 +203,8 @@ In-session commands:
   !clear                 start a new conversation
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
-  !set key=value ...     change generation flags
-  !status                model, dtype, adapter, context used, last turn's speed
+  !set key=value ...     change generation flags, or the draft (draft=MODEL|${SELF_Q4}|${NO_DRAFT})
+  !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
   !exit                  leave (also Ctrl-D); Ctrl-C stops the current reply
 `;
@@ -157,11 +212,14 @@ In-session commands:
 export const SERVE_HELP = `Usage: serve [MODEL] [options]
 
 An OpenAI-compatible HTTP server: POST /v1/chat/completions (streaming and not),
-GET /v1/models, GET /health. MODEL as for \`chat\` (default: the bundled story model);
+POST /v1/completions, GET /v1/models, GET /health, and llama-server's POST /tokenize,
+/detokenize, /apply-template. MODEL as for \`chat\` (default: the bundled story model);
 it is loaded before /health reports ok.
 
 Options:
-  --dtype auto|f32|f16|bf16
+${MODEL_OPTIONS_HELP}
+                         (the draft decodes every chat completion without logprobs;
+                         its acceptance goes to the log line of each request)
   --host HOST            address to bind (default 127.0.0.1)
   --port N               port (default 8000; 0 picks a free one)
   --api-key KEY          require "Authorization: Bearer KEY"
@@ -180,6 +238,16 @@ function intOption(name: string, raw: string | undefined, min: number): number {
 function dtypeOption(raw: string | undefined): Dtype {
   if (!DTYPES.includes(raw as Dtype)) throw new UsageError(`--dtype expects one of ${DTYPES.join(', ')}, got '${raw ?? ''}'`);
   return raw as Dtype;
+}
+
+function quantizeOption(raw: string | undefined): Quantize {
+  if (!QUANTIZE.includes(raw as Quantize)) throw new UsageError(`--quantize expects one of ${QUANTIZE.join(', ')}, got '${raw ?? ''}'`);
+  return raw as Quantize;
+}
+
+function draftOption(raw: string | undefined): string {
+  if (!raw || raw === NO_DRAFT) throw new UsageError(`--draft expects ${DRAFT_TEXT.replace(`, or ${NO_DRAFT}`, '')}, got '${raw ?? ''}'`);
+  return raw;
 }
 
 function urlOption(raw: string | undefined): string {
@@ -234,6 +302,12 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
       case '--dtype':
         out.dtype = dtypeOption(value());
         break;
+      case '--quantize':
+        out.quantize = quantizeOption(value());
+        break;
+      case '--draft':
+        out.draft = draftOption(value());
+        break;
       case '--max-context':
         out.maxContext = intOption('--max-context', value(), 1);
         break;
@@ -247,7 +321,10 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
         else throw new UsageError(`unexpected argument '${a}': MODEL is already '${out.model}' (generation flags are key=value)`);
     }
   }
-  out.generation = parseGenerationFlags(pairs);
+  const { draft, rest } = takeDraftPairs(pairs);
+  if (draft !== undefined && draft !== NO_DRAFT) out.draft = draft;
+  else if (draft === NO_DRAFT) delete out.draft;
+  out.generation = parseGenerationFlags(rest);
   return out;
 }
 
@@ -261,6 +338,12 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         break;
       case '--dtype':
         out.dtype = dtypeOption(value());
+        break;
+      case '--quantize':
+        out.quantize = quantizeOption(value());
+        break;
+      case '--draft':
+        out.draft = draftOption(value());
         break;
       case '--host': {
         const v = value();

@@ -1,10 +1,10 @@
 // What `chat` talks to: the model in-process (the chat package's pipeline on WebGPU) or a
 // running `serve` over HTTP. Both stream text deltas and report the same per-turn stats.
 
-import { describeGpu } from '@webgpu-chat/engine';
-import { pipeline, type GenerationConfig, type Message, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import { describeGpu, type ModelInfo } from '@webgpu-chat/engine';
+import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type TextGenerationPipeline } from '@webgpu-chat/chat';
 import { basename } from 'node:path';
-import type { Dtype, GenerationFlags } from './args.ts';
+import { NO_DRAFT, SELF_Q4, UsageError, type Dtype, type GenerationFlags, type Quantize } from './args.ts';
 import { progressPrinter, resolveModel, type ResolveOptions } from './hub.ts';
 
 export interface TurnStats {
@@ -16,13 +16,27 @@ export interface TurnStats {
   tokensPerSecond: number;
   timeToFirstTokenMs: number;
   finishReason: 'stop' | 'length' | 'abort';
+  /** Set when a draft model proposed tokens (speculative decoding). */
+  speculative?: SpeculativeStats;
 }
 
-export interface BackendStatus {
+/** How the weights are held: what `!status` and /health report. */
+export interface WeightsStatus {
+  /** e.g. "q4 (4-bit, group 32)"; absent for full-precision weights. */
+  quantization?: string;
+  /** Resident bytes by storage format ('f32', 'q4', 'gptq', 'other', ...). */
+  bytesByFormat?: Record<string, number>;
+  /** Bytes of weights one decode step reads. */
+  bytesPerToken?: number;
+}
+
+export interface BackendStatus extends WeightsStatus {
   model: string;
   dtype?: string;
   adapter?: string;
   maxContext?: number;
+  /** The draft model's name, when decoding speculatively. */
+  draft?: string;
   /** Where it runs: "in-process" or the serve URL. */
   where: string;
 }
@@ -34,6 +48,11 @@ export interface ChatBackend {
   stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string>;
   readonly lastTurn: TurnStats | undefined;
   status(): Promise<BackendStatus>;
+  /**
+   * Loads `spec` (a folder, Hub id or 'self-q4') as the draft, or drops the draft for
+   * undefined; returns a line for the user. Backends that cannot change it leave it out.
+   */
+  setDraft?(spec: string | undefined): Promise<string>;
   dispose(): Promise<void>;
 }
 
@@ -45,6 +64,9 @@ export const BUNDLED_MODEL_ID = 'stories260K';
 
 export interface LocalLoadOptions {
   dtype: Dtype;
+  quantize?: Quantize;
+  /** A draft model for speculative decoding: a folder, a Hub id or 'self-q4'. */
+  draft?: string;
   /** The name to serve it under (default: modelIdOf(spec)). */
   modelId?: string;
   maxContext?: number;
@@ -66,6 +88,76 @@ export interface LoadedModel {
   maxContext: number;
   /** The model has no chat template: messages are joined as plain text. */
   plainTemplate: boolean;
+  /** The draft model every generation uses, if any. */
+  draft?: LoadedDraft;
+  /** How MODEL was loaded (for loading a draft later). */
+  options: LocalLoadOptions;
+}
+
+export interface LoadedDraft {
+  /** As the user named it: a folder, a Hub id or 'self-q4'. */
+  spec: string;
+  pipe: TextGenerationPipeline;
+}
+
+/**
+ * Loads the draft named by `spec` for `target`: 'self-q4' is the target's own folder again
+ * with q4 linear layers; anything else is resolved like MODEL (folder or Hub id). The draft
+ * shares the target's GPU device and context; its tokenizer is checked on first use.
+ */
+export async function loadDraft(spec: string, target: Pick<LoadedModel, 'pipe' | 'path' | 'maxContext' | 'options'>): Promise<LoadedDraft> {
+  if (spec === NO_DRAFT) throw new UsageError(`'${NO_DRAFT}' is not a model`);
+  const { options } = target;
+  const common = { maxContext: target.maxContext, gpu: target.pipe.model.gpu, templateFallback: 'plain' as const };
+  let pipe: TextGenerationPipeline;
+  if (spec === SELF_Q4) {
+    if (target.pipe.model.info.quantization?.method === 'gptq' || target.pipe.model.info.quantization?.method === 'awq') {
+      throw new UsageError(`draft ${SELF_Q4} needs a full-precision model; this one is a ${target.pipe.model.info.quantization.method} checkpoint (name a separate draft model)`);
+    }
+    pipe = await pipeline('text-generation', target.path, { ...common, dtype: options.dtype, quantize: 'q4' });
+  } else {
+    const resolved = await resolveModel(spec, { onProgress: progressPrinter(), ...options.resolve });
+    pipe = await pipeline('text-generation', resolved.path, { ...common, dtype: options.dtype });
+  }
+  // Checked now (the pipeline would check on first use) so a mismatched draft fails at load.
+  const side = (p: TextGenerationPipeline) => ({ vocabSize: p.model.info.vocabSize, tokenizer: p.tokenizer });
+  try {
+    checkSameTokenizer(side(target.pipe), side(pipe));
+  } catch (e) {
+    pipe.dispose();
+    throw e;
+  }
+  return { spec, pipe };
+}
+
+/** "q4 (4-bit, group 32)" for ModelInfo.quantization; undefined for full precision. */
+export function describeQuantization(q: ModelInfo['quantization']): string | undefined {
+  return q ? `${q.method} (${q.bits}-bit, group ${q.groupSize})` : undefined;
+}
+
+/** What /health and `!status` report about a loaded model's weights. */
+export function weightsStatus(info: ModelInfo): WeightsStatus {
+  const quantization = describeQuantization(info.quantization);
+  return {
+    ...(quantization ? { quantization } : {}),
+    ...(info.weightBytesByFormat ? { bytesByFormat: info.weightBytesByFormat } : {}),
+    bytesPerToken: info.bytesPerToken,
+  };
+}
+
+/** The same as /health's fields (snake_case, as the rest of /health). */
+export function healthFields(loaded: LoadedModel): Record<string, unknown> {
+  const info = loaded.pipe.model.info;
+  const w = weightsStatus(info);
+  return {
+    dtype: info.dtype,
+    adapter: describeGpu(loaded.pipe.model.gpu.info),
+    max_context: loaded.maxContext,
+    ...(w.quantization ? { quantization: w.quantization } : {}),
+    ...(w.bytesByFormat ? { weight_bytes_by_format: w.bytesByFormat } : {}),
+    bytes_per_token: w.bytesPerToken,
+    ...(loaded.draft ? { draft: loaded.draft.spec } : {}),
+  };
 }
 
 /** Resolves MODEL (folder or Hub repo), loads it on the GPU and builds the text-generation pipeline. */
@@ -74,14 +166,41 @@ export async function loadLocalModel(spec: string, opts: LocalLoadOptions): Prom
   const resolved = await resolveModel(spec, { onProgress: progressPrinter(), ...opts.resolve });
   if (resolved.source === 'cache') log(`using ${resolved.repo}@${resolved.commit?.slice(0, 10)} from the Hugging Face cache`);
   const maxContext = opts.maxContext ?? DEFAULT_MAX_CONTEXT;
-  const pipe = await pipeline('text-generation', resolved.path, { dtype: opts.dtype, maxContext, templateFallback: 'plain' });
-  return {
+  const pipe = await pipeline('text-generation', resolved.path, {
+    dtype: opts.dtype,
+    ...(opts.quantize ? { quantize: opts.quantize } : {}),
+    maxContext,
+    templateFallback: 'plain',
+  });
+  const loaded: LoadedModel = {
     pipe,
     modelId: opts.modelId ?? modelIdOf(spec),
     path: resolved.path,
     maxContext: Math.min(maxContext, pipe.model.info.maxPositionEmbeddings),
     plainTemplate: pipe.templates.isEmpty,
+    options: opts,
   };
+  if (opts.draft !== undefined) {
+    try {
+      loaded.draft = await loadDraft(opts.draft, loaded);
+    } catch (e) {
+      pipe.dispose();
+      throw e;
+    }
+  }
+  return loaded;
+}
+
+/** Frees the model and its draft. */
+export function disposeLoaded(loaded: LoadedModel): void {
+  loaded.draft?.pipe.dispose();
+  loaded.pipe.dispose();
+}
+
+/** "acceptance 85% (2.6 tokens per step of 3.1 drafted)" for a reply's speculative stats. */
+export function formatAcceptance(s: SpeculativeStats): string {
+  const drafted = s.steps > 0 ? s.draftedTokens / s.steps : 0;
+  return `draft acceptance ${(100 * s.acceptanceRate).toFixed(0)}% (${s.meanAcceptedTokens.toFixed(2)} accepted per step of ${drafted.toFixed(1)} drafted, ${s.steps} steps)`;
 }
 
 function flagsToOptions(flags: GenerationFlags): GenerationConfig {
@@ -106,7 +225,8 @@ export class LocalBackend implements ChatBackend {
     const { pipe } = this.loaded;
     this.last = undefined;
     try {
-      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), signal })) if (e.delta) yield e.delta;
+      const draft = this.loaded.draft ? { assistant_model: this.loaded.draft.pipe } : {};
+      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, signal })) if (e.delta) yield e.delta;
     } finally {
       const s = pipe.lastStats;
       if (s) {
@@ -117,25 +237,47 @@ export class LocalBackend implements ChatBackend {
           tokensPerSecond: s.decodeTokensPerSecond,
           timeToFirstTokenMs: s.timeToFirstTokenMs,
           finishReason: s.finishReason,
+          ...(s.speculative ? { speculative: s.speculative } : {}),
         };
       }
     }
   }
 
   async status(): Promise<BackendStatus> {
-    const { pipe, modelId, path, maxContext } = this.loaded;
+    const { pipe, modelId, path, maxContext, draft } = this.loaded;
     return {
       model: modelId === path ? path : `${modelId} (${path})`,
       dtype: pipe.model.info.dtype,
+      ...weightsStatus(pipe.model.info),
       adapter: describeGpu(pipe.model.gpu.info),
       maxContext,
+      ...(draft ? { draft: draftName(draft) } : {}),
       where: 'in-process',
     };
   }
 
-  async dispose(): Promise<void> {
-    this.loaded.pipe.dispose();
+  async setDraft(spec: string | undefined): Promise<string> {
+    const old = this.loaded.draft;
+    if (spec === undefined) {
+      delete this.loaded.draft;
+      old?.pipe.dispose();
+      return old ? `Draft ${old.spec} dropped: plain decoding.` : 'No draft: plain decoding.';
+    }
+    const next = await loadDraft(spec, this.loaded);
+    this.loaded.draft = next;
+    old?.pipe.dispose();
+    return `Draft ${draftName(next)} loaded: replies are decoded speculatively.`;
   }
+
+  async dispose(): Promise<void> {
+    disposeLoaded(this.loaded);
+  }
+}
+
+function draftName(d: LoadedDraft): string {
+  const info = d.pipe.model.info;
+  const format = describeQuantization(info.quantization) ?? info.dtype;
+  return d.spec === SELF_Q4 ? `${SELF_Q4}: this model's weights in ${format}` : `${d.spec}: ${info.modelType}, ${format}`;
 }
 
 /** A served error: the OpenAI error JSON's message, or the HTTP status. */
@@ -167,7 +309,7 @@ export function flagsToRequest(flags: GenerationFlags): Record<string, unknown> 
   if (flags.do_sample === false) req.temperature = 0;
   else if (flags.temperature !== undefined) req.temperature = flags.temperature;
   else if (flags.do_sample === true) req.temperature = 1;
-  for (const k of ['top_p', 'top_k', 'min_p', 'seed', 'repetition_penalty'] as const) if (flags[k] !== undefined) req[k] = flags[k];
+  for (const k of ['top_p', 'top_k', 'min_p', 'seed', 'repetition_penalty', 'num_assistant_tokens', 'num_assistant_tokens_schedule'] as const) if (flags[k] !== undefined) req[k] = flags[k];
   return req;
 }
 
@@ -274,14 +416,30 @@ export class RemoteBackend implements ChatBackend {
 
   async status(): Promise<BackendStatus> {
     const res = await fetch(`${this.url}/health`);
-    const h = (await res.json().catch(() => ({}))) as { dtype?: string; adapter?: string; max_context?: number };
+    const h = (await res.json().catch(() => ({}))) as {
+      dtype?: string;
+      adapter?: string;
+      max_context?: number;
+      quantization?: string;
+      weight_bytes_by_format?: Record<string, number>;
+      bytes_per_token?: number;
+      draft?: string;
+    };
     return {
       model: this.modelId,
       ...(h.dtype ? { dtype: h.dtype } : {}),
+      ...(h.quantization ? { quantization: h.quantization } : {}),
+      ...(h.weight_bytes_by_format ? { bytesByFormat: h.weight_bytes_by_format } : {}),
+      ...(h.bytes_per_token ? { bytesPerToken: h.bytes_per_token } : {}),
       ...(h.adapter ? { adapter: h.adapter } : {}),
       ...(h.max_context ? { maxContext: h.max_context } : {}),
+      ...(h.draft ? { draft: `${h.draft} (chosen by serve --draft)` } : {}),
       where: this.url,
     };
+  }
+
+  async setDraft(): Promise<string> {
+    throw new UsageError(`the draft is chosen by the server: start it with \`serve MODEL --draft DRAFT\` (this chat uses ${this.url})`);
   }
 
   async dispose(): Promise<void> {}

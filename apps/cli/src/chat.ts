@@ -17,11 +17,19 @@ async function readStdin(): Promise<string> {
 }
 
 async function openBackend(args: ChatArgs): Promise<ChatBackend> {
-  if (args.url) return RemoteBackend.connect(args.url, args.model);
+  if (args.url) {
+    // The server holds the weights: how they are loaded is serve's choice.
+    for (const [name, v] of [['--quantize', args.quantize], ['--draft', args.draft], ['--dtype', args.dtype === 'auto' ? undefined : args.dtype]] as const) {
+      if (v !== undefined) throw new UsageError(`${name} is an option of \`serve\` when chat uses --url (start the server with it)`);
+    }
+    return RemoteBackend.connect(args.url, args.model);
+  }
   const spec = args.model ?? bundledModelPath();
   if (!args.model) err(`chat: no MODEL given: using the bundled default story model (${spec})`);
   const loaded = await loadLocalModel(spec, {
     dtype: args.dtype,
+    ...(args.quantize ? { quantize: args.quantize } : {}),
+    ...(args.draft ? { draft: args.draft } : {}),
     ...(args.model ? {} : { modelId: BUNDLED_MODEL_ID }),
     ...(args.maxContext ? { maxContext: args.maxContext } : {}),
   });
@@ -51,6 +59,7 @@ async function runOnce(session: ChatSession, prompt: string, json: boolean): Pro
         tokens_per_second: t?.tokensPerSecond ?? null,
         time_to_first_token_ms: t?.timeToFirstTokenMs ?? null,
         seconds: t?.seconds ?? null,
+        ...(t?.speculative ? { speculative: t.speculative } : {}),
       }) + '\n',
     );
   } else {
@@ -142,7 +151,16 @@ async function main(argv: string[]): Promise<number> {
     err('chat: no prompt: pipe one on stdin or pass --prompt TEXT');
     return 2;
   }
-  const backend = await openBackend(args);
+  let backend: ChatBackend;
+  try {
+    backend = await openBackend(args);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`chat: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
   const session = new ChatSession(backend, { flags: args.generation, ...(args.system !== undefined ? { system: args.system } : {}) });
   try {
     if (oneShot) await runOnce(session, prompt!.replace(/\r?\n$/, ''), args.json);

@@ -1,10 +1,17 @@
 // `serve [MODEL] [options]`: the OpenAI-compatible server (see server.ts) over one model,
 // loaded before /health reports ok.
 
-import { describeGpu } from '@webgpu-chat/engine';
 import { SERVE_HELP, UsageError, bundledModelPath, parseServeArgs } from './args.ts';
-import { BUNDLED_MODEL_ID, loadLocalModel, modelIdOf } from './backend.ts';
-import { startChatServer } from './server.ts';
+import { BUNDLED_MODEL_ID, describeQuantization, disposeLoaded, formatAcceptance, healthFields, loadLocalModel, modelIdOf } from './backend.ts';
+import { startChatServer, type RequestDone } from './server.ts';
+
+/** One line per finished request: its id, outcome and speed, and the draft's acceptance. */
+function logRequest(e: RequestDone): void {
+  const s = e.stats;
+  const speed = s ? `, ${s.decodeTokensPerSecond.toFixed(1)} tokens/s, TTFT ${s.timeToFirstTokenMs.toFixed(0)} ms` : '';
+  const draft = s?.speculative ? `, ${formatAcceptance(s.speculative)}` : '';
+  process.stderr.write(`serve: ${e.id} ${e.finishReason}: ${e.completionTokens} tokens${speed}${draft}\n`);
+}
 
 async function main(argv: string[]): Promise<number> {
   let args;
@@ -29,24 +36,30 @@ async function main(argv: string[]): Promise<number> {
     host: args.host,
     port: args.port,
     maxQueue: args.maxQueue,
+    onRequestDone: logRequest,
     ...(args.apiKey !== undefined ? { apiKey: args.apiKey } : {}),
   });
   process.stderr.write(`serve: listening on ${srv.url} (loading the model; /health answers 503 until ready)\n`);
   const t0 = performance.now();
-  const loaded = await loadLocalModel(spec, { modelId, dtype: args.dtype, ...(args.maxContext ? { maxContext: args.maxContext } : {}) });
-  const info = loaded.pipe.model.info;
-  srv.setModel({
-    model: loaded.pipe,
-    health: { dtype: info.dtype, adapter: describeGpu(loaded.pipe.model.gpu.info), max_context: loaded.maxContext },
+  const loaded = await loadLocalModel(spec, {
+    modelId,
+    dtype: args.dtype,
+    ...(args.quantize ? { quantize: args.quantize } : {}),
+    ...(args.draft ? { draft: args.draft } : {}),
+    ...(args.maxContext ? { maxContext: args.maxContext } : {}),
   });
+  const info = loaded.pipe.model.info;
+  srv.setModel({ model: loaded.pipe, health: healthFields(loaded), ...(loaded.draft ? { assistant: loaded.draft.pipe } : {}) });
+  const weights = describeQuantization(info.quantization) ? `${info.dtype}, linear layers ${describeQuantization(info.quantization)}` : info.dtype;
   process.stderr.write(
-    `serve: ${loaded.modelId} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s (${info.dtype}, ${loaded.maxContext} tokens of context` +
+    `serve: ${loaded.modelId} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s (${weights}, ${loaded.maxContext} tokens of context` +
+      `${loaded.draft ? `; draft ${loaded.draft.spec}` : ''}` +
       `${loaded.plainTemplate ? '; no chat template: messages are joined as plain text' : ''}) at ${srv.url}/v1\n`,
   );
   const stop = () => {
     process.stderr.write('serve: shutting down\n');
     void srv.close().then(() => {
-      loaded.pipe.dispose();
+      disposeLoaded(loaded);
       process.exit(0);
     });
   };

@@ -11,19 +11,33 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { GenerationConfig, GenerationStats, Message, StreamEvent } from '@webgpu-chat/chat';
+import { MAX_NUM_ASSISTANT_TOKENS, type AssistantModel, type GenerateOptions, type GenerationConfig, type GenerationStats, type Message, type StreamEvent } from '@webgpu-chat/chat';
 import { isTokenModel, TokenLevelApi } from './completions.ts';
 
 /** What the server needs of a model: the chat package's TextGenerationPipeline fits. */
 export interface ServedModel {
-  stream(input: Message[], opts: GenerationConfig & { signal?: AbortSignal }): AsyncIterable<StreamEvent>;
+  stream(input: Message[], opts: GenerateOptions): AsyncIterable<StreamEvent>;
   readonly lastStats: GenerationStats | undefined;
 }
 
 export interface ServedModelInfo {
   model: ServedModel;
-  /** Extra fields for /health (dtype, adapter, max_context). */
-  health?: Record<string, string | number>;
+  /** Extra fields for /health (dtype, adapter, max_context, quantization, ...). */
+  health?: Record<string, unknown>;
+  /**
+   * A draft model every chat completion without logprobs is decoded with (speculative
+   * decoding; greedy output is unchanged). Token-level routes decode with the model alone.
+   */
+  assistant?: AssistantModel;
+}
+
+/** What onRequestDone hears about a finished request. */
+export interface RequestDone {
+  id: string;
+  finishReason: string;
+  completionTokens: number;
+  /** The generation's stats, for chat completions decoded by the pipeline. */
+  stats?: GenerationStats;
 }
 
 export interface ServerOptions {
@@ -37,7 +51,7 @@ export interface ServerOptions {
   /** Request bodies above this many bytes get 413. */
   maxBodyBytes?: number;
   /** Called for each finished request (tests, logs). */
-  onRequestDone?: (e: { id: string; finishReason: string; completionTokens: number }) => void;
+  onRequestDone?: (e: RequestDone) => void;
 }
 
 /** llama-server's routes (outside /v1). */
@@ -207,6 +221,16 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   if (topLogprobs !== undefined && b.logprobs !== true) throw invalid("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
 
   const config = parseSamplingFields(b);
+  // Not OpenAI's: the draft length of speculative decoding, when the server has a draft.
+  const draftLength = num(b, 'num_assistant_tokens', 1, MAX_NUM_ASSISTANT_TOKENS, true);
+  if (draftLength !== undefined) config.num_assistant_tokens = draftLength;
+  const schedule = b.num_assistant_tokens_schedule;
+  if (schedule !== undefined && schedule !== null) {
+    if (schedule !== 'constant' && schedule !== 'heuristic' && schedule !== 'heuristic_transient') {
+      throw invalid("'num_assistant_tokens_schedule' must be one of constant, heuristic, heuristic_transient", 'num_assistant_tokens_schedule');
+    }
+    config.num_assistant_tokens_schedule = schedule;
+  }
   const maxTokens = num(b, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ?? num(b, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true);
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
   return {
@@ -408,7 +432,8 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     let text = '';
     let stats: GenerationStats | undefined;
     try {
-      const it = model.stream(request.messages, { ...request.config, signal: abort.signal })[Symbol.asyncIterator]();
+      const draft = served.assistant !== undefined ? { assistant_model: served.assistant } : {};
+      const it = model.stream(request.messages, { ...request.config, ...draft, signal: abort.signal })[Symbol.asyncIterator]();
       // Errors before the first token (prompt too long, bad template) still get a status code.
       let next: IteratorResult<StreamEvent>;
       try {
@@ -463,7 +488,12 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     } finally {
       finished = true;
       release();
-      opts.onRequestDone?.({ id, finishReason: abort.signal.aborted ? 'abort' : (stats?.finishReason ?? 'error'), completionTokens: stats?.newTokens ?? 0 });
+      opts.onRequestDone?.({
+        id,
+        finishReason: abort.signal.aborted ? 'abort' : (stats?.finishReason ?? 'error'),
+        completionTokens: stats?.newTokens ?? 0,
+        ...(stats ? { stats } : {}),
+      });
     }
   }
 

@@ -3,16 +3,17 @@
 
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Message } from '@webgpu-chat/chat';
-import { formatGenerationFlags, parseGenerationFlags, UsageError, type GenerationFlags } from './args.ts';
-import type { ChatBackend, TurnStats } from './backend.ts';
+import { formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
+import { formatAcceptance, type ChatBackend, type TurnStats } from './backend.ts';
 
 export const COMMANDS_HELP = `Commands:
   !help                  this list
   !clear                 start a new conversation
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
-  !set key=value ...     change generation flags (e.g. !set do_sample=true temperature=0.7)
-  !status                model, dtype, adapter, context used, last turn's speed
+  !set key=value ...     change generation flags (e.g. !set do_sample=true temperature=0.7),
+                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT}
+  !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
   !exit                  leave (also Ctrl-D). Ctrl-C stops the current reply.`;
 
@@ -26,11 +27,14 @@ export interface SavedChat {
 
 export type CommandResult = { output: string } | { exit: true } | { notACommand: true };
 
-/** `N tokens in X s (Y tokens/s, TTFT Z ms)`: the line after each reply. */
+/** `N tokens in X s (Y tokens/s, TTFT Z ms[, draft acceptance ...])`: the line after each reply. */
 export function formatTurn(t: TurnStats): string {
   const stopped = t.finishReason === 'abort' ? ' [stopped]' : t.finishReason === 'length' ? ' [max_new_tokens reached]' : '';
-  return `${t.newTokens} tokens in ${t.seconds.toFixed(2)} s (${t.tokensPerSecond.toFixed(1)} tokens/s, TTFT ${t.timeToFirstTokenMs.toFixed(0)} ms)${stopped}`;
+  const draft = t.speculative ? `, ${formatAcceptance(t.speculative)}` : '';
+  return `${t.newTokens} tokens in ${t.seconds.toFixed(2)} s (${t.tokensPerSecond.toFixed(1)} tokens/s, TTFT ${t.timeToFirstTokenMs.toFixed(0)} ms${draft})${stopped}`;
 }
+
+const bytes = (n: number) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`);
 
 function defaultSavePath(): string {
   const d = new Date();
@@ -83,6 +87,12 @@ export class ChatSession {
     const s = await this.backend.status();
     const lines = [`model:    ${s.model}`, `runs:     ${s.where}`];
     if (s.dtype) lines.push(`dtype:    ${s.dtype}`);
+    if (s.quantization || s.dtype) lines.push(`quantize: ${s.quantization ?? 'none'}`);
+    if (s.bytesByFormat) {
+      const parts = Object.entries(s.bytesByFormat).map(([f, n]) => `${f} ${bytes(n)}`);
+      lines.push(`weights:  ${parts.join(', ')}${s.bytesPerToken ? `; ${bytes(s.bytesPerToken)} read per token` : ''}`);
+    }
+    lines.push(`draft:    ${s.draft ?? 'none'}`);
     if (s.adapter) lines.push(`adapter:  ${s.adapter}`);
     const used = this.lastTurn ? this.lastTurn.promptTokens + this.lastTurn.newTokens : 0;
     lines.push(`context:  ${used} tokens used${s.maxContext ? ` of ${s.maxContext}` : ''} (as of the last reply)`);
@@ -143,8 +153,17 @@ export class ChatSession {
         return { output: 'New conversation.' };
       case 'set': {
         if (!rest) return { output: `settings: ${formatGenerationFlags(this.flags)}` };
-        this.flags = parseGenerationFlags(rest.split(/\s+/), this.flags);
-        return { output: `settings: ${formatGenerationFlags(this.flags)}` };
+        const { draft, rest: pairs } = takeDraftPairs(rest.split(/\s+/));
+        // Flags are checked before a draft is loaded, so a typo costs no load.
+        const flags = parseGenerationFlags(pairs, this.flags);
+        const lines: string[] = [];
+        if (draft !== undefined) {
+          if (!this.backend.setDraft) throw new UsageError('this chat cannot change the draft model');
+          lines.push(await this.backend.setDraft(draft === NO_DRAFT ? undefined : draft));
+        }
+        this.flags = flags;
+        lines.push(`settings: ${formatGenerationFlags(this.flags)}`);
+        return { output: lines.join('\n') };
       }
       case 'status':
         return { output: await this.status() };

@@ -70,13 +70,34 @@ describe('parseChatArgs', () => {
     expect(() => parseChatArgs(['--frobnicate'])).toThrow(/unknown option '--frobnicate'/);
     expect(() => parseChatArgs(['a/b', 'c/d'])).toThrow(/unexpected argument 'c\/d'/);
     expect(() => parseChatArgs(['--system'])).toThrow(/--system needs a value/);
+    expect(() => parseChatArgs(['--quantize', 'q2'])).toThrow(/--quantize expects one of q8, q4, got 'q2'/);
+    expect(() => parseChatArgs(['--draft'])).toThrow(/--draft expects a model folder or Hub id sharing the tokenizer, self-q4, got ''/);
+    expect(() => parseChatArgs(['draft='])).toThrow(/draft needs a value/);
+  });
+
+  it('reads --quantize, --draft (or draft=MODEL) and the draft-length flags', () => {
+    expect(parseChatArgs(['m', '--quantize', 'q4', '--draft', 'self-q4', 'num_assistant_tokens=5', 'num_assistant_tokens_schedule=constant'])).toEqual({
+      model: 'm',
+      generation: { num_assistant_tokens: 5, num_assistant_tokens_schedule: 'constant' },
+      dtype: 'auto',
+      quantize: 'q4',
+      draft: 'self-q4',
+      json: false,
+      help: false,
+    });
+    expect(parseChatArgs(['m', 'draft=org/tiny@v1', '--quantize=q8'])).toMatchObject({ draft: 'org/tiny@v1', quantize: 'q8', generation: {} });
+    expect(parseChatArgs(['m', '--draft', 'x', 'draft=none']).draft).toBeUndefined();
+    expect(() => parseGenerationFlags(['num_assistant_tokens=0'])).toThrow(/num_assistant_tokens: expected an integer in 1\.\.63/);
+    expect(() => parseGenerationFlags(['num_assistant_tokens=64'])).toThrow(/expected an integer in 1\.\.63/);
+    expect(() => parseGenerationFlags(['num_assistant_tokens_schedule=fast'])).toThrow(/expected constant, heuristic, heuristic_transient/);
+    expect(() => parseGenerationFlags(['nope=1'])).toThrow(/draft \(a model folder or Hub id sharing the tokenizer, self-q4, or none\)/);
   });
 
   it('help lists every flag, option and command', () => {
-    for (const k of [...GENERATION_FLAGS, '--system', '--dtype', '--max-context', '--json', '--url', '--prompt', '--help', '!help', '!clear', '!save', '!load', '!set', '!status', '!system', '!exit']) {
+    for (const k of [...GENERATION_FLAGS, 'draft=', '--system', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-context', '--json', '--url', '--prompt', '--help', '!help', '!clear', '!save', '!load', '!set', '!status', '!system', '!exit']) {
       expect(CHAT_HELP).toContain(k);
     }
-    for (const k of ['--host', '--port', '--api-key', '--dtype', '--max-queue']) expect(SERVE_HELP).toContain(k);
+    for (const k of ['--host', '--port', '--api-key', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-queue', '/v1/completions', '/tokenize']) expect(SERVE_HELP).toContain(k);
   });
 
   it('the bundled model path points at models/stories260K', () => {
@@ -97,6 +118,8 @@ describe('parseServeArgs', () => {
       help: false,
     });
     expect(() => parseServeArgs(['--port', '70000'])).toThrow(/--port expects 0..65535/);
+    expect(parseServeArgs(['m', '--quantize', 'q8', '--draft', 'org/draft'])).toMatchObject({ model: 'm', quantize: 'q8', draft: 'org/draft' });
+    expect(() => parseServeArgs(['--draft', 'none'])).toThrow(/--draft expects/);
   });
 });
 
@@ -111,6 +134,7 @@ describe('backend helpers', () => {
     expect(flagsToRequest({ do_sample: false, temperature: 0.7, max_new_tokens: 5, top_k: 3 })).toEqual({ temperature: 0, max_tokens: 5, top_k: 3 });
     expect(flagsToRequest({ do_sample: true })).toEqual({ temperature: 1 });
     expect(flagsToRequest({ temperature: 0.5, seed: 1, min_p: 0.1 })).toEqual({ temperature: 0.5, seed: 1, min_p: 0.1 });
+    expect(flagsToRequest({ num_assistant_tokens: 4, num_assistant_tokens_schedule: 'constant' })).toEqual({ num_assistant_tokens: 4, num_assistant_tokens_schedule: 'constant' });
   });
 });
 
@@ -126,7 +150,13 @@ class EchoBackend implements ChatBackend {
     this.lastTurn = { promptTokens: 7, newTokens: words.length, seconds: 0.5, tokensPerSecond: 4, timeToFirstTokenMs: 12, finishReason: 'stop' };
   }
   async status() {
-    return { model: 'echo', where: 'in-process', maxContext: 100 };
+    return { model: 'echo', where: 'in-process', maxContext: 100, dtype: 'bf16', quantization: 'q4 (4-bit, group 32)', bytesByFormat: { bf16: 2048, q4: 3 * 2 ** 20 }, bytesPerToken: 5 * 2 ** 20 };
+  }
+  drafts: (string | undefined)[] = [];
+  async setDraft(spec: string | undefined) {
+    if (spec === 'missing') throw new Error('no such model');
+    this.drafts.push(spec);
+    return spec ? `Draft ${spec} loaded.` : 'No draft.';
   }
   async dispose() {}
 }
@@ -147,6 +177,7 @@ describe('ChatSession commands', () => {
     expect(status).toContain('context:  10 tokens used of 100');
     expect(status).toContain('settings: do_sample=true max_new_tokens=5 temperature=0.5');
     expect(status).toContain('last:     3 tokens in 0.50 s (4.0 tokens/s, TTFT 12 ms)');
+    expect(status).toContain('quantize: q4 (4-bit, group 32)\nweights:  bf16 2.0 KiB, q4 3.0 MiB; 5.0 MiB read per token\ndraft:    none');
 
     const path = join(mkdtempSync(join(tmpdir(), 'chatsave-')), 'c.json');
     expect(await s.command(`!save ${path}`)).toEqual({ output: `Saved to ${path}` });
@@ -164,6 +195,20 @@ describe('ChatSession commands', () => {
     await expect(fresh.command(`!load ${path}`)).rejects.toThrow(/expected a file written by !save/);
     await expect(s.command('!bogus')).rejects.toThrow(/unknown command '!bogus'/);
     expect(await s.command('!exit')).toEqual({ exit: true });
+
+    // draft= is a session setting beside the flags; a bad flag loads no draft, a failed load changes no flag.
+    expect(await s.command('!set draft=org/tiny top_k=5')).toEqual({ output: 'Draft org/tiny loaded.\nsettings: do_sample=true max_new_tokens=5 temperature=0.5 top_k=5' });
+    await expect(s.command('!set draft=other top_k=-1')).rejects.toThrow(/top_k/);
+    await expect(s.command('!set draft=missing top_k=7')).rejects.toThrow(/no such model/);
+    expect(s.flags.top_k).toBe(5);
+    expect(((await s.command('!set draft=none')) as { output: string }).output).toMatch(/^No draft\./);
+    expect(b.drafts).toEqual(['org/tiny', undefined]);
+    const noDraft: ChatBackend = { modelId: 'x', lastTurn: undefined, stream: b.stream.bind(b), status: b.status.bind(b), dispose: b.dispose.bind(b) };
+    await expect(new ChatSession(noDraft).command('!set draft=a')).rejects.toThrow(/cannot change the draft/);
+    const spec = { steps: 4, draftedTokens: 16, acceptedTokens: 12, acceptanceRate: 0.75, meanAcceptedTokens: 3, finalNumAssistantTokens: 5 };
+    expect(formatTurn({ promptTokens: 1, newTokens: 16, seconds: 1, tokensPerSecond: 16, timeToFirstTokenMs: 10, finishReason: 'stop', speculative: spec })).toBe(
+      '16 tokens in 1.00 s (16.0 tokens/s, TTFT 10 ms, draft acceptance 75% (3.00 accepted per step of 4.0 drafted, 4 steps))',
+    );
     expect(formatTurn({ promptTokens: 1, newTokens: 20, seconds: 2, tokensPerSecond: 10.04, timeToFirstTokenMs: 150.4, finishReason: 'length' })).toBe(
       '20 tokens in 2.00 s (10.0 tokens/s, TTFT 150 ms) [max_new_tokens reached]',
     );

@@ -166,6 +166,21 @@ describe('chat without a terminal', () => {
     });
   });
 
+  it('--draft self-q4 and --draft FOLDER: the same greedy reply, acceptance on the summary line', async () => {
+    for (const draft of ['self-q4', join(ROOT, 'models/stories260K')]) {
+      const r = await run('node', [CHAT, '--draft', draft, 'max_new_tokens=20', 'num_assistant_tokens=4'], 'Once upon a time\n');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(`${GREEDY_20}\n`);
+      expect(r.stderr).toMatch(/20 tokens in [\d.]+ s \(.*, draft acceptance \d+% \([\d.]+ accepted per step of [\d.]+ drafted, \d+ steps\)\)/);
+    }
+  });
+
+  it('--draft and --quantize with --url are serve options: exit 2', async () => {
+    const r = await run('node', [CHAT, '--url', 'http://127.0.0.1:9', '--draft', 'self-q4'], 'hi');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--draft is an option of `serve` when chat uses --url/);
+  });
+
   it('bad flags exit 2 with the valid keys', async () => {
     const r = await run('node', [CHAT, 'temprature=1'], '');
     expect(r.code).toBe(2);
@@ -197,6 +212,21 @@ describe('serve as a process, chat --url on top', () => {
     const sse = await raw.text();
     expect(sse.endsWith('data: [DONE]\n\n')).toBe(true);
     transcripts.push(`--- serve exchange (POST /v1/chat/completions, stream: true) ---\n${sse}`);
+
+    // serve --draft: the same greedy text; acceptance in the request's log line, not in the response.
+    const drafted = spawn('node', [SERVE, '--port', '0', '--draft', 'self-q4'], { cwd: ROOT });
+    try {
+      let dlog = '';
+      drafted.stderr!.on('data', (d) => (dlog += d));
+      const durl = await waitFor('serve --draft to listen', () => /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(dlog)?.[1]);
+      await waitFor('/health ok', async () => ((await fetch(`${durl}/health`).catch(() => undefined))?.status === 200 ? true : undefined));
+      expect(await (await fetch(`${durl}/health`)).json()).toMatchObject({ draft: 'self-q4' });
+      const viaDraft = await run('node', [CHAT, '--url', durl, 'max_new_tokens=20', 'do_sample=false'], 'Once upon a time');
+      expect(viaDraft.stdout).toBe(`${GREEDY_20}\n`);
+      await waitFor('the request log line', () => (/serve: chatcmpl-\w+ length: 20 tokens, .*draft acceptance \d+%/.test(dlog) ? true : undefined));
+    } finally {
+      drafted.kill('SIGTERM');
+    }
 
     if (haveTmux) {
       const t = Tmux.start('webgpu-chat-e2e-url', `cd ${ROOT} && node ${CHAT} --url ${url} max_new_tokens=20; echo "EXITED rc=$?"; sleep 60`);

@@ -4,7 +4,7 @@
 import type { GenerationConfig, GenerationStats, Message } from '@webgpu-chat/chat';
 import type { DtypeOption, LoadProgress } from '@webgpu-chat/engine';
 import { renderMarkdown } from './markdown.ts';
-import type { CacheEntry, FileRead, GpuSummary, LoadedModel, ModelSpec, Reply, Request } from './protocol.ts';
+import type { CacheEntry, DraftOption, FileRead, GpuSummary, LoadedModel, ModelSpec, Quantize, Reply, Request } from './protocol.ts';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const input = (id: string) => $<HTMLInputElement>(id);
@@ -40,6 +40,8 @@ const HINTS: Record<string, string> = {
   TokenizerLoadError: 'The tokenizer files are missing or malformed.',
   TemplateError: 'The chat template failed.',
   GenerationConfigError: 'A generation setting is out of range.',
+  QuantError: 'The weights could not be quantized.',
+  DraftModelError: 'The draft model cannot serve this model.',
   ContextLengthError: 'The conversation is too long for the context.',
 };
 
@@ -147,12 +149,16 @@ $('load-button').addEventListener('click', () => {
   $('files').replaceChildren();
   $<HTMLProgressElement>('load-bar').value = 0;
   setStatus('Reading the model’s files…', 'loading');
+  const quantize = $<HTMLSelectElement>('quantize').value as Quantize | '';
+  const draft = $<HTMLSelectElement>('draft').value as DraftOption | '';
   send({
     type: 'load',
     model: spec,
     dtype: $<HTMLSelectElement>('dtype').value as DtypeOption,
     maxContext: Number(input('max-context').value) || 2048,
     useCache: input('use-cache').checked,
+    ...(quantize ? { quantize } : {}),
+    ...(draft ? { draft } : {}),
   });
 });
 
@@ -177,7 +183,9 @@ function onLoaded(m: LoadedModel, files: FileRead[]): void {
   model = m;
   const cached = files.filter((f) => f.fromCache).length;
   const source = files.length === 0 ? '' : cached === files.length ? ', all files from the browser cache' : cached ? `, ${cached} of ${files.length} files from the browser cache` : '';
-  setStatus(`${m.name}: ${m.modelType}, ${m.dtype} weights (${mib(m.weightBytes)} on the GPU), context ${m.maxContext}${source}.`, 'loaded');
+  const weights = m.quantization ? `${m.dtype} weights with ${m.quantization} linear layers` : `${m.dtype} weights`;
+  const draft = m.draft ? `, draft ${m.draft.name} (${mib(m.draft.weightBytes)})` : '';
+  setStatus(`${m.name}: ${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}.`, 'loaded');
   $('load-status').dataset.cached = String(files.length > 0 && cached === files.length);
   $<HTMLProgressElement>('load-bar').value = 1;
   $('template-note').hidden = m.hasChatTemplate;
@@ -286,9 +294,14 @@ function onDone(stats: GenerationStats): void {
   s.dataset.tokensPerSecond = stats.decodeTokensPerSecond.toFixed(2);
   s.dataset.ttftMs = stats.timeToFirstTokenMs.toFixed(0);
   const why = stats.finishReason === 'length' ? ', stopped at max_new_tokens' : stats.finishReason === 'abort' ? ', stopped' : '';
+  const spec = stats.speculative;
+  if (spec) s.dataset.acceptanceRate = spec.acceptanceRate.toFixed(3);
+  const draft = spec
+    ? `; draft accepted ${(100 * spec.acceptanceRate).toFixed(0)}% of ${spec.draftedTokens} proposed tokens, ${spec.meanAcceptedTokens.toFixed(2)} per step`
+    : '';
   s.textContent =
     `${stats.newTokens} tokens in ${(stats.totalMs / 1000).toFixed(2)} s: ${stats.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
-    `first token after ${stats.timeToFirstTokenMs.toFixed(0)} ms (${stats.promptTokens} prompt tokens, ${stats.reusedTokens} reused)${why}`;
+    `first token after ${stats.timeToFirstTokenMs.toFixed(0)} ms (${stats.promptTokens} prompt tokens, ${stats.reusedTokens} reused)${draft}${why}`;
   reply.el.appendChild(s);
   reply.el.dataset.done = 'true';
   reply = undefined;

@@ -4,6 +4,12 @@
 import type { GenerationConfig, GenerationStats, Message } from '@webgpu-chat/chat';
 import type { DeviceInfo, DtypeOption, LoadProgress } from '@webgpu-chat/engine';
 
+/** Load-time quantization of the linear layers (LoadOptions.quantize). */
+export type Quantize = 'q8' | 'q4';
+
+/** The draft for speculative decoding: 'self-q4' is the model's own folder loaded again with q4 weights. */
+export type DraftOption = 'self-q4';
+
 /** Where a model folder comes from. Picked files travel as Blobs keyed by folder-relative path. */
 export type ModelSpec =
   | { kind: 'hub'; repo: string; endpoint: string; revision: string }
@@ -18,7 +24,7 @@ export interface CacheEntry {
 
 export type Request =
   | { type: 'gpu' }
-  | { type: 'load'; model: ModelSpec; dtype: DtypeOption; maxContext: number; useCache: boolean }
+  | { type: 'load'; model: ModelSpec; dtype: DtypeOption; maxContext: number; useCache: boolean; quantize?: Quantize; draft?: DraftOption }
   | { type: 'generate'; messages: Message[]; config: GenerationConfig }
   | { type: 'stop' }
   | { type: 'cache-list' }
@@ -35,6 +41,10 @@ export interface LoadedModel {
   modelType: string;
   dtype: string;
   weightBytes: number;
+  /** e.g. "q4 (4-bit, group 32)" when the linear layers are quantized. */
+  quantization?: string;
+  /** Set when replies are decoded speculatively with this draft; its weights' bytes. */
+  draft?: { name: DraftOption; weightBytes: number };
   maxContext: number;
   /** False for base/story models: chats are fed as plain concatenated text. */
   hasChatTemplate: boolean;

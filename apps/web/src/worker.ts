@@ -9,6 +9,8 @@ import { hubFolderUrl, type FileRead, type ModelSpec, type Reply, type Request }
 const scope = self as unknown as DedicatedWorkerGlobalScope;
 const store = cacheApiStore();
 let chat: TextGenerationPipeline | undefined;
+/** The draft model generations are decoded with (speculative decoding), if any. */
+let draft: TextGenerationPipeline | undefined;
 let stopper: AbortController | undefined;
 
 const send = (r: Reply) => scope.postMessage(r);
@@ -18,22 +20,37 @@ class NetworkError extends Error {
   override name = 'NetworkError';
 }
 
-function openSource(spec: ModelSpec, useCache: boolean, onRead: (r: FileRead) => void): { source: FileSource; cache?: CachingSource; name: string } {
+interface OpenedSource {
+  source: FileSource;
+  cache?: CachingSource;
+  name: string;
+  /** The same folder again, without progress reports: where a self-q4 draft reads (from the browser cache once persisted). */
+  again: () => FileSource;
+}
+
+function openSource(spec: ModelSpec, useCache: boolean, onRead: (r: FileRead) => void): OpenedSource {
   if (spec.kind === 'files') {
-    return { source: blobSource(new Map(spec.files.map((f) => [f.path, f.blob])), spec.name), name: spec.name };
+    const files = () => blobSource(new Map(spec.files.map((f) => [f.path, f.blob])), spec.name);
+    return { source: files(), name: spec.name, again: files };
   }
   const folder = spec.kind === 'hub' ? hubFolderUrl(spec.endpoint, spec.repo, spec.revision) : spec.url.replace(/\/+$/, '');
   const name = spec.kind === 'hub' ? spec.repo : folder;
   const net = urlSource(folder);
-  if (!useCache) return { source: net, name };
+  if (!useCache) return { source: net, name, again: () => net };
   const cache = cachingSource(net, folder, store, onRead);
-  return { source: cache, cache, name };
+  return { source: cache, cache, name, again: () => cachingSource(net, folder, store) };
+}
+
+function disposeModels(): void {
+  draft?.dispose();
+  draft = undefined;
+  chat?.dispose();
+  chat = undefined;
 }
 
 async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
   stopper?.abort();
-  chat?.dispose();
-  chat = undefined;
+  disposeModels();
   const reads = new Map<string, FileRead>();
   const onRead = (r: FileRead) => {
     const seen = reads.get(r.file);
@@ -41,7 +58,7 @@ async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
     reads.set(r.file, total);
     send({ type: 'file', read: total });
   };
-  const { source, cache, name } = openSource(req.model, req.useCache, onRead);
+  const { source, cache, name, again } = openSource(req.model, req.useCache, onRead);
   const gpu = await getGpu();
   let p: TextGenerationPipeline;
   try {
@@ -49,6 +66,7 @@ async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
       gpu,
       dtype: req.dtype,
       maxContext: req.maxContext,
+      ...(req.quantize ? { quantize: req.quantize } : {}),
       templateFallback: PLAIN_FALLBACK,
       onProgress: (progress) => send({ type: 'progress', progress }),
     });
@@ -66,7 +84,23 @@ async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
   } catch (e) {
     cacheError = `${(e as Error).name}: ${(e as Error).message}`;
   }
+  if (req.draft === 'self-q4') {
+    try {
+      draft = await pipeline('text-generation', again(), {
+        gpu,
+        dtype: req.dtype,
+        maxContext: req.maxContext,
+        quantize: 'q4',
+        templateFallback: PLAIN_FALLBACK,
+        onProgress: (progress) => send({ type: 'progress', progress: { ...progress, file: `draft (q4): ${progress.file}` } }),
+      });
+    } catch (e) {
+      disposeModels();
+      throw e;
+    }
+  }
   const info = p.model.info;
+  const q = info.quantization;
   send({
     type: 'loaded',
     model: {
@@ -74,6 +108,8 @@ async function load(req: Extract<Request, { type: 'load' }>): Promise<void> {
       modelType: info.modelType,
       dtype: info.dtype,
       weightBytes: info.weightBytes,
+      ...(q ? { quantization: `${q.method} (${q.bits}-bit, group ${q.groupSize})` } : {}),
+      ...(draft ? { draft: { name: 'self-q4' as const, weightBytes: draft.model.info.weightBytes } } : {}),
       maxContext: Math.min(req.maxContext, info.maxPositionEmbeddings),
       hasChatTemplate: !p.templates.isEmpty,
     },
@@ -86,7 +122,8 @@ async function generate(req: Extract<Request, { type: 'generate' }>): Promise<vo
   if (!chat) throw new Error('no model is loaded: load one first');
   stopper = new AbortController();
   const p = chat;
-  for await (const ev of p.stream(req.messages, { ...req.config, signal: stopper.signal })) {
+  const assisted = draft ? { assistant_model: draft } : {};
+  for await (const ev of p.stream(req.messages, { ...req.config, ...assisted, signal: stopper.signal })) {
     send({ type: 'token', delta: ev.delta, tokenId: ev.tokenId });
   }
   if (p.lastStats) send({ type: 'done', stats: p.lastStats });

@@ -87,16 +87,23 @@ function serve(site: string): Promise<{ server: Server; base: string; modelReque
   );
 }
 
-/** The greedy reply's token ids under Node (Dawn on lavapipe), as the page's worker asks for them. */
-async function nodeReference(): Promise<number[]> {
-  const pipe = await pipeline('text-generation', MODEL, { templateFallback: 'plain' });
+/**
+ * The greedy reply's token ids under Node (Dawn on lavapipe), as the page's worker asks for
+ * them: optionally with q8 linear layers and a self-q4 draft (the page's load settings).
+ */
+async function nodeReference(opts: { quantize?: 'q8'; selfQ4Draft?: boolean } = {}): Promise<number[]> {
+  const pipe = await pipeline('text-generation', MODEL, { templateFallback: 'plain', ...(opts.quantize ? { quantize: opts.quantize } : {}) });
+  const draft = opts.selfQ4Draft ? await pipeline('text-generation', MODEL, { templateFallback: 'plain', quantize: 'q4' }) : undefined;
   try {
     const ids: number[] = [];
-    for await (const ev of pipe.stream([{ role: 'user', content: PROMPT }], { do_sample: false, max_new_tokens: MAX_NEW_TOKENS })) {
+    const assisted = draft ? { assistant_model: draft } : {};
+    for await (const ev of pipe.stream([{ role: 'user', content: PROMPT }], { do_sample: false, max_new_tokens: MAX_NEW_TOKENS, ...assisted })) {
       if (ev.tokenId !== null) ids.push(ev.tokenId);
     }
+    if (draft) expect(pipe.lastStats?.speculative?.steps).toBeGreaterThan(0);
     return ids;
   } finally {
+    draft?.dispose();
     pipe.dispose();
   }
 }
@@ -147,7 +154,7 @@ describe('demo page in Chromium', () => {
     return (await page.textContent('#load-status')) ?? '';
   }
 
-  async function chatGreedy(maxNewTokens = MAX_NEW_TOKENS): Promise<{ ids: number[]; text: string; tokensPerSecond: number; ttftMs: number }> {
+  async function chatGreedy(maxNewTokens = MAX_NEW_TOKENS): Promise<{ ids: number[]; text: string; tokensPerSecond: number; ttftMs: number; acceptanceRate: string | null }> {
     await page.click('#new-chat');
     await page.uncheck('#do_sample');
     await page.fill('#max_new_tokens', String(maxNewTokens));
@@ -163,6 +170,7 @@ describe('demo page in Chromium', () => {
       text: (await msg.locator('.body').textContent()) ?? '',
       tokensPerSecond: Number(await stats.getAttribute('data-tokens-per-second')),
       ttftMs: Number(await stats.getAttribute('data-ttft-ms')),
+      acceptanceRate: await stats.getAttribute('data-acceptance-rate'),
     };
   }
 
@@ -221,6 +229,27 @@ describe('demo page in Chromium', () => {
     expect(await msg.locator('.stats').textContent()).toMatch(/, stopped$/);
     expect(((await msg.getAttribute('data-token-ids')) ?? '').split(',').length).toBeLessThan(400);
   }, 120_000);
+
+  it('q8 weights with a self-q4 draft: greedy tokens equal Node with the same settings, acceptance in the footer', async ({ skip }) => {
+    if (skipReason) skip(skipReason);
+    const expected = await nodeReference({ quantize: 'q8', selfQ4Draft: true });
+    await page.check('input[name=kind][value=url]');
+    await page.fill('#folder-url', `${site!.base}/models/stories260K`);
+    await page.selectOption('#quantize', 'q8');
+    await page.selectOption('#draft', 'self-q4');
+    try {
+      const status = await load();
+      expect(status).toContain('f32 weights with q8 (8-bit, group 32) linear layers');
+      expect(status).toContain('draft self-q4');
+      const r = await chatGreedy();
+      expect(r.ids).toEqual(expected);
+      expect(Number(r.acceptanceRate)).toBeGreaterThan(0);
+      expect(await page.locator('.msg.assistant[data-done=true] .stats').textContent()).toMatch(/draft accepted \d+% of \d+ proposed tokens/);
+    } finally {
+      await page.selectOption('#quantize', '');
+      await page.selectOption('#draft', '');
+    }
+  }, 180_000);
 
   it('says which file is missing when a folder URL lacks the weights', async ({ skip }) => {
     if (skipReason) skip(skipReason);

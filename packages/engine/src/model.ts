@@ -15,7 +15,7 @@ import type { StepProfiler } from './profiler.ts';
 import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, RowScore, Session, TopK } from './types.ts';
 import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
 import { inactiveExpertBytes, plannedTensorBytes } from './moe-weights.ts';
-import { LOAD_TIME_QUANT, readQuantizationConfig } from './quant.ts';
+import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat, quantBytes, readQuantizationConfig } from './quant.ts';
 
 export class ModelLoadError extends Error {
   override name = 'ModelLoadError';
@@ -57,19 +57,56 @@ function chooseDtype(opt: DtypeOption, ckpt: Checkpoint, c: ModelConfig): Weight
 
 export interface MemoryPlan {
   weightBytes: number;
+  /** Of weightBytes: the linear layers held quantized (packed weights and scales). */
+  quantizedBytes: number;
   kvBytes: number;
   activationBytes: number;
   total: number;
 }
 
-export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number): MemoryPlan {
+/** How the plan counts the decoder's linear layers: quantized while loading, or as a GPTQ/AWQ checkpoint stores them. */
+export interface PlannedQuantization {
+  quantize?: QuantFormat;
+  prequant?: PrequantConfig;
+  /**
+   * With prequant: whether the layer `prefix` (e.g. model.layers.0.mlp.up_proj) is stored
+   * quantized (its checkpoint has `prefix.qweight`); every decoder linear layer when omitted.
+   */
+  isPrequantized?: (prefix: string) => boolean;
+}
+
+/** A dense decoder layer's linear weight (the matrices quantization applies to; MoE experts are not). */
+const DECODER_LINEAR = /^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/;
+
+/** Bytes of a quantized [N, K] linear layer as loaded: packed weights and scales, plus GPTQ's act-order column permutation. */
+function quantizedLinearBytes(q: PlannedQuantization, N: number, K: number): number | undefined {
+  if (q.prequant) {
+    const groupSize = q.prequant.groupSize === -1 ? K : q.prequant.groupSize;
+    return quantBytes({ format: 'q4', groupSize }, N, K) + (q.prequant.descAct ? 4 * K : 0);
+  }
+  if (q.quantize) return quantBytes(LOAD_TIME_QUANT[q.quantize], N, K);
+  return undefined;
+}
+
+/**
+ * Memory a model needs: weights in `dtype` (the decoder's linear layers in their quantized
+ * format when `quant` says so), the KV cache for maxContext tokens, and one step's activations.
+ */
+export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number, quant: PlannedQuantization = {}): MemoryPlan {
   let weightBytes = 0;
-  for (const [name, shape] of expectedTensors(c)) weightBytes += plannedTensorBytes(name, shape, dtype);
+  let quantizedBytes = 0;
+  for (const [name, shape] of expectedTensors(c)) {
+    const prefix = name.slice(0, -'.weight'.length);
+    const quantized =
+      DECODER_LINEAR.test(name) && (!quant.prequant || (quant.isPrequantized?.(prefix) ?? true)) ? quantizedLinearBytes(quant, shape[0]!, shape[1]!) : undefined;
+    if (quantized !== undefined) quantizedBytes += quantized;
+    weightBytes += quantized ?? plannedTensorBytes(name, shape, dtype);
+  }
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
   const perToken = 3 * c.hidden_size + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
   const activationBytes = 4 * (T * perToken + MAX_LOGIT_ROWS * c.vocab_size);
-  return { weightBytes, kvBytes, activationBytes, total: weightBytes + kvBytes + activationBytes };
+  return { weightBytes, quantizedBytes, kvBytes, activationBytes, total: weightBytes + kvBytes + activationBytes };
 }
 
 /** Memory the adapter can give: system RAM for a CPU-backed adapter under Node; otherwise unknown. */
@@ -99,23 +136,28 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const gpu = opts.gpu ?? (await getGpu());
   const maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, config.max_position_embeddings);
 
-  const plan = planMemory(config, dtype, maxContext);
-  const available = opts.maxMemoryBytes ?? (await availableMemory(gpu));
-  if (available !== undefined && plan.total > available)
-    throw new ModelLoadError(
-      `model too large for this adapter: needs ${gib(plan.total)} (weights ${gib(plan.weightBytes)} in ${dtype}, KV cache ${gib(plan.kvBytes)} for ${maxContext} tokens) but ${gib(available)} is available; try a smaller --max-context or dtype`,
-    );
-  const rowBytes = config.hidden_size * BYTES_PER_ELEMENT[dtype];
-  if (rowBytes > gpu.info.limits.maxStorageBufferBindingSize)
-    throw new ModelLoadError(`one weight row (${rowBytes} bytes) exceeds this adapter's maxStorageBufferBindingSize (${gpu.info.limits.maxStorageBufferBindingSize})`);
-
-  gpu.device.pushErrorScope('out-of-memory');
   // GPT-OSS's MXFP4 covers only its experts, which moe-weights.ts loads as they are.
   const prequant = config.moe?.mxfp4 ? undefined : readQuantizationConfig(raw);
   if (prequant && opts.quantize)
     throw new ModelLoadError(`${src.name} is already quantized (${prequant.method}); load it without quantize '${opts.quantize}'`);
   if (opts.quantize !== undefined && !(opts.quantize in LOAD_TIME_QUANT))
     throw new ModelLoadError(`quantize '${String(opts.quantize)}' is not supported (supported: ${Object.keys(LOAD_TIME_QUANT).join(', ')})`);
+
+  const plan = planMemory(config, dtype, maxContext, {
+    ...(opts.quantize ? { quantize: opts.quantize } : {}),
+    ...(prequant ? { prequant, isPrequantized: (prefix: string) => ckpt.has(`${prefix}.qweight`) } : {}),
+  });
+  const available = opts.maxMemoryBytes ?? (await availableMemory(gpu));
+  const stored = prequant ? `${dtype}, linear layers ${prequant.method} int4` : opts.quantize ? `${dtype}, linear layers ${opts.quantize}` : dtype;
+  if (available !== undefined && plan.total > available)
+    throw new ModelLoadError(
+      `model too large for this adapter: needs ${gib(plan.total)} (weights ${gib(plan.weightBytes)} in ${stored}, KV cache ${gib(plan.kvBytes)} for ${maxContext} tokens) but ${gib(available)} is available; try a smaller --max-context, dtype or --quantize`,
+    );
+  const rowBytes = config.hidden_size * BYTES_PER_ELEMENT[dtype];
+  if (rowBytes > gpu.info.limits.maxStorageBufferBindingSize)
+    throw new ModelLoadError(`one weight row (${rowBytes} bytes) exceeds this adapter's maxStorageBufferBindingSize (${gpu.info.limits.maxStorageBufferBindingSize})`);
+
+  gpu.device.pushErrorScope('out-of-memory');
   const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
   const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant);
   const oom = await gpu.device.popErrorScope();
@@ -142,7 +184,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     maxPositionEmbeddings: config.max_position_embeddings,
     bytesPerToken:
       plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes) - inactiveExpertBytes(config, dtype) -
-      weights.quantized.denseBytes + weights.quantized.bytes,
+      plan.quantizedBytes + weights.quantized.bytes,
     weightBytesByFormat: weights.bytesByFormat,
     ...(prequant
       ? { quantization: { method: prequant.method, bits: 4 as const, groupSize: prequant.groupSize } }

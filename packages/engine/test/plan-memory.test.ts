@@ -1,0 +1,75 @@
+// planMemory counts each weight in the format it is loaded in: the decoder's linear layers
+// quantized (q8: 1.125 B/weight with its f32 scale per 32; q4: 0.625 B/weight with its f16
+// scale and zero per 32; GPTQ int4 per its group size, plus the act-order permutation), so a
+// quantized model that fits is not refused.
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/models/family.ts';
+import { loadModel, ModelLoadError, planMemory } from '../src/model.ts';
+import type { Model } from '../src/types.ts';
+import { generatedConfig, writeGeneratedModel } from './generated-model.ts';
+import { testGpu } from './harness.ts';
+
+// hidden 64, 4 heads of 16, 2 KV heads, intermediate 80 (down_proj's K=80 pads to 96), 2 layers.
+const OPTIONS = { modelType: 'llama' as const, config: { intermediate_size: 80 } };
+const config = parseConfig(generatedConfig(OPTIONS));
+
+/** The decoder's linear layers per layer as [N, K]. */
+const LINEARS: [number, number][] = [
+  [64, 64], // q
+  [32, 64], // k
+  [32, 64], // v
+  [64, 64], // o
+  [80, 64], // gate
+  [80, 64], // up
+  [64, 80], // down
+];
+const pad32 = (k: number) => Math.ceil(k / 32) * 32;
+const dense = planMemory(config, 'f32', 128);
+const sum = (f: (n: number, k: number) => number) => config.num_hidden_layers * LINEARS.reduce((s, [n, k]) => s + f(n, k), 0);
+
+describe('planMemory', () => {
+
+  it('counts q8 and q4 linear layers at 1.125 and 0.625 bytes per (padded) weight', () => {
+    const denseLinear = sum((n, k) => 4 * n * k);
+    for (const [format, perWeight] of [['q8', 1.125], ['q4', 0.625]] as const) {
+      const plan = planMemory(config, 'f32', 128, { quantize: format });
+      const quantized = sum((n, k) => perWeight * n * pad32(k));
+      expect(plan.quantizedBytes).toBe(quantized);
+      expect(plan.weightBytes).toBe(dense.weightBytes - denseLinear + quantized);
+      expect(plan.kvBytes).toBe(dense.kvBytes);
+      expect(plan.total).toBe(plan.weightBytes + plan.kvBytes + plan.activationBytes);
+    }
+    expect(dense.quantizedBytes).toBe(0);
+  });
+
+  it('counts GPTQ int4 by its group size, with the act-order permutation', () => {
+    const prequant = { method: 'gptq' as const, bits: 4 as const, groupSize: 32, descAct: true, sym: true, zeroOffset: 1 };
+    const plan = planMemory(config, 'bf16', 128, { prequant });
+    expect(plan.quantizedBytes).toBe(sum((n, k) => 0.625 * n * pad32(k) + 4 * k));
+    // Layers the checkpoint left unquantized keep the load dtype.
+    const partial = planMemory(config, 'bf16', 128, { prequant, isPrequantized: (p) => !p.endsWith('down_proj') });
+    expect(partial.quantizedBytes).toBe(plan.quantizedBytes - config.num_hidden_layers * (0.625 * 64 * 96 + 4 * 80));
+    expect(partial.weightBytes - plan.weightBytes).toBe(config.num_hidden_layers * (2 * 64 * 80 - (0.625 * 64 * 96 + 4 * 80)));
+  });
+});
+
+describe('loadModel memory check', () => {
+  const models: Model[] = [];
+  afterAll(() => models.forEach((m) => m.dispose()));
+
+  it('loads a q4 model that fits only quantized, and its resident q4 bytes are the planned ones', async () => {
+    const dir = writeGeneratedModel({ ...OPTIONS, seed: 4 });
+    const gpu = await testGpu();
+    const q4 = planMemory(config, 'f32', 128, { quantize: 'q4' });
+    const budget = q4.total + 1024;
+    expect(budget).toBeLessThan(dense.total);
+    await expect(loadModel(dir, { gpu, dtype: 'f32', maxContext: 128, maxMemoryBytes: budget })).rejects.toThrow(ModelLoadError);
+    const model = await loadModel(dir, { gpu, dtype: 'f32', maxContext: 128, maxMemoryBytes: budget, quantize: 'q4' });
+    models.push(model);
+    expect(model.info.weightBytesByFormat?.q4).toBe(q4.quantizedBytes);
+    expect(model.info.quantization).toEqual({ method: 'q4', bits: 4, groupSize: 32 });
+    // An untied LM head is read every step; the embedding table is not.
+    expect(model.info.bytesPerToken).toBe(q4.weightBytes - config.vocab_size * config.hidden_size * 4);
+  });
+
+});
