@@ -46,16 +46,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
 
-#if WBF16
-fn unpack2(v: u32) -> vec2<f32> {
-  return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
-}
-#endif
-#if WF16
-fn unpack2(v: u32) -> vec2<f32> {
-  return unpack2x16float(v);
-}
-#endif
+#include unpack16
 
 struct Oct {
   a: vec4<f32>,

@@ -59,16 +59,7 @@ struct Oct {
   b: vec4<f32>,
 }
 
-#if WBF16
-fn unpack2(v: u32) -> vec2<f32> {
-  return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
-}
-#endif
-#if WF16
-fn unpack2(v: u32) -> vec2<f32> {
-  return unpack2x16float(v);
-}
-#endif
+#include unpack16
 #if MXFP4
 // e2m1 by nibble: bit 3 sign, bits 2-1 exponent, bit 0 mantissa.
 var<private> E2M1: array<f32, 16> = array<f32, 16>(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);

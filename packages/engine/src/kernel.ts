@@ -2,7 +2,8 @@
 //
 // A family is one .wgsl file. Variants are chosen by defines (`#if NAME` / `#else` /
 // `#endif`, for types and code paths) and WGSL `override` constants (for sizes);
-// nothing else rewrites the source. Each file declares its uniform as
+// `#include NAME` pastes a shared snippet (kernels/NAME.wgsl, e.g. the 16-bit weight
+// unpacking several families use); nothing else rewrites the source. Each file declares its uniform as
 // `struct Params { ... }` with 4-byte scalar fields; the byte packer is derived
 // from that declaration, so the layout is written once.
 
@@ -21,8 +22,8 @@ export function kernelSource(family: string): string {
   return src;
 }
 
-/** Resolves `#if NAME`, `#if !NAME`, `#else`, `#endif` lines. Nesting is allowed. */
-export function preprocess(src: string, defines: Defines): string {
+/** Resolves `#if NAME`, `#if !NAME`, `#else`, `#endif` and `#include NAME` lines. Nesting is allowed. */
+export function preprocess(src: string, defines: Defines, including: string[] = []): string {
   const out: string[] = [];
   const stack: { active: boolean; parentActive: boolean }[] = [];
   let active = true;
@@ -46,6 +47,14 @@ export function preprocess(src: string, defines: Defines): string {
       const top = stack.pop();
       if (!top) throw new KernelError('#endif without #if');
       active = top.parentActive;
+      continue;
+    }
+    const inc = /^#include\s+(\w+)\s*$/.exec(t);
+    if (inc) {
+      if (!active) continue;
+      const name = inc[1]!;
+      if (including.includes(name)) throw new KernelError(`#include cycle: ${[...including, name].join(' -> ')}`);
+      out.push(preprocess(kernelSource(name), defines, [...including, name]));
       continue;
     }
     if (t.startsWith('#')) throw new KernelError(`unknown directive: ${t}`);
