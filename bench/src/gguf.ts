@@ -1,23 +1,40 @@
 // Writes a Qwen2 safetensors folder (the bench's generated model) as a GGUF file, so llama.cpp
-// runs the very same weights: matrices in f32/f16/bf16, norms and biases in f32, and a Qwen
-// byte-level BPE tokenizer (tokenizer.json) padded to the model's vocabulary size.
+// runs the very same weights: matrices in f32/f16/bf16 or ggml's q8_0/q4_0 blocks, norms and
+// biases in f32, and a Qwen byte-level BPE tokenizer (tokenizer.json) padded to the model's
+// vocabulary size. In q8_0/q4_0 the embedding table (also the LM head when tied) stays f16,
+// as our engine keeps embeddings and LM head at 16 bits when it quantizes: both engines then
+// read the same kinds of bytes per token.
 //
 // GGUF v3 layout: magic, version, tensor count, metadata count, metadata key/values, tensor
 // infos (name, dims innermost first, ggml type, offset), padding to 32 bytes, tensor data.
+//
+// ggml's blocks run along the innermost dimension (a matrix row), 32 values each:
+//   q8_0: f16 scale d, then 32 int8 q; x = d * q, d = max|x| / 127.
+//   q4_0: f16 scale d, then 16 bytes; byte j holds value j in its low nibble and value
+//         j + 16 in its high nibble; x = d * (nibble - 8), d = (the value of largest |x|) / -8.
 
 import { closeSync, openSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../packages/engine/src/dtype.ts';
 import { parseHeader, type TensorInfo } from '../../packages/engine/src/safetensors.ts';
 
-export type GgufFormat = 'f32' | 'f16' | 'bf16';
+export type GgufFormat = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
+export const GGUF_FORMATS: readonly GgufFormat[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];
+type FloatFormat = 'f32' | 'f16' | 'bf16';
 
 export class GgufError extends Error {
   override name = 'GgufError';
 }
 
 const ALIGNMENT = 32;
-const GGML_TYPE: Record<GgufFormat, number> = { f32: 0, f16: 1, bf16: 30 };
-const BYTES: Record<GgufFormat, number> = { f32: 4, f16: 2, bf16: 2 };
+const GGML_TYPE: Record<GgufFormat, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 8, bf16: 30 };
+const BYTES: Record<FloatFormat, number> = { f32: 4, f16: 2, bf16: 2 };
+/** Values per q8_0/q4_0 block, and each block's bytes (the f16 scale included). */
+const QK = 32;
+const BLOCK_BYTES = { q8_0: 2 + QK, q4_0: 2 + QK / 2 } as const;
+
+function tensorBytes(type: GgufFormat, elements: number): number {
+  return type === 'q8_0' || type === 'q4_0' ? (elements / QK) * BLOCK_BYTES[type] : elements * BYTES[type];
+}
 /** Metadata value types of the GGUF spec. */
 const T = { u32: 4, i32: 5, f32: 6, bool: 7, string: 8, array: 9 } as const;
 /** Token types of llama.cpp's vocabulary. */
@@ -202,8 +219,11 @@ export function writeQwen2Gguf(dir: string, out: string, format: GgufFormat, tok
     const name = ggufName(info.name);
     if (!name) continue;
     if (!['F32', 'BF16', 'F16'].includes(info.dtype)) throw new GgufError(`${info.name}: unsupported dtype ${info.dtype}`);
-    const type: GgufFormat = info.shape.length === 1 ? 'f32' : format;
-    const bytes = info.shape.reduce((a, b) => a * b, 1) * BYTES[type];
+    const quantized = format === 'q8_0' || format === 'q4_0';
+    const type: GgufFormat = info.shape.length === 1 ? 'f32' : quantized && name === 'token_embd.weight' ? 'f16' : format;
+    if ((type === 'q8_0' || type === 'q4_0') && info.shape[info.shape.length - 1]! % QK !== 0)
+      throw new GgufError(`${info.name}: rows of ${info.shape[info.shape.length - 1]} values do not split into ${type} blocks of ${QK}`);
+    const bytes = tensorBytes(type, info.shape.reduce((a, b) => a * b, 1));
     tensors.push({ name, info, type, bytes, offset });
     offset += Math.ceil(bytes / ALIGNMENT) * ALIGNMENT;
   }
@@ -245,7 +265,7 @@ export function writeQwen2Gguf(dir: string, out: string, format: GgufFormat, tok
   try {
     writeSync(outFd, w.bytes());
     for (const t of tensors) {
-      const src = t.info.dtype === 'F32' ? 'f32' : t.info.dtype === 'BF16' ? 'bf16' : 'f16';
+      const src: FloatFormat = t.info.dtype === 'F32' ? 'f32' : t.info.dtype === 'BF16' ? 'bf16' : 'f16';
       const srcBytes = src === 'f32' ? 4 : 2;
       const n = t.info.end - t.info.start;
       for (let pos = 0; pos < n; pos += CHUNK_ELEMENTS * srcBytes) {
@@ -268,7 +288,8 @@ export function writeQwen2Gguf(dir: string, out: string, format: GgufFormat, tok
   return { path: out, format, bytesPerToken };
 }
 
-function convert(bytes: Uint8Array, from: GgufFormat, to: GgufFormat): Uint8Array {
+/** Converts a chunk (whole blocks: CHUNK_ELEMENTS and every row length are multiples of 32). */
+function convert(bytes: Uint8Array, from: FloatFormat, to: GgufFormat): Uint8Array {
   if (from === to) return bytes;
   const n = bytes.length / BYTES[from];
   const f32 =
@@ -276,8 +297,46 @@ function convert(bytes: Uint8Array, from: GgufFormat, to: GgufFormat): Uint8Arra
       ? new Float32Array(bytes.buffer, bytes.byteOffset, n)
       : Float32Array.from(new Uint16Array(bytes.buffer, bytes.byteOffset, n), from === 'bf16' ? bf16ToF32 : f16ToF32);
   if (to === 'f32') return new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength);
+  if (to === 'q8_0' || to === 'q4_0') return quantizeBlocks(f32, to);
   const out = new Uint16Array(n);
   const enc = to === 'bf16' ? f32ToBf16 : f32ToF16;
   for (let i = 0; i < n; i++) out[i] = enc(f32[i]!);
   return new Uint8Array(out.buffer);
+}
+
+/** ggml's reference quantizers (quantize_row_q8_0_ref / quantize_row_q4_0_ref), block by block. */
+export function quantizeBlocks(x: Float32Array, to: 'q8_0' | 'q4_0'): Uint8Array {
+  if (x.length % QK !== 0) throw new GgufError(`${x.length} values do not split into ${to} blocks of ${QK}`);
+  const blocks = x.length / QK;
+  const size = BLOCK_BYTES[to];
+  const out = new Uint8Array(blocks * size);
+  const view = new DataView(out.buffer);
+  for (let b = 0; b < blocks; b++) {
+    const at = b * size;
+    const base = b * QK;
+    let amax = 0;
+    let max = 0;
+    for (let j = 0; j < QK; j++) {
+      const v = x[base + j]!;
+      if (Math.abs(v) > amax) {
+        amax = Math.abs(v);
+        max = v;
+      }
+    }
+    if (to === 'q8_0') {
+      const d = amax / 127;
+      const id = d ? 1 / d : 0;
+      view.setUint16(at, f32ToF16(d), true);
+      // C's roundf: halves away from zero.
+      for (let j = 0; j < QK; j++) view.setInt8(at + 2 + j, Math.sign(x[base + j]! * id) * Math.round(Math.abs(x[base + j]! * id)));
+    } else {
+      const d = max / -8;
+      const id = d ? 1 / d : 0;
+      view.setUint16(at, f32ToF16(d), true);
+      // (int8_t)(v + 8.5f) truncates toward zero; v >= -8 keeps it non-negative.
+      const nibble = (v: number) => Math.min(15, Math.trunc(v * id + 8.5));
+      for (let j = 0; j < QK / 2; j++) out[at + 2 + j] = nibble(x[base + j]!) | (nibble(x[base + QK / 2 + j]!) << 4);
+    }
+  }
+  return out;
 }

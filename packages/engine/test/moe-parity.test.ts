@@ -19,7 +19,8 @@ import { writeSafetensors, type TensorToWrite } from '../src/safetensors-writer.
 import type { Model } from '../src/types.ts';
 import { rng, testGpu } from './harness.ts';
 import { REPO_ROOT } from './paths.ts';
-import { compareLogprobs, makeReferenceModel, pythonAvailable, referenceLogits, type ReferenceFamily } from './transformers-reference.ts';
+import { makeReferenceModel, pythonAvailable, type ReferenceFamily } from './transformers-reference.ts';
+import { expectParity } from './parity-check.ts';
 
 interface Case {
   name: string;
@@ -41,8 +42,6 @@ const CASES: Case[] = [
   { name: 'gpt_oss, MXFP4 experts', family: 'gpt_oss', config: { intermediate_size: 64, sliding_window: 48 }, mxfp4: true },
 ];
 
-const PROMPT_LEN = 200;
-const GREEDY = 64;
 const python = pythonAvailable();
 const models: Model[] = [];
 afterAll(() => models.forEach((m) => m.dispose()));
@@ -133,34 +132,7 @@ describe.skipIf(!python.ok)('MoE parity with Transformers', () => {
       }
       const model = await loadModel(dir, { gpu: await testGpu() });
       models.push(model);
-      const r = rng(11 + i);
-      const prompt = Array.from({ length: PROMPT_LEN }, () => Math.floor(r() * model.info.vocabSize));
-      const ref = await referenceLogits(refDir, prompt, { greedy: GREEDY, dtype: 'float32' });
-
-      const session = model.createSession();
-      const V = model.info.vocabSize;
-      const ours = new Float32Array(PROMPT_LEN * V);
-      for (let at = 0; at < PROMPT_LEN; at += 50) {
-        const piece = prompt.slice(at, at + 50);
-        session.forward(piece, { allLogits: true });
-        for (let t = 0; t < piece.length; t++) ours.set(await session.logits(at + t), (at + t) * V);
-      }
-      const cmp = compareLogprobs(ours, ref, { minMargin: 1e-4 });
-      console.log(`${c.name}: top-1 ${cmp.top1Agreement} over ${cmp.compared}, max |Δlogp| top-20 ${cmp.maxAbsErrTop20.toExponential(2)}, mean KL ${cmp.meanKL.toExponential(2)}, max KL ${cmp.maxKL.toExponential(2)}`);
-      expect(cmp.firstMismatch).toBeNull();
-      expect(cmp.top1Agreement).toBe(1);
-      expect(cmp.maxAbsErrTop20).toBeLessThan(1e-3);
-      expect(cmp.maxKL).toBeLessThan(1e-6);
-
-      session.truncate(PROMPT_LEN - 1);
-      session.forward(prompt.slice(-1));
-      const greedy: number[] = [];
-      for (let n = 0; n < GREEDY; n++) {
-        const tok = await session.argmax();
-        greedy.push(tok);
-        session.forward([tok]);
-      }
-      expect(greedy).toEqual(ref.greedy);
+      await expectParity(c.name, model, refDir, 11 + i);
     });
   }
 });

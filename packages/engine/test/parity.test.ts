@@ -3,15 +3,14 @@
 // weights and saves it; both it (PyTorch, CPU, eager attention) and our engine run the
 // same few hundred token ids. Top-1 must agree at every position, log-probabilities
 // within f32 error, and 64 greedy tokens after the prompt must be identical.
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, it } from 'vitest';
 import { loadModel } from '../src/model.ts';
 import type { Model } from '../src/types.ts';
-import { rng, testGpu } from './harness.ts';
+import { testGpu } from './harness.ts';
+import { expectParity } from './parity-check.ts';
 import {
-  compareLogprobs,
   makeReferenceModel,
   pythonAvailable,
-  referenceLogits,
   type ReferenceDtype,
   type ReferenceFamily,
 } from './transformers-reference.ts';
@@ -47,8 +46,6 @@ const CASES: Case[] = [
   { name: 'qwen3, bf16 checkpoint', family: 'qwen3', dtype: 'bfloat16' },
 ];
 
-const PROMPT_LEN = 200;
-const GREEDY = 64;
 const python = pythonAvailable();
 const models: Model[] = [];
 afterAll(() => models.forEach((m) => m.dispose()));
@@ -59,37 +56,7 @@ describe.skipIf(!python.ok)('parity with Transformers', () => {
       const dir = await makeReferenceModel({ family: c.family, seed: 100 + i, dtype: c.dtype ?? 'float32', ...(c.config ? { config: c.config } : {}) });
       const model = await loadModel(dir, { gpu: await testGpu() });
       models.push(model);
-      const r = rng(7 + i);
-      const prompt = Array.from({ length: PROMPT_LEN }, () => Math.floor(r() * model.info.vocabSize));
-      // A bf16 checkpoint is compared with Transformers computing in f32 on the same weights,
-      // which is what our engine does (bf16 weights, f32 arithmetic).
-      const ref = await referenceLogits(dir, prompt, { greedy: GREEDY, dtype: 'float32' });
-
-      const session = model.createSession();
-      const V = model.info.vocabSize;
-      const ours = new Float32Array(PROMPT_LEN * V);
-      // allLogits keeps at most 64 rows per forward, so score the prompt in pieces.
-      for (let at = 0; at < PROMPT_LEN; at += 50) {
-        const piece = prompt.slice(at, at + 50);
-        session.forward(piece, { allLogits: true });
-        for (let t = 0; t < piece.length; t++) ours.set(await session.logits(at + t), (at + t) * V);
-      }
-      const cmp = compareLogprobs(ours, ref, { minMargin: 1e-4 });
-      console.log(`${c.name}: top-1 ${cmp.top1Agreement} over ${cmp.compared}, max |Δlogp| top-20 ${cmp.maxAbsErrTop20.toExponential(2)}, mean KL ${cmp.meanKL.toExponential(2)}, max KL ${cmp.maxKL.toExponential(2)}`);
-      expect(cmp.firstMismatch).toBeNull();
-      expect(cmp.top1Agreement).toBe(1);
-      expect(cmp.maxAbsErrTop20).toBeLessThan(1e-3);
-      expect(cmp.maxKL).toBeLessThan(1e-6);
-
-      session.truncate(PROMPT_LEN - 1);
-      session.forward(prompt.slice(-1));
-      const greedy: number[] = [];
-      for (let n = 0; n < GREEDY; n++) {
-        const tok = await session.argmax();
-        greedy.push(tok);
-        session.forward([tok]);
-      }
-      expect(greedy).toEqual(ref.greedy);
+      await expectParity(c.name, model, dir, 7 + i);
     });
   }
 });
