@@ -90,53 +90,12 @@ fn store(t: u32, r: u32, v: f32) {
 }
 
 #if GPU
-const BM = 64u; // rows per tile
-const BT = 64u; // tokens per tile
-const BK = 16u; // k per step
-
-var<workgroup> ws: array<f32, 1024>; // [BM][BK]
-var<workgroup> xs: array<f32, 1024>; // [BT][BK]
-
-// 256 threads as 16 x 16, each computing 4 rows x 4 tokens of the 64 x 64 tile.
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let rowBase = wg.x * BM;
-  let tokBase = wg.y * BT;
-  let tr = lid % 16u;
-  let tt = lid / 16u;
-  var acc: array<vec4<f32>, 4>; // acc[i][j]: token tt + 16 i, row tr + 16 j
-  for (var k0 = 0u; k0 < p.K; k0 += BK) {
-    for (var i = 0u; i < 4u; i++) {
-      let e = lid + i * 256u;
-      let rk = e / BK;
-      let k = k0 + e % BK;
-      let r = rowBase + rk;
-      var wv = 0.0;
-      if (r < p.rows && k < p.K) { wv = w1(r * p.K + k); }
-      ws[e] = wv;
-      let t = tokBase + rk;
-      var xv = 0.0;
-      if (t < p.tokens && k < p.K) { xv = x[t * p.K + k]; }
-      xs[e] = xv;
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      let wv = vec4<f32>(ws[tr * BK + kk], ws[(tr + 16u) * BK + kk], ws[(tr + 32u) * BK + kk], ws[(tr + 48u) * BK + kk]);
-      for (var i = 0u; i < 4u; i++) {
-        acc[i] += wv * xs[(tt + 16u * i) * BK + kk];
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var i = 0u; i < 4u; i++) {
-    let t = tokBase + tt + 16u * i;
-    if (t >= p.tokens) { continue; }
-    for (var j = 0u; j < 4u; j++) {
-      let r = rowBase + tr + 16u * j;
-      if (r < p.rows) { store(t, r, acc[i][j]); }
-    }
-  }
+// Element (r, k) of the chunk as f32.
+fn weight(r: u32, k: u32) -> f32 {
+  return w1(r * p.K + k);
 }
+
+#include matmul_tile
 #else
 override WG: u32 = 64u;
 
