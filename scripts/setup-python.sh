@@ -25,11 +25,15 @@ if [ -n "$mirrors" ]; then
   done
 fi
 for l in $links; do args+=(--find-links "$l"); done
-.venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" torch transformers safetensors tokenizers jinja2 numpy
+# A mirror that lacks a package makes pip print a warning per lookup; keep the log readable.
+pip_install() {
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install torch transformers safetensors tokenizers jinja2 numpy
 # --no-deps: lm-eval's full dependency list pulls in packages the mirror lacks; the test needs only these.
 # Optional: without it the lm-eval test skips.
 if ! .venv/bin/python -c "$LM_EVAL_CHECK" 2>/dev/null; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" --no-deps lm-eval \
-    && .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}" datasets dill more_itertools sacrebleu scikit-learn tenacity aiohttp requests accelerate \
+  pip_install --no-deps lm-eval \
+    && pip_install datasets dill more_itertools sacrebleu scikit-learn tenacity aiohttp requests accelerate \
     || echo "setup-python: lm-eval could not be installed; the lm-eval test will skip" >&2
 fi
