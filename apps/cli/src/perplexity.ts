@@ -6,8 +6,8 @@
 // TTY (stderr); a JSON summary on stdout at the end. How quantization accuracy is reported.
 
 import { readFileSync } from 'node:fs';
-import { describeGpu, loadModel, scoreTokens, type LoadOptions, type Session } from '@webgpu-chat/engine';
-import { ChatTokenizer, toFileSource } from '@webgpu-chat/chat';
+import { describeGpu, loadModel, scoreTokens, toFileSource, type LoadOptions, type Session } from '@webgpu-chat/engine';
+import { ChatTokenizer } from '@webgpu-chat/chat';
 import { DTYPES, UsageError, type Dtype } from './args.ts';
 import { progressPrinter, resolveModel } from './hub.ts';
 

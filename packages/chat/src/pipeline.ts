@@ -4,7 +4,7 @@
 // session per pipeline: successive calls reuse the KV cache of the shared prefix, so a
 // multi-turn chat only prefills the new turn.
 
-import { directorySource, loadModel, urlSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
+import { loadModel, toFileSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
 import { ChatInputError, GenerationConfigError } from './errors.ts';
 import { SessionGenerator, type RunOptions } from './generate.ts';
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
@@ -67,11 +67,6 @@ export async function loadChatFiles(source: FileSource, opts: { chatTemplate?: s
   return { tokenizer, templates, generationConfig };
 }
 
-/** A path, an http(s) URL, or a FileSource as it is. */
-export function toFileSource(model: string | FileSource): FileSource {
-  if (typeof model !== 'string') return model;
-  return /^https?:\/\//.test(model) ? urlSource(model) : directorySource(model);
-}
 
 /** Loads a model folder (a path, URL or FileSource) and returns Transformers' text-generation pipeline. */
 export async function pipeline(task: 'text-generation', model: string | FileSource, opts: PipelineOptions = {}): Promise<TextGenerationPipeline> {

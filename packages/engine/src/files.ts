@@ -194,3 +194,9 @@ export function blobSource(files: Map<string, Blob> | File[], name = 'the select
     },
   };
 }
+
+/** A path, an http(s) URL, or a FileSource as it is. */
+export function toFileSource(source: string | FileSource): FileSource {
+  if (typeof source !== 'string') return source;
+  return /^https?:\/\//.test(source) ? urlSource(source) : directorySource(source);
+}

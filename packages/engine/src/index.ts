@@ -6,7 +6,7 @@ export * from './kernel.ts';
 export * from './config.ts';
 export { supportedModelTypes } from './models/family.ts';
 export { loadModel, planMemory, ModelLoadError, ContextOverflowError, type MemoryPlan } from './model.ts';
-export { directorySource, urlSource, blobSource, FileSourceError } from './files.ts';
+export { directorySource, urlSource, blobSource, toFileSource, FileSourceError } from './files.ts';
 export { openCheckpoint, SafetensorsError, type Checkpoint, type TensorInfo } from './safetensors.ts';
 export { writeSafetensors } from './safetensors-writer.ts';
 export { StepProfiler, type OpKind } from './profiler.ts';

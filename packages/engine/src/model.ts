@@ -4,7 +4,7 @@
 import { type ModelConfig, ConfigError } from './config.ts';
 import { type Gpu, getGpu } from './device.ts';
 import { BYTES_PER_ELEMENT, type WeightDtype } from './dtype.ts';
-import { directorySource, urlSource } from './files.ts';
+import { toFileSource } from './files.ts';
 import { KernelCache } from './kernel.ts';
 import { parseConfig } from './models/family.ts';
 import type { OpContext } from './ops/context.ts';
@@ -30,11 +30,6 @@ const MAX_STEP_TOKENS = 256;
 /** Rows of logits kept per step when every position's logits are asked for (scoring, drafts). */
 const MAX_LOGIT_ROWS = 64;
 const DEFAULT_MAX_CONTEXT = 4096;
-
-function toSource(source: string | FileSource): FileSource {
-  if (typeof source !== 'string') return source;
-  return /^https?:\/\//.test(source) ? urlSource(source) : directorySource(source);
-}
 
 async function readConfig(src: FileSource): Promise<Record<string, unknown>> {
   const text = await src.text('config.json');
@@ -128,7 +123,7 @@ function keepLayers(c: ModelConfig, n: number | undefined): ModelConfig {
 const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
 
 export async function loadModel(source: string | FileSource, opts: LoadOptions = {}): Promise<Model> {
-  const src = toSource(source);
+  const src = toFileSource(source);
   const raw = await readConfig(src);
   const config = keepLayers(parseConfig(raw), opts.numLayers);
   const ckpt = await openCheckpoint(src);
