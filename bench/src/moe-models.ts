@@ -1,15 +1,13 @@
-// Writes the MoE bench models: a Mixtral-shaped and a Qwen3-MoE-shaped model, scaled to fit
-// this machine, with the real config.json fields and per-expert tensor names and seeded
-// random bf16 weights. Run the bench on each to see decode bytes follow the active experts:
-//
-//   npx tsx bench/src/moe-models.ts            # prints the two folders (written once)
-//   pnpm bench --model <folder> --dtype bf16
+// The MoE bench models (pnpm bench --moe): a Mixtral-shaped and a Qwen3-MoE-shaped model,
+// scaled to fit this machine, with the real config.json fields and per-expert tensor names
+// and seeded random bf16 weights, written once into .cache/bench/. Their rows show decode
+// bytes following the active experts, not the resident ones.
 
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeSafetensors, type TensorToWrite } from '../../packages/engine/src/safetensors-writer.ts';
 import { rng } from '../../packages/engine/test/harness.ts';
-import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
+import { BENCH_CACHE } from './engine-run.ts';
 
 /** Mixtral-8x7B's layout (8 experts, top-2, GQA 4:1) at a quarter of its width and 4 layers. */
 export const MIXTRAL_SHAPED = {
@@ -59,7 +57,8 @@ export const QWEN3_MOE_SHAPED = {
   eos_token_id: 2,
 };
 
-type Config = typeof MIXTRAL_SHAPED | typeof QWEN3_MOE_SHAPED;
+/** One of the shapes above, or a smaller model with the same fields (tests). */
+export type MoeShape = typeof MIXTRAL_SHAPED | typeof QWEN3_MOE_SHAPED;
 
 /** Random bf16 bits: uniform in [-scale, scale) truncated to bf16 (rounding does not matter here). */
 function bf16(n: number, r: () => number, scale: number, offset = 0): Uint16Array {
@@ -73,7 +72,7 @@ function bf16(n: number, r: () => number, scale: number, offset = 0): Uint16Arra
   return out;
 }
 
-export function writeMoeModel(cfg: Config, dir: string, seed = 1): void {
+export function writeMoeModel(cfg: MoeShape, dir: string, seed = 1): void {
   const r = rng(seed);
   const h = cfg.hidden_size;
   const hd = cfg.head_dim;
@@ -112,13 +111,13 @@ export function writeMoeModel(cfg: Config, dir: string, seed = 1): void {
   writeFileSync(join(dir, 'config.json'), JSON.stringify(cfg, null, 2));
 }
 
-/** The bench folders, written on first use. */
+/** The bench folders, written on first use: Mixtral-shaped, then Qwen3-MoE-shaped. */
 export function moeBenchModels(): string[] {
   const out: string[] = [];
   for (const [name, cfg] of [['mixtral-shaped-bf16', MIXTRAL_SHAPED], ['qwen3-moe-shaped-bf16', QWEN3_MOE_SHAPED]] as const) {
-    const dir = join(REPO_ROOT, '.cache', 'bench', name);
+    const dir = join(BENCH_CACHE, name);
     if (!existsSync(join(dir, 'config.json'))) {
-      process.stderr.write(`moe-models: writing ${dir}\n`);
+      process.stderr.write(`bench: writing ${dir} (once)\n`);
       writeMoeModel(cfg, dir);
     }
     out.push(dir);
@@ -126,4 +125,3 @@ export function moeBenchModels(): string[] {
   return out;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) console.log(moeBenchModels().join('\n'));

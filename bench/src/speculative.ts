@@ -1,108 +1,135 @@
-// Plain vs assisted (speculative) greedy decoding on the same target: decode tokens/s,
-// acceptance rate and mean accepted tokens per verification step, per draft.
+// The speculative rows of pnpm bench: plain vs assisted greedy decoding on the same target,
+// with the acceptance rate and mean accepted tokens per verification step, for two drafts
+// made from the target's own folder: 'self-q4' (its weights quantized to q4 while loading)
+// and a truncated-layer copy (its first quarter of layers).
 //
-//   npx tsx bench/src/speculative.ts [--model DIR] [--layers 1,3,self] [--k 4] [--decode 64] [--json]
-//
-// Drafts are truncated-layer copies of the target (numLayers) or the target's own
-// weights ('self': every token accepted, so its row shows the verification overhead
-// alone). Prompts are plain text; the target must have a tokenizer.json.
+// It drives packages/chat's SessionGenerator and Assistant on token ids, so a folder needs
+// no tokenizer: one with a tokenizer.json (stories260K) is prompted with text through it;
+// others get id prompts and a stand-in tokenizer of one token per id (the loop only
+// detokenizes with it). Decode speed: tokens of a run ÷ its time, where every run starts
+// with the prompt already cached (a first call of one token fills both caches), so plain
+// and assisted runs time the same work: from the last prompt token to the budget.
 
+import { existsSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { describeGpu, getGpu } from '@webgpu-chat/engine';
-import { pipeline, type GenerationStats, type TextGenerationPipeline } from '../../packages/chat/src/index.ts';
-import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
+import { directorySource, getGpu, loadModel, type Model } from '@webgpu-chat/engine';
+import { Assistant, ChatTokenizer, resolveGenerationConfig, SessionGenerator, type GenerationResult } from '../../packages/chat/src/index.ts';
+import { benchPrompt, engineName, folderName } from './engine-run.ts';
+import type { BenchRow } from './rows.ts';
 
-interface Row {
-  model: string;
-  draft: string;
-  numAssistantTokens: number;
-  newTokens: number;
-  decodeTokensPerSecond: number;
-  plainDecodeTokensPerSecond: number;
-  speedup: number;
-  acceptanceRate: number;
-  meanAcceptedTokens: number;
-  identicalToPlain: boolean;
+/** Text prompts for a target with a tokenizer (stories260K continues them sensibly). */
+const TEXT_PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park. They'];
+/** Id prompts for a target without one. */
+const ID_PROMPTS = 2;
+/** Speculative rows compare decoding; a longer prompt would only lengthen the run. */
+const MAX_PROMPT_TOKENS = 32;
+
+export interface SpeculativeOptions {
+  /** Model folders to run as targets, each with its own drafts. */
+  targets: string[];
+  promptTokens: number;
+  /** Token budget of each run (EOS can end one earlier, the same way in both paths). */
+  decodeTokens: number;
+  /** num_assistant_tokens the heuristic schedule starts from. */
+  k: number;
 }
 
-function args() {
-  const a = process.argv.slice(2);
-  const get = (k: string, d: string) => {
-    const i = a.indexOf(k);
-    return i >= 0 && a[i + 1] ? a[i + 1]! : d;
-  };
-  return {
-    model: get('--model', join(REPO_ROOT, 'models', 'stories260K')),
-    layers: get('--layers', '1,3,4,self').split(','),
-    k: Number(get('--k', '4')),
-    decode: Number(get('--decode', '64')),
-    json: a.includes('--json'),
-  };
+/** A tokenizer with one token "<id>" per id and no special tokens: for targets without a tokenizer.json. */
+export function idTokenizer(vocabSize: number): ChatTokenizer {
+  const vocab: Record<string, number> = {};
+  for (let i = 0; i < vocabSize; i++) vocab[`<${i}>`] = i;
+  return new ChatTokenizer({ model: { type: 'BPE', vocab, merges: [] }, added_tokens: [], normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null }, {});
 }
 
-const PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park. They'];
-
-/** Runs every prompt; decode tokens/s over all of them (time after each first token). */
-async function measure(pipe: TextGenerationPipeline, opts: Parameters<TextGenerationPipeline>[1]): Promise<{ texts: string[]; tps: number; stats: GenerationStats[] }> {
-  const texts: string[] = [];
-  const stats: GenerationStats[] = [];
-  let tokens = 0;
-  let seconds = 0;
-  for (const prompt of PROMPTS) {
-    const [{ generated_text }] = await pipe(prompt, opts);
-    const s = pipe.lastStats!;
-    texts.push(generated_text);
-    stats.push(s);
-    tokens += s.newTokens - 1;
-    seconds += (s.totalMs - s.timeToFirstTokenMs) / 1000;
-  }
-  return { texts, tps: tokens / seconds, stats };
+interface Draft {
+  name: string;
+  load: () => Promise<Model>;
 }
 
-async function main(): Promise<void> {
-  const o = args();
+export async function runSpeculative(o: SpeculativeOptions): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  for (const dir of o.targets) rows.push(...(await runTarget(dir, o)));
+  return rows;
+}
+
+async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]> {
   const gpu = await getGpu();
-  process.stderr.write(`${describeGpu(gpu.info)}\n`);
-  const maxContext = 64 + o.decode + 8;
-  const target = await pipeline('text-generation', o.model, { gpu, maxContext });
-  const base = { max_new_tokens: o.decode, eos_token_id: [] as number[] };
-  // Warm-up: compiles the pipelines of both paths.
-  await target('Once', { max_new_tokens: 4 });
-  const plain = await measure(target, base);
-  const rows: Row[] = [];
-  for (const l of o.layers) {
-    const draft = l === 'self' ? target.model : await pipeline('text-generation', o.model, { gpu, maxContext, numLayers: Number(l) });
-    const opts = { ...base, assistant_model: draft, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'heuristic_transient' as const };
-    await target('Once', { ...opts, max_new_tokens: 8 });
-    const spec = await measure(target, opts);
-    const drafted = spec.stats.reduce((s, x) => s + x.speculative!.draftedTokens, 0);
-    const accepted = spec.stats.reduce((s, x) => s + x.speculative!.acceptedTokens, 0);
-    const steps = spec.stats.reduce((s, x) => s + x.speculative!.steps, 0);
-    rows.push({
-      model: o.model.split('/').pop()!,
-      draft: l === 'self' ? 'self (same weights)' : `first ${l} layers`,
-      numAssistantTokens: o.k,
-      newTokens: spec.stats.reduce((s, x) => s + x.newTokens, 0),
-      decodeTokensPerSecond: spec.tps,
-      plainDecodeTokensPerSecond: plain.tps,
-      speedup: spec.tps / plain.tps,
-      acceptanceRate: drafted ? accepted / drafted : 0,
-      meanAcceptedTokens: steps ? accepted / steps : 0,
-      identicalToPlain: spec.texts.every((t, i) => t === plain.texts[i]),
-    });
-    if (l !== 'self' && typeof draft === 'function') draft.dispose();
-  }
-  target.dispose();
-  if (o.json) {
-    console.log(JSON.stringify({ device: gpu.info, rows }, null, 2));
-    return;
-  }
-  console.log('| target | draft | K start | plain tok/s | assisted tok/s | speedup | acceptance | accepted/step | greedy identical |');
-  console.log('|---|---|---|---|---|---|---|---|---|');
-  for (const r of rows)
-    console.log(
-      `| ${r.model} | ${r.draft} | ${r.numAssistantTokens} | ${r.plainDecodeTokensPerSecond.toFixed(1)} | ${r.decodeTokensPerSecond.toFixed(1)} | ${r.speedup.toFixed(2)}x | ${(100 * r.acceptanceRate).toFixed(1)}% | ${r.meanAcceptedTokens.toFixed(2)} | ${r.identicalToPlain ? 'yes' : 'NO'} |`,
-    );
-}
+  const promptTokens = Math.min(o.promptTokens, MAX_PROMPT_TOKENS);
+  const maxContext = promptTokens + o.decodeTokens + 16;
+  const target = await loadModel(dir, { gpu, maxContext });
+  const rows: BenchRow[] = [];
+  try {
+    const hasTokenizer = existsSync(join(dir, 'tokenizer.json'));
+    const tokenizer = hasTokenizer ? await ChatTokenizer.load(directorySource(dir)) : idTokenizer(target.info.vocabSize);
+    const prompts = hasTokenizer
+      ? TEXT_PROMPTS.map((t) => tokenizer.encode(t).slice(0, promptTokens))
+      : Array.from({ length: ID_PROMPTS }, (_, i) => benchPrompt(promptTokens, target.info.vocabSize, i));
+    const session = target.createSession();
+    const gen = new SessionGenerator(session, tokenizer, target.info.vocabSize);
+    const layers = Math.max(1, Math.round(target.info.config.num_hidden_layers / 4));
+    const drafts: Draft[] = [
+      { name: 'self-q4', load: () => loadModel(dir, { gpu, maxContext, dtype: target.info.dtype, quantize: 'q4' }) },
+      { name: `first ${layers} of ${target.info.config.num_hidden_layers} layers`, load: () => loadModel(dir, { gpu, maxContext, numLayers: layers }) },
+    ];
+    const cfg = resolveGenerationConfig({ max_new_tokens: o.decodeTokens, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'heuristic_transient' });
+    const first = resolveGenerationConfig({ max_new_tokens: 1 });
+    const warm = resolveGenerationConfig({ max_new_tokens: 8, num_assistant_tokens: o.k });
+    /** Every prompt, each timed from the cached prompt; with `assistant`, assisted. */
+    const measure = async (assistant?: Assistant) => {
+      const opts = assistant ? { assistant } : {};
+      await gen.run(prompts[0]!, warm, opts); // compiles the pipelines this path uses
+      const runs: GenerationResult[] = [];
+      for (const p of prompts) {
+        await gen.run(p, first, opts);
+        runs.push(await gen.run(p, cfg, opts));
+      }
+      const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);
+      const seconds = runs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000;
+      return { runs, tokens, tokensPerSecond: tokens / seconds };
+    };
 
-await main();
+    const plain = await measure();
+    for (const d of drafts) {
+      const draft = await d.load();
+      const assistant = Assistant.open({ model: target, session, tokenizer }, { model: draft });
+      try {
+        const spec = await measure(assistant);
+        const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
+        const drafted = sum((r) => r.stats.speculative!.draftedTokens);
+        const accepted = sum((r) => r.stats.speculative!.acceptedTokens);
+        const steps = sum((r) => r.stats.speculative!.steps);
+        rows.push({
+          section: 'speculative',
+          engine: engineName(gpu),
+          model: folderName(dir),
+          format: target.info.dtype,
+          promptTokens,
+          decodeTokens: spec.tokens,
+          decodeTokensPerSecond: spec.tokensPerSecond,
+          weightBytes: target.info.weightBytes,
+          bytesPerToken: target.info.bytesPerToken,
+          load: loadavg()[0]!,
+          speculative: {
+            draft: d.name,
+            draftBytesPerToken: draft.info.bytesPerToken,
+            numAssistantTokens: o.k,
+            plainDecodeTokensPerSecond: plain.tokensPerSecond,
+            speedup: spec.tokensPerSecond / plain.tokensPerSecond,
+            acceptanceRate: drafted ? accepted / drafted : 0,
+            meanAcceptedTokens: steps ? accepted / steps : 0,
+            steps,
+            identicalToPlain: spec.runs.every((r, i) => r.tokenIds.join() === plain.runs[i]!.tokenIds.join()),
+          },
+        });
+      } finally {
+        assistant.dispose();
+        draft.dispose();
+      }
+    }
+    session.dispose();
+  } finally {
+    target.dispose();
+  }
+  return rows;
+}

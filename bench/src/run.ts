@@ -1,0 +1,188 @@
+// What pnpm bench runs (bench.ts is its command line): the argument parser, the sections,
+// and the printed report. Every section yields BenchRow rows; --json prints them all.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { describeGpu, getGpu, type DeviceInfo } from '@webgpu-chat/engine';
+import { BUNDLED_MODEL } from '../../packages/engine/test/paths.ts';
+import { benchModel, benchPrompt, CORES, folderName, runEngine, type BenchFormat } from './engine-run.ts';
+import { GGUF_FORMATS, type GgufFormat } from './gguf.ts';
+import { benchGguf, LLAMA_BACKENDS, runLlamaCpp, type LlamaBackend } from './llama-cpp.ts';
+import { moeBenchModels } from './moe-models.ts';
+import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
+import { runSpeculative } from './speculative.ts';
+
+export class BenchArgsError extends Error {
+  override name = 'BenchArgsError';
+}
+
+export interface BenchOptions {
+  sections: Section[];
+  /** Our formats for the dense rows: a dtype, or q8/q4 (linear layers quantized while loading, embeddings and LM head bf16). */
+  formats: BenchFormat[];
+  promptTokens: number;
+  decodeTokens: number;
+  /** The dense model and the dense speculative target (default: the Qwen2.5-0.5B-shaped bench model). */
+  model?: string;
+  /** The MoE models (default: the Mixtral- and Qwen3-MoE-shaped bench models); the last is the MoE speculative target. */
+  moeModels?: string[];
+  profile: boolean;
+  /** llama.cpp rows next to the dense ones, in each GGUF format, on each backend. */
+  compare: boolean;
+  ggufFormats: GgufFormat[];
+  llamaBackends: LlamaBackend[];
+  /** num_assistant_tokens the speculative rows start from. */
+  k: number;
+  json: boolean;
+}
+
+export interface BenchReport {
+  adapter: DeviceInfo;
+  /** 1-, 5- and 15-minute load averages when the run started. */
+  loadAtStart: number[];
+  rows: BenchRow[];
+  /** Why rows that were asked for are missing (llama.cpp cannot run, a model cannot be converted). */
+  skipped: string[];
+}
+
+const DTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8', 'q4'];
+const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k'];
+const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--all'];
+
+/** The GGUF format llama.cpp runs for one of our formats (f32 is not compared). */
+const GGUF_FOR: Partial<Record<BenchFormat, GgufFormat>> = { bf16: 'f16', f16: 'f16', q8: 'q8_0', q4: 'q4_0' };
+/** Our format a GGUF format is compared with. */
+const OURS_FOR: Record<GgufFormat, BenchFormat[]> = { f32: ['f32'], f16: ['bf16', 'f16'], bf16: ['bf16', 'f16'], q8_0: ['q8'], q4_0: ['q4'] };
+
+export function parseArgs(argv: readonly string[]): BenchOptions {
+  const values = new Map<string, string>();
+  const switches = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (VALUE_FLAGS.includes(a)) {
+      const v = argv[++i];
+      if (v === undefined || v.startsWith('--')) throw new BenchArgsError(`${a} needs a value`);
+      values.set(a, v);
+    } else if (SWITCHES.includes(a)) switches.add(a);
+    else throw new BenchArgsError(`unknown argument '${a}'; flags: ${[...VALUE_FLAGS, ...SWITCHES].join(' ')}`);
+  }
+  const list = (k: string, d: string) => (values.get(k) ?? d).split(',').filter(Boolean);
+  const count = (k: string, d: number, min: number) => {
+    const v = values.has(k) ? Number(values.get(k)) : d;
+    if (!Number.isInteger(v) || v < min) throw new BenchArgsError(`${k} must be an integer >= ${min}, got '${values.get(k)}'`);
+    return v;
+  };
+  const formats = [...list('--dtype', 'bf16,f32'), ...list('--quantize', '')];
+  for (const f of formats) if (!DTYPES.includes(f)) throw new BenchArgsError(`unknown format '${f}' in --dtype/--quantize; use ${DTYPES.join(', ')}`);
+  const ggufFormats = values.has('--gguf') ? list('--gguf', '') : [...new Set(formats.map((f) => GGUF_FOR[f as BenchFormat]).filter((f) => f !== undefined))];
+  for (const f of ggufFormats) if (!(GGUF_FORMATS as string[]).includes(f)) throw new BenchArgsError(`unknown GGUF format '${f}'; use ${GGUF_FORMATS.join(', ')}`);
+  const llamaBackends = list('--llama', LLAMA_BACKENDS.join(','));
+  for (const b of llamaBackends) if (!(LLAMA_BACKENDS as string[]).includes(b)) throw new BenchArgsError(`unknown llama.cpp backend '${b}'; use ${LLAMA_BACKENDS.join(', ')}`);
+
+  // The dense table runs unless only other sections are asked for, or when a dense-only flag says so.
+  const all = switches.has('--all');
+  const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || values.has('--dtype') || values.has('--quantize');
+  const sections: Section[] = [];
+  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative'))) sections.push('dense');
+  if (all || switches.has('--moe')) sections.push('moe');
+  if (all || switches.has('--speculative')) sections.push('speculative');
+  const model = values.get('--model');
+  const moeModels = values.has('--moe-model') ? list('--moe-model', '') : undefined;
+  return {
+    sections,
+    formats: formats as BenchFormat[],
+    promptTokens: count('--prompt', 128, 1),
+    decodeTokens: count('--decode', 64, 1),
+    ...(model ? { model } : {}),
+    ...(moeModels ? { moeModels } : {}),
+    profile: switches.has('--profile'),
+    compare: all || switches.has('--compare'),
+    ggufFormats: ggufFormats as GgufFormat[],
+    llamaBackends: llamaBackends as LlamaBackend[],
+    k: count('--k', 4, 1),
+    json: switches.has('--json'),
+  };
+}
+
+/** Runs the sections `o` asks for, in order: dense (with llama.cpp), MoE, speculative. */
+export async function runBench(o: BenchOptions): Promise<BenchReport> {
+  const gpu = await getGpu();
+  const report: BenchReport = { adapter: gpu.info, loadAtStart: loadavg(), rows: [], skipped: [] };
+  const engine = { promptTokens: o.promptTokens, decodeTokens: o.decodeTokens };
+  const denseModel = () => o.model ?? benchModel();
+  const moeModels = () => o.moeModels ?? moeBenchModels();
+
+  if (o.sections.includes('dense')) {
+    const dir = denseModel();
+    const ours: BenchRow[] = [];
+    for (const f of o.formats) ours.push(await runEngine(dir, f, { ...engine, section: 'dense', profile: o.profile }));
+    report.rows.push(...ours);
+    if (o.compare) report.rows.push(...(await runLlamaRows(dir, ours, o, report.skipped)));
+  }
+  if (o.sections.includes('moe')) {
+    for (const dir of moeModels()) report.rows.push(await runEngine(dir, 'bf16', { ...engine, section: 'moe' }));
+  }
+  if (o.sections.includes('speculative')) {
+    // stories260K (a trained model) shows acceptance on real text; the random-weight targets show the speed.
+    const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
+    const targets = [denseModel(), ...stories, moeModels().at(-1)!];
+    report.rows.push(...(await runSpeculative({ targets, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, k: o.k })));
+  }
+  return report;
+}
+
+/** llama.cpp on the dense model in each GGUF format and backend; each row with our matching row's ratio. */
+async function runLlamaRows(dir: string, ours: BenchRow[], o: BenchOptions, skipped: string[]): Promise<BenchRow[]> {
+  const vocab = (JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
+  const prompt = benchPrompt(o.promptTokens, vocab);
+  const rows: BenchRow[] = [];
+  for (const format of o.ggufFormats) {
+    let gguf;
+    try {
+      gguf = benchGguf(dir, format);
+    } catch (e) {
+      skipped.push(`llama.cpp ${format}: skipped, the model could not be converted to GGUF: ${(e as Error).message}`);
+      continue;
+    }
+    for (const backend of o.llamaBackends) {
+      const r = await runLlamaCpp(gguf, folderName(dir), backend, prompt, o.decodeTokens, CORES, CORES);
+      if (typeof r === 'string') {
+        skipped.push(`llama.cpp ${backend} ${format}: skipped, ${r}`);
+        continue;
+      }
+      const mine = ours.find((m) => OURS_FOR[format].includes(m.format as BenchFormat));
+      if (mine) r.ours = { format: mine.format, prefill: mine.prefillTokensPerSecond! / r.prefillTokensPerSecond!, decode: mine.decodeTokensPerSecond / r.decodeTokensPerSecond };
+      rows.push(r);
+    }
+  }
+  return rows;
+}
+
+const TITLES: Record<Section, string> = {
+  dense: 'Dense',
+  moe: 'Mixture of experts (bf16): decode reads only the selected experts',
+  speculative: 'Speculative decoding (greedy): plain vs assisted on the same target',
+};
+
+/** The printed report: one table per section, then the step profiles and what was skipped. */
+export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k'>): string {
+  const out: string[] = [];
+  const la = r.loadAtStart.map((x) => x.toFixed(2)).join(', ');
+  out.push(`${describeGpu(r.adapter)}; load average at start ${la}; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens.`);
+  out.push(`"2-core est." = tokens per CPU-second x ${CORES}; load = 1-minute load average when the row finished.`);
+  for (const s of ['dense', 'moe', 'speculative'] as const) {
+    const rows = r.rows.filter((x) => x.section === s);
+    if (!rows.length) continue;
+    out.push('', `## ${TITLES[s]}`, '', formatTable(rows));
+    if (s === 'speculative')
+      out.push(
+        '',
+        `Speculative: prompts of at most 32 tokens, already cached when timing starts; K starts at ${o.k} (heuristic schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
+      );
+  }
+  const profiles = r.rows.flatMap(formatProfile);
+  if (profiles.length) out.push('', ...profiles);
+  if (r.skipped.length) out.push('', ...r.skipped);
+  return out.join('\n');
+}
