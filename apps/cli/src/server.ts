@@ -368,7 +368,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   }
 
   /** Runs `work` in its turn on the GPU; a client that goes away aborts it or its place in the queue. */
-  async function queued(res: ServerResponse, prefix: string, work: (signal: AbortSignal) => Promise<{ finishReason: string; completionTokens: number }>): Promise<void> {
+  async function queued(res: ServerResponse, prefix: string, work: (signal: AbortSignal) => Promise<Omit<RequestDone, 'id'> & { id?: string }>): Promise<void> {
     const abort = new AbortController();
     let finished = false;
     res.on('close', () => {
@@ -381,19 +381,20 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       if (abort.signal.aborted) return;
       throw e;
     }
-    let outcome = { finishReason: 'error', completionTokens: 0 };
+    let outcome: Omit<RequestDone, 'id'> & { id?: string } = { finishReason: 'error', completionTokens: 0 };
     try {
       outcome = await work(abort.signal);
     } catch (e) {
-      if (abort.signal.aborted) {
-        outcome.finishReason = 'abort';
-        return;
-      }
+      if (abort.signal.aborted) return;
       throw e instanceof ApiError ? e : errorFromGeneration(e);
     } finally {
       finished = true;
       release();
-      opts.onRequestDone?.({ id: `${prefix}-${randomBytes(6).toString('hex')}`, ...outcome });
+      opts.onRequestDone?.({
+        ...outcome,
+        id: outcome.id ?? `${prefix}-${randomBytes(6).toString('hex')}`,
+        finishReason: abort.signal.aborted ? 'abort' : outcome.finishReason,
+      });
     }
   }
 
@@ -412,89 +413,80 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       return queued(res, 'chatcmpl', (signal) => a.chat(request, res, signal));
     }
     const model = served.model;
-
-    // A client that goes away aborts its generation or its place in the queue.
-    const abort = new AbortController();
-    let finished = false;
-    res.on('close', () => {
-      if (!finished) abort.abort(new Error('client disconnected'));
+    const assistant = served.assistant;
+    return queued(res, 'chatcmpl', async (signal) => {
+      const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
+      const stats = await chatCompletion(model, assistant, request, res, signal, id);
+      return { id, finishReason: stats?.finishReason ?? 'error', completionTokens: stats?.newTokens ?? 0, ...(stats ? { stats } : {}) };
     });
-    let release: () => void;
-    try {
-      release = await queue.acquire(abort.signal);
-    } catch (e) {
-      if (abort.signal.aborted) return;
-      throw e;
-    }
-    const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
+  }
+
+  /** Generates one chat completion into `res` (streamed or not); returns the generation's stats. */
+  async function chatCompletion(
+    model: ServedModel,
+    assistant: AssistantModel | undefined,
+    request: ChatRequest,
+    res: ServerResponse,
+    signal: AbortSignal,
+    id: string,
+  ): Promise<GenerationStats | undefined> {
     const now = Math.floor(Date.now() / 1000);
     const base = { id, created: now, model: opts.modelId, system_fingerprint: null };
     let text = '';
-    let stats: GenerationStats | undefined;
+    const draft = assistant !== undefined ? { assistant_model: assistant } : {};
+    const it = model.stream(request.messages, { ...request.config, ...draft, signal })[Symbol.asyncIterator]();
+    // Errors before the first token (prompt too long, bad template) still get a status code.
+    let next: IteratorResult<StreamEvent>;
     try {
-      const draft = served.assistant !== undefined ? { assistant_model: served.assistant } : {};
-      const it = model.stream(request.messages, { ...request.config, ...draft, signal: abort.signal })[Symbol.asyncIterator]();
-      // Errors before the first token (prompt too long, bad template) still get a status code.
-      let next: IteratorResult<StreamEvent>;
-      try {
-        next = await it.next();
-      } catch (e) {
-        throw errorFromGeneration(e);
-      }
-      if (request.stream) {
-        res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
-        const send = (chunk: unknown) => res.write(`data: ${JSON.stringify(chunk)}\n\n`);
-        const chunk = (delta: Record<string, string>, finish: string | null) => ({
-          ...base,
-          object: 'chat.completion.chunk',
-          choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-          ...(request.includeUsage ? { usage: null } : {}),
-        });
-        send(chunk({ role: 'assistant', content: '' }, null));
-        try {
-          while (!next.done) {
-            if (next.value.delta) send(chunk({ content: next.value.delta }, null));
-            next = await it.next();
-          }
-        } catch (e) {
-          // Headers are gone: report in the stream, as OpenAI does for mid-stream failures.
-          if (!abort.signal.aborted) send(errorFromGeneration(e).toJSON());
-          res.end('data: [DONE]\n\n');
-          return;
-        }
-        stats = model.lastStats;
-        if (abort.signal.aborted) return;
-        send(chunk({}, stats?.finishReason === 'length' ? 'length' : 'stop'));
-        if (request.includeUsage) send({ ...base, object: 'chat.completion.chunk', choices: [], usage: usage(stats) });
-        res.end('data: [DONE]\n\n');
-      } else {
-        try {
-          while (!next.done) {
-            text += next.value.delta;
-            next = await it.next();
-          }
-        } catch (e) {
-          throw errorFromGeneration(e);
-        }
-        stats = model.lastStats;
-        if (abort.signal.aborted) return;
-        sendJson(res, 200, {
-          ...base,
-          object: 'chat.completion',
-          choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: stats?.finishReason === 'length' ? 'length' : 'stop' }],
-          usage: usage(stats),
-        });
-      }
-    } finally {
-      finished = true;
-      release();
-      opts.onRequestDone?.({
-        id,
-        finishReason: abort.signal.aborted ? 'abort' : (stats?.finishReason ?? 'error'),
-        completionTokens: stats?.newTokens ?? 0,
-        ...(stats ? { stats } : {}),
-      });
+      next = await it.next();
+    } catch (e) {
+      throw errorFromGeneration(e);
     }
+    if (request.stream) {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+      const send = (chunk: unknown) => res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+      const chunk = (delta: Record<string, string>, finish: string | null) => ({
+        ...base,
+        object: 'chat.completion.chunk',
+        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+        ...(request.includeUsage ? { usage: null } : {}),
+      });
+      send(chunk({ role: 'assistant', content: '' }, null));
+      try {
+        while (!next.done) {
+          if (next.value.delta) send(chunk({ content: next.value.delta }, null));
+          next = await it.next();
+        }
+      } catch (e) {
+        // Headers are gone: report in the stream, as OpenAI does for mid-stream failures.
+        if (!signal.aborted) send(errorFromGeneration(e).toJSON());
+        res.end('data: [DONE]\n\n');
+        return undefined;
+      }
+      const stats = model.lastStats;
+      if (signal.aborted) return stats;
+      send(chunk({}, stats?.finishReason === 'length' ? 'length' : 'stop'));
+      if (request.includeUsage) send({ ...base, object: 'chat.completion.chunk', choices: [], usage: usage(stats) });
+      res.end('data: [DONE]\n\n');
+      return stats;
+    }
+    try {
+      while (!next.done) {
+        text += next.value.delta;
+        next = await it.next();
+      }
+    } catch (e) {
+      throw errorFromGeneration(e);
+    }
+    const stats = model.lastStats;
+    if (signal.aborted) return stats;
+    sendJson(res, 200, {
+      ...base,
+      object: 'chat.completion',
+      choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: stats?.finishReason === 'length' ? 'length' : 'stop' }],
+      usage: usage(stats),
+    });
+    return stats;
   }
 
   function usage(s: GenerationStats | undefined) {
