@@ -275,6 +275,35 @@ function* tokens(argv: readonly string[]): Generator<[string, () => string | und
   }
 }
 
+/** The options chat and serve share: how the model is loaded. */
+type LoadArgs = Pick<ChatArgs, 'dtype' | 'quantize' | 'draft' | 'maxContext'>;
+
+/** Applies a model-loading option to `out`; false when `a` is not one. */
+function loadOption(a: string, value: () => string | undefined, out: LoadArgs): boolean {
+  switch (a) {
+    case '--dtype':
+      out.dtype = dtypeOption(value());
+      return true;
+    case '--quantize':
+      out.quantize = quantizeOption(value());
+      return true;
+    case '--draft':
+      out.draft = draftOption(value());
+      return true;
+    case '--max-context':
+      out.maxContext = intOption('--max-context', value(), 1);
+      return true;
+    default:
+      return false;
+  }
+}
+
+/** A text option's value; `allowEmpty` for texts where "" means something (an empty system prompt). */
+function textOption(name: string, v: string | undefined, allowEmpty = false): string {
+  if (v === undefined || (!allowEmpty && v === '')) throw new UsageError(`${name} needs a value`);
+  return v;
+}
+
 export function parseChatArgs(argv: readonly string[]): ChatArgs {
   const out: ChatArgs = { generation: {}, dtype: 'auto', json: false, help: false };
   const pairs: string[] = [];
@@ -287,34 +316,17 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
       case '--json':
         out.json = true;
         break;
-      case '--system': {
-        const v = value();
-        if (v === undefined) throw new UsageError('--system needs a value');
-        out.system = v;
+      case '--system':
+        out.system = textOption('--system', value(), true);
         break;
-      }
-      case '--prompt': {
-        const v = value();
-        if (v === undefined) throw new UsageError('--prompt needs a value');
-        out.prompt = v;
-        break;
-      }
-      case '--dtype':
-        out.dtype = dtypeOption(value());
-        break;
-      case '--quantize':
-        out.quantize = quantizeOption(value());
-        break;
-      case '--draft':
-        out.draft = draftOption(value());
-        break;
-      case '--max-context':
-        out.maxContext = intOption('--max-context', value(), 1);
+      case '--prompt':
+        out.prompt = textOption('--prompt', value(), true);
         break;
       case '--url':
         out.url = urlOption(value());
         break;
       default:
+        if (loadOption(a, value, out)) break;
         if (a.startsWith('-')) throw new UsageError(`unknown option '${a}'. Run 'chat --help' for the options.`);
         if (/^[A-Za-z_]\w*=/.test(a)) pairs.push(a);
         else if (out.model === undefined) out.model = a;
@@ -336,40 +348,23 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
       case '--help':
         out.help = true;
         break;
-      case '--dtype':
-        out.dtype = dtypeOption(value());
+      case '--host':
+        out.host = textOption('--host', value());
         break;
-      case '--quantize':
-        out.quantize = quantizeOption(value());
-        break;
-      case '--draft':
-        out.draft = draftOption(value());
-        break;
-      case '--host': {
-        const v = value();
-        if (!v) throw new UsageError('--host needs a value');
-        out.host = v;
-        break;
-      }
       case '--port': {
         const v = intOption('--port', value(), 0);
         if (v > 65535) throw new UsageError(`--port expects 0..65535, got ${v}`);
         out.port = v;
         break;
       }
-      case '--api-key': {
-        const v = value();
-        if (!v) throw new UsageError('--api-key needs a value');
-        out.apiKey = v;
-        break;
-      }
-      case '--max-context':
-        out.maxContext = intOption('--max-context', value(), 1);
+      case '--api-key':
+        out.apiKey = textOption('--api-key', value());
         break;
       case '--max-queue':
         out.maxQueue = intOption('--max-queue', value(), 0);
         break;
       default:
+        if (loadOption(a, value, out)) break;
         if (a.startsWith('-')) throw new UsageError(`unknown option '${a}'. Run 'serve --help' for the options.`);
         if (out.model === undefined) out.model = a;
         else throw new UsageError(`unexpected argument '${a}': MODEL is already '${out.model}'`);
