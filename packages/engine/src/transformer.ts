@@ -71,7 +71,8 @@ export class Decoder {
     // software matvec, which reads x faster that way on CPU-backed adapters.
     const linearInput = (elems: number, label: string) => {
       const b = ctx.device.createBuffer({
-        size: Math.max(elems * 4, UNIFORM_WINDOW_BYTES),
+        // Whole 256-byte units, so a window can end at the buffer's end (uniform offsets are 256-aligned).
+        size: Math.ceil(Math.max(elems * 4, UNIFORM_WINDOW_BYTES) / 256) * 256,
         usage: storageUsage() | GPUBufferUsage.UNIFORM,
         label,
       });

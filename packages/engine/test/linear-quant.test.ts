@@ -57,6 +57,8 @@ interface Case {
   bias?: boolean;
   acc?: boolean;
   perm?: boolean;
+  /** Software variant: force the prefill's x through uniform windows (true) or storage (false). */
+  xu?: boolean;
 }
 
 const cases: Case[] = [
@@ -72,6 +74,16 @@ const cases: Case[] = [
   { N: 45, K: 128, T: 1, perm: true, bias: true },
   { N: 45, K: 128, T: 6, perm: true },
   { N: 300, K: 40, T: 1 },
+  // The uniform-x matmul (XU), which the software variant otherwise picks for K % 4 == 0, K <= 1020:
+  { N: 37, K: 64, T: 7, bias: true, xu: false },
+  { N: 70, K: 172, T: 33, acc: true, xu: false },
+  { N: 45, K: 128, T: 6, perm: true, xu: false },
+  { N: 67, K: 96, T: 16, bias: true, xu: true }, // exactly one window
+  { N: 131, K: 96, T: 40, split: [43, 61, 27], acc: true, xu: true }, // three windows, the last partial
+  { N: 21, K: 1020, T: 20, xu: true }, // K at the limit (16 tokens fill 64 KiB less 256 B), partial last group
+  { N: 9, K: 1020, T: 35, G: 128, perm: true, xu: true },
+  { N: 33, K: 236, T: 18, G: 64, xu: true }, // q4: the partial last group ends mid-word
+  { N: 13, K: 66, T: 5 }, // K % 4 != 0: storage x
 ];
 
 async function gpuWithoutF16(): Promise<Gpu> {
@@ -86,7 +98,7 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
           if (!f16 && variant === 'gpu') continue;
           const { N, K, T } = c;
           const G = c.G ?? 32;
-          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}`;
+          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}${c.xu !== undefined && variant === 'software' ? ` matmulUniformX=${c.xu}` : ''}`;
           it(`matches the float64 reference: ${desc}`, async () => {
             const gpu = f16 ? await testGpu() : await gpuWithoutF16();
             if (!f16) expect(gpu.hasF16).toBe(false);
@@ -111,11 +123,16 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
             const bias = c.bias ? randomArray(N, seed + 2, 1) : undefined;
             if (bias) weight.bias = bufferFrom(gpu.device, bias);
             const y0 = c.acc ? randomArray(T * N, seed + 3, 1) : undefined;
-            const xBuf = gpu.device.createBuffer({ size: Math.max(T * K * 4, 65536), usage: storageUsage() | GPUBufferUsage.UNIFORM, mappedAtCreation: true });
+            // Rounded up to 256 bytes so the last uniform window of x can end at the buffer's end.
+            const xBuf = gpu.device.createBuffer({ size: Math.max(Math.ceil((T * K * 4) / 256) * 256, 65536), usage: storageUsage() | GPUBufferUsage.UNIFORM, mappedAtCreation: true });
             new Float32Array(xBuf.getMappedRange(), 0, T * K).set(x);
             xBuf.unmap();
             const yBuf = bufferFrom(gpu.device, y0 ?? new Float32Array(T * N));
-            const op = createLinear(ctx, weight, xBuf, yBuf, { maxTokens: T, ...(c.acc ? { accumulate: true } : {}) });
+            const op = createLinear(ctx, weight, xBuf, yBuf, {
+              maxTokens: T,
+              ...(c.acc ? { accumulate: true } : {}),
+              ...(c.xu !== undefined && variant === 'software' ? { matmulUniformX: c.xu } : {}),
+            });
             const enc = gpu.device.createCommandEncoder();
             const pass = enc.beginComputePass();
             op.encode(pass, T);

@@ -8,9 +8,17 @@ import { groupsPerRow, rowWords, checkSpec } from '../quant.ts';
 import { type Constants, type Defines, grid } from '../kernel.ts';
 import { storageUsage } from '../buffers.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
-import { type LinearOp, type LinearOptions, type LinearWeight, LinearError } from './linear.ts';
+import {
+  type LinearOp,
+  type LinearOptions,
+  type LinearWeight,
+  type WeightChunk,
+  LinearError,
+  MATMUL_XU_TOKENS,
+  UNIFORM_X_BYTES,
+  xWindow,
+} from './linear.ts';
 
-const UNIFORM_X_BYTES = 65536;
 const MATVEC_SOFTWARE_WG = 64;
 const MATVEC_GPU = { TPR: 32, RPW: 8 };
 const MATMUL_SOFTWARE_WG = 64;
@@ -46,6 +54,10 @@ interface Dispatch {
   params: ParamsBuffer;
   group: GPUBindGroup;
   rows: number;
+  rowStart: number;
+  /** XU matmul: the dispatch's first token and its x window's byte offset. */
+  tokenBase?: number;
+  xOffset?: number;
 }
 
 export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
@@ -61,11 +73,12 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
   const gpu = ctx.variant === 'gpu';
 
-  // The permuted copy of x is made uniform-capable so the software matvec can still read it as one.
+  // The permuted copy of x is made uniform-capable so the software kernels can still read it as
+  // one; its size is rounded to the 256-byte binding alignment so the last window can end there.
   let gather: { params: ParamsBuffer; group: GPUBindGroup; kernel: ReturnType<OpContext['kernels']['get']> } | undefined;
   let xq = x;
   if (q.perm) {
-    xq = ctx.device.createBuffer({ size: Math.max(maxTokens * K * 4, UNIFORM_X_BYTES), usage: storageUsage() | GPUBufferUsage.UNIFORM, label: 'x permuted' });
+    xq = ctx.device.createBuffer({ size: Math.max(Math.ceil((maxTokens * K * 4) / 256) * 256, UNIFORM_X_BYTES), usage: storageUsage() | GPUBufferUsage.UNIFORM, label: 'x permuted' });
     const kernel = ctx.kernels.get('gather_cols', {}, { WG: GATHER_WG });
     const params = new ParamsBuffer(ctx.device, kernel, { K });
     const group = ctx.device.createBindGroup({
@@ -87,18 +100,31 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
     throw new LinearError(`linear: uniformX needs the software variant, K padded to groups (${padded}) <= 16384 and x with UNIFORM usage and >= 64 KiB`);
   }
   const xu = opts.uniformX ?? uniformOk;
+
+  // The XU matmul reads x as vec4s in 64 KiB windows of 16 tokens (see linear.ts).
+  const xuGroups = Math.ceil(maxTokens / MATMUL_XU_TOKENS);
+  const mmUniformOk =
+    !gpu &&
+    K % 4 === 0 &&
+    (xq.usage & GPUBufferUsage.UNIFORM) !== 0 &&
+    xq.size >= UNIFORM_X_BYTES &&
+    Array.from({ length: xuGroups }, (_, g) => xWindow(xq, K, g * MATMUL_XU_TOKENS, maxTokens)).every((s) => s !== undefined);
+  if (opts.matmulUniformX && !mmUniformOk) {
+    throw new LinearError('linear: matmulUniformX needs the software variant, K % 4 == 0, K <= 1020 and x with UNIFORM usage and >= 64 KiB');
+  }
+  const mmXu = opts.matmulUniformX ?? mmUniformOk;
   const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu };
 
   const build = (family: 'matvec_q' | 'matmul_q'): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
-    const defines: Defines = family === 'matvec_q' ? { ...common, XU: xu } : common;
+    const defines: Defines = { ...common, XU: family === 'matvec_q' ? xu : mmXu };
     const constants: Constants = { G: q.groupSize };
     if (family === 'matvec_q') Object.assign(constants, gpu ? MATVEC_GPU : { WG: MATVEC_SOFTWARE_WG });
     else if (!gpu) constants.WG = MATMUL_SOFTWARE_WG;
     const kernel = ctx.kernels.get(family, defines, constants);
-    const parts = w.chunks.map((c) => {
+    const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
       const entries: GPUBindGroupEntry[] = [
         { binding: 1, resource: { buffer: c.buffer, size: c.rows * rowWords(q, K) * 4 } },
-        { binding: 2, resource: family === 'matvec_q' && xu ? { buffer: xq, size: UNIFORM_X_BYTES } : { buffer: xq } },
+        { binding: 2, resource: xResource },
         { binding: 3, resource: { buffer: y } },
         { binding: 5, resource: { buffer: c.scales!, size: c.rows * groups * 4 } },
       ];
@@ -106,8 +132,20 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
       const params = new ParamsBuffer(ctx.device, kernel);
       entries.push({ binding: 0, resource: { buffer: params.buffer } });
       const group = ctx.device.createBindGroup({ layout: kernel.pipeline.getBindGroupLayout(0), entries, label: kernel.key });
-      return { params, group, rows: c.rows };
-    });
+      return { params, group, rows: c.rows, rowStart: c.rowStart };
+    };
+    if (family === 'matmul_q' && mmXu) {
+      // Per chunk, one dispatch per group of 16 tokens, each with its own window of x.
+      const parts = w.chunks.flatMap((c) =>
+        Array.from({ length: xuGroups }, (_, g) => {
+          const tokenBase = g * MATMUL_XU_TOKENS;
+          const xOffset = xWindow(xq, K, tokenBase, maxTokens)!;
+          return { ...dispatch(c, { buffer: xq, offset: xOffset, size: UNIFORM_X_BYTES }), tokenBase, xOffset };
+        }),
+      );
+      return { kernel, parts };
+    }
+    const parts = w.chunks.map((c) => dispatch(c, family === 'matvec_q' && xu ? { buffer: xq, size: UNIFORM_X_BYTES } : { buffer: xq }));
     return { kernel, parts };
   };
 
@@ -142,8 +180,19 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
         return;
       }
       pass.setPipeline(matmul!.kernel.pipeline);
+      if (mmXu) {
+        for (const d of matmul!.parts) {
+          const tokenBase = d.tokenBase!;
+          if (tokenBase >= tokens) continue;
+          const xBase = (tokenBase * K * 4 - d.xOffset!) / 16;
+          d.params.set({ K, rows: d.rows, colOffset: d.rowStart, N, tokens, groups, tokenBase, xBase });
+          pass.setBindGroup(0, d.group);
+          pass.dispatchWorkgroups(...grid(Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), maxDim));
+        }
+        return;
+      }
       for (const d of matmul!.parts) {
-        d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, groups });
+        d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, groups, tokenBase: 0, xBase: 0 });
         const [gx, gy] = gpu
           ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
           : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / MATMUL_SOFTWARE_TOKENS)];

@@ -65,13 +65,13 @@ export class LinearError extends Error {
   override name = 'LinearError';
 }
 
-const UNIFORM_X_BYTES = 65536;
+export const UNIFORM_X_BYTES = 65536;
 const MATVEC_SOFTWARE_WG = 64;
 const MATVEC_GPU = { TPR: 32, RPW: 8 };
 const MATMUL_SOFTWARE_WG = 64;
 const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul.wgsl's software shape
 const MATMUL_GPU_TILE = 64;
-const MATMUL_XU_TOKENS = 16; // tokens per thread (and per uniform window) in matmul.wgsl's XU shape
+export const MATMUL_XU_TOKENS = 16; // tokens per thread (and per uniform window) in the matmul kernels' XU shape
 const UNIFORM_OFFSET_ALIGN = 256;
 
 /** Checks a chunked weight: chunks in order, no gaps, each buffer large enough. */
@@ -114,7 +114,7 @@ interface Dispatch {
 }
 
 /** Where the uniform window of x for tokens [t0, t0 + 16) starts (bytes), or undefined if they do not fit one. */
-function xWindow(x: GPUBuffer, K: number, t0: number, maxTokens: number): number | undefined {
+export function xWindow(x: GPUBuffer, K: number, t0: number, maxTokens: number): number | undefined {
   const align = (b: number) => Math.floor(b / UNIFORM_OFFSET_ALIGN) * UNIFORM_OFFSET_ALIGN;
   const start = Math.min(align(t0 * K * 4), align(x.size - UNIFORM_X_BYTES));
   const end = Math.min(t0 + MATMUL_XU_TOKENS, maxTokens) * K * 4;
