@@ -53,16 +53,10 @@ const EPV = 16u;
 const EPW = 4u;
 #endif
 
+#include linear_store
+
 fn store(t: u32, r: u32, v: f32) {
-  let i = t * p.N + p.colOffset + r;
-  var o = v;
-#if BIAS
-  o += bias[p.colOffset + r];
-#endif
-#if ACC
-  o += y[i];
-#endif
-  y[i] = o;
+  storeAt(t * p.N + p.colOffset + r, r, v);
 }
 
 #if GPU

@@ -82,16 +82,10 @@ fn w1(e: u32) -> f32 {
 }
 #endif
 
+#include linear_store
+
 fn store(r: u32, v: f32) {
-  let i = p.colOffset + r;
-  var o = v;
-#if BIAS
-  o += bias[i];
-#endif
-#if ACC
-  o += y[i];
-#endif
-  y[i] = o;
+  storeAt(p.colOffset + r, r, v);
 }
 
 #if GPU

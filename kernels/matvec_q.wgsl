@@ -117,16 +117,10 @@ fn m4(v: vec4<f32>, k: u32) -> vec4<f32> {
   return select(vec4<f32>(0.0), v, vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.K));
 }
 
+#include linear_store
+
 fn store(r: u32, v: f32) {
-  let i = p.colOffset + r;
-  var o = v;
-#if BIAS
-  o += bias[i];
-#endif
-#if ACC
-  o += y[i];
-#endif
-  y[i] = o;
+  storeAt(p.colOffset + r, r, v);
 }
 
 #if GPU
