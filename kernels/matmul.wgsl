@@ -11,6 +11,9 @@
 // window holding those 16 tokens; one dispatch per group of 16 tokens). On lavapipe every storage
 // load inside a loop becomes a per-lane scalar loop while uniform loads become one vector gather,
 // so x through a uniform binding and 16 tokens per weight load are 2x faster.
+// TILED (software, VEC or SGX, K % 8 == 0: W in row tiles as for matvec.wgsl, src/tiles.ts),
+// SGX (software, K % 8 == 0, subgroups of 8: 4 rows x 16 tokens per thread with x from storage
+// through subgroup broadcasts, kernels/oct.wgsl; one dispatch for all tokens).
 // Bindings: 0 params, 1 W chunk, 2 x [tokens, K] f32 (XU: the window starting at or before token
 // tokenBase), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only).
 
@@ -26,6 +29,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+#if SGX
+#if W16
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+#else
+@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
+#endif
+#else
 #if W16
 #if VEC
 @group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;
@@ -39,7 +49,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 #endif
 #endif
+#endif
 
+#if SGX
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+#else
 #if XU
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
 #else
@@ -49,13 +63,18 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 #endif
 #endif
+#endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
 
 #include unpack16
+#if SGX
+#include oct
+#endif
 
+#if !SGX
 #if VEC
 // Four weights starting at element 4 * c of the chunk.
 fn w4(c: u32) -> vec4<f32> {
@@ -76,6 +95,38 @@ fn w1(e: u32) -> f32 {
 #endif
 }
 #endif
+#endif
+
+#if TILED
+#if W16
+const EPU = 8u; // weights per 16-byte unit
+#else
+const EPU = 4u;
+#endif
+
+// Where row j (of 4) of `thread` starts; `r` (the row) is unused in tiles.
+fn rowBase(thread: u32, j: u32, r: u32) -> u32 {
+  return (thread / 8u) * (p.K / EPU) * 32u + thread % 8u + 8u * j;
+}
+
+// Index in w of weights 4c .. 4c + 3 of the row starting at `base`: a row's next unit is a
+// tile's 32 rows further; a 16-bit unit holds two of w's vec2 elements.
+fn wi(base: u32, c: u32) -> u32 {
+#if W16
+  return 2u * (base + 32u * (c / 2u)) + (c & 1u);
+#else
+  return base + 32u * c;
+#endif
+}
+#else
+fn rowBase(thread: u32, j: u32, r: u32) -> u32 {
+  return r * (p.K / 4u);
+}
+
+fn wi(base: u32, c: u32) -> u32 {
+  return base + c;
+}
+#endif
 
 #include linear_store
 
@@ -93,18 +144,186 @@ fn weight(r: u32, k: u32) -> f32 {
 #else
 override WG: u32 = 64u;
 
+#if SGX
+// 4 rows x 16 tokens per thread, x through subgroup broadcasts (kernels/oct.wgsl), eight weights
+// per step. Tokens come from workgroup_id.y, so one dispatch covers them all; threads past the
+// last row keep running (clamped rows, no stores) so their subgroup stays whole.
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let thread = gid.x;
+  let r0 = thread * 4u;
+  let last = p.rows - 1u;
+  let kc = p.K / 8u;
+#if TILED
+  let i0 = (thread / 8u) * kc * STEP + thread % 8u;
+  let i1 = i0 + 8u;
+  let i2 = i0 + 16u;
+  let i3 = i0 + 24u;
+#else
+  let i0 = min(r0, last) * kc * STEP;
+  let i1 = min(r0 + 1u, last) * kc * STEP;
+  let i2 = min(r0 + 2u, last) * kc * STEP;
+  let i3 = min(r0 + 3u, last) * kc * STEP;
+#endif
+  let t0 = wg.y * 16u;
+  let n = min(p.tokens - t0, 16u);
+  // Tokens past the end repeat the last one (their sums are not stored).
+  let o0 = (t0 + min(0u, n - 1u)) * p.K;
+  let o1 = (t0 + min(1u, n - 1u)) * p.K;
+  let o2 = (t0 + min(2u, n - 1u)) * p.K;
+  let o3 = (t0 + min(3u, n - 1u)) * p.K;
+  let o4 = (t0 + min(4u, n - 1u)) * p.K;
+  let o5 = (t0 + min(5u, n - 1u)) * p.K;
+  let o6 = (t0 + min(6u, n - 1u)) * p.K;
+  let o7 = (t0 + min(7u, n - 1u)) * p.K;
+  let o8 = (t0 + min(8u, n - 1u)) * p.K;
+  let o9 = (t0 + min(9u, n - 1u)) * p.K;
+  let o10 = (t0 + min(10u, n - 1u)) * p.K;
+  let o11 = (t0 + min(11u, n - 1u)) * p.K;
+  let o12 = (t0 + min(12u, n - 1u)) * p.K;
+  let o13 = (t0 + min(13u, n - 1u)) * p.K;
+  let o14 = (t0 + min(14u, n - 1u)) * p.K;
+  let o15 = (t0 + min(15u, n - 1u)) * p.K;
+  var a0: vec4<f32>;
+  var a1: vec4<f32>;
+  var a2: vec4<f32>;
+  var a3: vec4<f32>;
+  var a4: vec4<f32>;
+  var a5: vec4<f32>;
+  var a6: vec4<f32>;
+  var a7: vec4<f32>;
+  var a8: vec4<f32>;
+  var a9: vec4<f32>;
+  var a10: vec4<f32>;
+  var a11: vec4<f32>;
+  var a12: vec4<f32>;
+  var a13: vec4<f32>;
+  var a14: vec4<f32>;
+  var a15: vec4<f32>;
+  for (var c = 0u; c < kc; c++) {
+    let o = c * STEP;
+    let k = 8u * c + lane;
+    // Weights 0..3 of the eight, then 4..7: fewer live registers than all eight at once.
+    var wa = w4lo(i0 + o);
+    var wb = w4lo(i1 + o);
+    var wc = w4lo(i2 + o);
+    var wd = w4lo(i3 + o);
+    let x0 = x[o0 + k];
+    let l0 = bcastLo(x0);
+    a0 += vec4<f32>(dot(wa, l0), dot(wb, l0), dot(wc, l0), dot(wd, l0));
+    let x1 = x[o1 + k];
+    let l1 = bcastLo(x1);
+    a1 += vec4<f32>(dot(wa, l1), dot(wb, l1), dot(wc, l1), dot(wd, l1));
+    let x2 = x[o2 + k];
+    let l2 = bcastLo(x2);
+    a2 += vec4<f32>(dot(wa, l2), dot(wb, l2), dot(wc, l2), dot(wd, l2));
+    let x3 = x[o3 + k];
+    let l3 = bcastLo(x3);
+    a3 += vec4<f32>(dot(wa, l3), dot(wb, l3), dot(wc, l3), dot(wd, l3));
+    let x4 = x[o4 + k];
+    let l4 = bcastLo(x4);
+    a4 += vec4<f32>(dot(wa, l4), dot(wb, l4), dot(wc, l4), dot(wd, l4));
+    let x5 = x[o5 + k];
+    let l5 = bcastLo(x5);
+    a5 += vec4<f32>(dot(wa, l5), dot(wb, l5), dot(wc, l5), dot(wd, l5));
+    let x6 = x[o6 + k];
+    let l6 = bcastLo(x6);
+    a6 += vec4<f32>(dot(wa, l6), dot(wb, l6), dot(wc, l6), dot(wd, l6));
+    let x7 = x[o7 + k];
+    let l7 = bcastLo(x7);
+    a7 += vec4<f32>(dot(wa, l7), dot(wb, l7), dot(wc, l7), dot(wd, l7));
+    let x8 = x[o8 + k];
+    let l8 = bcastLo(x8);
+    a8 += vec4<f32>(dot(wa, l8), dot(wb, l8), dot(wc, l8), dot(wd, l8));
+    let x9 = x[o9 + k];
+    let l9 = bcastLo(x9);
+    a9 += vec4<f32>(dot(wa, l9), dot(wb, l9), dot(wc, l9), dot(wd, l9));
+    let x10 = x[o10 + k];
+    let l10 = bcastLo(x10);
+    a10 += vec4<f32>(dot(wa, l10), dot(wb, l10), dot(wc, l10), dot(wd, l10));
+    let x11 = x[o11 + k];
+    let l11 = bcastLo(x11);
+    a11 += vec4<f32>(dot(wa, l11), dot(wb, l11), dot(wc, l11), dot(wd, l11));
+    let x12 = x[o12 + k];
+    let l12 = bcastLo(x12);
+    a12 += vec4<f32>(dot(wa, l12), dot(wb, l12), dot(wc, l12), dot(wd, l12));
+    let x13 = x[o13 + k];
+    let l13 = bcastLo(x13);
+    a13 += vec4<f32>(dot(wa, l13), dot(wb, l13), dot(wc, l13), dot(wd, l13));
+    let x14 = x[o14 + k];
+    let l14 = bcastLo(x14);
+    a14 += vec4<f32>(dot(wa, l14), dot(wb, l14), dot(wc, l14), dot(wd, l14));
+    let x15 = x[o15 + k];
+    let l15 = bcastLo(x15);
+    a15 += vec4<f32>(dot(wa, l15), dot(wb, l15), dot(wc, l15), dot(wd, l15));
+    wa = w4hi(i0 + o);
+    wb = w4hi(i1 + o);
+    wc = w4hi(i2 + o);
+    wd = w4hi(i3 + o);
+    let h0 = bcastHi(x0);
+    a0 += vec4<f32>(dot(wa, h0), dot(wb, h0), dot(wc, h0), dot(wd, h0));
+    let h1 = bcastHi(x1);
+    a1 += vec4<f32>(dot(wa, h1), dot(wb, h1), dot(wc, h1), dot(wd, h1));
+    let h2 = bcastHi(x2);
+    a2 += vec4<f32>(dot(wa, h2), dot(wb, h2), dot(wc, h2), dot(wd, h2));
+    let h3 = bcastHi(x3);
+    a3 += vec4<f32>(dot(wa, h3), dot(wb, h3), dot(wc, h3), dot(wd, h3));
+    let h4 = bcastHi(x4);
+    a4 += vec4<f32>(dot(wa, h4), dot(wb, h4), dot(wc, h4), dot(wd, h4));
+    let h5 = bcastHi(x5);
+    a5 += vec4<f32>(dot(wa, h5), dot(wb, h5), dot(wc, h5), dot(wd, h5));
+    let h6 = bcastHi(x6);
+    a6 += vec4<f32>(dot(wa, h6), dot(wb, h6), dot(wc, h6), dot(wd, h6));
+    let h7 = bcastHi(x7);
+    a7 += vec4<f32>(dot(wa, h7), dot(wb, h7), dot(wc, h7), dot(wd, h7));
+    let h8 = bcastHi(x8);
+    a8 += vec4<f32>(dot(wa, h8), dot(wb, h8), dot(wc, h8), dot(wd, h8));
+    let h9 = bcastHi(x9);
+    a9 += vec4<f32>(dot(wa, h9), dot(wb, h9), dot(wc, h9), dot(wd, h9));
+    let h10 = bcastHi(x10);
+    a10 += vec4<f32>(dot(wa, h10), dot(wb, h10), dot(wc, h10), dot(wd, h10));
+    let h11 = bcastHi(x11);
+    a11 += vec4<f32>(dot(wa, h11), dot(wb, h11), dot(wc, h11), dot(wd, h11));
+    let h12 = bcastHi(x12);
+    a12 += vec4<f32>(dot(wa, h12), dot(wb, h12), dot(wc, h12), dot(wd, h12));
+    let h13 = bcastHi(x13);
+    a13 += vec4<f32>(dot(wa, h13), dot(wb, h13), dot(wc, h13), dot(wd, h13));
+    let h14 = bcastHi(x14);
+    a14 += vec4<f32>(dot(wa, h14), dot(wb, h14), dot(wc, h14), dot(wd, h14));
+    let h15 = bcastHi(x15);
+    a15 += vec4<f32>(dot(wa, h15), dot(wb, h15), dot(wc, h15), dot(wd, h15));
+  }
+  store4(t0, r0, a0);
+  if (1u < n) { store4(t0 + 1u, r0, a1); }
+  if (2u < n) { store4(t0 + 2u, r0, a2); }
+  if (3u < n) { store4(t0 + 3u, r0, a3); }
+  if (4u < n) { store4(t0 + 4u, r0, a4); }
+  if (5u < n) { store4(t0 + 5u, r0, a5); }
+  if (6u < n) { store4(t0 + 6u, r0, a6); }
+  if (7u < n) { store4(t0 + 7u, r0, a7); }
+  if (8u < n) { store4(t0 + 8u, r0, a8); }
+  if (9u < n) { store4(t0 + 9u, r0, a9); }
+  if (10u < n) { store4(t0 + 10u, r0, a10); }
+  if (11u < n) { store4(t0 + 11u, r0, a11); }
+  if (12u < n) { store4(t0 + 12u, r0, a12); }
+  if (13u < n) { store4(t0 + 13u, r0, a13); }
+  if (14u < n) { store4(t0 + 14u, r0, a14); }
+  if (15u < n) { store4(t0 + 15u, r0, a15); }
+}
+#else
 #if XU
 // 4 rows x 16 tokens per thread in named accumulators (a<j>: token tokenBase + j, rows r0..r3).
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let r0 = (gid.x + gid.y * nwg.x * WG) * 4u;
+  let thread = gid.x + gid.y * nwg.x * WG;
+  let r0 = thread * 4u;
   if (r0 >= p.rows) { return; }
   let last = p.rows - 1u;
   let kc = p.K / 4u;
-  let wa0 = r0 * kc;
-  let wb0 = min(r0 + 1u, last) * kc;
-  let wc0 = min(r0 + 2u, last) * kc;
-  let wd0 = min(r0 + 3u, last) * kc;
+  let wa0 = rowBase(thread, 0u, r0);
+  let wb0 = rowBase(thread, 1u, min(r0 + 1u, last));
+  let wc0 = rowBase(thread, 2u, min(r0 + 2u, last));
+  let wd0 = rowBase(thread, 3u, min(r0 + 3u, last));
   let n = min(p.tokens - p.tokenBase, 16u);
   // Tokens past the group's end repeat its last token (their sums are not stored).
   let o0 = p.xBase + min(0u, n - 1u) * kc;
@@ -140,10 +359,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var a14: vec4<f32>;
   var a15: vec4<f32>;
   for (var c = 0u; c < kc; c++) {
-    let wa = w4(wa0 + c);
-    let wb = w4(wb0 + c);
-    let wc = w4(wc0 + c);
-    let wd = w4(wd0 + c);
+    let wa = w4(wi(wa0, c));
+    let wb = w4(wi(wb0, c));
+    let wc = w4(wi(wc0, c));
+    let wd = w4(wi(wd0, c));
     let x0 = x[o0 + c];
     a0 += vec4<f32>(dot(wa, x0), dot(wb, x0), dot(wc, x0), dot(wd, x0));
     let x1 = x[o1 + c];
@@ -219,11 +438,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   var a3: vec4<f32>;
 #if VEC
   let kc = p.K / 4u;
+  let wa0 = rowBase(gid.x, 0u, r0);
+  let wb0 = rowBase(gid.x, 1u, r1);
+  let wc0 = rowBase(gid.x, 2u, r2);
+  let wd0 = rowBase(gid.x, 3u, r3);
   for (var c = 0u; c < kc; c++) {
-    let wa = w4(r0 * kc + c);
-    let wb = w4(r1 * kc + c);
-    let wc = w4(r2 * kc + c);
-    let wd = w4(r3 * kc + c);
+    let wa = w4(wi(wa0, c));
+    let wb = w4(wi(wb0, c));
+    let wc = w4(wi(wc0, c));
+    let wd = w4(wi(wd0, c));
     let x0 = x[t0 * kc + c];
     a0 += vec4<f32>(dot(wa, x0), dot(wb, x0), dot(wc, x0), dot(wd, x0));
     let x1 = x[t1 * kc + c];
@@ -249,10 +472,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   if (t0 + 3u <= tl) { store4(t3, r0, a3); }
 }
 #endif
+#endif
 
 fn store4(t: u32, r0: u32, v: vec4<f32>) {
   let last = p.rows - 1u;
-  store(t, r0, v.x);
+  if (r0 <= last) { store(t, r0, v.x); }
   if (r0 + 1u <= last) { store(t, r0 + 1u, v.y); }
   if (r0 + 2u <= last) { store(t, r0 + 2u, v.z); }
   if (r0 + 3u <= last) { store(t, r0 + 3u, v.w); }

@@ -13,10 +13,16 @@
 // XU (software, K % 4 == 0, K <= 1020: 4 rows x 16 tokens per thread, x read through a 64 KiB
 // uniform window holding those 16 tokens, one dispatch per group of 16 tokens; each weight word is
 // dequantized once and serves 16 tokens. On lavapipe a storage load in a loop is a per-lane scalar
-// loop while a uniform load is one vector gather, see matmul.wgsl).
-// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (XU: the same words as u32),
-// 2 x [tokens, K] f32 (XU: the window starting at or before token tokenBase, as vec4s),
-// 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32.
+// loop while a uniform load is one vector gather, see matmul.wgsl),
+// SGX (software, subgroups of exactly 8: 4 rows x 16 tokens per thread as for XU, but x read from
+// storage through subgroup broadcasts, kernels/subgroup_x.wgsl: lane l loads x[t, k + l] and
+// hands it to the other seven, one gather per eight columns instead of eight; tokens from
+// workgroup_id.y, one dispatch for all tokens; any K, the partial last group masked),
+// TILED (software: W and scales in row tiles as for matvec_q.wgsl, src/tiles.ts; a unit is one
+// vec4<u32> of W, one scale word of the scales; rows padded with zeros to whole tiles).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (XU: the same words as u32;
+// TILED: tiled), 2 x [tokens, K] f32 (XU: the window starting at or before token tokenBase, as
+// vec4s), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled).
 
 struct Params {
   K: u32,
@@ -38,6 +44,10 @@ override G: u32 = 32u; // weights per group: a multiple of 32
 #else
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
+#endif
+#if SGX
+var<private> sgLane: u32; // the thread's subgroup_invocation_id
+#include subgroup_x
 #endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
@@ -77,6 +87,24 @@ fn weight(r: u32, k: u32) -> f32 {
 #else
 override WG: u32 = 64u;
 
+#if TILED
+// A row's next unit (vec4 of W, word of scales) is a tile's 32 rows further (src/tiles.ts).
+const NEXT = 32u;
+
+// Unit 0 of each of the thread's 4 rows, in a buffer of `units` units per row: neighbouring units
+// 8 apart in its tile. The padding rows of the last tile are zero, so no clamping.
+fn rowUnits(thread: u32, units: u32) -> vec4<u32> {
+  return vec4<u32>((thread / 8u) * units * 32u + thread % 8u) + vec4<u32>(0u, 8u, 16u, 24u);
+}
+#else
+const NEXT = 1u;
+
+fn rowUnits(thread: u32, units: u32) -> vec4<u32> {
+  let r = min(vec4<u32>(thread * 4u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.rows - 1u));
+  return r * units;
+}
+#endif
+
 #if Q4
 fn nib(v: u32, sh: vec4<u32>) -> vec4<f32> {
   return vec4<f32>((vec4<u32>(v) >> sh) & vec4<u32>(15u));
@@ -87,9 +115,8 @@ fn byt(v: u32) -> vec4<f32> {
 }
 #endif
 
-#if XU
-// Accumulators of the 16 tokens (a<j>: token tokenBase + j, rows r0..r3) and where each token's
-// x starts in the window (vec4s). Named fields, not arrays: lavapipe keeps them in registers.
+// XU and SGX: accumulators of 16 tokens (a<j>: the thread's token j, rows r0..r3) and where each
+// token's x starts (XU: in the window, vec4s; SGX: in x, f32s). Named fields, not arrays: lavapipe keeps them in registers.
 struct Acc {
   a0: vec4<f32>,
   a1: vec4<f32>,
@@ -132,6 +159,202 @@ fn d4(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, xv: vec4<f32>)
   return vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
 }
 
+fn store4(t: u32, r0: u32, v: vec4<f32>) {
+  let last = p.rows - 1u;
+  if (r0 <= last) { store(t, r0, v.x); }
+  if (r0 + 1u <= last) { store(t, r0 + 1u, v.y); }
+  if (r0 + 2u <= last) { store(t, r0 + 2u, v.z); }
+  if (r0 + 3u <= last) { store(t, r0 + 3u, v.w); }
+}
+
+#if SGX
+// Scale and zero point (q8: 0) of a scale word.
+fn sz(word: u32) -> vec2<f32> {
+#if Q4
+  return unpack2x16float(word);
+#else
+  return vec2<f32>(bitcast<f32>(word), 0.0);
+#endif
+}
+
+// Weights 0..3 and 4..7 of the eight at a step, dequantized: q8 takes one word for each half,
+// q4 both halves from one word.
+fn deqLo(q: u32, s: vec2<f32>) -> vec4<f32> {
+#if Q4
+  return (nib(q, vec4<u32>(0u, 4u, 8u, 12u)) - s.y) * s.x;
+#else
+  return byt(q) * s.x;
+#endif
+}
+
+fn deqHi(q: u32, s: vec2<f32>) -> vec4<f32> {
+#if Q4
+  return (nib(q, vec4<u32>(16u, 20u, 24u, 28u)) - s.y) * s.x;
+#else
+  return byt(q) * s.x;
+#endif
+}
+
+// x[o + k + lane], zero from column K on when masked (the last group's padding meets it, and past
+// K lies the next token or the end of x).
+fn xs(o: u32, k: u32, masked: bool) -> f32 {
+  let i = k + sgLane;
+  return select(x[o + min(i, p.K - 1u)], 0.0, masked && i >= p.K);
+}
+
+// Columns k .. k + 8 of the 4 rows (words ql for weights 0..3 and qh for 4..7, one per row; scales
+// sa..sd) times the 16 tokens, each token's eight x loaded by the lanes and broadcast. Weights
+// 0..3, then 4..7: fewer live registers than all eight at once.
+fn oct(k: u32, ql: vec4<u32>, qh: vec4<u32>, sa: vec2<f32>, sb: vec2<f32>, sc4: vec2<f32>, sd: vec2<f32>, o: Offs, masked: bool, a: ptr<function, Acc>) {
+  var wa = deqLo(ql.x, sa);
+  var wb = deqLo(ql.y, sb);
+  var wc = deqLo(ql.z, sc4);
+  var wd = deqLo(ql.w, sd);
+  let x0 = xs(o.o0, k, masked);
+  (*a).a0 += d4(wa, wb, wc, wd, bcastLo(x0));
+  let x1 = xs(o.o1, k, masked);
+  (*a).a1 += d4(wa, wb, wc, wd, bcastLo(x1));
+  let x2 = xs(o.o2, k, masked);
+  (*a).a2 += d4(wa, wb, wc, wd, bcastLo(x2));
+  let x3 = xs(o.o3, k, masked);
+  (*a).a3 += d4(wa, wb, wc, wd, bcastLo(x3));
+  let x4 = xs(o.o4, k, masked);
+  (*a).a4 += d4(wa, wb, wc, wd, bcastLo(x4));
+  let x5 = xs(o.o5, k, masked);
+  (*a).a5 += d4(wa, wb, wc, wd, bcastLo(x5));
+  let x6 = xs(o.o6, k, masked);
+  (*a).a6 += d4(wa, wb, wc, wd, bcastLo(x6));
+  let x7 = xs(o.o7, k, masked);
+  (*a).a7 += d4(wa, wb, wc, wd, bcastLo(x7));
+  let x8 = xs(o.o8, k, masked);
+  (*a).a8 += d4(wa, wb, wc, wd, bcastLo(x8));
+  let x9 = xs(o.o9, k, masked);
+  (*a).a9 += d4(wa, wb, wc, wd, bcastLo(x9));
+  let x10 = xs(o.o10, k, masked);
+  (*a).a10 += d4(wa, wb, wc, wd, bcastLo(x10));
+  let x11 = xs(o.o11, k, masked);
+  (*a).a11 += d4(wa, wb, wc, wd, bcastLo(x11));
+  let x12 = xs(o.o12, k, masked);
+  (*a).a12 += d4(wa, wb, wc, wd, bcastLo(x12));
+  let x13 = xs(o.o13, k, masked);
+  (*a).a13 += d4(wa, wb, wc, wd, bcastLo(x13));
+  let x14 = xs(o.o14, k, masked);
+  (*a).a14 += d4(wa, wb, wc, wd, bcastLo(x14));
+  let x15 = xs(o.o15, k, masked);
+  (*a).a15 += d4(wa, wb, wc, wd, bcastLo(x15));
+  wa = deqHi(qh.x, sa);
+  wb = deqHi(qh.y, sb);
+  wc = deqHi(qh.z, sc4);
+  wd = deqHi(qh.w, sd);
+  (*a).a0 += d4(wa, wb, wc, wd, bcastHi(x0));
+  (*a).a1 += d4(wa, wb, wc, wd, bcastHi(x1));
+  (*a).a2 += d4(wa, wb, wc, wd, bcastHi(x2));
+  (*a).a3 += d4(wa, wb, wc, wd, bcastHi(x3));
+  (*a).a4 += d4(wa, wb, wc, wd, bcastHi(x4));
+  (*a).a5 += d4(wa, wb, wc, wd, bcastHi(x5).yxzw);
+  (*a).a6 += d4(wa, wb, wc, wd, bcastHi(x6));
+  (*a).a7 += d4(wa, wb, wc, wd, bcastHi(x7));
+  (*a).a8 += d4(wa, wb, wc, wd, bcastHi(x8));
+  (*a).a9 += d4(wa, wb, wc, wd, bcastHi(x9));
+  (*a).a10 += d4(wa, wb, wc, wd, bcastHi(x10));
+  (*a).a11 += d4(wa, wb, wc, wd, bcastHi(x11));
+  (*a).a12 += d4(wa, wb, wc, wd, bcastHi(x12));
+  (*a).a13 += d4(wa, wb, wc, wd, bcastHi(x13));
+  (*a).a14 += d4(wa, wb, wc, wd, bcastHi(x14));
+  (*a).a15 += d4(wa, wb, wc, wd, bcastHi(x15));
+}
+
+// Group g of 4 rows (W from vec4 wr, scales from word sr) times the 16 tokens. Masked (the partial
+// last group), only the vec4s of W that reach below K are read.
+fn groupX(g: u32, wr: vec4<u32>, sr: vec4<u32>, o: Offs, masked: bool, a: ptr<function, Acc>) {
+  let si = sr + vec4<u32>(g * NEXT);
+  let sa = sz(sc[si.x]);
+  let sb = sz(sc[si.y]);
+  let sc4 = sz(sc[si.z]);
+  let sd = sz(sc[si.w]);
+  let vpg = G / EPV;
+  let base = wr + vec4<u32>(g * vpg * NEXT);
+  var n = vpg;
+  if (masked) { n = (p.K - g * G + EPV - 1u) / EPV; }
+  for (var v = 0u; v < n; v++) {
+    let k = g * G + v * EPV;
+    let u = v * NEXT;
+    let qa = w[base.x + u];
+    let qb = w[base.y + u];
+    let qc = w[base.z + u];
+    let qd = w[base.w + u];
+#if Q4
+    for (var j = 0u; j < 4u; j++) {
+      let q = vec4<u32>(qa[j], qb[j], qc[j], qd[j]);
+      oct(k + 8u * j, q, q, sa, sb, sc4, sd, o, masked, a);
+    }
+#else
+    for (var j = 0u; j < 2u; j++) {
+      let q0 = vec4<u32>(qa[2u * j], qb[2u * j], qc[2u * j], qd[2u * j]);
+      let q1 = vec4<u32>(qa[2u * j + 1u], qb[2u * j + 1u], qc[2u * j + 1u], qd[2u * j + 1u]);
+      oct(k + 8u * j, q0, q1, sa, sb, sc4, sd, o, masked, a);
+    }
+#endif
+  }
+}
+
+// 4 rows x 16 tokens per thread, x through subgroup broadcasts. Tokens come from workgroup_id.y,
+// so one dispatch covers them all; threads past the last row keep running (clamped rows, no
+// stores) so their subgroup stays whole.
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  sgLane = lane;
+  let thread = gid.x;
+  let r0 = thread * 4u;
+  let wr = rowUnits(thread, p.groups * (G / EPV));
+  let sr = rowUnits(thread, p.groups);
+  let t0 = wg.y * 16u;
+  let n = min(p.tokens - t0, 16u);
+  // Tokens past the end repeat the last one (their sums are not stored).
+  var o: Offs;
+  o.o0 = (t0 + min(0u, n - 1u)) * p.K;
+  o.o1 = (t0 + min(1u, n - 1u)) * p.K;
+  o.o2 = (t0 + min(2u, n - 1u)) * p.K;
+  o.o3 = (t0 + min(3u, n - 1u)) * p.K;
+  o.o4 = (t0 + min(4u, n - 1u)) * p.K;
+  o.o5 = (t0 + min(5u, n - 1u)) * p.K;
+  o.o6 = (t0 + min(6u, n - 1u)) * p.K;
+  o.o7 = (t0 + min(7u, n - 1u)) * p.K;
+  o.o8 = (t0 + min(8u, n - 1u)) * p.K;
+  o.o9 = (t0 + min(9u, n - 1u)) * p.K;
+  o.o10 = (t0 + min(10u, n - 1u)) * p.K;
+  o.o11 = (t0 + min(11u, n - 1u)) * p.K;
+  o.o12 = (t0 + min(12u, n - 1u)) * p.K;
+  o.o13 = (t0 + min(13u, n - 1u)) * p.K;
+  o.o14 = (t0 + min(14u, n - 1u)) * p.K;
+  o.o15 = (t0 + min(15u, n - 1u)) * p.K;
+  var a: Acc;
+  let full = p.K / G;
+  for (var g = 0u; g < full; g++) {
+    groupX(g, wr, sr, o, false, &a);
+  }
+#if TAIL
+  groupX(full, wr, sr, o, true, &a);
+#endif
+  store4(t0, r0, a.a0);
+  if (1u < n) { store4(t0 + 1u, r0, a.a1); }
+  if (2u < n) { store4(t0 + 2u, r0, a.a2); }
+  if (3u < n) { store4(t0 + 3u, r0, a.a3); }
+  if (4u < n) { store4(t0 + 4u, r0, a.a4); }
+  if (5u < n) { store4(t0 + 5u, r0, a.a5); }
+  if (6u < n) { store4(t0 + 6u, r0, a.a6); }
+  if (7u < n) { store4(t0 + 7u, r0, a.a7); }
+  if (8u < n) { store4(t0 + 8u, r0, a.a8); }
+  if (9u < n) { store4(t0 + 9u, r0, a.a9); }
+  if (10u < n) { store4(t0 + 10u, r0, a.a10); }
+  if (11u < n) { store4(t0 + 11u, r0, a.a11); }
+  if (12u < n) { store4(t0 + 12u, r0, a.a12); }
+  if (13u < n) { store4(t0 + 13u, r0, a.a13); }
+  if (14u < n) { store4(t0 + 14u, r0, a.a14); }
+  if (15u < n) { store4(t0 + 15u, r0, a.a15); }
+}
+#else
+#if XU
 // Dequantized weights of rows r0..r3 at columns 4c .. 4c + 4, times the 16 tokens.
 fn quad(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, c: u32, o: Offs, a: ptr<function, Acc>) {
   (*a).a0 += d4(wa, wb, wc, wd, x[o.o0 + c]);
@@ -152,24 +375,19 @@ fn quad(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, c: u32, o: O
   (*a).a15 += d4(wa, wb, wc, wd, x[o.o15 + c]);
 }
 
-fn store4(t: u32, r0: u32, v: vec4<f32>) {
-  let last = p.rows - 1u;
-  store(t, r0, v.x);
-  if (r0 + 1u <= last) { store(t, r0 + 1u, v.y); }
-  if (r0 + 2u <= last) { store(t, r0 + 2u, v.z); }
-  if (r0 + 3u <= last) { store(t, r0 + 3u, v.w); }
+// Index in w (u32s) of word e of the row whose W starts at vec4 `base`.
+fn wq(base: u32, e: u32) -> u32 {
+  return 4u * (base + NEXT * (e / 4u)) + (e & 3u);
 }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let r0 = (gid.x + gid.y * nwg.x * WG) * 4u;
+  let thread = gid.x + gid.y * nwg.x * WG;
+  let r0 = thread * 4u;
   if (r0 >= p.rows) { return; }
-  let last = p.rows - 1u;
-  let ra = r0;
-  let rb = min(r0 + 1u, last);
-  let rc = min(r0 + 2u, last);
-  let rd = min(r0 + 3u, last);
   let wpg = G / EPW; // words per group
+  let wr = rowUnits(thread, p.groups * (G / EPV));
+  let sr = rowUnits(thread, p.groups);
   let kc = p.K / 4u;
   let n = min(p.tokens - p.tokenBase, 16u);
   // Tokens past the group's end repeat its last token (their sums are not stored).
@@ -192,10 +410,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   o.o15 = p.xBase + min(15u, n - 1u) * kc;
   var a: Acc;
   for (var g = 0u; g < p.groups; g++) {
-    let sa = sc[ra * p.groups + g];
-    let sb = sc[rb * p.groups + g];
-    let scc = sc[rc * p.groups + g];
-    let sd = sc[rd * p.groups + g];
+    let si = sr + vec4<u32>(g * NEXT);
+    let sa = sc[si.x];
+    let sb = sc[si.y];
+    let scc = sc[si.z];
+    let sd = sc[si.w];
     let k0 = g * G;
     // The last group may be partial (TAIL): its words past K hold padding, and x there is the next token.
     let words = (min(p.K - k0, G) + EPW - 1u) / EPW;
@@ -209,10 +428,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 #endif
     for (var j = 0u; j < words; j++) {
       let e = g * wpg + j;
-      let qa = w[ra * p.groups * wpg + e];
-      let qb = w[rb * p.groups * wpg + e];
-      let qc = w[rc * p.groups * wpg + e];
-      let qd = w[rd * p.groups * wpg + e];
+      let qa = w[wq(wr.x, e)];
+      let qb = w[wq(wr.y, e)];
+      let qc = w[wq(wr.z, e)];
+      let qd = w[wq(wr.w, e)];
       let k = k0 + j * EPW;
 #if Q4
       quad((nib(qa, lo) - za.y) * za.x, (nib(qb, lo) - zb.y) * zb.x, (nib(qc, lo) - zc.y) * zc.x, (nib(qd, lo) - zd.y) * zd.x, k / 4u, o, &a);
@@ -313,23 +532,25 @@ fn deq4(d: vec4<f32>, xs: f32, words: vec4<u32>) -> vec4<f32> {
 }
 #endif
 
-// Adds group g of rows r (x4) times tokens t (x4) to the accumulators a<i> (token t<i>).
-fn group(g: u32, r: vec4<u32>, t: vec4<u32>, masked: bool, acc: ptr<function, array<vec4<f32>, 4>>) {
+// Adds group g of 4 rows (W from vec4 wr, scales from word sr) times tokens t (x4) to the
+// accumulators a<i> (token t<i>).
+fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, t: vec4<u32>, masked: bool, acc: ptr<function, array<vec4<f32>, 4>>) {
   let vpg = G / EPV;
-  let base = r * (p.groups * vpg) + vec4<u32>(g * vpg);
+  let base = wr + vec4<u32>(g * vpg * NEXT);
   var a: Sums;
   for (var v = 0u; v < vpg; v++) {
     let k = g * G + v * EPV;
-    let qa = w[base.x + v];
-    let qb = w[base.y + v];
-    let qc = w[base.z + v];
-    let qd = w[base.w + v];
+    let o = v * NEXT;
+    let qa = w[base.x + o];
+    let qb = w[base.y + o];
+    let qc = w[base.z + o];
+    let qd = w[base.w + o];
     word(vec4<u32>(qa.x, qb.x, qc.x, qd.x), k, t, masked, &a);
     word(vec4<u32>(qa.y, qb.y, qc.y, qd.y), k + EPW, t, masked, &a);
     word(vec4<u32>(qa.z, qb.z, qc.z, qd.z), k + 2u * EPW, t, masked, &a);
     word(vec4<u32>(qa.w, qb.w, qc.w, qd.w), k + 3u * EPW, t, masked, &a);
   }
-  let si = r * p.groups + vec4<u32>(g);
+  let si = sr + vec4<u32>(g * NEXT);
   let words = vec4<u32>(sc[si.x], sc[si.y], sc[si.z], sc[si.w]);
   (*acc)[0] += deq4(a.d0, a.s.x, words);
   (*acc)[1] += deq4(a.d1, a.s.y, words);
@@ -344,16 +565,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   let t0 = wg.y * 4u;
   if (r0 >= p.rows || t0 >= p.tokens) { return; }
   let last = p.rows - 1u;
-  let r = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+  let wr = rowUnits(gid.x, p.groups * (G / EPV));
+  let sr = rowUnits(gid.x, p.groups);
   let tl = p.tokens - 1u;
   let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(tl));
   var acc: array<vec4<f32>, 4>; // acc[i]: token t[i], rows r0..r3
   let full = p.K / G;
   for (var g = 0u; g < full; g++) {
-    group(g, r, t, false, &acc);
+    group(g, wr, sr, t, false, &acc);
   }
 #if TAIL
-  group(full, r, t, true, &acc);
+  group(full, wr, sr, t, true, &acc);
 #endif
   for (var i = 0u; i < 4u; i++) {
     if (t0 + i > tl) { break; }
@@ -364,5 +586,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
     if (r0 + 3u <= last) { store(t[i], r0 + 3u, v.w); }
   }
 }
+#endif
 #endif
 #endif

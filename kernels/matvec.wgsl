@@ -5,7 +5,9 @@
 // unpacked here, so no shader-f16 is needed.
 // Defines: WBF16 / WF16 (weight format; both imply W16; neither = f32), VEC (K % 8 == 0: eight
 // weights per load), XU (x read from a uniform buffer; VEC only), BIAS, ACC (y += rather than y =),
-// GPU (TPR threads per row reducing through workgroup memory; else one thread per 4 rows, no barriers).
+// GPU (TPR threads per row reducing through workgroup memory; else one thread per 4 rows, no barriers),
+// TILED (software, VEC: W in row tiles, src/tiles.ts, rows padded to whole tiles), SGX (software,
+// VEC, subgroups of 8: x through subgroup broadcasts, kernels/oct.wgsl; x is then storage).
 // Bindings: 0 params, 1 W chunk, 2 x [K] f32, 3 y [N] f32, 4 bias [N] f32 (BIAS only).
 
 struct Params {
@@ -30,6 +32,10 @@ struct Params {
 #endif
 #endif
 
+#if SGX
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+var<private> sgLane: u32;
+#else
 #if XU
 // Uniform arrays need 16-byte elements; 4096 vec4 = the 64 KiB uniform binding limit.
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
@@ -40,6 +46,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 #endif
 #endif
+#endif
 
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
@@ -48,29 +55,18 @@ struct Params {
 
 #include unpack16
 
-struct Oct {
-  a: vec4<f32>,
-  b: vec4<f32>,
-}
-
 #if VEC
-// Eight weights starting at element 8 * c of the chunk.
-fn w8(c: u32) -> Oct {
-#if W16
-  let q = w[c];
-  return Oct(vec4<f32>(unpack2(q.x), unpack2(q.y)), vec4<f32>(unpack2(q.z), unpack2(q.w)));
-#else
-  return Oct(w[2u * c], w[2u * c + 1u]);
-#endif
-}
+#include oct
 
+#if SGX
+fn x8(c: u32) -> Oct {
+  return x8s(8u * c, sgLane);
+}
+#else
 fn x8(c: u32) -> Oct {
   return Oct(x[2u * c], x[2u * c + 1u]);
 }
-
-fn dot8(a: Oct, b: Oct) -> f32 {
-  return dot(a.a, b.a) + dot(a.b, b.b);
-}
+#endif
 #else
 fn w1(e: u32) -> f32 {
 #if W16
@@ -104,7 +100,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let kc = p.K / 8u;
   // Neighbouring threads read neighbouring 16- or 32-byte pieces of the row: coalesced.
   for (var c = lane; c < kc; c += TPR) {
-    s += dot8(w8(rr * kc + c), x8(c));
+    s += dot8(w8((rr * kc + c) * STEP), x8(c));
   }
 #else
   for (var k = lane; k < p.K; k += TPR) {
@@ -124,9 +120,21 @@ override WG: u32 = 64u;
 
 // Four rows per thread: x is loaded once for four rows (+45-60% on lavapipe).
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let r0 = (gid.x + gid.y * nwg.x * WG) * 4u;
+fn main(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+#if SGX
+  @builtin(subgroup_invocation_id) lane: u32,
+#endif
+) {
+  let thread = gid.x + gid.y * nwg.x * WG;
+  let r0 = thread * 4u;
+#if SGX
+  // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
+  sgLane = lane;
+#else
   if (r0 >= p.rows) { return; }
+#endif
   let last = p.rows - 1u;
   let r1 = min(r0 + 1u, last);
   let r2 = min(r0 + 2u, last);
@@ -134,16 +142,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var s: vec4<f32>;
 #if VEC
   let kc = p.K / 8u;
+#if TILED
+  // The thread's four rows are neighbouring units 8 apart in its tile.
+  let i0 = (thread / 8u) * kc * STEP + thread % 8u;
+  let i1 = i0 + 8u;
+  let i2 = i0 + 16u;
+  let i3 = i0 + 24u;
+#else
+  let i0 = min(r0, last) * kc * STEP;
+  let i1 = r1 * kc * STEP;
+  let i2 = r2 * kc * STEP;
+  let i3 = r3 * kc * STEP;
+#endif
   var a0 = 0.0;
   var a1 = 0.0;
   var a2 = 0.0;
   var a3 = 0.0;
   for (var c = 0u; c < kc; c++) {
     let xv = x8(c);
-    a0 += dot8(w8(r0 * kc + c), xv);
-    a1 += dot8(w8(r1 * kc + c), xv);
-    a2 += dot8(w8(r2 * kc + c), xv);
-    a3 += dot8(w8(r3 * kc + c), xv);
+    let o = c * STEP;
+    a0 += dot8(w8(i0 + o), xv);
+    a1 += dot8(w8(i1 + o), xv);
+    a2 += dot8(w8(i2 + o), xv);
+    a3 += dot8(w8(i3 + o), xv);
   }
   s = vec4<f32>(a0, a1, a2, a3);
 #else
@@ -152,7 +173,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     s += vec4<f32>(w1(r0 * K + k), w1(r1 * K + k), w1(r2 * K + k), w1(r3 * K + k)) * x[k];
   }
 #endif
-  store(r0, s.x);
+  if (r0 <= last) { store(r0, s.x); }
   if (r0 + 1u <= last) { store(r0 + 1u, s.y); }
   if (r0 + 2u <= last) { store(r0 + 2u, s.z); }
   if (r0 + 3u <= last) { store(r0 + 3u, s.w); }

@@ -10,9 +10,13 @@
 // the core unpack2x16float, so this one path serves adapters with and without shader-f16.
 // Defines: Q4 (else q8), XU (x from a uniform buffer), TAIL (K % G != 0: the last group's x is
 // masked to k < K), BIAS, ACC (y += rather than y =), GPU (TPR threads per row reduce through
-// workgroup memory; else one thread per 4 rows, no barriers, x loaded once for 4 rows).
-// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32>, 2 x [K] f32,
-// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32.
+// workgroup memory; else one thread per 4 rows, no barriers, x loaded once for 4 rows),
+// SGX (software, subgroups of 8: x from storage through subgroup broadcasts,
+// kernels/subgroup_x.wgsl), TILED (software: W and scales in row tiles, src/tiles.ts, rows
+// padded with zero words and scales to whole tiles; a unit is one vec4<u32> of W, one scale
+// word of the scales).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (TILED: tiled), 2 x [K] f32,
+// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled).
 
 struct Params {
   K: u32,
@@ -25,11 +29,23 @@ override G: u32 = 32u; // weights per group: a multiple of 32
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+#if SGX
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+var<private> sgLane: u32;
+#include subgroup_x
+
+// x[k .. k + 8) through the subgroup, zero from K on when masked.
+fn xs(k: u32, masked: bool) -> f32 {
+  let i = k + sgLane;
+  return select(x[min(i, p.K - 1u)], 0.0, masked && i >= p.K);
+}
+#else
 #if XU
 // Uniform arrays need 16-byte elements; 4096 vec4 = the 64 KiB uniform binding limit.
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
 #else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#endif
 #endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
@@ -46,6 +62,15 @@ struct XV {
   e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32>,
 }
 
+#if SGX
+fn xvs(k: u32, masked: bool) -> XV {
+  let v0 = xs(k, masked);
+  let v1 = xs(k + 8u, masked);
+  let v2 = xs(k + 16u, masked);
+  let v3 = xs(k + 24u, masked);
+  return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1), bcastLo(v2), bcastHi(v2), bcastLo(v3), bcastHi(v3));
+}
+#else
 fn xv(k: u32) -> XV {
   let i = k / 4u;
   return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
@@ -56,6 +81,7 @@ fn xvm(k: u32) -> XV {
   return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u),
             m4(x[i + 4u], k + 16u), m4(x[i + 5u], k + 20u), m4(x[i + 6u], k + 24u), m4(x[i + 7u], k + 28u));
 }
+#endif
 
 fn nib(v: u32, sh: vec4<u32>) -> vec4<f32> {
   return vec4<f32>((vec4<u32>(v) >> sh) & vec4<u32>(15u));
@@ -84,6 +110,13 @@ struct XV {
   a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
 }
 
+#if SGX
+fn xvs(k: u32, masked: bool) -> XV {
+  let v0 = xs(k, masked);
+  let v1 = xs(k + 8u, masked);
+  return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1));
+}
+#else
 fn xv(k: u32) -> XV {
   let i = k / 4u;
   return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
@@ -93,6 +126,7 @@ fn xvm(k: u32) -> XV {
   let i = k / 4u;
   return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u));
 }
+#endif
 
 fn byt(v: u32) -> vec4<f32> {
   return vec4<f32>((vec4<i32>(bitcast<i32>(v)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
@@ -161,38 +195,75 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 #else
 override WG: u32 = 64u;
 
-// One group of rows r (4 of them), x loaded once per vec4 of weights for all four.
-fn group(g: u32, r: vec4<u32>, masked: bool) -> vec4<f32> {
+#if TILED
+// A row's next unit (vec4 of W, word of scales) is a tile's 32 rows further (src/tiles.ts).
+const NEXT = 32u;
+
+// Unit 0 of each of the thread's 4 rows, in a buffer of `units` units per row: neighbouring units
+// 8 apart in its tile. The padding rows of the last tile are zero, so no clamping.
+fn rowUnits(thread: u32, units: u32) -> vec4<u32> {
+  return vec4<u32>((thread / 8u) * units * 32u + thread % 8u) + vec4<u32>(0u, 8u, 16u, 24u);
+}
+#else
+const NEXT = 1u;
+
+fn rowUnits(thread: u32, units: u32) -> vec4<u32> {
+  let r = min(vec4<u32>(thread * 4u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.rows - 1u));
+  return r * units;
+}
+#endif
+
+// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, x loaded once per vec4 of
+// weights for all four.
+fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool) -> vec4<f32> {
   let vpg = G / EPV;
-  let base = r * (p.groups * vpg) + vec4<u32>(g * vpg);
+  let base = wr + vec4<u32>(g * vpg * NEXT);
   var d = vec4<f32>(0.0);
   var s = 0.0;
   for (var v = 0u; v < vpg; v++) {
     let k = g * G + v * EPV;
+#if SGX
+    let xx = xvs(k, masked);
+#else
     var xx: XV;
     if (masked) { xx = xvm(k); } else { xx = xv(k); }
-    d += vec4<f32>(dotw(w[base.x + v], xx), dotw(w[base.y + v], xx), dotw(w[base.z + v], xx), dotw(w[base.w + v], xx));
+#endif
+    let o = v * NEXT;
+    d += vec4<f32>(dotw(w[base.x + o], xx), dotw(w[base.y + o], xx), dotw(w[base.z + o], xx), dotw(w[base.w + o], xx));
     s += xsum(xx);
   }
-  let si = r * p.groups + vec4<u32>(g);
+  let si = sr + vec4<u32>(g * NEXT);
   return vec4<f32>(deq(d.x, s, sc[si.x]), deq(d.y, s, sc[si.y]), deq(d.z, s, sc[si.z]), deq(d.w, s, sc[si.w]));
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let r0 = (gid.x + gid.y * nwg.x * WG) * 4u;
+fn main(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+#if SGX
+  @builtin(subgroup_invocation_id) lane: u32,
+#endif
+) {
+  let thread = gid.x + gid.y * nwg.x * WG;
+  let r0 = thread * 4u;
+#if SGX
+  // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
+  sgLane = lane;
+#else
   if (r0 >= p.rows) { return; }
+#endif
   let last = p.rows - 1u;
-  let r = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+  let wr = rowUnits(thread, p.groups * (G / EPV));
+  let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
   var acc = vec4<f32>(0.0);
   for (var g = 0u; g < full; g++) {
-    acc += group(g, r, false);
+    acc += group(g, wr, sr, false);
   }
 #if TAIL
-  acc += group(full, r, true);
+  acc += group(full, wr, sr, true);
 #endif
-  store(r0, acc.x);
+  if (r0 <= last) { store(r0, acc.x); }
   if (r0 + 1u <= last) { store(r0 + 1u, acc.y); }
   if (r0 + 2u <= last) { store(r0 + 2u, acc.z); }
   if (r0 + 3u <= last) { store(r0 + 3u, acc.w); }

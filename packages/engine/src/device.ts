@@ -26,6 +26,8 @@ export interface Gpu {
   info: DeviceInfo;
   hasF16: boolean;
   hasSubgroups: boolean;
+  /** The subgroup size when subgroups are enabled and the adapter has only one. */
+  subgroupSize?: number;
   hasTimestamps: boolean;
 }
 
@@ -148,11 +150,14 @@ export async function requestGpu(options: DeviceOptions = {}): Promise<Gpu> {
     limits,
     ...(dawnDriver ? { driver: dawnDriver } : {}),
   };
+  const sg = ai as unknown as { subgroupMinSize?: number; subgroupMaxSize?: number };
+  const fixedSubgroup = device.features.has('subgroups') && sg.subgroupMinSize !== undefined && sg.subgroupMinSize === sg.subgroupMaxSize;
   return {
     device,
     info,
     hasF16: device.features.has('shader-f16'),
     hasSubgroups: device.features.has('subgroups'),
+    ...(fixedSubgroup ? { subgroupSize: sg.subgroupMinSize } : {}),
     hasTimestamps: device.features.has('timestamp-query'),
   };
 }

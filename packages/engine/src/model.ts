@@ -14,6 +14,7 @@ import { Decoder } from './transformer.ts';
 import type { StepProfiler } from './profiler.ts';
 import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, RowScore, Session, TopK } from './types.ts';
 import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
+import { tiledRows } from './tiles.ts';
 import { inactiveExpertBytes, plannedTensorBytes } from './moe-weights.ts';
 import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat, quantBytes, readQuantizationConfig } from './quant.ts';
 
@@ -68,6 +69,8 @@ export interface PlannedQuantization {
    * quantized (its checkpoint has `prefix.qweight`); every decoder linear layer when omitted.
    */
   isPrequantized?: (prefix: string) => boolean;
+  /** Linear layers (and a tied embedding table) in row tiles, padded to whole tiles (src/tiles.ts). */
+  tiles?: boolean;
 }
 
 /** A dense decoder layer's linear weight (the matrices quantization applies to; MoE experts are not). */
@@ -75,11 +78,12 @@ const DECODER_LINEAR = /^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|
 
 /** Bytes of a quantized [N, K] linear layer as loaded: packed weights and scales, plus GPTQ's act-order column permutation. */
 function quantizedLinearBytes(q: PlannedQuantization, N: number, K: number): number | undefined {
+  const rows = q.tiles ? tiledRows(N) : N;
   if (q.prequant) {
     const groupSize = q.prequant.groupSize === -1 ? K : q.prequant.groupSize;
-    return quantBytes({ format: 'q4', groupSize }, N, K) + (q.prequant.descAct ? 4 * K : 0);
+    return quantBytes({ format: 'q4', groupSize }, rows, K) + (q.prequant.descAct ? 4 * K : 0);
   }
-  if (q.quantize) return quantBytes(LOAD_TIME_QUANT[q.quantize], N, K);
+  if (q.quantize) return quantBytes(LOAD_TIME_QUANT[q.quantize], rows, K);
   return undefined;
 }
 
@@ -95,7 +99,9 @@ export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: numbe
     const quantized =
       DECODER_LINEAR.test(name) && (!quant.prequant || (quant.isPrequantized?.(prefix) ?? true)) ? quantizedLinearBytes(quant, shape[0]!, shape[1]!) : undefined;
     if (quantized !== undefined) quantizedBytes += quantized;
-    weightBytes += quantized ?? plannedTensorBytes(name, shape, dtype);
+    // Tiled matrices (src/upload.ts) are padded to whole tiles: chunks hold whole tiles but the last.
+    const tiled = quant.tiles && shape[1]! % 8 === 0 && (DECODER_LINEAR.test(name) || name === 'lm_head.weight' || (name === 'model.embed_tokens.weight' && c.tie_word_embeddings));
+    weightBytes += quantized ?? plannedTensorBytes(name, tiled ? [tiledRows(shape[0]!), shape[1]!] : shape, dtype);
   }
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
@@ -138,9 +144,13 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   if (opts.quantize !== undefined && !(opts.quantize in LOAD_TIME_QUANT))
     throw new ModelLoadError(`quantize '${String(opts.quantize)}' is not supported (supported: ${Object.keys(LOAD_TIME_QUANT).join(', ')})`);
 
+  // CPU-backed adapters get the software kernels, whose linear weights are stored in row tiles.
+  const variant = opts.variant ?? (gpu.info.isSoftware ? 'software' : 'gpu');
+  const tiles = variant === 'software';
   const plan = planMemory(config, dtype, maxContext, {
     ...(opts.quantize ? { quantize: opts.quantize } : {}),
     ...(prequant ? { prequant, isPrequantized: (prefix: string) => ckpt.has(`${prefix}.qweight`) } : {}),
+    tiles,
   });
   const available = opts.maxMemoryBytes ?? (await availableMemory(gpu));
   const stored = prequant ? `${dtype}, linear layers ${prequant.method} int4` : opts.quantize ? `${dtype}, linear layers ${opts.quantize}` : dtype;
@@ -154,7 +164,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
 
   gpu.device.pushErrorScope('out-of-memory');
   const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
-  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant);
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, tiles);
   const oom = await gpu.device.popErrorScope();
   if (oom) {
     weights.destroy();
@@ -164,9 +174,10 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const ctx: OpContext = {
     device: gpu.device,
     kernels: new KernelCache(gpu.device),
-    variant: opts.variant ?? (gpu.info.isSoftware ? 'software' : 'gpu'),
+    variant,
     f16: gpu.hasF16,
     subgroups: gpu.hasSubgroups,
+    ...(gpu.subgroupSize ? { subgroupSize: gpu.subgroupSize } : {}),
     limits: gpu.info.limits,
   };
   const kvBytesPerToken = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4;

@@ -1,6 +1,8 @@
 // Puts quantized linear weights on the GPU: checkpoint tensors quantized while loading (q8/q4),
 // or GPTQ/AWQ tensors repacked. One tensor at a time: a float matrix is read and quantized a
 // block of rows at a time straight into mapped buffers, so no full-precision copy is ever held.
+// With `tiled`, each chunk's words and scales are stored in row tiles (src/tiles.ts, the software
+// kernels' layout): a unit is one 16-byte vec4 of words, or one scale word.
 
 import { storageUsage } from './buffers.ts';
 import { bf16ToF32, f16ToF32 } from './dtype.ts';
@@ -9,22 +11,31 @@ import { type RepackedQ4, repackGptq } from './gptq.ts';
 import type { LinearWeight, WeightChunk } from './ops/linear.ts';
 import { type PrequantConfig, type QuantSpec, QuantError, groupsPerRow, quantizeRows, rowWords, checkSpec } from './quant.ts';
 import type { Checkpoint } from './safetensors.ts';
+import { TILE_ROWS, tileRows, tiledRows } from './tiles.ts';
 import { READ_PIECE_BYTES, type UploadProgress } from './upload.ts';
 
 export interface QuantUpload {
   /** chunks and quant of a LinearWeight (bias and dtype are the caller's). */
-  weight: Pick<LinearWeight, 'rows' | 'cols' | 'chunks' | 'quant'>;
+  weight: Pick<LinearWeight, 'rows' | 'cols' | 'chunks' | 'quant' | 'tiled'>;
   /** GPU bytes held (words, scales, permutation). */
   bytes: number;
   buffers: GPUBuffer[];
 }
 
-/** Rows per buffer so that both words and scales of a chunk fit one binding. */
-function rowsPerChunk(device: GPUDevice, spec: QuantSpec, K: number, rows: number): number {
-  const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
-  const per = Math.floor(limit / (rowWords(spec, K) * 4));
-  if (per < 1) throw new QuantError(`one quantized row of ${K} columns exceeds the binding limit`);
+/**
+ * Rows per buffer so that both words and scales of a chunk (a row's words outweigh its scales)
+ * fit a binding of `limit` bytes. Tiled chunks hold whole tiles, so only the last one is padded.
+ */
+export function quantRowsPerChunk(limit: number, spec: QuantSpec, K: number, rows: number, tiled = false): number {
+  const fit = Math.floor(limit / (rowWords(spec, K) * 4));
+  const per = tiled ? Math.floor(fit / TILE_ROWS) * TILE_ROWS : fit;
+  if (per < 1) throw new QuantError(`${tiled ? `a tile of ${TILE_ROWS} quantized rows` : 'one quantized row'} of ${K} columns exceeds the binding limit of ${limit} bytes`);
   return Math.min(rows, per);
+}
+
+function rowsPerChunk(device: GPUDevice, spec: QuantSpec, K: number, rows: number, tiled: boolean): number {
+  const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+  return quantRowsPerChunk(limit, spec, K, rows, tiled);
 }
 
 function mapped(device: GPUDevice, bytes: number, label: string): GPUBuffer {
@@ -47,13 +58,14 @@ async function readRows(ckpt: Checkpoint, name: string, K: number, r0: number, r
   return out;
 }
 
-/** Quantizes a [rows, K] float tensor into q8/q4 buffers while reading it. */
+/** Quantizes a [rows, K] float tensor into q8/q4 buffers while reading it; in row tiles when `tiled`. */
 export async function uploadQuantized(
   device: GPUDevice,
   ckpt: Checkpoint,
   name: string,
   spec: QuantSpec & { symmetric: boolean },
   progress?: UploadProgress,
+  tiled = false,
 ): Promise<QuantUpload> {
   checkSpec(spec, name);
   const info = ckpt.get(name);
@@ -61,22 +73,35 @@ export async function uploadQuantized(
   const [rows, K] = info.shape as [number, number];
   const rw = rowWords(spec, K);
   const groups = groupsPerRow(spec, K);
-  const per = rowsPerChunk(device, spec, K, rows);
-  const block = Math.max(1, Math.floor(READ_PIECE_BYTES / (K * 4)));
+  const per = rowsPerChunk(device, spec, K, rows, tiled);
+  // Tiled, a block is whole tiles, which it fills on its own: it is quantized row-major into
+  // `staged` and tiled from there into the chunk at its own first row.
+  const fit = Math.max(1, Math.floor(READ_PIECE_BYTES / (K * 4)));
+  const block = tiled ? Math.max(1, Math.floor(fit / TILE_ROWS)) * TILE_ROWS : fit;
+  const staged = tiled ? { words: new Uint32Array(Math.min(block, per) * rw), scales: new Uint32Array(Math.min(block, per) * groups) } : undefined;
   const chunks: WeightChunk[] = [];
   const buffers: GPUBuffer[] = [];
   let bytes = 0;
   try {
     for (let c0 = 0; c0 < rows; c0 += per) {
       const n = Math.min(per, rows - c0);
-      const wb = mapped(device, n * rw * 4, `${name} ${spec.format} [rows ${c0}..${c0 + n})`);
+      const stored = tiled ? tiledRows(n) : n;
+      const wb = mapped(device, stored * rw * 4, `${name} ${spec.format}${tiled ? ' tiled' : ''} [rows ${c0}..${c0 + n})`);
       buffers.push(wb);
-      const sb = mapped(device, n * groups * 4, `${name} scales`);
+      const sb = mapped(device, stored * groups * 4, `${name} scales`);
       buffers.push(sb);
       const out = { words: new Uint32Array(wb.getMappedRange()), scales: new Uint32Array(sb.getMappedRange()) };
       for (let r = 0; r < n; r += block) {
         const m = Math.min(block, n - r);
-        quantizeRows(await readRows(ckpt, name, K, c0 + r, c0 + r + m), m, K, spec, out, r);
+        const values = await readRows(ckpt, name, K, c0 + r, c0 + r + m);
+        if (staged) {
+          quantizeRows(values, m, K, spec, staged);
+          // Row r starts a tile, so the block's tiles begin at its own row-major offset.
+          tileRows(staged.words, m, rw / 4, 4, out.words.subarray(r * rw));
+          tileRows(staged.scales, m, groups, 1, out.scales.subarray(r * groups));
+        } else {
+          quantizeRows(values, m, K, spec, out, r);
+        }
         progress?.add(info.file, m * K * ((info.end - info.start) / (rows * K)), c0 + r + m === rows);
       }
       wb.unmap();
@@ -88,7 +113,7 @@ export async function uploadQuantized(
     buffers.forEach((b) => b.destroy());
     throw e;
   }
-  return { weight: { rows, cols: K, chunks, quant: { format: spec.format, groupSize: spec.groupSize } }, bytes, buffers };
+  return { weight: { rows, cols: K, chunks, quant: { format: spec.format, groupSize: spec.groupSize }, ...(tiled ? { tiled } : {}) }, bytes, buffers };
 }
 
 function words32(bytes: Uint8Array): Uint32Array {
@@ -102,7 +127,7 @@ export function prequantNames(prefix: string, cfg: PrequantConfig): string[] {
   return cfg.method === 'gptq' ? [...names, `${prefix}.g_idx`] : names;
 }
 
-/** Reads one GPTQ/AWQ layer W [N, K], checks it and repacks it into q4 buffers. */
+/** Reads one GPTQ/AWQ layer W [N, K], checks it and repacks it into q4 buffers; in row tiles when `tiled`. */
 export async function uploadPrequantized(
   device: GPUDevice,
   ckpt: Checkpoint,
@@ -111,6 +136,7 @@ export async function uploadPrequantized(
   K: number,
   cfg: PrequantConfig,
   progress?: UploadProgress,
+  tiled = false,
 ): Promise<QuantUpload> {
   const need = (suffix: string, dtypes: string[]) => {
     const name = `${prefix}.${suffix}`;
@@ -147,21 +173,23 @@ export async function uploadPrequantized(
   } else {
     r = repackAwq(base, N, K, cfg, prefix);
   }
-  return uploadRepacked(device, r, N, K, prefix);
+  return uploadRepacked(device, r, N, K, prefix, tiled);
 }
 
-/** Uploads repacked q4 words and scales (and a column permutation) in row chunks. */
-export function uploadRepacked(device: GPUDevice, r: RepackedQ4, N: number, K: number, label: string): QuantUpload {
+/** Uploads repacked q4 words and scales (and a column permutation) in row chunks; in row tiles when `tiled`. */
+export function uploadRepacked(device: GPUDevice, r: RepackedQ4, N: number, K: number, label: string, tiled = false): QuantUpload {
   const spec: QuantSpec = { format: 'q4', groupSize: r.groupSize };
   const rw = rowWords(spec, K);
   const groups = groupsPerRow(spec, K);
-  const per = rowsPerChunk(device, spec, K, N);
+  const per = rowsPerChunk(device, spec, K, N, tiled);
   const chunks: WeightChunk[] = [];
   const buffers: GPUBuffer[] = [];
   let bytes = 0;
-  const put = (data: Uint32Array, l: string) => {
-    const b = mapped(device, data.byteLength, l);
-    new Uint32Array(b.getMappedRange(), 0, data.length).set(data);
+  // `tile`: data is [rows, units] units of unitWords words, stored in row tiles.
+  const put = (data: Uint32Array, l: string, tile?: { rows: number; units: number; unitWords: number }) => {
+    const b = mapped(device, tile ? tiledRows(tile.rows) * tile.units * tile.unitWords * 4 : data.byteLength, l);
+    if (tile) tileRows(data, tile.rows, tile.units, tile.unitWords, new Uint32Array(b.getMappedRange()));
+    else new Uint32Array(b.getMappedRange(), 0, data.length).set(data);
     b.unmap();
     buffers.push(b);
     bytes += b.size;
@@ -169,10 +197,10 @@ export function uploadRepacked(device: GPUDevice, r: RepackedQ4, N: number, K: n
   };
   for (let c0 = 0; c0 < N; c0 += per) {
     const n = Math.min(per, N - c0);
-    const buffer = put(r.words.subarray(c0 * rw, (c0 + n) * rw), `${label} q4 [rows ${c0}..${c0 + n})`);
-    const scales = put(r.scales.subarray(c0 * groups, (c0 + n) * groups), `${label} scales`);
+    const buffer = put(r.words.subarray(c0 * rw, (c0 + n) * rw), `${label} q4${tiled ? ' tiled' : ''} [rows ${c0}..${c0 + n})`, tiled ? { rows: n, units: rw / 4, unitWords: 4 } : undefined);
+    const scales = put(r.scales.subarray(c0 * groups, (c0 + n) * groups), `${label} scales`, tiled ? { rows: n, units: groups, unitWords: 1 } : undefined);
     chunks.push({ buffer, scales, rowStart: c0, rows: n });
   }
   const perm = r.perm ? put(r.perm, `${label} column order`) : undefined;
-  return { weight: { rows: N, cols: K, chunks, quant: { ...spec, ...(perm ? { perm } : {}) } }, bytes, buffers };
+  return { weight: { rows: N, cols: K, chunks, quant: { ...spec, ...(perm ? { perm } : {}) }, ...(tiled ? { tiled } : {}) }, bytes, buffers };
 }

@@ -12,6 +12,7 @@ import { storageUsage } from './buffers.ts';
 import { BYTES_PER_ELEMENT, f16ToF32, f32ToF16, type WeightDtype } from './dtype.ts';
 import { elementCount, type Checkpoint, type SafetensorsDtype, type TensorInfo } from './safetensors.ts';
 import type { LoadProgress } from './types.ts';
+import { TILE_ROWS, tileRows, tiledRows } from './tiles.ts';
 
 export class UploadError extends Error {
   override name = 'UploadError';
@@ -36,6 +37,8 @@ export interface GpuTensor {
   chunks: TensorChunk[];
   /** Bytes of GPU memory the chunks take. */
   bytes: number;
+  /** Each chunk is in row tiles (src/tiles.ts), padded to whole tiles. */
+  tiled: boolean;
 }
 
 export interface UploadOptions {
@@ -47,6 +50,11 @@ export interface UploadOptions {
   maxBufferSize?: number;
   /** Chunks hold a multiple of this many rows (e.g. a kernel's rows per workgroup); default 1. */
   rowsPerChunkMultiple?: number;
+  /**
+   * Store each chunk in row tiles (src/tiles.ts, the software linear kernels' layout) when the
+   * tensor is a matrix with cols % 8 == 0; GpuTensor.tiled says whether it was.
+   */
+  tiled?: boolean;
   progress?: UploadProgress;
   label?: string;
 }
@@ -140,6 +148,11 @@ function convert(src: Uint8Array, from: WeightDtype, dst: ArrayBuffer, to: Weigh
   }
 }
 
+function lcm(a: number, b: number): number {
+  const gcd = (x: number, y: number): number => (y ? gcd(y, x % y) : x);
+  return (a / gcd(a, b)) * b;
+}
+
 /** Rows along the first dimension and elements per row (a scalar or 1-D tensor is one row). */
 function rowsCols(shape: readonly number[]): [number, number] {
   return shape.length >= 2 ? [shape[0]!, elementCount(shape.slice(1))] : [1, elementCount(shape)];
@@ -174,8 +187,14 @@ export async function uploadTensor(device: GPUDevice, checkpoint: Checkpoint, na
     throw new UploadError(`tensor '${name}' has dtype ${info.dtype}, which cannot be converted to ${opts.dtype} (only F32, F16 and BF16 can)`);
   }
   const limit = Math.min(opts.maxBindingSize ?? device.limits.maxStorageBufferBindingSize, opts.maxBufferSize ?? device.limits.maxBufferSize);
-  const { rowsPerChunk, count } = planChunks(info, opts.dtype, limit, opts.rowsPerChunkMultiple);
   const [rows, cols] = rowsCols(info.shape);
+  const rowBytes = cols * BYTES_PER_ELEMENT[opts.dtype];
+  const tiled = !!opts.tiled && info.shape.length === 2 && cols % 8 === 0;
+  // Tiled chunks hold whole tiles but the last, planned on the rows padded to whole tiles, so the
+  // padding is the same as tiling the whole tensor (what planMemory counts).
+  const planned = tiled ? { ...info, shape: [tiledRows(rows), cols] } : info;
+  const multiple = tiled ? lcm(opts.rowsPerChunkMultiple ?? 1, TILE_ROWS) : opts.rowsPerChunkMultiple;
+  const { rowsPerChunk, count } = planChunks(planned, opts.dtype, limit, multiple);
   const srcBytes = BYTES_PER_ELEMENT[from];
   // Whole rows are not needed per read, only an even element count (16-bit pairs stay in one u32).
   const pieceElems = Math.max(2, Math.floor(READ_PIECE_BYTES / srcBytes / 2) * 2);
@@ -186,12 +205,13 @@ export async function uploadTensor(device: GPUDevice, checkpoint: Checkpoint, na
       const rowStart = c * rowsPerChunk;
       const chunkRows = Math.min(rowsPerChunk, rows - rowStart);
       const elems = chunkRows * cols;
-      const size = Math.max(4, Math.ceil((elems * BYTES_PER_ELEMENT[opts.dtype]) / 4) * 4);
+      const size = Math.max(4, Math.ceil(((tiled ? tiledRows(chunkRows) * cols : elems) * BYTES_PER_ELEMENT[opts.dtype]) / 4) * 4);
       const label = `${opts.label ?? name}${count > 1 ? ` [rows ${rowStart}..${rowStart + chunkRows})` : ''}`;
       const buffer = device.createBuffer({ size, usage: storageUsage(), mappedAtCreation: true, label });
       chunks.push({ buffer, rowStart, rows: chunkRows });
       gpuBytes += size;
-      const mapped = buffer.getMappedRange();
+      // Tiles are arranged from the whole chunk, converted row-major first.
+      const mapped = tiled ? new ArrayBuffer(elems * BYTES_PER_ELEMENT[opts.dtype]) : buffer.getMappedRange();
       const first = rowStart * cols;
       for (let e = 0; e < elems; e += pieceElems) {
         const n = Math.min(pieceElems, elems - e);
@@ -201,6 +221,7 @@ export async function uploadTensor(device: GPUDevice, checkpoint: Checkpoint, na
         const last = c === count - 1 && e + n >= elems;
         opts.progress?.add(info.file, bytes.length, last);
       }
+      if (tiled) tileRows(new Uint32Array(mapped), chunkRows, rowBytes / 16, 4, new Uint32Array(buffer.getMappedRange()));
       buffer.unmap();
     }
     if (rows * cols === 0) opts.progress?.add(info.file, 0, true);
@@ -208,7 +229,7 @@ export async function uploadTensor(device: GPUDevice, checkpoint: Checkpoint, na
     for (const ch of chunks) ch.buffer.destroy();
     throw e;
   }
-  return { name, dtype: opts.dtype, shape: [...info.shape], rowsPerChunk, chunks, bytes: gpuBytes };
+  return { name, dtype: opts.dtype, shape: [...info.shape], rowsPerChunk, chunks, bytes: gpuBytes, tiled };
 }
 
 /** Uploads a small tensor (norm weight, bias) as one f32 buffer. */

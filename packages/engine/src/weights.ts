@@ -136,7 +136,7 @@ export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: Pre
 }
 
 function asLinear(t: GpuTensor, bias?: GPUBuffer): LinearWeight {
-  return { dtype: t.dtype, rows: t.shape[0]!, cols: t.shape[1]!, chunks: t.chunks, ...(bias ? { bias } : {}) };
+  return { dtype: t.dtype, rows: t.shape[0]!, cols: t.shape[1]!, chunks: t.chunks, ...(t.tiled ? { tiled: true } : {}), ...(bias ? { bias } : {}) };
 }
 
 export async function loadDecoderWeights(
@@ -146,6 +146,8 @@ export async function loadDecoderWeights(
   dtype: WeightDtype,
   onProgress?: (p: LoadProgress) => void,
   quant: WeightQuantization = {},
+  /** Store the dense linear layers in row tiles (src/tiles.ts): the software kernels' layout. */
+  tiles = false,
 ): Promise<DecoderWeights> {
   const shapes = expectedTensors(c);
   const expected = checkCheckpoint(ckpt, c, quant.prequant);
@@ -160,16 +162,16 @@ export async function loadDecoderWeights(
     const prefix = w.replace(/\.weight$/, '');
     let u: QuantUpload | undefined;
     const [N, K] = shapes.get(w)! as [number, number];
-    if (quant.prequant && ckpt.has(`${prefix}.qweight`)) u = await uploadPrequantized(device, ckpt, prefix, N, K, quant.prequant, progress);
-    else if (quant.quantize) u = await uploadQuantized(device, ckpt, w, LOAD_TIME_QUANT[quant.quantize], progress);
-    if (!u) return asLinear(await matrix(w), bias);
+    if (quant.prequant && ckpt.has(`${prefix}.qweight`)) u = await uploadPrequantized(device, ckpt, prefix, N, K, quant.prequant, progress, tiles);
+    else if (quant.quantize) u = await uploadQuantized(device, ckpt, w, LOAD_TIME_QUANT[quant.quantize], progress, tiles);
+    if (!u) return asLinear(await matrix(w, tiles), bias);
     small.push(...u.buffers);
     quantized.bytes += u.bytes;
     quantized.denseBytes += N * K * BYTES_PER_ELEMENT[dtype];
     return { dtype, ...u.weight, ...(bias ? { bias } : {}) };
   };
-  const matrix = async (name: string) => {
-    const t = await uploadTensor(device, ckpt, name, { dtype, progress, label: name });
+  const matrix = async (name: string, tiled: boolean) => {
+    const t = await uploadTensor(device, ckpt, name, { dtype, progress, label: name, tiled });
     tensors.push(t);
     return t;
   };
@@ -184,7 +186,8 @@ export async function loadDecoderWeights(
     return m.weights;
   };
   try {
-    const embedT = await matrix('model.embed_tokens.weight');
+    // A tied table is also the LM head, so it takes the linear layers' layout.
+    const embedT = await matrix('model.embed_tokens.weight', tiles && c.tie_word_embeddings);
     const layers: LayerWeights[] = [];
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const n = layerNames(i, c);
@@ -204,7 +207,7 @@ export async function loadDecoderWeights(
     }
     const norm = await vector('model.norm.weight');
     const embed = asLinear(embedT);
-    const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix('lm_head.weight'));
+    const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix('lm_head.weight', tiles));
     const bytes = tensors.reduce((s, t) => s + t.bytes, 0) + small.reduce((s, b) => s + b.size, 0);
     const bytesByFormat: Record<string, number> = {};
     const add = (f: string, n: number) => n && (bytesByFormat[f] = (bytesByFormat[f] ?? 0) + n);

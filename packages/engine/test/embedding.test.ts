@@ -11,14 +11,17 @@ describe('embedding', () => {
     { V: 50, C: 33, split: [7, 20, 23], ids: [6, 7, 26, 27, 49, 50, 1000, 0, 13] },
     { V: 9, C: 1, split: [4, 5], ids: [8, 3, 4, 9] },
     { V: 64, C: 130, split: [33, 31], ids: [32, 33, 63] },
+    // row tiles (a tied LM head's layout): partial last tiles, rows of every lane and tile
+    { V: 70, C: 16, split: [70], ids: [0, 3, 4, 31, 32, 33, 63, 69, 70], tiled: true },
+    { V: 50, C: 40, split: [7, 20, 23], ids: [6, 7, 26, 27, 49, 50, 0, 13], tiled: true },
   ];
   for (const dtype of ['f32', 'bf16', 'f16'] as WeightDtype[]) {
-    for (const { V, C, split, ids } of cases) {
-      it(`${dtype} ${V}x${C} in chunks ${split.join('/')}: rows by id, zeros for ids >= ${V}`, async () => {
+    for (const { V, C, split, ids, tiled } of cases) {
+      it(`${dtype} ${V}x${C} in chunks ${split.join('/')}${tiled ? ' tiled' : ''}: rows by id, zeros for ids >= ${V}`, async () => {
         const gpu = await testGpu();
         const ctx = opContext(gpu, 'software');
         const e = randomArray(V * C, V * C, 2);
-        const table = makeWeight(gpu.device, e, V, C, dtype, split);
+        const table = makeWeight(gpu.device, e, V, C, dtype, split, tiled);
         const T = ids.length;
         // Start from garbage so rows left unwritten would show.
         const out = bufferFrom(gpu.device, randomArray(T * C, 5, 100));

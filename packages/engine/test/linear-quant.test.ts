@@ -1,16 +1,21 @@
 // The fused dequant kernels (matvec_q, matmul_q) against a float64 reference on the weights as
 // stored (src/quant.ts's dequantize), for both formats, both variants, on adapters with and
-// without shader-f16, with row chunks, bias, accumulate, a partial last group, and column permutation.
+// without shader-f16, with row chunks, bias, accumulate, a partial last group, and column permutation,
+// and on the software variant with words and scales in row tiles (src/tiles.ts).
 import { describe, expect, it } from 'vitest';
 import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
 import { requestGpu, type Gpu } from '../src/device.ts';
 import type { Variant } from '../src/ops/context.ts';
 import { createLinear, LinearError, type LinearWeight } from '../src/ops/linear.ts';
 import { dequantize, groupsPerRow, quantize, rowWords, type QuantFormat } from '../src/quant.ts';
+import { tileRows } from '../src/tiles.ts';
 import { expectClose, randomArray, rng, testGpu } from './harness.ts';
 import { opContext } from './weights-helper.ts';
 
-/** Quantizes W [rows, cols] on the host and uploads it in chunks of the given row counts. */
+/**
+ * Quantizes W [rows, cols] on the host and uploads it in chunks of the given row counts, each
+ * chunk's words (vec4 units) and scales (word units) in row tiles when `tiled`.
+ */
 function makeQuantWeight(
   device: GPUDevice,
   w: Float32Array,
@@ -18,6 +23,7 @@ function makeQuantWeight(
   cols: number,
   spec: { format: QuantFormat; groupSize: number; symmetric: boolean },
   split: number[] = [rows],
+  tiled = false,
 ): { weight: LinearWeight; deq: Float64Array } {
   const q = quantize(w, rows, cols, spec);
   const rw = rowWords(spec, cols);
@@ -25,15 +31,18 @@ function makeQuantWeight(
   const chunks = [];
   let rowStart = 0;
   for (const n of split) {
+    const words = q.words.subarray(rowStart * rw, (rowStart + n) * rw);
+    const scales = q.scales.subarray(rowStart * groups, (rowStart + n) * groups);
     chunks.push({
-      buffer: bufferFrom(device, q.words.subarray(rowStart * rw, (rowStart + n) * rw)),
-      scales: bufferFrom(device, q.scales.subarray(rowStart * groups, (rowStart + n) * groups)),
+      buffer: bufferFrom(device, tiled ? tileRows(words, n, rw / 4, 4) : words),
+      scales: bufferFrom(device, tiled ? tileRows(scales, n, groups, 1) : scales),
       rowStart,
       rows: n,
     });
     rowStart += n;
   }
-  return { weight: { dtype: 'f32', rows, cols, chunks, quant: { format: spec.format, groupSize: spec.groupSize } }, deq: dequantize(spec, q, rows, cols) };
+  const quant = { format: spec.format, groupSize: spec.groupSize };
+  return { weight: { dtype: 'f32', rows, cols, chunks, quant, ...(tiled ? { tiled } : {}) }, deq: dequantize(spec, q, rows, cols) };
 }
 
 function linearRef(x: Float32Array, w: Float64Array, T: number, N: number, K: number, bias?: Float32Array, y0?: Float32Array): Float64Array {
@@ -59,6 +68,12 @@ interface Case {
   perm?: boolean;
   /** Software variant: force the prefill's x through uniform windows (true) or storage (false). */
   xu?: boolean;
+  /** Software variant: force the decode's x through a uniform buffer (true) or storage (false). */
+  uniformX?: boolean;
+  /** Software variant only: words and scales in row tiles. */
+  tiled?: boolean;
+  /** Software variant: force x through subgroup broadcasts (decode and prefill) on or off. */
+  sgx?: boolean;
 }
 
 const cases: Case[] = [
@@ -74,16 +89,64 @@ const cases: Case[] = [
   { N: 45, K: 128, T: 1, perm: true, bias: true },
   { N: 45, K: 128, T: 6, perm: true },
   { N: 300, K: 40, T: 1 },
-  // The uniform-x matmul (XU), which the software variant otherwise picks for K % 4 == 0, K <= 1020:
-  { N: 37, K: 64, T: 7, bias: true, xu: false },
-  { N: 70, K: 172, T: 33, acc: true, xu: false },
-  { N: 45, K: 128, T: 6, perm: true, xu: false },
+  // The storage-x matmul (xu: false, sgx: false) and the uniform-x one (XU), which the software
+  // variant picks for K % 4 == 0, K <= 1020 where subgroups are not 8 wide:
+  { N: 37, K: 64, T: 7, bias: true, xu: false, sgx: false },
+  { N: 70, K: 172, T: 33, acc: true, xu: false, sgx: false },
+  { N: 45, K: 128, T: 6, perm: true, xu: false, sgx: false },
   { N: 67, K: 96, T: 16, bias: true, xu: true }, // exactly one window
   { N: 131, K: 96, T: 40, split: [43, 61, 27], acc: true, xu: true }, // three windows, the last partial
   { N: 21, K: 1020, T: 20, xu: true }, // K at the limit (16 tokens fill 64 KiB less 256 B), partial last group
   { N: 9, K: 1020, T: 35, G: 128, perm: true, xu: true },
   { N: 33, K: 236, T: 18, G: 64, xu: true }, // q4: the partial last group ends mid-word
   { N: 13, K: 66, T: 5 }, // K % 4 != 0: storage x
+  { N: 37, K: 64, T: 1, uniformX: false, sgx: false },
+  // Row tiles: partial last tile, several chunks (each tiled on its own), both x paths of both
+  // kernels, bias, accumulate, partial last group (TAIL), column permutation.
+  { N: 1, K: 32, T: 1, tiled: true },
+  { N: 37, K: 64, T: 1, bias: true, tiled: true },
+  { N: 37, K: 64, T: 1, bias: true, uniformX: false, sgx: false, tiled: true },
+  { N: 37, K: 64, T: 7, bias: true, xu: false, sgx: false, tiled: true },
+  { N: 70, K: 172, T: 1, acc: true, tiled: true },
+  { N: 70, K: 172, T: 1, acc: true, uniformX: false, sgx: false, tiled: true },
+  { N: 70, K: 172, T: 33, acc: true, xu: false, sgx: false, tiled: true },
+  { N: 70, K: 172, T: 33, acc: true, xu: true, tiled: true },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27], tiled: true },
+  { N: 131, K: 96, T: 40, split: [43, 61, 27], acc: true, xu: true, tiled: true },
+  { N: 131, K: 96, T: 9, split: [64, 67], bias: true, xu: false, sgx: false, tiled: true },
+  { N: 300, K: 40, T: 1, split: [96, 204], tiled: true },
+  { N: 64, K: 256, T: 1, G: 128, tiled: true },
+  { N: 64, K: 256, T: 5, G: 64, acc: true, xu: false, sgx: false, tiled: true },
+  { N: 45, K: 128, T: 1, perm: true, bias: true, tiled: true },
+  { N: 45, K: 128, T: 6, perm: true, xu: false, sgx: false, tiled: true },
+  { N: 9, K: 1020, T: 35, G: 128, perm: true, xu: true, tiled: true },
+  { N: 33, K: 236, T: 18, G: 64, xu: true, tiled: true },
+  { N: 13, K: 66, T: 1, tiled: true },
+  { N: 13, K: 66, T: 5, tiled: true },
+  // x through subgroup broadcasts (the software default where subgroups have 8 lanes): partial
+  // last group, K % 8 != 0, chunks, permutation, tiles.
+  { N: 70, K: 172, T: 1, acc: true, sgx: true },
+  { N: 13, K: 66, T: 1, bias: true, sgx: true },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27], sgx: true, tiled: true },
+  { N: 45, K: 128, T: 1, perm: true, bias: true, sgx: true, tiled: true },
+  { N: 64, K: 256, T: 1, G: 128, sgx: true },
+  { N: 64, K: 256, T: 1, G: 128, sgx: false },
+  // The prefill through subgroup broadcasts, 16 tokens per thread: one whole token group, a lone
+  // token in the last group, chunks, tiles, partial last group (q4: ending mid-word), K % 8 != 0,
+  // permutation, bias, accumulate, fewer rows than a subgroup covers.
+  { N: 67, K: 96, T: 16, bias: true, sgx: true },
+  { N: 131, K: 96, T: 17, split: [43, 61, 27], acc: true, sgx: true },
+  { N: 131, K: 96, T: 33, split: [64, 67], bias: true, sgx: true, tiled: true },
+  { N: 70, K: 172, T: 33, acc: true, sgx: true },
+  { N: 70, K: 172, T: 70, acc: true, sgx: true, tiled: true },
+  { N: 33, K: 236, T: 18, G: 64, bias: true, sgx: true },
+  { N: 33, K: 236, T: 70, G: 64, sgx: true, tiled: true },
+  { N: 13, K: 66, T: 17, acc: true, sgx: true },
+  { N: 45, K: 128, T: 33, perm: true, bias: true, sgx: true },
+  { N: 45, K: 128, T: 16, perm: true, acc: true, sgx: true, tiled: true },
+  { N: 300, K: 40, T: 70, split: [96, 204], bias: true, sgx: true, tiled: true },
+  { N: 64, K: 256, T: 17, G: 128, split: [32, 32], acc: true, sgx: true },
+  { N: 9, K: 1020, T: 35, G: 128, perm: true, sgx: true },
 ];
 
 async function gpuWithoutF16(): Promise<Gpu> {
@@ -96,16 +159,21 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
       for (const format of ['q8', 'q4'] as QuantFormat[]) {
         for (const c of cases) {
           if (!f16 && variant === 'gpu') continue;
+          // The kernels take no f16 path, so tiles are checked once, on the software variant.
+          if (c.tiled && (variant === 'gpu' || !f16)) continue;
+          if ((c.uniformX !== undefined || c.sgx !== undefined) && variant === 'gpu') continue;
           const { N, K, T } = c;
           const G = c.G ?? 32;
-          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}${c.xu !== undefined && variant === 'software' ? ` matmulUniformX=${c.xu}` : ''}`;
-          it(`matches the float64 reference: ${desc}`, async () => {
+          const soft = variant === 'software';
+          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}${c.xu !== undefined && soft ? ` matmulUniformX=${c.xu}` : ''}${c.uniformX !== undefined ? ` uniformX=${c.uniformX}` : ''}${c.tiled ? ' tiled' : ''}${c.sgx !== undefined ? ` subgroupX=${c.sgx}` : ''}`;
+          it(`matches the float64 reference: ${desc}`, async ({ skip }) => {
             const gpu = f16 ? await testGpu() : await gpuWithoutF16();
+            if (c.sgx && !(gpu.hasSubgroups && gpu.subgroupSize === 8)) skip('the adapter has no subgroups of exactly 8');
             if (!f16) expect(gpu.hasF16).toBe(false);
             const ctx = opContext(gpu, variant);
             const seed = N * 1000 + K * 10 + T + (format === 'q4' ? 7 : 0);
             const wf = randomArray(N * K, seed, 0.5);
-            const { weight, deq } = makeQuantWeight(gpu.device, wf, N, K, { format, groupSize: G, symmetric: format === 'q8' }, c.split);
+            const { weight, deq } = makeQuantWeight(gpu.device, wf, N, K, { format, groupSize: G, symmetric: format === 'q8' }, c.split, c.tiled);
             const x = randomArray(T * K, seed + 1, 1);
             let xRef = x;
             if (c.perm) {
@@ -131,7 +199,9 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
             const op = createLinear(ctx, weight, xBuf, yBuf, {
               maxTokens: T,
               ...(c.acc ? { accumulate: true } : {}),
-              ...(c.xu !== undefined && variant === 'software' ? { matmulUniformX: c.xu } : {}),
+              ...(c.xu !== undefined && soft ? { matmulUniformX: c.xu } : {}),
+              ...(c.uniformX !== undefined ? { uniformX: c.uniformX } : {}),
+              ...(c.sgx !== undefined ? { subgroupX: c.sgx } : {}),
             });
             const enc = gpu.device.createCommandEncoder();
             const pass = enc.beginComputePass();
@@ -159,5 +229,28 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
     expect(() => createLinear(ctx, short, x, y)).toThrow(LinearError);
     const badGroup: LinearWeight = { ...weight, quant: { format: 'q4', groupSize: 48 } };
     expect(() => createLinear(ctx, badGroup, x, y)).toThrow(/multiple of 32/);
+  });
+
+  it('refuses subgroupX together with matmulUniformX', async ({ skip }) => {
+    const gpu = await testGpu();
+    if (!(gpu.hasSubgroups && gpu.subgroupSize === 8)) skip('the adapter has no subgroups of exactly 8');
+    const { weight } = makeQuantWeight(gpu.device, randomArray(8 * 64, 1), 8, 64, { format: 'q8', groupSize: 32, symmetric: true });
+    const x = gpu.device.createBuffer({ size: 65536, usage: storageUsage() | GPUBufferUsage.UNIFORM });
+    const y = bufferFrom(gpu.device, new Float32Array(8 * 4));
+    expect(() => createLinear(opContext(gpu, 'software'), weight, x, y, { maxTokens: 4, subgroupX: true, matmulUniformX: true })).toThrow(/subgroupX and matmulUniformX exclude each other/);
+  });
+
+  it('refuses tiled quantized weights on the gpu variant, and tiled chunks without their padding rows', async () => {
+    const gpu = await testGpu();
+    const x = bufferFrom(gpu.device, new Float32Array(64));
+    const y = bufferFrom(gpu.device, new Float32Array(37));
+    const spec = { format: 'q8', groupSize: 32, symmetric: true } as const;
+    const { weight } = makeQuantWeight(gpu.device, randomArray(37 * 64, 1), 37, 64, spec, [37], true);
+    expect(() => createLinear(opContext(gpu, 'gpu'), weight, x, y)).toThrow(/tiled quantized weights are for the software variant/);
+    // Row-major buffers hold 37 rows; tiled, the chunk needs 64.
+    const { weight: rowMajor } = makeQuantWeight(gpu.device, randomArray(37 * 64, 1), 37, 64, spec);
+    expect(() => createLinear(opContext(gpu, 'software'), { ...rowMajor, tiled: true }, x, y)).toThrow(/needs 4096 \(tiled\)/);
+    const scalesShort: LinearWeight = { ...weight, chunks: [{ ...weight.chunks[0]!, scales: rowMajor.chunks[0]!.scales }] };
+    expect(() => createLinear(opContext(gpu, 'software'), scalesShort, x, y)).toThrow(/bytes of scales, needs 512 \(tiled\)/);
   });
 });

@@ -16,7 +16,7 @@ const device = gpu.device;
 
 /** Median ms per encode of `reps` encodes in one submission. */
 async function time(tokens: number, N: number, K: number, dtype: WeightDtype, opts: LinearOptions, reps: number): Promise<number> {
-  const w = makeWeight(device, new Float32Array(N * K).map((_, i) => Math.sin(i) * 0.01), N, K, dtype);
+  const w = makeWeight(device, new Float32Array(N * K).map((_, i) => Math.sin(i) * 0.01), N, K, dtype, [N], variant === 'software' && K % 8 === 0);
   const x = device.createBuffer({ size: Math.max(65536, tokens * K * 4), usage: storageUsage() | GPUBufferUsage.UNIFORM });
   const y = device.createBuffer({ size: tokens * N * 4, usage: storageUsage() });
   const op = createLinear(ctx, w, x, y, { maxTokens: tokens, ...opts });

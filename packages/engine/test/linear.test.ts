@@ -27,6 +27,10 @@ interface Case {
   bias?: boolean;
   acc?: boolean;
   uniformX?: boolean;
+  /** Software variant only: weights in row tiles (src/tiles.ts); K % 8 == 0. */
+  tiled?: boolean;
+  /** Forces x through subgroup broadcasts on or off (default: on where the device allows). */
+  sgx?: boolean;
 }
 
 const cases: Case[] = [
@@ -49,21 +53,45 @@ const cases: Case[] = [
   { N: 131, K: 96, T: 35, split: [43, 61, 27], uniformX: true, bias: true },
   { N: 37, K: 516, T: 70, uniformX: true },
   { N: 9, K: 1020, T: 17, uniformX: true },
+  // row tiles: partial last tile, several chunks (each tiled on its own), uniform x, bias, accumulate
+  { N: 1, K: 8, T: 1, tiled: true },
+  { N: 37, K: 16, T: 1, tiled: true, bias: true },
+  { N: 70, K: 64, T: 33, tiled: true, acc: true },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27], tiled: true, uniformX: true },
+  { N: 131, K: 96, T: 35, split: [43, 61, 27], tiled: true, uniformX: true, bias: true },
+  { N: 100, K: 200, T: 7, split: [64, 36], tiled: true, acc: true },
+  { N: 33, K: 1016, T: 17, tiled: true, uniformX: true },
+  // x through subgroup broadcasts (software, subgroups of 8) and the same shapes without
+  { N: 70, K: 64, T: 1, bias: true, acc: true, sgx: true },
+  { N: 70, K: 64, T: 1, bias: true, acc: true, sgx: false },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27], sgx: true },
+  { N: 131, K: 96, T: 1, split: [43, 61, 27], sgx: false },
+  { N: 37, K: 16, T: 1, tiled: true, bias: true, sgx: true },
+  { N: 37, K: 16, T: 1, tiled: true, bias: true, sgx: false },
+  { N: 100, K: 200, T: 1, split: [64, 36], tiled: true, acc: true, sgx: true },
+  { N: 70, K: 64, T: 33, acc: true, sgx: true },
+  { N: 70, K: 64, T: 33, acc: true, sgx: false },
+  { N: 131, K: 96, T: 35, split: [43, 61, 27], tiled: true, bias: true, sgx: true },
+  { N: 131, K: 96, T: 35, split: [43, 61, 27], tiled: true, bias: true, sgx: false },
+  { N: 9, K: 1016, T: 70, tiled: true, sgx: true },
+  { N: 45, K: 40, T: 16, bias: true, sgx: true },
+  { N: 45, K: 40, T: 17, bias: true, sgx: false },
 ];
 
 describe('linear', () => {
   for (const variant of ['software', 'gpu'] as Variant[]) {
     for (const dtype of ['f32', 'bf16', 'f16'] as WeightDtype[]) {
       for (const c of cases) {
-        if (c.uniformX && variant === 'gpu') continue;
+        if ((c.uniformX || c.tiled || c.sgx !== undefined) && variant === 'gpu') continue;
         const { N, K, T } = c;
-        const desc = `${variant} ${dtype} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.uniformX ? ' uniform-x' : ''}`;
-        it(`matches the float64 reference: ${desc}`, async () => {
+        const desc = `${variant} ${dtype} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.uniformX ? ' uniform-x' : ''}${c.tiled ? ' tiled' : ''}${c.sgx === undefined ? '' : c.sgx ? ' subgroup-x' : ' no-subgroup-x'}`;
+        it(`matches the float64 reference: ${desc}`, async ({ skip }) => {
           const gpu = await testGpu();
+          if (c.sgx && !(gpu.hasSubgroups && gpu.subgroupSize === 8)) skip('the adapter has no subgroups of exactly 8');
           const ctx = opContext(gpu, variant);
           const seed = N * 1000 + K * 10 + T;
           const wf = randomArray(N * K, seed, 0.5);
-          const weight = makeWeight(gpu.device, wf, N, K, dtype, c.split);
+          const weight = makeWeight(gpu.device, wf, N, K, dtype, c.split, c.tiled);
           const bias = c.bias ? randomArray(N, seed + 1) : undefined;
           if (bias) weight.bias = bufferFrom(gpu.device, bias);
           const x = randomArray(T * K, seed + 2, 2);
@@ -77,6 +105,7 @@ describe('linear', () => {
             maxTokens: T,
             ...(c.acc ? { accumulate: true } : {}),
             ...(c.uniformX ? (T === 1 ? { uniformX: true } : { matmulUniformX: true }) : {}),
+            ...(c.sgx !== undefined ? { subgroupX: c.sgx } : {}),
           });
           const enc = gpu.device.createCommandEncoder();
           const pass = enc.beginComputePass();
@@ -120,6 +149,9 @@ describe('linear', () => {
     expect(() => createLinear(ctx, { ...w, chunks: [w.chunks[1]!] }, x, y)).toThrow(LinearError);
     expect(() => createLinear(ctx, w, x, y, { maxTokens: 3 })).toThrow(LinearError);
     expect(() => createLinear(ctx, w, x, y, { maxTokens: 2, matmulUniformX: true })).toThrow(LinearError);
+    expect(() => createLinear(ctx, { ...w, tiled: true }, x, y)).toThrow(/cols % 8 == 0/);
+    const tiled = makeWeight(gpu.device, randomArray(8 * 8, 2), 8, 8, 'f32', [8], true);
+    expect(() => createLinear(opContext(gpu, 'gpu'), tiled, x, y)).toThrow(/software variant/);
     const op = createLinear(ctx, w, x, y, { maxTokens: 2 });
     const pass = gpu.device.createCommandEncoder().beginComputePass();
     expect(() => op.encode(pass, 3)).toThrow(LinearError);

@@ -42,6 +42,13 @@ describe('planMemory', () => {
     expect(dense.quantizedBytes).toBe(0);
   });
 
+  it('counts the software kernels\' row tiles: rows padded to whole tiles of 32', () => {
+    const tiled = planMemory(config, 'f32', 128, { quantize: 'q4', tiles: true });
+    expect(tiled.quantizedBytes).toBe(sum((n, k) => 0.625 * pad32(n) * pad32(k)));
+    const denseTiled = planMemory(config, 'f32', 128, { tiles: true });
+    expect(denseTiled.weightBytes - dense.weightBytes).toBe(sum((n, k) => 4 * (pad32(n) - n) * k) + (config.tie_word_embeddings ? 0 : 4 * (pad32(config.vocab_size) - config.vocab_size) * config.hidden_size));
+  });
+
   it('counts GPTQ int4 by its group size, with the act-order permutation', () => {
     const prequant = { method: 'gptq' as const, bits: 4 as const, groupSize: 32, descAct: true, sym: true, zeroOffset: 1 };
     const plan = planMemory(config, 'bf16', 128, { prequant });
@@ -60,7 +67,7 @@ describe('loadModel memory check', () => {
   it('loads a q4 model that fits only quantized, and its resident q4 bytes are the planned ones', async () => {
     const dir = writeGeneratedModel({ ...OPTIONS, seed: 4 });
     const gpu = await testGpu();
-    const q4 = planMemory(config, 'f32', 128, { quantize: 'q4' });
+    const q4 = planMemory(config, 'f32', 128, { quantize: 'q4', tiles: gpu.info.isSoftware });
     const budget = q4.total + 1024;
     expect(budget).toBeLessThan(dense.total);
     await expect(loadModel(dir, { gpu, dtype: 'f32', maxContext: 128, maxMemoryBytes: budget })).rejects.toThrow(ModelLoadError);

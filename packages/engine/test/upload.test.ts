@@ -7,6 +7,7 @@ import { writeSafetensors, type TensorToWrite } from '../src/safetensors-writer.
 import { READ_PIECE_BYTES, UploadProgress, destroyTensor, uploadF32, uploadTensor, type GpuTensor } from '../src/upload.ts';
 import type { LoadProgress } from '../src/types.ts';
 import { randomArray, testGpu } from './harness.ts';
+import { tileRows, tiledRows } from '../src/tiles.ts';
 
 async function checkpointOf(tensors: TensorToWrite[]): Promise<Checkpoint> {
   return openCheckpoint(blobSource(new Map([['model.safetensors', new Blob([writeSafetensors(tensors)])]]), 'test-model'));
@@ -119,6 +120,33 @@ describe('uploadTensor', () => {
     expect(last).toEqual({ loadedBytes: 4040, totalBytes: 4040, loadedTensors: 2, totalTensors: 2, file: 'model.safetensors' });
     // One report per chunk of 'm' (one read each), the last of them finishing the tensor.
     expect(reports.map((r) => [r.loadedBytes, r.loadedTensors])).toEqual([[960, 0], [1920, 0], [2880, 0], [3840, 0], [4000, 1], [4040, 2]]);
+  });
+
+  it('stores row tiles when asked, each chunk tiled from its own first row and padded to whole tiles', async () => {
+    const { device } = await testGpu();
+    const [rows, cols] = [75, 16];
+    const values = randomArray(rows * cols, 4);
+    const ck = await checkpointOf([
+      { name: 'm', dtype: 'F32', shape: [rows, cols], data: values },
+      { name: 'odd', dtype: 'F32', shape: [5, 12], data: values.subarray(0, 60) },
+    ]);
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const t = await uploadTensor(device, ck, 'm', { dtype, maxBindingSize: 64 * cols * 4, tiled: true });
+      expect(t.tiled).toBe(true);
+      // Whole tiles per chunk but the last: f32 rows of 64 bytes give 64-row chunks under 4 KiB.
+      expect(t.chunks.map((c) => c.rows)).toEqual(dtype === 'f32' ? [64, 11] : [75]);
+      const rowBytes = cols * (dtype === 'f32' ? 4 : 2);
+      for (const c of t.chunks) {
+        const rowMajor = expectedBits(values.subarray(c.rowStart * cols, (c.rowStart + c.rows) * cols), dtype);
+        const words = new Uint32Array(rowMajor.buffer, rowMajor.byteOffset, (c.rows * rowBytes) / 4);
+        expect(c.buffer.size).toBe(tiledRows(c.rows) * rowBytes);
+        expect(c.buffer.size).toBeLessThanOrEqual(64 * cols * 4);
+        expect(new Uint32Array(await readBuffer(device, c.buffer))).toEqual(tileRows(words, c.rows, rowBytes / 16, 4));
+      }
+      destroyTensor(t);
+    }
+    const odd = await uploadTensor(device, ck, 'odd', { dtype: 'f32', tiled: true });
+    expect(odd.tiled).toBe(false);
   });
 
   it('names the tensor, its size and the limit when it cannot be split to fit', async () => {

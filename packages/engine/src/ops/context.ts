@@ -19,6 +19,8 @@ export interface OpContext {
   f16: boolean;
   /** The device has subgroups enabled. */
   subgroups: boolean;
+  /** The subgroup size when subgroups are enabled and the adapter has only one (lavapipe: 8). */
+  subgroupSize?: number;
   limits: DeviceInfo['limits'];
 }
 

@@ -1,8 +1,9 @@
 // Token embedding lookup (kernels/embedding.wgsl): out[t, :] = E[ids[t], :] as f32, with the
-// table in f32/bf16/f16 and possibly split into row chunks (one dispatch per chunk).
+// table in f32/bf16/f16, row-major or in row tiles (a tied LM head's layout, src/tiles.ts), and
+// possibly split into row chunks (one dispatch per chunk).
 
 import { type OpContext, ParamsBuffer } from './context.ts';
-import { type LinearWeight, checkWeight, chunkBytes, weightDefines } from './linear.ts';
+import { type LinearWeight, checkWeight, storedBytes, weightDefines } from './linear.ts';
 
 export interface EmbeddingOp {
   /** Records the lookup of ids[0 .. tokens-1] into out[0 .. tokens-1, :]. */
@@ -26,7 +27,7 @@ export function createEmbedding(ctx: OpContext, table: LinearWeight, ids: GPUBuf
   }
   if (ids.size < maxTokens * 4) throw new EmbeddingError(`embedding: ids has ${ids.size} bytes, needs ${maxTokens * 4}`);
   if (out.size < maxTokens * cols * 4) throw new EmbeddingError(`embedding: out has ${out.size} bytes, needs ${maxTokens * cols * 4}`);
-  const kernel = ctx.kernels.get('embedding', weightDefines(table.dtype), { WG });
+  const kernel = ctx.kernels.get('embedding', { ...weightDefines(table.dtype), TILED: !!table.tiled }, { WG });
   const parts = table.chunks.map((c, i) => {
     const params = new ParamsBuffer(ctx.device, kernel, {
       cols,
@@ -39,7 +40,7 @@ export function createEmbedding(ctx: OpContext, table: LinearWeight, ids: GPUBuf
       layout: kernel.pipeline.getBindGroupLayout(0),
       entries: [
         { binding: 0, resource: { buffer: params.buffer } },
-        { binding: 1, resource: { buffer: c.buffer, size: chunkBytes(table.dtype, c.rows * cols) } },
+        { binding: 1, resource: { buffer: c.buffer, size: storedBytes(table, c) } },
         { binding: 2, resource: { buffer: ids } },
         { binding: 3, resource: { buffer: out } },
       ],

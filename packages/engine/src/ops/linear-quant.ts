@@ -2,11 +2,13 @@
 // with W dequantized inside the kernels (kernels/matvec_q.wgsl for one token, kernels/matmul_q.wgsl
 // for several), never expanded to full precision. createLinear comes here when a weight has `quant`.
 // Activation-order GPTQ weights carry a column permutation: x is gathered through it first
-// (kernels/gather_cols.wgsl) into a buffer this op owns.
+// (kernels/gather_cols.wgsl) into a buffer this op owns. Tiled weights (`w.tiled`: words and scales
+// of each chunk in row tiles, src/tiles.ts) are for the software kernels only.
 
 import { groupsPerRow, rowWords, checkSpec } from '../quant.ts';
 import { type Constants, type Defines, grid } from '../kernel.ts';
 import { storageUsage } from '../buffers.ts';
+import { tiledRows } from '../tiles.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 import {
   type LinearOp,
@@ -22,9 +24,15 @@ import {
 const MATVEC_SOFTWARE_WG = 64;
 const MATVEC_GPU = { TPR: 32, RPW: 8 };
 const MATMUL_SOFTWARE_WG = 64;
-const MATMUL_SOFTWARE_TOKENS = 4;
+const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul_q.wgsl's storage shape
+const MATMUL_SGX_TOKENS = 16; // tokens per thread in its subgroup-x shape
 const MATMUL_GPU_TILE = 64;
 const GATHER_WG = 64;
+
+/** Rows a chunk's words and scales hold: its own, padded to whole tiles when the weight is tiled. */
+export function quantStoredRows(w: LinearWeight, c: WeightChunk): number {
+  return w.tiled ? tiledRows(c.rows) : c.rows;
+}
 
 /** Checks a quantized weight: spec, chunks in order without gaps, words and scales large enough. */
 export function checkQuantWeight(w: LinearWeight, what = 'weight'): void {
@@ -41,9 +49,11 @@ export function checkQuantWeight(w: LinearWeight, what = 'weight'): void {
     if (c.rowStart !== next || !(Number.isInteger(c.rows) && c.rows > 0)) {
       throw new LinearError(`${what}: chunk ${i} covers rows [${c.rowStart}, ${c.rowStart + c.rows}), expected to start at ${next}`);
     }
-    if (c.buffer.size < c.rows * rw * 4) throw new LinearError(`${what}: chunk ${i} has ${c.buffer.size} bytes of ${q.format} weights, needs ${c.rows * rw * 4}`);
+    const stored = quantStoredRows(w, c);
+    const tiles = w.tiled ? ' (tiled)' : '';
+    if (c.buffer.size < stored * rw * 4) throw new LinearError(`${what}: chunk ${i} has ${c.buffer.size} bytes of ${q.format} weights, needs ${stored * rw * 4}${tiles}`);
     if (!c.scales) throw new LinearError(`${what}: chunk ${i} has no scales buffer`);
-    if (c.scales.size < c.rows * groups * 4) throw new LinearError(`${what}: chunk ${i} has ${c.scales.size} bytes of scales, needs ${c.rows * groups * 4}`);
+    if (c.scales.size < stored * groups * 4) throw new LinearError(`${what}: chunk ${i} has ${c.scales.size} bytes of scales, needs ${stored * groups * 4}${tiles}`);
     next += c.rows;
   }
   if (next !== w.rows) throw new LinearError(`${what}: chunks cover ${next} rows of ${w.rows}`);
@@ -72,6 +82,7 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   if (y.size < maxTokens * N * 4) throw new LinearError(`linear: y has ${y.size} bytes, needs ${maxTokens * N * 4} for ${maxTokens} x ${N} f32`);
   if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
   const gpu = ctx.variant === 'gpu';
+  if (w.tiled && gpu) throw new LinearError('linear: tiled quantized weights are for the software variant');
 
   // The permuted copy of x is made uniform-capable so the software kernels can still read it as
   // one; its size is rounded to the 256-byte binding alignment so the last window can end there.
@@ -99,7 +110,11 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   if (opts.uniformX && !uniformOk) {
     throw new LinearError(`linear: uniformX needs the software variant, K padded to groups (${padded}) <= 16384 and x with UNIFORM usage and >= 64 KiB`);
   }
-  const xu = opts.uniformX ?? uniformOk;
+  const sgxOk = !gpu && ctx.subgroups && ctx.subgroupSize === 8;
+  if (opts.subgroupX && !sgxOk) throw new LinearError('linear: subgroupX needs the software variant and subgroups of 8');
+  if (opts.subgroupX && opts.uniformX) throw new LinearError('linear: subgroupX and uniformX exclude each other');
+  const sgx = opts.subgroupX ?? (sgxOk && !opts.uniformX);
+  const xu = !sgx && (opts.uniformX ?? uniformOk);
 
   // The XU matmul reads x as vec4s in 64 KiB windows of 16 tokens (see linear.ts).
   const xuGroups = Math.ceil(maxTokens / MATMUL_XU_TOKENS);
@@ -112,21 +127,24 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   if (opts.matmulUniformX && !mmUniformOk) {
     throw new LinearError('linear: matmulUniformX needs the software variant, K % 4 == 0, K <= 1020 and x with UNIFORM usage and >= 64 KiB');
   }
-  const mmXu = opts.matmulUniformX ?? mmUniformOk;
-  const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu };
+  if (opts.subgroupX && opts.matmulUniformX) throw new LinearError('linear: subgroupX and matmulUniformX exclude each other');
+  const mmSgx = opts.subgroupX ?? (sgxOk && !opts.matmulUniformX);
+  const mmXu = !mmSgx && (opts.matmulUniformX ?? mmUniformOk);
+  const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu, TILED: !!w.tiled };
 
   const build = (family: 'matvec_q' | 'matmul_q'): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
-    const defines: Defines = { ...common, XU: family === 'matvec_q' ? xu : mmXu };
+    const defines: Defines =
+      family === 'matvec_q' ? { ...common, XU: xu, SGX: sgx, SUBGROUPS: sgx } : { ...common, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
     const constants: Constants = { G: q.groupSize };
     if (family === 'matvec_q') Object.assign(constants, gpu ? MATVEC_GPU : { WG: MATVEC_SOFTWARE_WG });
     else if (!gpu) constants.WG = MATMUL_SOFTWARE_WG;
     const kernel = ctx.kernels.get(family, defines, constants);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
       const entries: GPUBindGroupEntry[] = [
-        { binding: 1, resource: { buffer: c.buffer, size: c.rows * rowWords(q, K) * 4 } },
+        { binding: 1, resource: { buffer: c.buffer, size: quantStoredRows(w, c) * rowWords(q, K) * 4 } },
         { binding: 2, resource: xResource },
         { binding: 3, resource: { buffer: y } },
-        { binding: 5, resource: { buffer: c.scales!, size: c.rows * groups * 4 } },
+        { binding: 5, resource: { buffer: c.scales!, size: quantStoredRows(w, c) * groups * 4 } },
       ];
       if (w.bias) entries.push({ binding: 4, resource: { buffer: w.bias } });
       const params = new ParamsBuffer(ctx.device, kernel);
@@ -195,7 +213,7 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
         d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, groups, tokenBase: 0, xBase: 0 });
         const [gx, gy] = gpu
           ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
-          : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / MATMUL_SOFTWARE_TOKENS)];
+          : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / (mmSgx ? MATMUL_SGX_TOKENS : MATMUL_SOFTWARE_TOKENS))];
         if (gx > maxDim || gy > maxDim) throw new LinearError(`linear: ${d.rows} rows x ${tokens} tokens exceed the dispatch limit`);
         pass.setBindGroup(0, d.group);
         pass.dispatchWorkgroups(gx, gy);

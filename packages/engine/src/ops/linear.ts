@@ -7,6 +7,7 @@ import { type Constants, type Defines, type Kernel, grid } from '../kernel.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 import type { QuantSpec } from '../quant.ts';
 import { checkQuantWeight, createQuantLinear } from './linear-quant.ts';
+import { tiledRows } from '../tiles.ts';
 
 /** Rows [rowStart, rowStart + rows) of a weight, packed from the buffer's own element 0. */
 export interface WeightChunk {
@@ -24,6 +25,11 @@ export interface LinearWeight {
   cols: number;
   /** In row order, covering rows 0 .. rows-1 without gaps. */
   chunks: WeightChunk[];
+  /**
+   * Each chunk's rows are in row tiles (src/tiles.ts; the software kernels' layout, cols % 8 == 0)
+   * rather than row-major, padded to whole tiles.
+   */
+  tiled?: boolean;
   /** f32 [rows], added to every output row. */
   bias?: GPUBuffer;
   /**
@@ -53,6 +59,13 @@ export interface LinearOptions {
    * alignment fit 64 KiB (K <= 1020), and x was created with UNIFORM usage and holds at least 64 KiB.
    */
   matmulUniformX?: boolean;
+  /**
+   * Read x through subgroup broadcasts (kernels/subgroup_x.wgsl; on lavapipe +10% decode and
+   * 1.3-1.5x prefill against the uniform windows). Default: when the variant is 'software',
+   * K % 8 == 0, the device has subgroups of exactly 8 and neither uniformX (matvec) nor
+   * matmulUniformX (matmul) is asked for.
+   */
+  subgroupX?: boolean;
 }
 
 export interface LinearOp {
@@ -70,6 +83,7 @@ const MATVEC_SOFTWARE_WG = 64;
 const MATVEC_GPU = { TPR: 32, RPW: 8 };
 const MATMUL_SOFTWARE_WG = 64;
 const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul.wgsl's software shape
+const MATMUL_SGX_TOKENS = 16; // tokens per thread in its subgroup-x shape
 const MATMUL_GPU_TILE = 64;
 export const MATMUL_XU_TOKENS = 16; // tokens per thread (and per uniform window) in the matmul kernels' XU shape
 const UNIFORM_OFFSET_ALIGN = 256;
@@ -81,16 +95,22 @@ export function checkWeight(w: LinearWeight, what = 'weight'): void {
   if (!(Number.isInteger(w.rows) && w.rows > 0 && Number.isInteger(w.cols) && w.cols > 0)) {
     throw new LinearError(`${what}: bad shape [${w.rows}, ${w.cols}]`);
   }
+  if (w.tiled && w.cols % 8 !== 0) throw new LinearError(`${what}: tiled weights need cols % 8 == 0, got ${w.cols}`);
   let next = 0;
   for (const [i, c] of w.chunks.entries()) {
     if (c.rowStart !== next || !(Number.isInteger(c.rows) && c.rows > 0)) {
       throw new LinearError(`${what}: chunk ${i} covers rows [${c.rowStart}, ${c.rowStart + c.rows}), expected to start at ${next}`);
     }
-    const bytes = chunkBytes(w.dtype, c.rows * w.cols);
+    const bytes = storedBytes(w, c);
     if (c.buffer.size < bytes) throw new LinearError(`${what}: chunk ${i} buffer has ${c.buffer.size} bytes, needs ${bytes}`);
     next += c.rows;
   }
   if (next !== w.rows) throw new LinearError(`${what}: chunks cover ${next} rows of ${w.rows}`);
+}
+
+/** Bytes a dense weight's chunk occupies: its rows (padded to whole tiles when tiled). */
+export function storedBytes(w: LinearWeight, c: WeightChunk): number {
+  return chunkBytes(w.dtype, (w.tiled ? tiledRows(c.rows) : c.rows) * w.cols);
 }
 
 /** Bytes a chunk of `elements` weights occupies (16-bit formats padded to whole u32s). */
@@ -134,13 +154,18 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
   const gpu = ctx.variant === 'gpu';
   const vec8 = K % 8 === 0; // matvec's loads: 8 weights
   const vec4 = K % 4 === 0; // software matmul's loads: 4 weights
-  const common: Defines = { ...weightDefines(w.dtype), BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu };
+  if (w.tiled && gpu) throw new LinearError('linear: tiled weights are for the software variant');
+  const common: Defines = { ...weightDefines(w.dtype), BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu, TILED: !!w.tiled };
 
   const uniformOk = !gpu && vec8 && K * 4 <= UNIFORM_X_BYTES && (x.usage & GPUBufferUsage.UNIFORM) !== 0 && x.size >= UNIFORM_X_BYTES;
   if (opts.uniformX && !uniformOk) {
     throw new LinearError('linear: uniformX needs the software variant, K % 8 == 0, K <= 16384 and x with UNIFORM usage and >= 64 KiB');
   }
-  const xu = opts.uniformX ?? uniformOk;
+  const sgxOk = !gpu && vec8 && ctx.subgroups && ctx.subgroupSize === 8;
+  if (opts.subgroupX && !sgxOk) throw new LinearError('linear: subgroupX needs the software variant, K % 8 == 0 and subgroups of 8');
+  if (opts.subgroupX && opts.uniformX) throw new LinearError('linear: subgroupX and uniformX exclude each other');
+  const sgx = opts.subgroupX ?? (sgxOk && !opts.uniformX);
+  const xu = !sgx && (opts.uniformX ?? uniformOk);
 
   const xuGroups = Math.ceil(maxTokens / MATMUL_XU_TOKENS);
   const mmUniformOk =
@@ -152,11 +177,15 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
   if (opts.matmulUniformX && !mmUniformOk) {
     throw new LinearError('linear: matmulUniformX needs the software variant, K % 4 == 0, K <= 1020 and x with UNIFORM usage and >= 64 KiB');
   }
-  const mmXu = opts.matmulUniformX ?? mmUniformOk;
+  if (opts.subgroupX && opts.matmulUniformX) throw new LinearError('linear: subgroupX and matmulUniformX exclude each other');
+  const mmSgx = opts.subgroupX ?? (sgxOk && !opts.matmulUniformX);
+  const mmXu = !mmSgx && (opts.matmulUniformX ?? mmUniformOk);
 
   const build = (family: 'matvec' | 'matmul'): Dispatch[] => {
     const defines: Defines =
-      family === 'matvec' ? { ...common, VEC: vec8, XU: xu } : { ...common, VEC: vec4 && !gpu, XU: mmXu };
+      family === 'matvec'
+        ? { ...common, VEC: vec8, XU: xu, SGX: sgx, SUBGROUPS: sgx }
+        : { ...common, VEC: vec4 && !gpu && !mmSgx, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
     const constants: Constants =
       family === 'matvec'
         ? gpu ? { ...MATVEC_GPU } : { WG: MATVEC_SOFTWARE_WG }
@@ -164,7 +193,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
     const kernel = ctx.kernels.get(family, defines, constants);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
       const entries: GPUBindGroupEntry[] = [
-        { binding: 1, resource: { buffer: c.buffer, size: chunkBytes(w.dtype, c.rows * K) } },
+        { binding: 1, resource: { buffer: c.buffer, size: storedBytes(w, c) } },
         { binding: 2, resource: xResource },
         { binding: 3, resource: { buffer: y } },
       ];
@@ -226,7 +255,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
         d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, tokenBase: 0, xBase: 0 });
         const [gx, gy] = gpu
           ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
-          : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / MATMUL_SOFTWARE_TOKENS)];
+          : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / (mmSgx ? MATMUL_SGX_TOKENS : MATMUL_SOFTWARE_TOKENS))];
         if (gx > maxDim || gy > maxDim) throw new LinearError(`linear: ${d.rows} rows x ${tokens} tokens exceed the dispatch limit`);
         pass.setPipeline(d.kernel.pipeline);
         pass.setBindGroup(0, d.group);
