@@ -251,7 +251,7 @@ fn oct(k: u32, ql: vec4<u32>, qh: vec4<u32>, sa: vec2<f32>, sb: vec2<f32>, sc4: 
   (*a).a2 += d4(wa, wb, wc, wd, bcastHi(x2));
   (*a).a3 += d4(wa, wb, wc, wd, bcastHi(x3));
   (*a).a4 += d4(wa, wb, wc, wd, bcastHi(x4));
-  (*a).a5 += d4(wa, wb, wc, wd, bcastHi(x5).yxzw);
+  (*a).a5 += d4(wa, wb, wc, wd, bcastHi(x5));
   (*a).a6 += d4(wa, wb, wc, wd, bcastHi(x6));
   (*a).a7 += d4(wa, wb, wc, wd, bcastHi(x7));
   (*a).a8 += d4(wa, wb, wc, wd, bcastHi(x8));
