@@ -154,17 +154,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   let r0 = thread * 4u;
   let last = p.rows - 1u;
   let kc = p.K / 8u;
-#if TILED
-  let i0 = (thread / 8u) * kc * STEP + thread % 8u;
-  let i1 = i0 + 8u;
-  let i2 = i0 + 16u;
-  let i3 = i0 + 24u;
-#else
-  let i0 = min(r0, last) * kc * STEP;
-  let i1 = min(r0 + 1u, last) * kc * STEP;
-  let i2 = min(r0 + 2u, last) * kc * STEP;
-  let i3 = min(r0 + 3u, last) * kc * STEP;
-#endif
+  let i = rowStarts(thread, r0, last, kc);
+  let i0 = i.x;
+  let i1 = i.y;
+  let i2 = i.z;
+  let i3 = i.w;
   let t0 = wg.y * 16u;
   let n = min(p.tokens - t0, 16u);
   // Tokens past the end repeat the last one (their sums are not stored).

@@ -142,18 +142,11 @@ fn main(
   var s: vec4<f32>;
 #if VEC
   let kc = p.K / 8u;
-#if TILED
-  // The thread's four rows are neighbouring units 8 apart in its tile.
-  let i0 = (thread / 8u) * kc * STEP + thread % 8u;
-  let i1 = i0 + 8u;
-  let i2 = i0 + 16u;
-  let i3 = i0 + 24u;
-#else
-  let i0 = min(r0, last) * kc * STEP;
-  let i1 = r1 * kc * STEP;
-  let i2 = r2 * kc * STEP;
-  let i3 = r3 * kc * STEP;
-#endif
+  let i = rowStarts(thread, r0, last, kc);
+  let i0 = i.x;
+  let i1 = i.y;
+  let i2 = i.z;
+  let i3 = i.w;
   var a0 = 0.0;
   var a1 = 0.0;
   var a2 = 0.0;

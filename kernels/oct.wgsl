@@ -21,6 +21,16 @@ const STEP = NEXT; // elements of w from one eight weights of a row to the next
 const STEP = 2u * NEXT;
 #endif
 
+// Where a software thread's four rows start in w (the element of their first eight weights): in
+// a tile, neighbouring units 8 apart; row-major, rows r0 .. r0 + 3 clamped to the last.
+fn rowStarts(thread: u32, r0: u32, last: u32, kc: u32) -> vec4<u32> {
+#if TILED
+  return vec4<u32>((thread / 8u) * kc * STEP + thread % 8u) + vec4<u32>(0u, 8u, 16u, 24u);
+#else
+  return min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)) * kc * STEP;
+#endif
+}
+
 // Eight weights from element i of w (the unit holding them, or for f32 the first of two).
 fn w8(i: u32) -> Oct {
 #if W16

@@ -18,7 +18,10 @@ import {
   LinearError,
   MATMUL_XU_TOKENS,
   UNIFORM_X_BYTES,
+  chooseXPaths,
+  uniformCapable,
   xWindow,
+  xWindowsFit,
 } from './linear.ts';
 
 const MATVEC_SOFTWARE_WG = 64;
@@ -106,30 +109,16 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   }
 
   const padded = groups * q.groupSize;
-  const uniformOk = !gpu && padded * 4 <= UNIFORM_X_BYTES && (xq.usage & GPUBufferUsage.UNIFORM) !== 0 && xq.size >= UNIFORM_X_BYTES;
-  if (opts.uniformX && !uniformOk) {
-    throw new LinearError(`linear: uniformX needs the software variant, K padded to groups (${padded}) <= 16384 and x with UNIFORM usage and >= 64 KiB`);
-  }
-  const sgxOk = !gpu && ctx.subgroups && ctx.subgroupSize === 8;
-  if (opts.subgroupX && !sgxOk) throw new LinearError('linear: subgroupX needs the software variant and subgroups of 8');
-  if (opts.subgroupX && opts.uniformX) throw new LinearError('linear: subgroupX and uniformX exclude each other');
-  const sgx = opts.subgroupX ?? (sgxOk && !opts.uniformX);
-  const xu = !sgx && (opts.uniformX ?? uniformOk);
-
-  // The XU matmul reads x as vec4s in 64 KiB windows of 16 tokens (see linear.ts).
-  const xuGroups = Math.ceil(maxTokens / MATMUL_XU_TOKENS);
-  const mmUniformOk =
-    !gpu &&
-    K % 4 === 0 &&
-    (xq.usage & GPUBufferUsage.UNIFORM) !== 0 &&
-    xq.size >= UNIFORM_X_BYTES &&
-    Array.from({ length: xuGroups }, (_, g) => xWindow(xq, K, g * MATMUL_XU_TOKENS, maxTokens)).every((s) => s !== undefined);
-  if (opts.matmulUniformX && !mmUniformOk) {
-    throw new LinearError('linear: matmulUniformX needs the software variant, K % 4 == 0, K <= 1020 and x with UNIFORM usage and >= 64 KiB');
-  }
-  if (opts.subgroupX && opts.matmulUniformX) throw new LinearError('linear: subgroupX and matmulUniformX exclude each other');
-  const mmSgx = opts.subgroupX ?? (sgxOk && !opts.matmulUniformX);
-  const mmXu = !mmSgx && (opts.matmulUniformX ?? mmUniformOk);
+  const { xu, sgx, mmXu, mmSgx } = chooseXPaths(opts, {
+    uniform: !gpu && padded * 4 <= UNIFORM_X_BYTES && uniformCapable(xq),
+    matmulUniform: !gpu && K % 4 === 0 && uniformCapable(xq) && xWindowsFit(xq, K, maxTokens),
+    subgroup: !gpu && ctx.subgroups && ctx.subgroupSize === 8,
+    needs: {
+      uniform: `K padded to groups (${padded}) <= 16384`,
+      matmulUniform: 'K % 4 == 0, K <= 1020',
+      subgroup: 'nothing more of the weight',
+    },
+  });
   const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu, TILED: !!w.tiled };
 
   const build = (family: 'matvec_q' | 'matmul_q'): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
@@ -155,7 +144,7 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
     if (family === 'matmul_q' && mmXu) {
       // Per chunk, one dispatch per group of 16 tokens, each with its own window of x.
       const parts = w.chunks.flatMap((c) =>
-        Array.from({ length: xuGroups }, (_, g) => {
+        Array.from({ length: Math.ceil(maxTokens / MATMUL_XU_TOKENS) }, (_, g) => {
           const tokenBase = g * MATMUL_XU_TOKENS;
           const xOffset = xWindow(xq, K, tokenBase, maxTokens)!;
           return { ...dispatch(c, { buffer: xq, offset: xOffset, size: UNIFORM_X_BYTES }), tokenBase, xOffset };

@@ -141,6 +141,43 @@ export function xWindow(x: GPUBuffer, K: number, t0: number, maxTokens: number):
   return start >= 0 && end <= start + UNIFORM_X_BYTES ? start : undefined;
 }
 
+/** x can be bound as a 64 KiB uniform window. */
+export function uniformCapable(x: GPUBuffer): boolean {
+  return (x.usage & GPUBufferUsage.UNIFORM) !== 0 && x.size >= UNIFORM_X_BYTES;
+}
+
+/** Every group of 16 of maxTokens tokens of x [tokens, K] fits a uniform window. */
+export function xWindowsFit(x: GPUBuffer, K: number, maxTokens: number): boolean {
+  const groups = Math.ceil(maxTokens / MATMUL_XU_TOKENS);
+  return Array.from({ length: groups }, (_, g) => xWindow(x, K, g * MATMUL_XU_TOKENS, maxTokens)).every((s) => s !== undefined);
+}
+
+export interface XPathsPossible {
+  uniform: boolean;
+  matmulUniform: boolean;
+  subgroup: boolean;
+  /** What each path needs of the weight's shape, for the error when a forced one cannot run. */
+  needs: { uniform: string; matmulUniform: string; subgroup: string };
+}
+
+/**
+ * How the matvec and the matmul read x (LinearOptions): through subgroup broadcasts where
+ * possible, else uniform windows, else storage; an option forces a path or throws why it cannot.
+ */
+export function chooseXPaths(opts: LinearOptions, can: XPathsPossible): { xu: boolean; sgx: boolean; mmXu: boolean; mmSgx: boolean } {
+  const refuse = (what: string, needs: string, more: string) => {
+    throw new LinearError(`linear: ${what} needs the software variant, ${needs}${more}`);
+  };
+  const window = ' and x with UNIFORM usage and >= 64 KiB';
+  if (opts.uniformX && !can.uniform) refuse('uniformX', can.needs.uniform, window);
+  if (opts.matmulUniformX && !can.matmulUniform) refuse('matmulUniformX', can.needs.matmulUniform, window);
+  if (opts.subgroupX && !can.subgroup) refuse('subgroupX', can.needs.subgroup, ' and subgroups of exactly 8');
+  if (opts.subgroupX && (opts.uniformX || opts.matmulUniformX)) throw new LinearError('linear: subgroupX excludes uniformX and matmulUniformX');
+  const sgx = opts.subgroupX ?? (can.subgroup && !opts.uniformX);
+  const mmSgx = opts.subgroupX ?? (can.subgroup && !opts.matmulUniformX);
+  return { sgx, xu: !sgx && (opts.uniformX ?? can.uniform), mmSgx, mmXu: !mmSgx && (opts.matmulUniformX ?? can.matmulUniform) };
+}
+
 export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
   if (w.quant) return createQuantLinear(ctx, w, x, y, opts);
   checkWeight(w, 'linear');
@@ -157,29 +194,16 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
   if (w.tiled && gpu) throw new LinearError('linear: tiled weights are for the software variant');
   const common: Defines = { ...weightDefines(w.dtype), BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu, TILED: !!w.tiled };
 
-  const uniformOk = !gpu && vec8 && K * 4 <= UNIFORM_X_BYTES && (x.usage & GPUBufferUsage.UNIFORM) !== 0 && x.size >= UNIFORM_X_BYTES;
-  if (opts.uniformX && !uniformOk) {
-    throw new LinearError('linear: uniformX needs the software variant, K % 8 == 0, K <= 16384 and x with UNIFORM usage and >= 64 KiB');
-  }
-  const sgxOk = !gpu && vec8 && ctx.subgroups && ctx.subgroupSize === 8;
-  if (opts.subgroupX && !sgxOk) throw new LinearError('linear: subgroupX needs the software variant, K % 8 == 0 and subgroups of 8');
-  if (opts.subgroupX && opts.uniformX) throw new LinearError('linear: subgroupX and uniformX exclude each other');
-  const sgx = opts.subgroupX ?? (sgxOk && !opts.uniformX);
-  const xu = !sgx && (opts.uniformX ?? uniformOk);
-
-  const xuGroups = Math.ceil(maxTokens / MATMUL_XU_TOKENS);
-  const mmUniformOk =
-    !gpu &&
-    vec4 &&
-    (x.usage & GPUBufferUsage.UNIFORM) !== 0 &&
-    x.size >= UNIFORM_X_BYTES &&
-    Array.from({ length: xuGroups }, (_, g) => xWindow(x, K, g * MATMUL_XU_TOKENS, maxTokens)).every((s) => s !== undefined);
-  if (opts.matmulUniformX && !mmUniformOk) {
-    throw new LinearError('linear: matmulUniformX needs the software variant, K % 4 == 0, K <= 1020 and x with UNIFORM usage and >= 64 KiB');
-  }
-  if (opts.subgroupX && opts.matmulUniformX) throw new LinearError('linear: subgroupX and matmulUniformX exclude each other');
-  const mmSgx = opts.subgroupX ?? (sgxOk && !opts.matmulUniformX);
-  const mmXu = !mmSgx && (opts.matmulUniformX ?? mmUniformOk);
+  const { xu, sgx, mmXu, mmSgx } = chooseXPaths(opts, {
+    uniform: !gpu && vec8 && K * 4 <= UNIFORM_X_BYTES && uniformCapable(x),
+    matmulUniform: !gpu && vec4 && uniformCapable(x) && xWindowsFit(x, K, maxTokens),
+    subgroup: !gpu && vec8 && ctx.subgroups && ctx.subgroupSize === 8,
+    needs: {
+      uniform: 'K % 8 == 0, K <= 16384',
+      matmulUniform: 'K % 4 == 0, K <= 1020',
+      subgroup: 'K % 8 == 0',
+    },
+  });
 
   const build = (family: 'matvec' | 'matmul'): Dispatch[] => {
     const defines: Defines =
@@ -206,7 +230,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
     if (family === 'matmul' && mmXu) {
       // Per chunk, one dispatch per group of 16 tokens, each with its own window of x.
       return w.chunks.flatMap((c) =>
-        Array.from({ length: xuGroups }, (_, g) => {
+        Array.from({ length: Math.ceil(maxTokens / MATMUL_XU_TOKENS) }, (_, g) => {
           const tokenBase = g * MATMUL_XU_TOKENS;
           const xOffset = xWindow(x, K, tokenBase, maxTokens)!;
           return { ...dispatch(c, { buffer: x, offset: xOffset, size: UNIFORM_X_BYTES }), tokenBase, xOffset };
