@@ -155,10 +155,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   let last = p.rows - 1u;
   let kc = p.K / 8u;
   let i = rowStarts(thread, r0, last, kc);
-  let i0 = i.x;
-  let i1 = i.y;
-  let i2 = i.z;
-  let i3 = i.w;
   let t0 = wg.y * 16u;
   let n = min(p.tokens - t0, 16u);
   // Tokens past the end repeat the last one (their sums are not stored).
@@ -198,10 +194,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
     let o = c * STEP;
     let k = 8u * c + lane;
     // Weights 0..3 of the eight, then 4..7: fewer live registers than all eight at once.
-    var wa = w4lo(i0 + o);
-    var wb = w4lo(i1 + o);
-    var wc = w4lo(i2 + o);
-    var wd = w4lo(i3 + o);
+    var wa = w4lo(i.x + o);
+    var wb = w4lo(i.y + o);
+    var wc = w4lo(i.z + o);
+    var wd = w4lo(i.w + o);
     let x0 = x[o0 + k];
     let l0 = bcastLo(x0);
     a0 += vec4<f32>(dot(wa, l0), dot(wb, l0), dot(wc, l0), dot(wd, l0));
@@ -250,10 +246,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
     let x15 = x[o15 + k];
     let l15 = bcastLo(x15);
     a15 += vec4<f32>(dot(wa, l15), dot(wb, l15), dot(wc, l15), dot(wd, l15));
-    wa = w4hi(i0 + o);
-    wb = w4hi(i1 + o);
-    wc = w4hi(i2 + o);
-    wd = w4hi(i3 + o);
+    wa = w4hi(i.x + o);
+    wb = w4hi(i.y + o);
+    wc = w4hi(i.z + o);
+    wd = w4hi(i.w + o);
     let h0 = bcastHi(x0);
     a0 += vec4<f32>(dot(wa, h0), dot(wb, h0), dot(wc, h0), dot(wd, h0));
     let h1 = bcastHi(x1);

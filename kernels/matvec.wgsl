@@ -143,10 +143,6 @@ fn main(
 #if VEC
   let kc = p.K / 8u;
   let i = rowStarts(thread, r0, last, kc);
-  let i0 = i.x;
-  let i1 = i.y;
-  let i2 = i.z;
-  let i3 = i.w;
   var a0 = 0.0;
   var a1 = 0.0;
   var a2 = 0.0;
@@ -154,10 +150,10 @@ fn main(
   for (var c = 0u; c < kc; c++) {
     let xv = x8(c);
     let o = c * STEP;
-    a0 += dot8(w8(i0 + o), xv);
-    a1 += dot8(w8(i1 + o), xv);
-    a2 += dot8(w8(i2 + o), xv);
-    a3 += dot8(w8(i3 + o), xv);
+    a0 += dot8(w8(i.x + o), xv);
+    a1 += dot8(w8(i.y + o), xv);
+    a2 += dot8(w8(i.z + o), xv);
+    a3 += dot8(w8(i.w + o), xv);
   }
   s = vec4<f32>(a0, a1, a2, a3);
 #else
