@@ -13,7 +13,7 @@
 // so x through a uniform binding and 16 tokens per weight load are 2x faster.
 // TILED (software, VEC or SGX, K % 8 == 0: W in row tiles as for matvec.wgsl, src/tiles.ts),
 // SGX (software, K % 8 == 0, subgroups of 8: 4 rows x 16 tokens per thread with x from storage
-// through subgroup broadcasts, kernels/oct.wgsl; one dispatch for all tokens).
+// through subgroup broadcasts, kernels/subgroup_x.wgsl; one dispatch for all tokens).
 // Bindings: 0 params, 1 W chunk, 2 x [tokens, K] f32 (XU: the window starting at or before token
 // tokenBase), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only).
 
@@ -145,9 +145,10 @@ fn weight(r: u32, k: u32) -> f32 {
 override WG: u32 = 64u;
 
 #if SGX
-// 4 rows x 16 tokens per thread, x through subgroup broadcasts (kernels/oct.wgsl), eight weights
-// per step. Tokens come from workgroup_id.y, so one dispatch covers them all; threads past the
-// last row keep running (clamped rows, no stores) so their subgroup stays whole.
+// 4 rows x 16 tokens per thread, x through subgroup broadcasts (kernels/subgroup_x.wgsl), eight
+// weights per step in two halves. Tokens come from workgroup_id.y, so one dispatch covers them
+// all; threads past the last row keep running (clamped rows, no stores) so their subgroup stays
+// whole.
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let thread = gid.x;

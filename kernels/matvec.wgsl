@@ -7,7 +7,7 @@
 // weights per load), XU (x read from a uniform buffer; VEC only), BIAS, ACC (y += rather than y =),
 // GPU (TPR threads per row reducing through workgroup memory; else one thread per 4 rows, no barriers),
 // TILED (software, VEC: W in row tiles, src/tiles.ts, rows padded to whole tiles), SGX (software,
-// VEC, subgroups of 8: x through subgroup broadcasts, kernels/oct.wgsl; x is then storage).
+// VEC, subgroups of 8: x through subgroup broadcasts, kernels/subgroup_x.wgsl; x is then storage).
 // Bindings: 0 params, 1 W chunk, 2 x [K] f32, 3 y [N] f32, 4 bias [N] f32 (BIAS only).
 
 struct Params {

@@ -11,8 +11,9 @@
 // single scale word with unitWords = 1). Thread t of a dispatch handles rows 4t .. 4t + 3; row
 // r = 32 tile + 4 lane + j is thread 8 tile + lane's j-th row, and its unit u lies at unit index
 //   ((tile * units + u) * 4 + j) * 8 + lane
-// of the buffer (kernels/matvec.wgsl `tiled`). Rows are padded with zeros to whole tiles, so the
-// kernels need no bounds checks on the last tile's rows.
+// of the buffer (kernels/oct.wgsl `rowStarts`, quant_rows.wgsl `rowUnits`, embedding.wgsl `at`).
+// Rows are padded with zeros to whole tiles, so the kernels need no bounds checks on the last
+// tile's rows.
 
 export const TILE_ROWS = 32;
 
