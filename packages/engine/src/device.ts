@@ -1,6 +1,8 @@
 // Finds a GPUDevice the same way in every runtime: navigator.gpu where it exists
 // (browsers, Deno), else Dawn from the `webgpu` npm package (Node).
 
+import { throttleDawnPolling } from './dawn-polling.ts';
+
 export interface DeviceInfo {
   vendor: string;
   architecture: string;
@@ -92,6 +94,7 @@ async function nodeGpu(options: DeviceOptions): Promise<GPU> {
     );
   }
   Object.assign(globalThis, mod.globals);
+  throttleDawnPolling();
   dawnInstance = mod.create([]);
   return dawnInstance;
 }
