@@ -5,8 +5,10 @@
 // [rows, K], f32 or bf16/f16 packed two per u32 from the chunk's own element 0.
 // Defines: WBF16 / WF16 (both imply W16; neither = f32), VEC (K % 4 == 0: four weights per load;
 // software shape only, the GPU tiles load single elements),
-// BIAS, ACC (y += rather than y =), GPU (64x64 output tiles through workgroup memory; else each
-// thread computes 4 rows x 4 tokens, so each weight load serves 4 tokens and each x load 4 rows),
+// BIAS, ACC (y += rather than y =), SPLIT, GLU (kernels/linear_store.wgsl), GPU (64x64 output
+// tiles through workgroup memory, kernels/matmul_tile.wgsl, with NORM: the preceding RMSNorm
+// applied in the tile; else each thread computes 4 rows x 4 tokens, so each weight load serves 4
+// tokens and each x load 4 rows),
 // XU (software, VEC, K <= 1024: 4 rows x 16 tokens per thread, x read through a 64 KiB uniform
 // window holding those 16 tokens; one dispatch per group of 16 tokens). On lavapipe every storage
 // load inside a loop becomes a per-lane scalar loop while uniform loads become one vector gather,
@@ -15,7 +17,8 @@
 // SGX (software, K % 8 == 0, subgroups of 8: 4 rows x 16 tokens per thread with x from storage
 // through subgroup broadcasts, kernels/subgroup_x.wgsl; one dispatch for all tokens).
 // Bindings: 0 params, 1 W chunk, 2 x [tokens, K] f32 (XU: the window starting at or before token
-// tokenBase), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only).
+// tokenBase), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 6 and 7 the other outputs (SPLIT),
+// 8 gamma [K] f32 (NORM).
 
 struct Params {
   K: u32,
@@ -25,6 +28,9 @@ struct Params {
   tokens: u32,
   tokenBase: u32, // XU: the group's first token
   xBase: u32,     // XU: where token tokenBase starts in the x window (in vec4s)
+  n0: u32,  // SPLIT: columns of the first output
+  n1: u32,  // SPLIT: columns of the second
+  eps: f32, // NORM (GPU)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -67,6 +73,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+#if NORM
+@group(0) @binding(8) var<storage, read> gamma: array<f32>;
 #endif
 
 #include unpack16
@@ -129,10 +138,6 @@ fn wi(base: u32, c: u32) -> u32 {
 #endif
 
 #include linear_store
-
-fn store(t: u32, r: u32, v: f32) {
-  storeAt(t * p.N + p.colOffset + r, r, v);
-}
 
 #if GPU
 // Element (r, k) of the chunk as f32.
@@ -464,12 +469,4 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
 }
 #endif
 #endif
-
-fn store4(t: u32, r0: u32, v: vec4<f32>) {
-  let last = p.rows - 1u;
-  if (r0 <= last) { store(t, r0, v.x); }
-  if (r0 + 1u <= last) { store(t, r0 + 1u, v.y); }
-  if (r0 + 2u <= last) { store(t, r0 + 2u, v.z); }
-  if (r0 + 3u <= last) { store(t, r0 + 3u, v.w); }
-}
 #endif

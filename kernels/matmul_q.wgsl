@@ -7,7 +7,8 @@
 // f32 bits of s. Weights are never expanded to a full-precision buffer; f32 arithmetic only (see
 // matvec_q.wgsl for why no shader-f16 variant).
 // Defines: Q4 (else q8), TAIL (K % G != 0: x masked to k < K in the last group), BIAS, ACC,
-// GPU (64x64 output tiles through workgroup memory, weights dequantized into the tile; else each
+// SPLIT, GLU (kernels/linear_store.wgsl), GPU (64x64 output tiles through workgroup memory,
+// weights dequantized into the tile, kernels/matmul_tile.wgsl, with NORM as there; else each
 // thread computes 4 rows x 4 tokens, so each weight word serves 4 tokens and each x load 4 rows,
 // and each group's integer sums are scaled once),
 // XU (software, K % 4 == 0, K <= 1020: 4 rows x 16 tokens per thread, x read through a 64 KiB
@@ -22,7 +23,8 @@
 // vec4<u32> of W, one scale word of the scales; rows padded with zeros to whole tiles).
 // Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (XU: the same words as u32;
 // TILED: tiled), 2 x [tokens, K] f32 (XU: the window starting at or before token tokenBase, as
-// vec4s), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled).
+// vec4s), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled),
+// 6 and 7 the other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
 struct Params {
   K: u32,
@@ -33,6 +35,9 @@ struct Params {
   groups: u32,
   tokenBase: u32, // XU: the group's first token
   xBase: u32,     // XU: where token tokenBase starts in the x window (in vec4s)
+  n0: u32,  // SPLIT: columns of the first output
+  n1: u32,  // SPLIT: columns of the second
+  eps: f32, // NORM (GPU)
 }
 
 override G: u32 = 32u; // weights per group: a multiple of 32
@@ -53,6 +58,9 @@ var<private> sgLane: u32; // the thread's subgroup_invocation_id
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+#if NORM
+@group(0) @binding(8) var<storage, read> gamma: array<f32>;
+#endif
 @group(0) @binding(5) var<storage, read> sc: array<u32>;
 
 #if Q4
@@ -64,10 +72,6 @@ const EPW = 4u;
 #endif
 
 #include linear_store
-
-fn store(t: u32, r: u32, v: f32) {
-  storeAt(t * p.N + p.colOffset + r, r, v);
-}
 
 #if GPU
 // Element (r, k) of the chunk, dequantized.
@@ -141,14 +145,6 @@ struct Offs {
 
 fn d4(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, xv: vec4<f32>) -> vec4<f32> {
   return vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
-}
-
-fn store4(t: u32, r0: u32, v: vec4<f32>) {
-  let last = p.rows - 1u;
-  if (r0 <= last) { store(t, r0, v.x); }
-  if (r0 + 1u <= last) { store(t, r0 + 1u, v.y); }
-  if (r0 + 2u <= last) { store(t, r0 + 2u, v.z); }
-  if (r0 + 3u <= last) { store(t, r0 + 3u, v.w); }
 }
 
 #if SGX
@@ -548,7 +544,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   let r0 = gid.x * 4u;
   let t0 = wg.y * 4u;
   if (r0 >= p.rows || t0 >= p.tokens) { return; }
-  let last = p.rows - 1u;
   let wr = rowUnits(gid.x, p.groups * (G / EPV));
   let sr = rowUnits(gid.x, p.groups);
   let tl = p.tokens - 1u;
@@ -563,11 +558,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
 #endif
   for (var i = 0u; i < 4u; i++) {
     if (t0 + i > tl) { break; }
-    let v = acc[i];
-    store(t[i], r0, v.x);
-    if (r0 + 1u <= last) { store(t[i], r0 + 1u, v.y); }
-    if (r0 + 2u <= last) { store(t[i], r0 + 2u, v.z); }
-    if (r0 + 3u <= last) { store(t[i], r0 + 3u, v.w); }
+    store4(t[i], r0, acc[i]);
   }
 }
 #endif

@@ -1,19 +1,28 @@
 // Matrix-vector product for one token (decode's hot path), over one row chunk of W:
-//   y[colOffset + r] (+)= sum_k x[k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows).
+//   y[colOffset + r] (+)= sum_k x[k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows),
+// through the linear_store epilogue (SPLIT: q|k|v to three outputs; GLU: silu(gate) * up).
 // W is the chunk's rows, row-major [rows, K], in f32 or in bf16/f16 packed two per u32 from the
 // chunk's own element 0 (element e in word e >> 1, low half when e is even); 16-bit weights are
 // unpacked here, so no shader-f16 is needed.
 // Defines: WBF16 / WF16 (weight format; both imply W16; neither = f32), VEC (K % 8 == 0: eight
 // weights per load), XU (x read from a uniform buffer; VEC only), BIAS, ACC (y += rather than y =),
+// SPLIT, GLU (kernels/linear_store.wgsl),
 // GPU (TPR threads per row reducing through workgroup memory; else one thread per 4 rows, no barriers),
+// NORM (GPU: x is the residual stream and the kernel applies the RMSNorm that precedes this layer:
+// y = (W (x * gamma)) / sqrt(mean(x^2) + eps), the mean reduced alongside the dot products),
 // TILED (software, VEC: W in row tiles, src/tiles.ts, rows padded to whole tiles), SGX (software,
 // VEC, subgroups of 8: x through subgroup broadcasts, kernels/subgroup_x.wgsl; x is then storage).
-// Bindings: 0 params, 1 W chunk, 2 x [K] f32, 3 y [N] f32, 4 bias [N] f32 (BIAS only).
+// Bindings: 0 params, 1 W chunk, 2 x [K] f32, 3 y [N] f32, 4 bias [N] f32 (BIAS only),
+// 6 and 7 the other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
 struct Params {
   K: u32,
   rows: u32,
   colOffset: u32,
+  N: u32,
+  n0: u32,  // SPLIT: columns of the first output
+  n1: u32,  // SPLIT: columns of the second
+  eps: f32, // NORM
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,6 +61,13 @@ var<private> sgLane: u32;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+#if NORM
+#if VEC
+@group(0) @binding(8) var<storage, read> gamma: array<vec4<f32>>;
+#else
+@group(0) @binding(8) var<storage, read> gamma: array<f32>;
+#endif
+#endif
 
 #include unpack16
 
@@ -80,15 +96,19 @@ fn w1(e: u32) -> f32 {
 
 #include linear_store
 
-fn store(r: u32, v: f32) {
-  storeAt(p.colOffset + r, r, v);
-}
-
 #if GPU
 override TPR: u32 = 32u; // threads per row, a power of two
-override RPW: u32 = 8u;  // rows per workgroup
+override RPW: u32 = 8u;  // rows per workgroup (GLU: a multiple of 2 GB, so gate and up rows meet)
 
 var<workgroup> red: array<f32, TPR * RPW>;
+#if NORM
+var<workgroup> red2: array<f32, TPR * RPW>; // sums of x^2
+
+// Eight values of x times gamma.
+fn xg8(c: u32, v: Oct) -> Oct {
+  return Oct(v.a * gamma[2u * c], v.b * gamma[2u * c + 1u]);
+}
+#endif
 
 @compute @workgroup_size(TPR * RPW)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -96,24 +116,61 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let r = (wg.x + wg.y * nwg.x) * RPW + lid / TPR;
   let rr = min(r, p.rows - 1u);
   var s = 0.0;
+  var ss = 0.0;
 #if VEC
   let kc = p.K / 8u;
   // Neighbouring threads read neighbouring 16- or 32-byte pieces of the row: coalesced.
   for (var c = lane; c < kc; c += TPR) {
-    s += dot8(w8((rr * kc + c) * STEP), x8(c));
+    let xv = x8(c);
+#if NORM
+    ss += dot8(xv, xv);
+    s += dot8(w8((rr * kc + c) * STEP), xg8(c, xv));
+#else
+    s += dot8(w8((rr * kc + c) * STEP), xv);
+#endif
   }
 #else
   for (var k = lane; k < p.K; k += TPR) {
-    s += w1(rr * p.K + k) * x[k];
+    let xk = x[k];
+#if NORM
+    ss += xk * xk;
+    s += w1(rr * p.K + k) * (xk * gamma[k]);
+#else
+    s += w1(rr * p.K + k) * xk;
+#endif
   }
 #endif
   red[lid] = s;
+#if NORM
+  red2[lid] = ss;
+#endif
   workgroupBarrier();
   for (var h = TPR / 2u; h > 0u; h >>= 1u) {
-    if (lane < h) { red[lid] += red[lid + h]; }
+    if (lane < h) {
+      red[lid] += red[lid + h];
+#if NORM
+      red2[lid] += red2[lid + h];
+#endif
+    }
     workgroupBarrier();
   }
-  if (lane == 0u && r < p.rows) { store(r, red[lid]); }
+  // Row i of the workgroup's sum is red[i * TPR].
+  let row0 = (wg.x + wg.y * nwg.x) * RPW;
+#if NORM
+  let scale = inverseSqrt(red2[0] / f32(p.K) + p.eps);
+#else
+  let scale = 1.0;
+#endif
+#if GLU
+  // Thread i < RPW / 2 writes the i-th gate row of the workgroup's blocks with its up row.
+  let i = lid;
+  let gi = (i / GB) * 2u * GB + i % GB;
+  if (i < RPW / 2u && row0 + gi < p.rows) {
+    storeGlu(0u, p.colOffset + row0 + gi, red[gi * TPR] * scale, red[(gi + GB) * TPR] * scale);
+  }
+#else
+  if (lane == 0u && r < p.rows) { storeCol(0u, p.colOffset + r, red[lid] * scale); }
+#endif
 }
 #else
 override WG: u32 = 64u;
@@ -162,9 +219,6 @@ fn main(
     s += vec4<f32>(w1(r0 * K + k), w1(r1 * K + k), w1(r2 * K + k), w1(r3 * K + k)) * x[k];
   }
 #endif
-  if (r0 <= last) { store(r0, s.x); }
-  if (r0 + 1u <= last) { store(r0 + 1u, s.y); }
-  if (r0 + 2u <= last) { store(r0 + 2u, s.z); }
-  if (r0 + 3u <= last) { store(r0 + 3u, s.w); }
+  store4(0u, r0, s);
 }
 #endif

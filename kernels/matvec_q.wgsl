@@ -9,20 +9,27 @@
 // partial sums would overflow on outlier activations: 127 * |x| * 32), and scales are decoded with
 // the core unpack2x16float, so this one path serves adapters with and without shader-f16.
 // Defines: Q4 (else q8), XU (x from a uniform buffer), TAIL (K % G != 0: the last group's x is
-// masked to k < K), BIAS, ACC (y += rather than y =), GPU (TPR threads per row reduce through
-// workgroup memory; else one thread per 4 rows, no barriers, x loaded once for 4 rows),
+// masked to k < K), BIAS, ACC (y += rather than y =), SPLIT, GLU (kernels/linear_store.wgsl),
+// GPU (TPR threads per row reduce through workgroup memory; else one thread per 4 rows, no
+// barriers, x loaded once for 4 rows), NORM (GPU: the preceding RMSNorm applied here, as in
+// matvec.wgsl),
 // SGX (software, subgroups of 8: x from storage through subgroup broadcasts,
 // kernels/subgroup_x.wgsl), TILED (software: W and scales in row tiles, src/tiles.ts, rows
 // padded with zero words and scales to whole tiles; a unit is one vec4<u32> of W, one scale
 // word of the scales).
 // Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (TILED: tiled), 2 x [K] f32,
-// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled).
+// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled), 6 and 7 the
+// other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
 struct Params {
   K: u32,
   rows: u32,
   colOffset: u32,
   groups: u32,
+  N: u32,
+  n0: u32,  // SPLIT: columns of the first output
+  n1: u32,  // SPLIT: columns of the second
+  eps: f32, // NORM
 }
 
 override G: u32 = 32u; // weights per group: a multiple of 32
@@ -52,6 +59,9 @@ fn xs(k: u32, masked: bool) -> f32 {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
 @group(0) @binding(5) var<storage, read> sc: array<u32>;
+#if NORM
+@group(0) @binding(8) var<storage, read> gamma: array<vec4<f32>>;
+#endif
 
 #if Q4
 const EPV = 32u; // weights per vec4<u32>
@@ -98,6 +108,19 @@ fn xsum(v: XV) -> f32 {
   return dot((v.a + v.b) + (v.c + v.d) + (v.e + v.f) + (v.g + v.h), vec4<f32>(1.0));
 }
 
+#if NORM
+// x[k .. k + 32) times gamma, and the sum of their squares.
+fn xg(k: u32, v: XV) -> XV {
+  let i = k / 4u;
+  return XV(v.a * gamma[i], v.b * gamma[i + 1u], v.c * gamma[i + 2u], v.d * gamma[i + 3u],
+            v.e * gamma[i + 4u], v.f * gamma[i + 5u], v.g * gamma[i + 6u], v.h * gamma[i + 7u]);
+}
+
+fn xsq(v: XV) -> f32 {
+  return dot(v.a, v.a) + dot(v.b, v.b) + dot(v.c, v.c) + dot(v.d, v.d) + dot(v.e, v.e) + dot(v.f, v.f) + dot(v.g, v.g) + dot(v.h, v.h);
+}
+#endif
+
 // Group result from the integer dot d, the group's x sum and its scale word.
 fn deq(d: f32, s: f32, word: u32) -> f32 {
   let sz = unpack2x16float(word);
@@ -140,6 +163,17 @@ fn xsum(v: XV) -> f32 {
   return 0.0;
 }
 
+#if NORM
+fn xg(k: u32, v: XV) -> XV {
+  let i = k / 4u;
+  return XV(v.a * gamma[i], v.b * gamma[i + 1u], v.c * gamma[i + 2u], v.d * gamma[i + 3u]);
+}
+
+fn xsq(v: XV) -> f32 {
+  return dot(v.a, v.a) + dot(v.b, v.b) + dot(v.c, v.c) + dot(v.d, v.d);
+}
+#endif
+
 fn deq(d: f32, s: f32, word: u32) -> f32 {
   return bitcast<f32>(word) * d;
 }
@@ -153,15 +187,14 @@ fn m4(v: vec4<f32>, k: u32) -> vec4<f32> {
 
 #include linear_store
 
-fn store(r: u32, v: f32) {
-  storeAt(p.colOffset + r, r, v);
-}
-
 #if GPU
 override TPR: u32 = 32u; // threads per row, a power of two
-override RPW: u32 = 8u;  // rows per workgroup
+override RPW: u32 = 8u;  // rows per workgroup (GLU: a multiple of 2 GB, so gate and up rows meet)
 
 var<workgroup> red: array<f32, TPR * RPW>;
+#if NORM
+var<workgroup> red2: array<f32, TPR * RPW>; // sums of x^2
+#endif
 
 // Lanes of a row take whole groups in turn, so each reads its group's scale once.
 @compute @workgroup_size(TPR * RPW)
@@ -172,6 +205,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let vpg = G / EPV;
   let full = p.K / G;
   var acc = 0.0;
+  var ss = 0.0;
   for (var g = lane; g < p.groups; g += TPR) {
     var d = 0.0;
     var s = 0.0;
@@ -179,18 +213,46 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let k = g * G + v * EPV;
       var xx: XV;
       if (g < full) { xx = xv(k); } else { xx = xvm(k); }
+#if NORM
+      ss += xsq(xx);
+      xx = xg(k, xx);
+#endif
       d += dotw(w[(rr * p.groups + g) * vpg + v], xx);
       s += xsum(xx);
     }
     acc += deq(d, s, sc[rr * p.groups + g]);
   }
   red[lid] = acc;
+#if NORM
+  red2[lid] = ss;
+#endif
   workgroupBarrier();
   for (var h = TPR / 2u; h > 0u; h >>= 1u) {
-    if (lane < h) { red[lid] += red[lid + h]; }
+    if (lane < h) {
+      red[lid] += red[lid + h];
+#if NORM
+      red2[lid] += red2[lid + h];
+#endif
+    }
     workgroupBarrier();
   }
-  if (lane == 0u && r < p.rows) { store(r, red[lid]); }
+  // Row i of the workgroup's sum is red[i * TPR].
+  let row0 = (wg.x + wg.y * nwg.x) * RPW;
+#if NORM
+  let scale = inverseSqrt(red2[0] / f32(p.K) + p.eps);
+#else
+  let scale = 1.0;
+#endif
+#if GLU
+  // Thread i < RPW / 2 writes the i-th gate row of the workgroup's blocks with its up row.
+  let i = lid;
+  let gi = (i / GB) * 2u * GB + i % GB;
+  if (i < RPW / 2u && row0 + gi < p.rows) {
+    storeGlu(0u, p.colOffset + row0 + gi, red[gi * TPR] * scale, red[(gi + GB) * TPR] * scale);
+  }
+#else
+  if (lane == 0u && r < p.rows) { storeCol(0u, p.colOffset + r, red[lid] * scale); }
+#endif
 }
 #else
 override WG: u32 = 64u;
@@ -236,7 +298,6 @@ fn main(
 #else
   if (r0 >= p.rows) { return; }
 #endif
-  let last = p.rows - 1u;
   let wr = rowUnits(thread, p.groups * (G / EPV));
   let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
@@ -247,9 +308,6 @@ fn main(
 #if TAIL
   acc += group(full, wr, sr, true);
 #endif
-  if (r0 <= last) { store(r0, acc.x); }
-  if (r0 + 1u <= last) { store(r0 + 1u, acc.y); }
-  if (r0 + 2u <= last) { store(r0 + 2u, acc.z); }
-  if (r0 + 3u <= last) { store(r0 + 3u, acc.w); }
+  store4(0u, r0, acc);
 }
 #endif

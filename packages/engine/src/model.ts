@@ -11,11 +11,12 @@ import type { OpContext } from './ops/context.ts';
 import { createLogitsReducer, MAX_TOP_K, parseRows, rowResultWords, type LogitsReducer, type ReducedRow } from './ops/logits.ts';
 import { type Checkpoint, openCheckpoint } from './safetensors.ts';
 import { Decoder } from './transformer.ts';
+import { GLU_BLOCK } from './ops/linear-epilogue.ts';
 import type { StepProfiler } from './profiler.ts';
 import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, RowScore, Session, TopK } from './types.ts';
 import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
 import { tiledRows } from './tiles.ts';
-import { inactiveExpertBytes, plannedTensorBytes } from './moe-weights.ts';
+import { inactiveExpertBytes, isSparseLayer, plannedTensorBytes } from './moe-weights.ts';
 import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat, quantBytes, readQuantizationConfig } from './quant.ts';
 
 export class ModelLoadError extends Error {
@@ -88,20 +89,55 @@ function quantizedLinearBytes(q: PlannedQuantization, N: number, K: number): num
 }
 
 /**
+ * The projections weights.ts stacks (fuse.ts stackRefusal says when it can): each layer's q, k, v
+ * and gate, up, when all parts of a group are stored alike. Planned for the software layout's
+ * gate/up blocks (the only layout where stacking changes the bytes: tiles are padded once).
+ */
+function stackedGroups(c: ModelConfig, quant: PlannedQuantization): string[][] {
+  const groups: string[][] = [];
+  const alike = (names: string[]) => {
+    if (!quant.prequant) return true;
+    if (quant.prequant.descAct) return !names.some((n) => quant.isPrequantized?.(n.slice(0, -'.weight'.length)) ?? true);
+    return new Set(names.map((n) => quant.isPrequantized?.(n.slice(0, -'.weight'.length)) ?? true)).size === 1;
+  };
+  for (let i = 0; i < c.num_hidden_layers; i++) {
+    const p = `model.layers.${i}.`;
+    const qkv = ['q', 'k', 'v'].map((x) => `${p}self_attn.${x}_proj.weight`);
+    if (alike(qkv)) groups.push(qkv);
+    const mlp = ['gate', 'up'].map((x) => `${p}mlp.${x}_proj.weight`);
+    if (!isSparseLayer(c, i) && c.intermediate_size % GLU_BLOCK.software === 0 && alike(mlp)) groups.push(mlp);
+  }
+  return groups;
+}
+
+/**
  * Memory a model needs: weights in `dtype` (the decoder's linear layers in their quantized
  * format when `quant` says so), the KV cache for maxContext tokens, and one step's activations.
  */
 export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number, quant: PlannedQuantization = {}): MemoryPlan {
   let weightBytes = 0;
   let quantizedBytes = 0;
-  for (const [name, shape] of expectedTensors(c)) {
-    const prefix = name.slice(0, -'.weight'.length);
-    const quantized =
-      DECODER_LINEAR.test(name) && (!quant.prequant || (quant.isPrequantized?.(prefix) ?? true)) ? quantizedLinearBytes(quant, shape[0]!, shape[1]!) : undefined;
+  const tensors = expectedTensors(c);
+  const isQuantized = (name: string) => DECODER_LINEAR.test(name) && (!quant.prequant || (quant.isPrequantized?.(name.slice(0, -'.weight'.length)) ?? true));
+  // Bytes of a matrix [N, K] named `name` (or a stack of such matrices), as loaded.
+  const matrixBytes = (name: string, N: number, K: number) => {
+    const quantized = isQuantized(name) ? quantizedLinearBytes(quant, N, K) : undefined;
     if (quantized !== undefined) quantizedBytes += quantized;
     // Tiled matrices (src/upload.ts) are padded to whole tiles: chunks hold whole tiles but the last.
-    const tiled = quant.tiles && shape[1]! % 8 === 0 && (DECODER_LINEAR.test(name) || name === 'lm_head.weight' || (name === 'model.embed_tokens.weight' && c.tie_word_embeddings));
-    weightBytes += quantized ?? plannedTensorBytes(name, tiled ? [tiledRows(shape[0]!), shape[1]!] : shape, dtype);
+    const tiled = quant.tiles && K % 8 === 0 && (DECODER_LINEAR.test(name) || name === 'lm_head.weight' || (name === 'model.embed_tokens.weight' && c.tie_word_embeddings));
+    weightBytes += quantized ?? plannedTensorBytes(name, tiled ? [tiledRows(N), K] : [N, K], dtype);
+  };
+  // q|k|v and gate|up are stacked at load (weights.ts) and padded to tiles once, as one matrix.
+  const stacked = new Set<string>();
+  for (const group of stackedGroups(c, quant)) {
+    const [N, K] = [group.reduce((n, name) => n + tensors.get(name)![0]!, 0), tensors.get(group[0]!)![1]!];
+    matrixBytes(group[0]!, N, K);
+    group.forEach((name) => stacked.add(name));
+  }
+  for (const [name, shape] of tensors) {
+    if (stacked.has(name)) continue;
+    if (shape.length === 2) matrixBytes(name, shape[0]!, shape[1]!);
+    else weightBytes += plannedTensorBytes(name, shape, dtype);
   }
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
@@ -162,9 +198,10 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   if (rowBytes > gpu.info.limits.maxStorageBufferBindingSize)
     throw new ModelLoadError(`one weight row (${rowBytes} bytes) exceeds this adapter's maxStorageBufferBindingSize (${gpu.info.limits.maxStorageBufferBindingSize})`);
 
+  const kernels = new KernelCache(gpu.device);
   gpu.device.pushErrorScope('out-of-memory');
   const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
-  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, tiles);
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, { tiles, gluBlock: GLU_BLOCK[variant], kernels });
   const oom = await gpu.device.popErrorScope();
   if (oom) {
     weights.destroy();
@@ -173,7 +210,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
 
   const ctx: OpContext = {
     device: gpu.device,
-    kernels: new KernelCache(gpu.device),
+    kernels,
     variant,
     f16: gpu.hasF16,
     subgroups: gpu.hasSubgroups,

@@ -1,7 +1,11 @@
 // The dense decoder's forward pass, read top to bottom:
-//   embed → per layer (norm, q/k/v, [q/k norm], RoPE, attention over the KV cache,
-//   o_proj + residual, norm, gate/up, SiLU·up, down_proj + residual — or on MoE layers the
+//   embed → per layer (norm, q|k|v, [q/k norm], RoPE, attention over the KV cache,
+//   o_proj + residual, norm, gate|up with SiLU·up, down_proj + residual — or on MoE layers the
 //   routed experts, ops/moe.ts) → norm → LM head.
+// q|k|v and gate|up are one op each where the loader stacked them (fuse.ts). On the GPU variant
+// the norm before each of those and before the LM head runs inside that op (LinearOptions.norm);
+// the software kernels keep it as its own op, since there it is a cheap pass while applying it in
+// the linear kernels adds a per-lane load to every step of their hot loops.
 // One Decoder is one session's run state (activations, KV cache) over shared weights;
 // every op, buffer and bind group is made here once and re-encoded each step.
 
@@ -10,7 +14,7 @@ import { emptyBuffer, storageUsage } from './buffers.ts';
 import type { OpContext } from './ops/context.ts';
 import { createAttention, type AttentionOp } from './ops/attention.ts';
 import { createEmbedding } from './ops/embedding.ts';
-import { createLinear } from './ops/linear.ts';
+import { createLinear, type LinearOptions, type LinearWeight } from './ops/linear.ts';
 import { createRmsNorm } from './ops/norm.ts';
 import { createRope } from './ops/rope.ts';
 import { createSiluMul } from './ops/elementwise.ts';
@@ -88,8 +92,9 @@ export class Decoder {
     const k = c.qk_norm ? buf(T * kvDim, 'k') : kRaw;
     const v = buf(T * kvDim, 'v'); // [T, kv_heads * head_dim]
     const attnOut = linearInput(T * qDim, 'attn_out'); // [T, heads * head_dim]
-    const gate = buf(T * c.intermediate_size, 'gate'); // [T, intermediate]
-    const up = buf(T * c.intermediate_size, 'up'); // [T, intermediate]
+    const stackedMlp = w.layers.every((L) => !L.mlpIn || 'gateUp' in L.mlpIn);
+    const gate = stackedMlp ? undefined : buf(T * c.intermediate_size, 'gate'); // [T, intermediate]
+    const up = stackedMlp ? undefined : buf(T * c.intermediate_size, 'up'); // [T, intermediate]
     const act = linearInput(T * c.intermediate_size, 'act'); // [T, intermediate]
     this.lastHidden = buf(opts.maxLogitRows * h, 'last_hidden');
     this.finalNormed = linearInput(opts.maxLogitRows * h, 'final_normed');
@@ -115,12 +120,27 @@ export class Decoder {
     // Every MoE layer's scratch activations are the same buffers: layers run one after another.
     const moeScratch = c.moe ? createMoeScratch(ctx.device, moeOptions(c, T)) : undefined;
     if (moeScratch) this.owners.push(moeScratch);
+    // The input of a layer's projections `ws` after the RMSNorm `gamma` of `from`: the norm runs
+    // inside them where it folds (GPU variant), else as its own op into `normed`.
+    const normedInput = (from: GPUBuffer, gamma: GPUBuffer, ws: LinearWeight[]): { x: GPUBuffer; opts: LinearOptions } => {
+      const folds = ctx.variant === 'gpu' && ws.every((lw) => lw.cols % 8 === 0 && !lw.quant?.perm);
+      if (folds) return { x: from, opts: { norm: { weight: gamma, eps: c.rms_norm_eps } } };
+      const into = from === this.lastHidden ? this.finalNormed : normed;
+      (from === this.lastHidden ? this.head : this.body).push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
+      return { x: into, opts: {} };
+    };
+    const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], opts: LinearOptions) =>
+      perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...opts }));
     this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
     w.layers.forEach((L, i) => {
-      this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.inputNorm, normed, h, c.rms_norm_eps)));
-      this.body.push(perToken('linear', createLinear(ctx, L.q, normed, qRaw, { maxTokens: T })));
-      this.body.push(perToken('linear', createLinear(ctx, L.k, normed, kRaw, { maxTokens: T })));
-      this.body.push(perToken('linear', createLinear(ctx, L.v, normed, v, { maxTokens: T })));
+      const a = L.attnIn;
+      const attnWeights = 'qkv' in a ? [a.qkv] : [a.q, a.k, a.v];
+      const inA = normedInput(this.hidden, L.inputNorm, attnWeights);
+      if ('qkv' in a) {
+        this.body.push(linearOp(a.qkv, inA.x, [qRaw, kRaw, v], inA.opts));
+      } else {
+        this.body.push(linearOp(a.q, inA.x, qRaw, inA.opts), linearOp(a.k, inA.x, kRaw, inA.opts), linearOp(a.v, inA.x, v, inA.opts));
+      }
       if (c.qk_norm) {
         this.body.push(perToken('norm', createRmsNorm(ctx, qRaw, L.qNorm!, q, c.head_dim, c.rms_norm_eps), c.num_attention_heads));
         this.body.push(perToken('norm', createRmsNorm(ctx, kRaw, L.kNorm!, k, c.head_dim, c.rms_norm_eps), c.num_key_value_heads));
@@ -130,19 +150,24 @@ export class Decoder {
       const attn = createAttention(ctx, { ...heads, maxContext: opts.maxContext, ...(window ? { slidingWindow: window } : {}), ...(L.sinks ? { sinks: L.sinks } : {}) }, q, k, v, attnOut);
       this.attention.push(attn);
       this.body.push(stepOp('attention', (pass, tokens, startPos) => attn.encode(pass, tokens, startPos), () => attn.destroy()));
-      this.body.push(perToken('linear', createLinear(ctx, L.o, attnOut, this.hidden, { accumulate: true, maxTokens: T })));
-      this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
+      this.body.push(linearOp(L.o, attnOut, this.hidden, { accumulate: true }));
       if (L.moe) {
+        this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
         this.body.push(perToken('linear', createMoe(ctx, L.moe, moeScratch!, normed, this.hidden)));
         return;
       }
-      this.body.push(perToken('linear', createLinear(ctx, L.gate!, normed, gate, { maxTokens: T })));
-      this.body.push(perToken('linear', createLinear(ctx, L.up!, normed, up, { maxTokens: T })));
-      this.body.push(perToken('elementwise', createSiluMul(ctx, c.intermediate_size, { gate, up }, act)));
-      this.body.push(perToken('linear', createLinear(ctx, L.down!, act, this.hidden, { accumulate: true, maxTokens: T })));
+      const m = L.mlpIn!;
+      const inM = normedInput(this.hidden, L.postNorm, 'gateUp' in m ? [m.gateUp] : [m.gate, m.up]);
+      if ('gateUp' in m) {
+        this.body.push(linearOp(m.gateUp, inM.x, act, inM.opts));
+      } else {
+        this.body.push(linearOp(m.gate, inM.x, gate!, inM.opts), linearOp(m.up, inM.x, up!, inM.opts));
+        this.body.push(perToken('elementwise', createSiluMul(ctx, c.intermediate_size, { gate: gate!, up: up! }, act)));
+      }
+      this.body.push(linearOp(L.down!, act, this.hidden, { accumulate: true }));
     });
-    this.head.push(perToken('norm', createRmsNorm(ctx, this.lastHidden, w.norm, this.finalNormed, h, c.rms_norm_eps)));
-    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, this.finalNormed, this.logits, { maxTokens: opts.maxLogitRows })));
+    const inH = normedInput(this.lastHidden, w.norm, [w.lmHead]);
+    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts })));
   }
 
   /**

@@ -1,6 +1,8 @@
 // Loads a dense decoder's weights onto the GPU, once, in the layout the ops want.
 // Checkpoint fix-ups happen here and nowhere else: the tied LM head reuses the
-// embedding table, rotary_emb.inv_freq and other unused tensors are ignored.
+// embedding table, rotary_emb.inv_freq and other unused tensors are ignored, and the
+// projections that read the same input are stacked into one weight (fuse.ts): q|k|v, and
+// gate with up.
 
 import type { ModelConfig } from './config.ts';
 import type { WeightDtype } from './dtype.ts';
@@ -13,21 +15,27 @@ import type { MoeWeights } from './ops/moe.ts';
 import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat } from './quant.ts';
 import { type QuantUpload, prequantNames, uploadPrequantized, uploadQuantized } from './quant-upload.ts';
 import { BYTES_PER_ELEMENT } from './dtype.ts';
+import type { KernelCache } from './kernel.ts';
+import { type Stacking, stackRefusal, stackWeights } from './fuse.ts';
+
+/** q, k and v: stacked into one split weight, or apart where they cannot be (fuse.ts stackRefusal). */
+export type AttentionInput = { qkv: LinearWeight } | { q: LinearWeight; k: LinearWeight; v: LinearWeight };
+/** gate and up: interleaved into one glu weight, or apart. */
+export type MlpInput = { gateUp: LinearWeight } | { gate: LinearWeight; up: LinearWeight };
 
 export interface LayerWeights {
   inputNorm: GPUBuffer; // [hidden]
-  q: LinearWeight; // [heads * head_dim, hidden] (+ bias)
-  k: LinearWeight; // [kv_heads * head_dim, hidden] (+ bias)
-  v: LinearWeight; // [kv_heads * head_dim, hidden] (+ bias)
+  // q [heads * head_dim, hidden], k and v [kv_heads * head_dim, hidden] (+ bias): qkv stacks them.
+  attnIn: AttentionInput;
   o: LinearWeight; // [hidden, heads * head_dim]
   qNorm?: GPUBuffer; // [head_dim] (Qwen3)
   kNorm?: GPUBuffer; // [head_dim] (Qwen3)
   sinks?: GPUBuffer; // [heads] attention sink logits (GPT-OSS)
   postNorm: GPUBuffer; // [hidden]
-  // The dense MLP, or on sparse layers the mixture of experts (moe-weights.ts).
-  gate?: LinearWeight; // [intermediate, hidden]
-  up?: LinearWeight; // [intermediate, hidden]
-  down?: LinearWeight; // [hidden, intermediate]
+  // The dense MLP (gate and up [intermediate, hidden], down [hidden, intermediate]), or on
+  // sparse layers the mixture of experts (moe-weights.ts).
+  mlpIn?: MlpInput;
+  down?: LinearWeight;
   moe?: MoeWeights;
 }
 
@@ -49,6 +57,30 @@ export interface DecoderWeights {
 export interface WeightQuantization {
   quantize?: QuantFormat;
   prequant?: PrequantConfig;
+}
+
+/** How the ops want the weights laid out (their kernel variant's choice). */
+export interface WeightLayout {
+  /** Linear layers (and a tied embedding table) in row tiles (src/tiles.ts): the software kernels' layout. */
+  tiles: boolean;
+  /** Rows per gate (then up) block of a stacked gate/up weight (ops/linear-epilogue.ts GLU_BLOCK). */
+  gluBlock: number;
+  /** Where the stacking kernel comes from. */
+  kernels: KernelCache;
+}
+
+/** Bytes a linear weight's buffers hold. */
+export function linearBytes(w: LinearWeight): number {
+  return w.chunks.reduce((s, c) => s + c.buffer.size + (c.scales?.size ?? 0), 0) + (w.quant?.perm?.size ?? 0);
+}
+
+function destroyLinear(w: LinearWeight): void {
+  for (const c of w.chunks) {
+    c.buffer.destroy();
+    c.scales?.destroy();
+  }
+  w.quant?.perm?.destroy();
+  w.bias?.destroy();
 }
 
 /** Checkpoint tensor names of one layer, as Transformers saves them. */
@@ -144,35 +176,49 @@ export async function loadDecoderWeights(
   ckpt: Checkpoint,
   c: ModelConfig,
   dtype: WeightDtype,
-  onProgress?: (p: LoadProgress) => void,
-  quant: WeightQuantization = {},
-  /** Store the dense linear layers in row tiles (src/tiles.ts): the software kernels' layout. */
-  tiles = false,
+  onProgress: ((p: LoadProgress) => void) | undefined,
+  quant: WeightQuantization,
+  layout: WeightLayout,
 ): Promise<DecoderWeights> {
+  const { tiles } = layout;
   const shapes = expectedTensors(c);
   const expected = checkCheckpoint(ckpt, c, quant.prequant);
   const gIdx = [...expected.keys()].filter((n) => n.endsWith('.qweight')).map((n) => n.replace(/qweight$/, 'g_idx')).filter((n) => ckpt.has(n));
   const progress = new UploadProgress(ckpt, [...expected.keys(), ...gIdx], onProgress ?? (() => {}));
+  // Everything held, for destroy(); the linear layers are counted by format at the end.
+  const linears: LinearWeight[] = [];
+  // The current layer's linear weights until they are stacked or kept.
+  let loose: LinearWeight[] = [];
   const tensors: GpuTensor[] = [];
   const small: GPUBuffer[] = [];
-  const quantized = { bytes: 0, denseBytes: 0 };
+  let denseOfQuantized = 0;
   const quantFormat = quant.prequant ? quant.prequant.method : quant.quantize;
   // Linear layers of the decoder body are quantized (or read quantized); embeddings and the LM head keep the load dtype.
-  const linear = async (w: string, bias?: GPUBuffer): Promise<LinearWeight> => {
+  const linear = async (w: string, biasName?: string): Promise<LinearWeight> => {
     const prefix = w.replace(/\.weight$/, '');
+    const bias = biasName ? await uploadF32(device, ckpt, biasName, { progress, label: biasName }) : undefined;
     let u: QuantUpload | undefined;
     const [N, K] = shapes.get(w)! as [number, number];
-    if (quant.prequant && ckpt.has(`${prefix}.qweight`)) u = await uploadPrequantized(device, ckpt, prefix, N, K, quant.prequant, progress, tiles);
-    else if (quant.quantize) u = await uploadQuantized(device, ckpt, w, LOAD_TIME_QUANT[quant.quantize], progress, tiles);
-    if (!u) return asLinear(await matrix(w, tiles), bias);
-    small.push(...u.buffers);
-    quantized.bytes += u.bytes;
-    quantized.denseBytes += N * K * BYTES_PER_ELEMENT[dtype];
-    return { dtype, ...u.weight, ...(bias ? { bias } : {}) };
+    try {
+      if (quant.prequant && ckpt.has(`${prefix}.qweight`)) u = await uploadPrequantized(device, ckpt, prefix, N, K, quant.prequant, progress, tiles);
+      else if (quant.quantize) u = await uploadQuantized(device, ckpt, w, LOAD_TIME_QUANT[quant.quantize], progress, tiles);
+    } catch (e) {
+      bias?.destroy();
+      throw e;
+    }
+    let weight: LinearWeight;
+    if (u) {
+      denseOfQuantized += N * K * BYTES_PER_ELEMENT[dtype];
+      weight = { dtype, ...u.weight, ...(bias ? { bias } : {}) };
+    } else {
+      weight = asLinear(await matrix(w, tiles, false), bias);
+    }
+    loose.push(weight);
+    return weight;
   };
-  const matrix = async (name: string, tiled: boolean) => {
+  const matrix = async (name: string, tiled: boolean, keep = true) => {
     const t = await uploadTensor(device, ckpt, name, { dtype, progress, label: name, tiled });
-    tensors.push(t);
+    if (keep) tensors.push(t);
     return t;
   };
   const vector = async (name: string) => {
@@ -185,6 +231,14 @@ export async function loadDecoderWeights(
     small.push(...m.buffers);
     return m.weights;
   };
+  // Stacked where the parts allow it; each weight (stacked or not) is held in `linears`.
+  const stack = (parts: LinearWeight[], how: Stacking, label: string): LinearWeight | undefined => {
+    if (stackRefusal(parts, how)) return undefined;
+    const w = stackWeights(device, layout.kernels, parts, how, { label });
+    loose = loose.filter((p) => !parts.includes(p));
+    linears.push(w);
+    return w;
+  };
   try {
     // A tied table is also the LM head, so it takes the linear layers' layout.
     const embedT = await matrix('model.embed_tokens.weight', tiles && c.tie_word_embeddings);
@@ -193,8 +247,13 @@ export async function loadDecoderWeights(
       const n = layerNames(i, c);
       const lin = {} as Partial<Record<keyof typeof n.linear, LinearWeight>>;
       for (const [key, [w, b]] of Object.entries(n.linear) as [keyof typeof n.linear, [string, string | undefined]][]) {
-        lin[key] = await linear(w, b ? await vector(b) : undefined);
+        lin[key] = await linear(w, b);
       }
+      const { q, k, v, o, gate, up, down } = lin as Record<keyof typeof n.linear, LinearWeight>;
+      const qkv = stack([q, k, v], { kind: 'split' }, `model.layers.${i}.self_attn.qkv`);
+      const gateUp = gate && up ? stack([gate, up], { kind: 'glu', block: layout.gluBlock }, `model.layers.${i}.mlp.gate_up`) : undefined;
+      linears.push(...loose);
+      loose = [];
       layers.push({
         inputNorm: await vector(n.inputNorm),
         postNorm: await vector(n.postNorm),
@@ -202,33 +261,44 @@ export async function loadDecoderWeights(
         ...(n.kNorm ? { kNorm: await vector(n.kNorm) } : {}),
         ...(n.sinks ? { sinks: await vector(n.sinks) } : {}),
         ...(isSparseLayer(c, i) ? { moe: await moeLayer(i) } : {}),
-        ...(lin as Record<'q' | 'k' | 'v' | 'o', LinearWeight>),
+        attnIn: qkv ? { qkv } : { q, k, v },
+        o,
+        ...(gate && up ? { mlpIn: gateUp ? { gateUp } : { gate, up } } : {}),
+        ...(down ? { down } : {}),
       });
     }
     const norm = await vector('model.norm.weight');
     const embed = asLinear(embedT);
     const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix('lm_head.weight', tiles));
-    const bytes = tensors.reduce((s, t) => s + t.bytes, 0) + small.reduce((s, b) => s + b.size, 0);
     const bytesByFormat: Record<string, number> = {};
     const add = (f: string, n: number) => n && (bytesByFormat[f] = (bytesByFormat[f] ?? 0) + n);
+    let quantizedBytes = 0;
+    let otherBytes = small.reduce((s, b) => s + b.size, 0);
+    for (const w of linears) {
+      if (w.quant) quantizedBytes += linearBytes(w);
+      else add(dtype, linearBytes(w));
+      otherBytes += w.bias?.size ?? 0;
+    }
     add(dtype, tensors.reduce((s, t) => s + t.bytes, 0));
-    if (quantFormat) add(quantFormat, quantized.bytes);
-    add('other', bytes - tensors.reduce((s, t) => s + t.bytes, 0) - quantized.bytes);
+    if (quantFormat) add(quantFormat, quantizedBytes);
+    add('other', otherBytes);
     return {
       bytesByFormat,
-      quantized,
+      quantized: { bytes: quantizedBytes, denseBytes: denseOfQuantized },
       embed,
       layers,
       norm,
       lmHead,
-      bytes,
+      bytes: Object.values(bytesByFormat).reduce((s, n) => s + n, 0),
       destroy() {
         tensors.forEach(destroyTensor);
+        linears.forEach(destroyLinear);
         small.forEach((b) => b.destroy());
       },
     };
   } catch (e) {
     tensors.forEach(destroyTensor);
+    [...linears, ...loose].forEach(destroyLinear);
     small.forEach((b) => b.destroy());
     throw e;
   }

@@ -7,43 +7,9 @@ import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
 import { requestGpu, type Gpu } from '../src/device.ts';
 import type { Variant } from '../src/ops/context.ts';
 import { createLinear, LinearError, type LinearWeight } from '../src/ops/linear.ts';
-import { dequantize, groupsPerRow, quantize, rowWords, type QuantFormat } from '../src/quant.ts';
-import { tileRows } from '../src/tiles.ts';
+import type { QuantFormat } from '../src/quant.ts';
 import { expectClose, randomArray, rng, testGpu } from './harness.ts';
-import { opContext } from './weights-helper.ts';
-
-/**
- * Quantizes W [rows, cols] on the host and uploads it in chunks of the given row counts, each
- * chunk's words (vec4 units) and scales (word units) in row tiles when `tiled`.
- */
-function makeQuantWeight(
-  device: GPUDevice,
-  w: Float32Array,
-  rows: number,
-  cols: number,
-  spec: { format: QuantFormat; groupSize: number; symmetric: boolean },
-  split: number[] = [rows],
-  tiled = false,
-): { weight: LinearWeight; deq: Float64Array } {
-  const q = quantize(w, rows, cols, spec);
-  const rw = rowWords(spec, cols);
-  const groups = groupsPerRow(spec, cols);
-  const chunks = [];
-  let rowStart = 0;
-  for (const n of split) {
-    const words = q.words.subarray(rowStart * rw, (rowStart + n) * rw);
-    const scales = q.scales.subarray(rowStart * groups, (rowStart + n) * groups);
-    chunks.push({
-      buffer: bufferFrom(device, tiled ? tileRows(words, n, rw / 4, 4) : words),
-      scales: bufferFrom(device, tiled ? tileRows(scales, n, groups, 1) : scales),
-      rowStart,
-      rows: n,
-    });
-    rowStart += n;
-  }
-  const quant = { format: spec.format, groupSize: spec.groupSize };
-  return { weight: { dtype: 'f32', rows, cols, chunks, quant, ...(tiled ? { tiled } : {}) }, deq: dequantize(spec, q, rows, cols) };
-}
+import { makeQuantWeight, opContext } from './weights-helper.ts';
 
 function linearRef(x: Float32Array, w: Float64Array, T: number, N: number, K: number, bias?: Float32Array, y0?: Float32Array): Float64Array {
   const y = new Float64Array(T * N);

@@ -31,11 +31,14 @@ describe('decoder vs float64 reference', () => {
     { modelType: 'mistral' as const, config: { sliding_window: 5 } },
     { modelType: 'llama' as const, config: { num_key_value_heads: 1, attention_bias: true, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 } } },
   ];
+  // Both kernel variants run on this adapter: the GPU one folds the RMSNorms into the stacked
+  // q|k|v, gate|up and LM head ops, the software one keeps them apart.
+  for (const variant of ['software', 'gpu'] as const)
   for (const [i, c] of cases.entries()) {
-    it(`${c.modelType} #${i}: prefill logits and step-by-step decode match`, async () => {
+    it(`${c.modelType} #${i} (${variant} kernels): prefill logits and step-by-step decode match`, async () => {
       const dir = writeGeneratedModel({ ...c, seed: 10 + i });
       const gpu = await testGpu();
-      const model = await loadModel(dir, { gpu, dtype: 'f32' });
+      const model = await loadModel(dir, { gpu, dtype: 'f32', variant });
       models.push(model);
       const want = await reference(dir, PROMPT);
       const s = model.createSession();

@@ -23,9 +23,16 @@ const LINEARS: [number, number][] = [
   [80, 64], // up
   [64, 80], // down
 ];
+/** The same, as loaded: q|k|v and gate|up stacked into one matrix each (src/fuse.ts). */
+const STACKED: [number, number][] = [
+  [128, 64], // q|k|v
+  [64, 64], // o
+  [160, 64], // gate|up
+  [64, 80], // down
+];
 const pad32 = (k: number) => Math.ceil(k / 32) * 32;
 const dense = planMemory(config, 'f32', 128);
-const sum = (f: (n: number, k: number) => number) => config.num_hidden_layers * LINEARS.reduce((s, [n, k]) => s + f(n, k), 0);
+const sum = (f: (n: number, k: number) => number, linears = LINEARS) => config.num_hidden_layers * linears.reduce((s, [n, k]) => s + f(n, k), 0);
 
 describe('planMemory', () => {
 
@@ -42,11 +49,11 @@ describe('planMemory', () => {
     expect(dense.quantizedBytes).toBe(0);
   });
 
-  it('counts the software kernels\' row tiles: rows padded to whole tiles of 32', () => {
+  it('counts the software kernels\' row tiles: rows padded to whole tiles of 32, once per stacked matrix', () => {
     const tiled = planMemory(config, 'f32', 128, { quantize: 'q4', tiles: true });
-    expect(tiled.quantizedBytes).toBe(sum((n, k) => 0.625 * pad32(n) * pad32(k)));
+    expect(tiled.quantizedBytes).toBe(sum((n, k) => 0.625 * pad32(n) * pad32(k), STACKED));
     const denseTiled = planMemory(config, 'f32', 128, { tiles: true });
-    expect(denseTiled.weightBytes - dense.weightBytes).toBe(sum((n, k) => 4 * (pad32(n) - n) * k) + (config.tie_word_embeddings ? 0 : 4 * (pad32(config.vocab_size) - config.vocab_size) * config.hidden_size));
+    expect(denseTiled.weightBytes - dense.weightBytes).toBe(sum((n, k) => 4 * (pad32(n) - n) * k, STACKED) + (config.tie_word_embeddings ? 0 : 4 * (pad32(config.vocab_size) - config.vocab_size) * config.hidden_size));
   });
 
   it('counts GPTQ int4 by its group size, with the act-order permutation', () => {

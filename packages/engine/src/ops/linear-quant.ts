@@ -10,7 +10,9 @@ import { type Constants, type Defines, grid } from '../kernel.ts';
 import { storageUsage } from '../buffers.ts';
 import { tiledRows } from '../tiles.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
+import { type LinearOutput, linearEpilogue } from './linear-epilogue.ts';
 import {
+  MATVEC_GPU_GLU,
   type LinearOp,
   type LinearOptions,
   type LinearWeight,
@@ -73,18 +75,17 @@ interface Dispatch {
   xOffset?: number;
 }
 
-export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
+export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: LinearOutput, opts: LinearOptions = {}): LinearOp {
   checkQuantWeight(w, 'linear');
   const q = w.quant!;
-  const N = w.rows;
   const K = w.cols;
   const groups = groupsPerRow(q, K);
   const maxTokens = opts.maxTokens ?? 1;
   if (!(Number.isInteger(maxTokens) && maxTokens > 0)) throw new LinearError(`linear: bad maxTokens ${maxTokens}`);
   if (x.size < maxTokens * K * 4) throw new LinearError(`linear: x has ${x.size} bytes, needs ${maxTokens * K * 4} for ${maxTokens} x ${K} f32`);
-  if (y.size < maxTokens * N * 4) throw new LinearError(`linear: y has ${y.size} bytes, needs ${maxTokens * N * 4} for ${maxTokens} x ${N} f32`);
-  if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
   const gpu = ctx.variant === 'gpu';
+  const epilogue = linearEpilogue(w, y, opts, maxTokens, gpu);
+  const matvecGpu = w.glu !== undefined ? MATVEC_GPU_GLU : MATVEC_GPU;
   if (w.tiled && gpu) throw new LinearError('linear: tiled quantized weights are for the software variant');
 
   // The permuted copy of x is made uniform-capable so the software kernels can still read it as
@@ -119,23 +120,22 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
       subgroup: 'nothing more of the weight',
     },
   });
-  const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu, TILED: !!w.tiled };
+  const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, ...epilogue.defines, GPU: gpu, TILED: !!w.tiled };
 
   const build = (family: 'matvec_q' | 'matmul_q'): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
     const defines: Defines =
       family === 'matvec_q' ? { ...common, XU: xu, SGX: sgx, SUBGROUPS: sgx } : { ...common, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
-    const constants: Constants = { G: q.groupSize };
-    if (family === 'matvec_q') Object.assign(constants, gpu ? MATVEC_GPU : { WG: MATVEC_SOFTWARE_WG });
+    const constants: Constants = { G: q.groupSize, ...epilogue.constants };
+    if (family === 'matvec_q') Object.assign(constants, gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG });
     else if (!gpu) constants.WG = MATMUL_SOFTWARE_WG;
     const kernel = ctx.kernels.get(family, defines, constants);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
       const entries: GPUBindGroupEntry[] = [
         { binding: 1, resource: { buffer: c.buffer, size: quantStoredRows(w, c) * rowWords(q, K) * 4 } },
         { binding: 2, resource: xResource },
-        { binding: 3, resource: { buffer: y } },
         { binding: 5, resource: { buffer: c.scales!, size: quantStoredRows(w, c) * groups * 4 } },
+        ...epilogue.entries,
       ];
-      if (w.bias) entries.push({ binding: 4, resource: { buffer: w.bias } });
       const params = new ParamsBuffer(ctx.device, kernel);
       entries.push({ binding: 0, resource: { buffer: params.buffer } });
       const group = ctx.device.createBindGroup({ layout: kernel.pipeline.getBindGroupLayout(0), entries, label: kernel.key });
@@ -178,8 +178,8 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
         if (tokens !== 1) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens`);
         pass.setPipeline(matvec.kernel.pipeline);
         for (const d of matvec.parts) {
-          d.params.set({ K, rows: d.rows, colOffset: rowStart, groups });
-          const wgs = gpu ? Math.ceil(d.rows / MATVEC_GPU.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
+          d.params.set({ K, rows: d.rows, colOffset: rowStart, groups, ...epilogue.params });
+          const wgs = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
           pass.setBindGroup(0, d.group);
           pass.dispatchWorkgroups(...grid(wgs, maxDim));
           rowStart += d.rows;
@@ -192,14 +192,14 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
           const tokenBase = d.tokenBase!;
           if (tokenBase >= tokens) continue;
           const xBase = (tokenBase * K * 4 - d.xOffset!) / 16;
-          d.params.set({ K, rows: d.rows, colOffset: d.rowStart, N, tokens, groups, tokenBase, xBase });
+          d.params.set({ K, rows: d.rows, colOffset: d.rowStart, tokens, groups, tokenBase, xBase, ...epilogue.params });
           pass.setBindGroup(0, d.group);
           pass.dispatchWorkgroups(...grid(Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), maxDim));
         }
         return;
       }
       for (const d of matmul!.parts) {
-        d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, groups, tokenBase: 0, xBase: 0 });
+        d.params.set({ K, rows: d.rows, colOffset: rowStart, tokens, groups, tokenBase: 0, xBase: 0, ...epilogue.params });
         const [gx, gy] = gpu
           ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
           : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / (mmSgx ? MATMUL_SGX_TOKENS : MATMUL_SOFTWARE_TOKENS))];

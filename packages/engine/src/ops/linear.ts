@@ -1,12 +1,14 @@
 // Linear layer y[t, n] (+)= sum_k x[t, k] * W[n, k] (+ bias[n]) with W in f32/bf16/f16, split by
 // rows into chunks that each fit one storage binding. One token uses kernels/matvec.wgsl (decode),
-// several use kernels/matmul.wgsl (prefill); each dispatches once per chunk.
+// several use kernels/matmul.wgsl (prefill); each dispatches once per chunk. What happens to the
+// output columns (split to several outputs, gated, RMSNorm applied) is ops/linear-epilogue.ts.
 
 import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
 import { type Constants, type Defines, type Kernel, grid } from '../kernel.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 import type { QuantSpec } from '../quant.ts';
 import { checkQuantWeight, createQuantLinear } from './linear-quant.ts';
+import { type LinearOutput, linearEpilogue } from './linear-epilogue.ts';
 import { tiledRows } from '../tiles.ts';
 
 /** Rows [rowStart, rowStart + rows) of a weight, packed from the buffer's own element 0. */
@@ -38,6 +40,16 @@ export interface LinearWeight {
    * this order (GPTQ act-order), so x[perm[j]] meets column j.
    */
   quant?: QuantSpec & { perm?: GPUBuffer };
+  /**
+   * Rows stacked from several weights (src/fuse.ts), written to one output each: [q, k, v] widths
+   * of a fused attention input projection.
+   */
+  split?: [number, number, number];
+  /**
+   * Gate and up rows interleaved in blocks of this many rows (gate rows, then the same up rows;
+   * src/fuse.ts); the op writes silu(gate) * up, rows / 2 columns.
+   */
+  glu?: number;
 }
 
 export interface LinearOptions {
@@ -66,6 +78,11 @@ export interface LinearOptions {
    * matmulUniformX (matmul) is asked for.
    */
   subgroupX?: boolean;
+  /**
+   * GPU variant: x is the residual stream and the RMSNorm before this layer (weight [K], eps) is
+   * applied inside the kernel, saving the norm's own dispatch and pass over memory.
+   */
+  norm?: { weight: GPUBuffer; eps: number };
 }
 
 export interface LinearOp {
@@ -81,6 +98,8 @@ export class LinearError extends Error {
 export const UNIFORM_X_BYTES = 65536;
 const MATVEC_SOFTWARE_WG = 64;
 const MATVEC_GPU = { TPR: 32, RPW: 8 };
+/** A gated GPU matvec's workgroup holds a whole block of gate rows and their up rows. */
+export const MATVEC_GPU_GLU = { TPR: 8, RPW: 32 };
 const MATMUL_SOFTWARE_WG = 64;
 const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul.wgsl's software shape
 const MATMUL_SGX_TOKENS = 16; // tokens per thread in its subgroup-x shape
@@ -178,21 +197,21 @@ export function chooseXPaths(opts: LinearOptions, can: XPathsPossible): { xu: bo
   return { sgx, xu: !sgx && (opts.uniformX ?? can.uniform), mmSgx, mmXu: !mmSgx && (opts.matmulUniformX ?? can.matmulUniform) };
 }
 
-export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: GPUBuffer, opts: LinearOptions = {}): LinearOp {
+/** y: one [maxTokens, N] f32 buffer, or for a split weight one per part ([maxTokens, width]). */
+export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: LinearOutput, opts: LinearOptions = {}): LinearOp {
   if (w.quant) return createQuantLinear(ctx, w, x, y, opts);
   checkWeight(w, 'linear');
-  const N = w.rows;
   const K = w.cols;
   const maxTokens = opts.maxTokens ?? 1;
   if (!(Number.isInteger(maxTokens) && maxTokens > 0)) throw new LinearError(`linear: bad maxTokens ${maxTokens}`);
   if (x.size < maxTokens * K * 4) throw new LinearError(`linear: x has ${x.size} bytes, needs ${maxTokens * K * 4} for ${maxTokens} x ${K} f32`);
-  if (y.size < maxTokens * N * 4) throw new LinearError(`linear: y has ${y.size} bytes, needs ${maxTokens * N * 4} for ${maxTokens} x ${N} f32`);
-  if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
   const gpu = ctx.variant === 'gpu';
+  const epilogue = linearEpilogue(w, y, opts, maxTokens, gpu);
   const vec8 = K % 8 === 0; // matvec's loads: 8 weights
   const vec4 = K % 4 === 0; // software matmul's loads: 4 weights
   if (w.tiled && gpu) throw new LinearError('linear: tiled weights are for the software variant');
-  const common: Defines = { ...weightDefines(w.dtype), BIAS: !!w.bias, ACC: !!opts.accumulate, GPU: gpu, TILED: !!w.tiled };
+  const common: Defines = { ...weightDefines(w.dtype), ...epilogue.defines, GPU: gpu, TILED: !!w.tiled };
+  const matvecGpu = w.glu !== undefined ? MATVEC_GPU_GLU : MATVEC_GPU;
 
   const { xu, sgx, mmXu, mmSgx } = chooseXPaths(opts, {
     uniform: !gpu && vec8 && K * 4 <= UNIFORM_X_BYTES && uniformCapable(x),
@@ -210,18 +229,17 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
       family === 'matvec'
         ? { ...common, VEC: vec8, XU: xu, SGX: sgx, SUBGROUPS: sgx }
         : { ...common, VEC: vec4 && !gpu && !mmSgx, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
-    const constants: Constants =
-      family === 'matvec'
-        ? gpu ? { ...MATVEC_GPU } : { WG: MATVEC_SOFTWARE_WG }
-        : gpu ? {} : { WG: MATMUL_SOFTWARE_WG };
+    const constants: Constants = {
+      ...epilogue.constants,
+      ...(family === 'matvec' ? (gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG }) : gpu ? {} : { WG: MATMUL_SOFTWARE_WG }),
+    };
     const kernel = ctx.kernels.get(family, defines, constants);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
       const entries: GPUBindGroupEntry[] = [
         { binding: 1, resource: { buffer: c.buffer, size: storedBytes(w, c) } },
         { binding: 2, resource: xResource },
-        { binding: 3, resource: { buffer: y } },
+        ...epilogue.entries,
       ];
-      if (w.bias) entries.push({ binding: 4, resource: { buffer: w.bias } });
       const params = new ParamsBuffer(ctx.device, kernel);
       entries.push({ binding: 0, resource: { buffer: params.buffer } });
       const group = ctx.device.createBindGroup({ layout: kernel.pipeline.getBindGroupLayout(0), entries, label: kernel.key });
@@ -254,8 +272,8 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
       if (matvec && (tokens === 1 || !matmul)) {
         if (tokens !== 1) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens`);
         for (const d of matvec) {
-          d.params.set({ K, rows: d.rows, colOffset: rowStart });
-          const groups = gpu ? Math.ceil(d.rows / MATVEC_GPU.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
+          d.params.set({ K, rows: d.rows, colOffset: rowStart, ...epilogue.params });
+          const groups = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
           pass.setPipeline(d.kernel.pipeline);
           pass.setBindGroup(0, d.group);
           pass.dispatchWorkgroups(...grid(groups, maxDim));
@@ -268,7 +286,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
           const tokenBase = d.tokenBase!;
           if (tokenBase >= tokens) continue;
           const xBase = (tokenBase * K * 4 - d.xOffset!) / 16;
-          d.params.set({ K, rows: d.rows, colOffset: d.rowStart, N, tokens, tokenBase, xBase });
+          d.params.set({ K, rows: d.rows, colOffset: d.rowStart, tokens, tokenBase, xBase, ...epilogue.params });
           pass.setPipeline(d.kernel.pipeline);
           pass.setBindGroup(0, d.group);
           pass.dispatchWorkgroups(...grid(Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), maxDim));
@@ -276,7 +294,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: G
         return;
       }
       for (const d of matmul!) {
-        d.params.set({ K, rows: d.rows, colOffset: rowStart, N, tokens, tokenBase: 0, xBase: 0 });
+        d.params.set({ K, rows: d.rows, colOffset: rowStart, tokens, tokenBase: 0, xBase: 0, ...epilogue.params });
         const [gx, gy] = gpu
           ? [Math.ceil(d.rows / MATMUL_GPU_TILE), Math.ceil(tokens / MATMUL_GPU_TILE)]
           : [Math.ceil(d.rows / 4 / MATMUL_SOFTWARE_WG), Math.ceil(tokens / (mmSgx ? MATMUL_SGX_TOKENS : MATMUL_SOFTWARE_TOKENS))];
