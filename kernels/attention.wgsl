@@ -14,6 +14,8 @@
 //   KV_WRITE  copies T new k/v rows into the cache at startPos.
 //   SPLIT_SW  one thread per work item (CPU-backed adapters: no barriers), reading the
 //             caches as vec4 (headDim is a multiple of 4, checked on the host).
+//   SPLIT_SG  CPU-backed adapters with subgroups of exactly 8, headDim % 8 == 0: one subgroup
+//             per 8 query rows of one kv head, sharing each cache row through broadcasts.
 //   SPLIT_GPU one workgroup per work item: a score per thread, shared-memory reductions,
 //             and each thread accumulating a few output dims over the chunk's v rows.
 //   COMBINE   one thread per output element.
@@ -124,10 +126,10 @@ override WG: u32 = 64u;
 @group(0) @binding(6) var<storage, read> sinks: array<f32>;
 #endif
 
-// The softmax's starting max and sum for work item i.
-fn startML(i: u32, row: u32) -> vec2<f32> {
+// The softmax's starting max and sum for split s of query row `row`.
+fn startML(s: u32, row: u32) -> vec2<f32> {
 #if SINKS
-  if (i % p.splits == 0u) { return vec2<f32>(sinks[row % p.nHeads], 1.0); }
+  if (s == 0u) { return vec2<f32>(sinks[row % p.nHeads], 1.0); }
 #endif
   return vec2<f32>(NEG_BIG, 0.0);
 }
@@ -171,7 +173,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     qv[d] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * p.scale;
     acc[d] = vec4(0.0);
   }
-  let ml = startML(i, it.row);
+  let ml = startML(i % p.splits, it.row);
   var m = ml.x;
   var l = ml.y;
   let cacheBase4 = it.cacheBase / 4u;
@@ -201,6 +203,103 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 #endif
 
+#if SPLIT_SG
+// One subgroup of exactly 8 lanes (one workgroup) per work item, on CPU-backed adapters: the 8
+// lanes are 8 query rows that read the same kv head, consecutive rows of that head's query rows
+// in token-major order (row r: token r / G, head kvh * G + r % G, G = nHeads / nKvHeads). They
+// walk the union of their key ranges together; each lane loads PL = headDim / 8 values of a
+// cache row and subgroup broadcasts hand them to all eight, so a cache row is loaded once per 8
+// query rows. (On lavapipe every load in a loop is a per-lane gather: the per-row kernel loads
+// each cache row once per query row.) Work item i = group * splits + s, groups ordered by kv
+// head. Loops run to override constants so qv and acc stay in registers (constant indices).
+const MAX_PL: u32 = MAX_D / 8u;
+override PL: u32 = 8u; // headDim / 8
+
+@group(0) @binding(2) var<storage, read> kCache: array<f32>;
+@group(0) @binding(3) var<storage, read> vCache: array<f32>;
+
+// The first position a query at `pos` attends to.
+fn firstKey(pos: u32) -> u32 {
+  if (p.window > 0u && pos + 1u > p.window) { return pos + 1u - p.window; }
+  return 0u;
+}
+
+@compute @workgroup_size(8)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let i = wg.x + wg.y * nwg.x;
+  let G = p.nHeads / p.nKvHeads;
+  let rows = p.tokens * G; // query rows per kv head
+  let groups = (rows + 7u) / 8u;
+  let s = i % p.splits;
+  let grp = (i / p.splits) % groups;
+  let kvh = i / p.splits / groups;
+  if (kvh >= p.nKvHeads) { return; }
+  // Rows are token-major, so the group's first row has its earliest position and its last row the latest.
+  let first = grp * 8u;
+  let last = min(first + 7u, rows - 1u);
+  let jBegin = max(firstKey(p.startPos + first / G), s * p.splitLen);
+  let jEnd = min(p.startPos + last / G + 1u, (s + 1u) * p.splitLen);
+  let live = first + lane < rows;
+  let r = min(first + lane, last);
+  let t = r / G;
+  let row = t * p.nHeads + kvh * G + r % G;
+  let pos = p.startPos + t;
+  let begin = max(firstKey(pos), s * p.splitLen);
+  let end = min(pos + 1u, (s + 1u) * p.splitLen);
+  let D = 8u * PL;
+  var qv: array<f32, MAX_D>;
+  var acc: array<f32, MAX_D>;
+  for (var d = 0u; d < D; d++) {
+    qv[d] = q[row * D + d] * p.scale;
+    acc[d] = 0.0;
+  }
+  let ml = startML(s, row);
+  var m = ml.x;
+  var l = ml.y;
+  var kv: array<f32, MAX_PL>;
+  let cacheBase = kvh * p.maxContext * D + lane * PL;
+  for (var j = jBegin; j < jEnd; j++) {
+    let base = cacheBase + j * D;
+    for (var e = 0u; e < PL; e++) { kv[e] = kCache[base + e]; }
+    var sc = 0.0;
+    for (var e = 0u; e < PL; e++) {
+      let v = kv[e];
+      sc += qv[e] * subgroupBroadcast(v, 0u) + qv[PL + e] * subgroupBroadcast(v, 1u)
+          + qv[2u * PL + e] * subgroupBroadcast(v, 2u) + qv[3u * PL + e] * subgroupBroadcast(v, 3u)
+          + qv[4u * PL + e] * subgroupBroadcast(v, 4u) + qv[5u * PL + e] * subgroupBroadcast(v, 5u)
+          + qv[6u * PL + e] * subgroupBroadcast(v, 6u) + qv[7u * PL + e] * subgroupBroadcast(v, 7u);
+    }
+    let valid = live && j >= begin && j < end;
+    let mNew = select(m, max(m, sc), valid);
+    let corr = exp(m - mNew);
+    let w = select(0.0, exp(sc - mNew), valid);
+    l = l * corr + w;
+    m = mNew;
+    for (var e = 0u; e < PL; e++) { kv[e] = vCache[base + e]; }
+    for (var e = 0u; e < PL; e++) {
+      let v = kv[e];
+      acc[e] = acc[e] * corr + w * subgroupBroadcast(v, 0u);
+      acc[PL + e] = acc[PL + e] * corr + w * subgroupBroadcast(v, 1u);
+      acc[2u * PL + e] = acc[2u * PL + e] * corr + w * subgroupBroadcast(v, 2u);
+      acc[3u * PL + e] = acc[3u * PL + e] * corr + w * subgroupBroadcast(v, 3u);
+      acc[4u * PL + e] = acc[4u * PL + e] * corr + w * subgroupBroadcast(v, 4u);
+      acc[5u * PL + e] = acc[5u * PL + e] * corr + w * subgroupBroadcast(v, 5u);
+      acc[6u * PL + e] = acc[6u * PL + e] * corr + w * subgroupBroadcast(v, 6u);
+      acc[7u * PL + e] = acc[7u * PL + e] * corr + w * subgroupBroadcast(v, 7u);
+    }
+  }
+  if (!live) { return; }
+  if (p.direct == 1u) {
+    for (var d = 0u; d < D; d++) { out[row * D + d] = acc[d] / l; }
+  } else {
+    let item = row * p.splits + s;
+    part[2u * item] = m;
+    part[2u * item + 1u] = l;
+    for (var d = 0u; d < D; d++) { part[p.accOffset + item * D + d] = acc[d]; }
+  }
+}
+#endif
+
 #if SPLIT_GPU
 // Each thread owns output dims lid, lid + WG, ... (at most ACC of them: headDim <= ACC * WG).
 const ACC: u32 = 4u;
@@ -220,7 +319,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let D = p.headDim;
   for (var d = lid; d < D; d += WG) { qs[d] = q[it.row * D + d] * p.scale; }
   workgroupBarrier();
-  let ml = startML(i, it.row);
+  let ml = startML(i % p.splits, it.row);
   var m = ml.x;
   var l = ml.y;
   var acc: array<f32, ACC>;

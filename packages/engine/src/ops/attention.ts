@@ -25,6 +25,8 @@ export interface AttentionOptions {
   slidingWindow?: number;
   /** [nHeads] f32 logits that join each softmax's denominator and weigh no value (GPT-OSS sinks). */
   sinks?: GPUBuffer;
+  /** Software variant: a thread per query row even where subgroups could group them (tests). */
+  perRow?: boolean;
 }
 
 export interface AttentionOp {
@@ -101,9 +103,15 @@ export function createAttention(
   const writeParams = new ParamsBuffer(dev, write);
   const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache]);
   const software = ctx.variant === 'software';
-  const attn = software
-    ? ctx.kernels.get('attention', { SPLIT_SW: true, SINKS: !!opts.sinks }, { WG, HD4: headDim / 4 })
-    : ctx.kernels.get('attention', { SPLIT_GPU: true, SINKS: !!opts.sinks }, { WG });
+  // Groups of 8 query rows sharing each cache row through subgroup broadcasts, where the adapter
+  // has subgroups of exactly 8 (lavapipe); else a thread per query row.
+  const grouped = software && ctx.subgroups && ctx.subgroupSize === 8 && headDim % 8 === 0 && !opts.perRow;
+  const attn = grouped
+    ? ctx.kernels.get('attention', { SPLIT_SG: true, SUBGROUPS: true, SINKS: !!opts.sinks }, { PL: headDim / 8 })
+    : software
+      ? ctx.kernels.get('attention', { SPLIT_SW: true, SINKS: !!opts.sinks }, { WG, HD4: headDim / 4 })
+      : ctx.kernels.get('attention', { SPLIT_GPU: true, SINKS: !!opts.sinks }, { WG });
+  const groupsPerKvHead = (tokens: number) => Math.ceil((tokens * (nHeads / nKvHeads)) / 8);
   const attnParams = new ParamsBuffer(dev, attn);
   if (opts.sinks && opts.sinks.size < nHeads * 4) throw new AttentionError(`sinks hold fewer than ${nHeads} f32`);
   const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, ...(opts.sinks ? [opts.sinks] : [])]);
@@ -129,7 +137,8 @@ export function createAttention(
       const direct = splits === 1 ? 1 : 0;
       attnParams.set({ tokens, nHeads, nKvHeads, headDim, maxContext, startPos, window, splits, splitLen, scale, direct, accOffset });
       const items = rows * splits;
-      dispatch(pass, attn, attnGroup, ...grid(software ? Math.ceil(items / WG) : items, maxDim));
+      const workgroups = grouped ? nKvHeads * groupsPerKvHead(tokens) * splits : software ? Math.ceil(items / WG) : items;
+      dispatch(pass, attn, attnGroup, ...grid(workgroups, maxDim));
       if (!direct) {
         combineParams.set({ rows, headDim, splits, accOffset });
         dispatch(pass, combine, combineGroup, ...grid(Math.ceil((rows * headDim) / WG), maxDim));
