@@ -188,13 +188,7 @@ fn m4(v: vec4<f32>, k: u32) -> vec4<f32> {
 #include linear_store
 
 #if GPU
-override TPR: u32 = 32u; // threads per row, a power of two
-override RPW: u32 = 8u;  // rows per workgroup (GLU: a multiple of 2 GB, so gate and up rows meet)
-
-var<workgroup> red: array<f32, TPR * RPW>;
-#if NORM
-var<workgroup> red2: array<f32, TPR * RPW>; // sums of x^2
-#endif
+#include matvec_rows
 
 // Lanes of a row take whole groups in turn, so each reads its group's scale once.
 @compute @workgroup_size(TPR * RPW)
@@ -222,37 +216,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     acc += deq(d, s, sc[rr * p.groups + g]);
   }
-  red[lid] = acc;
-#if NORM
-  red2[lid] = ss;
-#endif
-  workgroupBarrier();
-  for (var h = TPR / 2u; h > 0u; h >>= 1u) {
-    if (lane < h) {
-      red[lid] += red[lid + h];
-#if NORM
-      red2[lid] += red2[lid + h];
-#endif
-    }
-    workgroupBarrier();
-  }
-  // Row i of the workgroup's sum is red[i * TPR].
-  let row0 = (wg.x + wg.y * nwg.x) * RPW;
-#if NORM
-  let scale = inverseSqrt(red2[0] / f32(p.K) + p.eps);
-#else
-  let scale = 1.0;
-#endif
-#if GLU
-  // Thread i < RPW / 2 writes the i-th gate row of the workgroup's blocks with its up row.
-  let i = lid;
-  let gi = (i / GB) * 2u * GB + i % GB;
-  if (i < RPW / 2u && row0 + gi < p.rows) {
-    storeGlu(0u, p.colOffset + row0 + gi, red[gi * TPR] * scale, red[(gi + GB) * TPR] * scale);
-  }
-#else
-  if (lane == 0u && r < p.rows) { storeCol(0u, p.colOffset + r, red[lid] * scale); }
-#endif
+  finishRows(lid, (wg.x + wg.y * nwg.x) * RPW, acc, ss);
 }
 #else
 override WG: u32 = 64u;
