@@ -21,6 +21,8 @@
 //   truncated-layer copy: acceptance rate and mean accepted tokens per step.
 // Naming --moe or --speculative alone runs only those; --dense, --dtype, --quantize, --compare
 // or --profile add the dense table back; --all runs everything (with --compare).
+// Each engine is warmed up with the timed shapes, prefill is timed 3 times (the median is shown),
+// then decode once over --decode steps.
 // Every row carries the 1-minute load average, and tokens per CPU-second x 2 (what 2
 // otherwise idle cores would give if the work scales with CPU time). --json prints the report
 // (all rows); it is also written to .cache/bench/last.json.

@@ -58,6 +58,16 @@ export function benchPrompt(n: number, vocab: number, salt = 0): number[] {
   return Array.from({ length: n }, (_, i) => (i * 7919 + 13 + salt * 104729) % vocab);
 }
 
+/** Timed prefills per row, of which the median is reported: one run of a few seconds is at the mercy of this VM's drift. */
+export const PREFILL_RUNS = 3;
+
+/** Runs a timed `f` `runs` times and returns the run with the median wall time. */
+export async function medianRun<T>(runs: number, f: () => Promise<{ value: T; wallS: number; cpuS: number }>): Promise<{ value: T; wallS: number; cpuS: number }> {
+  const all = [];
+  for (let i = 0; i < runs; i++) all.push(await f());
+  return all.sort((a, b) => a.wallS - b.wallS)[Math.floor(runs / 2)]!;
+}
+
 /** CPU seconds (all threads of this process) and wall seconds of `f`. */
 export async function timed<T>(f: () => Promise<T>): Promise<{ value: T; wallS: number; cpuS: number }> {
   const c0 = process.cpuUsage();
@@ -91,16 +101,19 @@ export async function runEngine(dir: string, format: BenchFormat, o: EngineRunOp
     const loadSeconds = (performance.now() - t0) / 1000;
     const prompt = benchPrompt(o.promptTokens, model.info.vocabSize);
     const session = model.createSession();
-    // Warm-up: compiles every pipeline both paths use.
-    session.forward(prompt.slice(0, 8));
+    // Warm-up with the timed shapes (as the llama.cpp rows do): compiles every pipeline both
+    // paths use and touches every buffer.
+    session.forward(prompt);
     await session.argmax();
     session.forward([1]);
     await session.argmax();
-    session.truncate(0);
 
-    const pre = await timed(async () => {
-      session.forward(prompt);
-      return session.argmax();
+    const pre = await medianRun(PREFILL_RUNS, async () => {
+      session.truncate(0);
+      return timed(async () => {
+        session.forward(prompt);
+        return session.argmax();
+      });
     });
     let tok = pre.value;
     const dec = await timed(async () => {

@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
-import { BENCH_CACHE, folderName } from './engine-run.ts';
+import { BENCH_CACHE, folderName, medianRun, PREFILL_RUNS } from './engine-run.ts';
 import { writeQwen2Gguf, type GgufFormat, type GgufSummary } from './gguf.ts';
 import type { BenchRow } from './rows.ts';
 
@@ -105,15 +105,18 @@ export async function runLlamaCpp(
     for await (const _ of seq.evaluate(ids.slice(-1), { temperature: 0 })) {
       if (++warm >= 2) break;
     }
-    await seq.clearHistory();
-    let c0 = process.cpuUsage();
-    let t0 = performance.now();
-    await seq.evaluateWithoutGeneratingNewTokens(ids);
-    const prefillS = (performance.now() - t0) / 1000;
-    const prefillCpuS = cpuSeconds(c0);
+    const pre = await medianRun(PREFILL_RUNS, async () => {
+      await seq.clearHistory();
+      const c = process.cpuUsage();
+      const t = performance.now();
+      await seq.evaluateWithoutGeneratingNewTokens(ids);
+      return { value: undefined, wallS: (performance.now() - t) / 1000, cpuS: cpuSeconds(c) };
+    });
+    const prefillS = pre.wallS;
+    const prefillCpuS = pre.cpuS;
     let n = 0;
-    c0 = process.cpuUsage();
-    t0 = performance.now();
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
     for await (const _ of seq.evaluate(ids.slice(-1), { temperature: 0 })) {
       if (++n >= decode) break;
     }
