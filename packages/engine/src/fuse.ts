@@ -99,7 +99,8 @@ export function stackWeights(
   const rows = parts.reduce((n, w) => n + w.rows, 0);
   const kinds = planes(a);
   const tiled = !!a.tiled;
-  const shape = { dtype: a.dtype, cols: a.cols, tiled, ...(a.quant ? { quant: { format: a.quant.format, groupSize: a.quant.groupSize } } : {}) } as LinearWeight;
+  const quant = a.quant ? { format: a.quant.format, groupSize: a.quant.groupSize } : undefined;
+  const shape = { dtype: a.dtype, cols: a.cols, tiled, ...(quant ? { quant } : {}) };
 
   // Chunks hold whole tiles and whole gate/up blocks; the packed-weights plane is the largest.
   const limit = opts.maxBindingBytes ?? Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
@@ -108,16 +109,22 @@ export function stackWeights(
   const perChunk = Math.floor(Math.floor(limit / rowBytes) / multiple) * multiple;
   if (perChunk < 1) throw new Error(`cannot stack these weights: ${multiple} rows of ${rowBytes} bytes exceed the binding limit of ${limit} bytes`);
   const chunks: WeightChunk[] = [];
+  const buffer = (bytes: number, what: string) => device.createBuffer({ size: Math.max(16, bytes), usage: storageUsage(), label: `${label} ${what}` });
   for (let r = 0; r < rows; r += perChunk) {
-    const n = Math.min(perChunk, rows - r);
-    const c: WeightChunk = { buffer: undefined as unknown as GPUBuffer, rowStart: r, rows: n };
-    const stored = shape.quant ? quantStoredRows(shape, c) : 0;
-    const size = shape.quant ? stored * rowWords(shape.quant, a.cols) * 4 : storedBytes(shape, c);
-    c.buffer = device.createBuffer({ size: Math.max(16, size), usage: storageUsage(), label: `${label} [rows ${r}..${r + n})` });
-    if (shape.quant) c.scales = device.createBuffer({ size: Math.max(16, stored * groupsPerRow(shape.quant, a.cols) * 4), usage: storageUsage(), label: `${label} scales` });
-    chunks.push(c);
+    const span = { rowStart: r, rows: Math.min(perChunk, rows - r) };
+    const what = `[rows ${r}..${r + span.rows})`;
+    if (quant) {
+      const stored = quantStoredRows(shape, span);
+      chunks.push({
+        ...span,
+        buffer: buffer(stored * rowWords(quant, a.cols) * 4, what),
+        scales: buffer(stored * groupsPerRow(quant, a.cols) * 4, `scales ${what}`),
+      });
+    } else {
+      chunks.push({ ...span, buffer: buffer(storedBytes(shape, span), what) });
+    }
   }
-  const bias = a.bias ? device.createBuffer({ size: rows * 4, usage: storageUsage(), label: `${label} bias` }) : undefined;
+  const bias = a.bias ? buffer(rows * 4, 'bias') : undefined;
 
   const kernel = (wide: boolean, tiledCopy: boolean) => kernels.get('stack_rows', { WIDE: wide, TILED: tiledCopy }, { WG });
   const uniforms: GPUBuffer[] = [];

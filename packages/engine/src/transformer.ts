@@ -120,13 +120,12 @@ export class Decoder {
     // Every MoE layer's scratch activations are the same buffers: layers run one after another.
     const moeScratch = c.moe ? createMoeScratch(ctx.device, moeOptions(c, T)) : undefined;
     if (moeScratch) this.owners.push(moeScratch);
-    // The input of a layer's projections `ws` after the RMSNorm `gamma` of `from`: the norm runs
-    // inside them where it folds (GPU variant), else as its own op into `normed`.
-    const normedInput = (from: GPUBuffer, gamma: GPUBuffer, ws: LinearWeight[]): { x: GPUBuffer; opts: LinearOptions } => {
+    // The input of projections `ws` after the RMSNorm `gamma` of `from`: the norm runs inside
+    // them where it folds (GPU variant), else as its own op on `ops` into `into`.
+    const normedInput = (ops: Encodable[], from: GPUBuffer, gamma: GPUBuffer, into: GPUBuffer, ws: LinearWeight[]): { x: GPUBuffer; opts: LinearOptions } => {
       const folds = ctx.variant === 'gpu' && ws.every((lw) => lw.cols % 8 === 0 && !lw.quant?.perm);
       if (folds) return { x: from, opts: { norm: { weight: gamma, eps: c.rms_norm_eps } } };
-      const into = from === this.lastHidden ? this.finalNormed : normed;
-      (from === this.lastHidden ? this.head : this.body).push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
+      ops.push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
       return { x: into, opts: {} };
     };
     const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], opts: LinearOptions) =>
@@ -135,7 +134,7 @@ export class Decoder {
     w.layers.forEach((L, i) => {
       const a = L.attnIn;
       const attnWeights = 'qkv' in a ? [a.qkv] : [a.q, a.k, a.v];
-      const inA = normedInput(this.hidden, L.inputNorm, attnWeights);
+      const inA = normedInput(this.body, this.hidden, L.inputNorm, normed, attnWeights);
       if ('qkv' in a) {
         this.body.push(linearOp(a.qkv, inA.x, [qRaw, kRaw, v], inA.opts));
       } else {
@@ -157,7 +156,7 @@ export class Decoder {
         return;
       }
       const m = L.mlpIn!;
-      const inM = normedInput(this.hidden, L.postNorm, 'gateUp' in m ? [m.gateUp] : [m.gate, m.up]);
+      const inM = normedInput(this.body, this.hidden, L.postNorm, normed, 'gateUp' in m ? [m.gateUp] : [m.gate, m.up]);
       if ('gateUp' in m) {
         this.body.push(linearOp(m.gateUp, inM.x, act, inM.opts));
       } else {
@@ -166,7 +165,7 @@ export class Decoder {
       }
       this.body.push(linearOp(L.down!, act, this.hidden, { accumulate: true }));
     });
-    const inH = normedInput(this.lastHidden, w.norm, [w.lmHead]);
+    const inH = normedInput(this.head, this.lastHidden, w.norm, this.finalNormed, [w.lmHead]);
     this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts })));
   }
 

@@ -35,7 +35,7 @@ const MATMUL_GPU_TILE = 64;
 const GATHER_WG = 64;
 
 /** Rows a chunk's words and scales hold: its own, padded to whole tiles when the weight is tiled. */
-export function quantStoredRows(w: LinearWeight, c: WeightChunk): number {
+export function quantStoredRows(w: Pick<LinearWeight, 'tiled'>, c: Pick<WeightChunk, 'rows'>): number {
   return w.tiled ? tiledRows(c.rows) : c.rows;
 }
 

@@ -128,7 +128,7 @@ export function checkWeight(w: LinearWeight, what = 'weight'): void {
 }
 
 /** Bytes a dense weight's chunk occupies: its rows (padded to whole tiles when tiled). */
-export function storedBytes(w: LinearWeight, c: WeightChunk): number {
+export function storedBytes(w: Pick<LinearWeight, 'dtype' | 'cols' | 'tiled'>, c: Pick<WeightChunk, 'rows'>): number {
   return chunkBytes(w.dtype, (w.tiled ? tiledRows(c.rows) : c.rows) * w.cols);
 }
 
