@@ -15,6 +15,7 @@ import type { OpContext } from './ops/context.ts';
 import { createAttention, type AttentionOp } from './ops/attention.ts';
 import { createEmbedding } from './ops/embedding.ts';
 import { createLinear, type LinearOptions, type LinearWeight } from './ops/linear.ts';
+import { normFolds } from './ops/linear-epilogue.ts';
 import { createRmsNorm } from './ops/norm.ts';
 import { createRope } from './ops/rope.ts';
 import { createSiluMul } from './ops/elementwise.ts';
@@ -123,8 +124,7 @@ export class Decoder {
     // The input of projections `ws` after the RMSNorm `gamma` of `from`: the norm runs inside
     // them where it folds (GPU variant), else as its own op on `ops` into `into`.
     const normedInput = (ops: Encodable[], from: GPUBuffer, gamma: GPUBuffer, into: GPUBuffer, ws: LinearWeight[]): { x: GPUBuffer; opts: LinearOptions } => {
-      const folds = ctx.variant === 'gpu' && ws.every((lw) => lw.cols % 8 === 0 && !lw.quant?.perm);
-      if (folds) return { x: from, opts: { norm: { weight: gamma, eps: c.rms_norm_eps } } };
+      if (ws.every((lw) => normFolds(ctx.variant === 'gpu', lw))) return { x: from, opts: { norm: { weight: gamma, eps: c.rms_norm_eps } } };
       ops.push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
       return { x: into, opts: {} };
     };

@@ -10,6 +10,15 @@ import { LinearError } from './linear.ts';
 /** Rows per gate (then up) block of a fused gate/up weight, by kernel variant (src/fuse.ts). */
 export const GLU_BLOCK = { software: 2, gpu: 16 } as const;
 
+/** The GPU matvec's shape (kernels/matvec_rows.wgsl); a gated one's workgroup holds a whole block of gate rows and their up rows. */
+const MATVEC_GPU = { TPR: 32, RPW: 8 };
+const MATVEC_GPU_GLU = { TPR: 8, RPW: 32 };
+
+/** Whether the RMSNorm before `w` can run inside its op (LinearOptions.norm): the GPU kernels, K % 8 == 0, no act-order permutation. */
+export function normFolds(gpu: boolean, w: LinearWeight): boolean {
+  return gpu && w.cols % 8 === 0 && !w.quant?.perm;
+}
+
 export interface Epilogue {
   defines: Defines;
   constants: Constants;
@@ -17,6 +26,8 @@ export interface Epilogue {
   params: { N: number; n0: number; n1: number; eps: number };
   /** Bind group entries for y, the other outputs, bias and gamma. */
   entries: GPUBindGroupEntry[];
+  /** The GPU matvec's threads per row and rows per workgroup. */
+  matvecGpu: { TPR: number; RPW: number };
 }
 
 /** The outputs of `w` for up to maxTokens tokens: one buffer, or one per part of a stacked weight. */
@@ -51,9 +62,15 @@ export function linearEpilogue(w: LinearWeight, y: LinearOutput, opts: LinearOpt
     if (bad) throw new LinearError(`linear: a glu weight's chunk starts at row ${bad.rowStart}, inside a block of ${2 * glu} rows`);
   }
   if (norm) {
-    if (!gpu) throw new LinearError('linear: norm is for the gpu variant (the software kernels keep the RMSNorm as its own op)');
-    if (K % 8 !== 0) throw new LinearError(`linear: norm needs K % 8 == 0, got ${K}`);
-    if (w.quant?.perm) throw new LinearError('linear: norm cannot combine with a column-permuted (act-order) weight');
+    if (!normFolds(gpu, w)) {
+      throw new LinearError(
+        !gpu
+          ? 'linear: norm is for the gpu variant (the software kernels keep the RMSNorm as its own op)'
+          : w.quant?.perm
+            ? 'linear: norm cannot combine with a column-permuted (act-order) weight'
+            : `linear: norm needs K % 8 == 0, got ${K}`,
+      );
+    }
     if (norm.weight.size < K * 4) throw new LinearError(`linear: the norm weight has ${norm.weight.size} bytes, needs ${K * 4}`);
   }
   if (w.bias && w.bias.size < N * 4) throw new LinearError(`linear: bias has ${w.bias.size} bytes, needs ${N * 4}`);
@@ -67,5 +84,6 @@ export function linearEpilogue(w: LinearWeight, y: LinearOutput, opts: LinearOpt
     constants: glu !== undefined ? { GB: glu } : {},
     params: { N, n0: split?.[0] ?? 0, n1: split?.[1] ?? 0, eps: norm?.eps ?? 0 },
     entries,
+    matvecGpu: glu !== undefined ? MATVEC_GPU_GLU : MATVEC_GPU,
   };
 }

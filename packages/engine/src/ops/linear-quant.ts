@@ -12,7 +12,6 @@ import { tiledRows } from '../tiles.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 import { type LinearOutput, linearEpilogue } from './linear-epilogue.ts';
 import {
-  MATVEC_GPU_GLU,
   type LinearOp,
   type LinearOptions,
   type LinearWeight,
@@ -27,7 +26,6 @@ import {
 } from './linear.ts';
 
 const MATVEC_SOFTWARE_WG = 64;
-const MATVEC_GPU = { TPR: 32, RPW: 8 };
 const MATMUL_SOFTWARE_WG = 64;
 const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul_q.wgsl's storage shape
 const MATMUL_SGX_TOKENS = 16; // tokens per thread in its subgroup-x shape
@@ -85,7 +83,7 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   if (x.size < maxTokens * K * 4) throw new LinearError(`linear: x has ${x.size} bytes, needs ${maxTokens * K * 4} for ${maxTokens} x ${K} f32`);
   const gpu = ctx.variant === 'gpu';
   const epilogue = linearEpilogue(w, y, opts, maxTokens, gpu);
-  const matvecGpu = w.glu !== undefined ? MATVEC_GPU_GLU : MATVEC_GPU;
+  const matvecGpu = epilogue.matvecGpu;
   if (w.tiled && gpu) throw new LinearError('linear: tiled quantized weights are for the software variant');
 
   // The permuted copy of x is made uniform-capable so the software kernels can still read it as

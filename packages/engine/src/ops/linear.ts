@@ -97,9 +97,6 @@ export class LinearError extends Error {
 
 export const UNIFORM_X_BYTES = 65536;
 const MATVEC_SOFTWARE_WG = 64;
-const MATVEC_GPU = { TPR: 32, RPW: 8 };
-/** A gated GPU matvec's workgroup holds a whole block of gate rows and their up rows. */
-export const MATVEC_GPU_GLU = { TPR: 8, RPW: 32 };
 const MATMUL_SOFTWARE_WG = 64;
 const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul.wgsl's software shape
 const MATMUL_SGX_TOKENS = 16; // tokens per thread in its subgroup-x shape
@@ -211,7 +208,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
   const vec4 = K % 4 === 0; // software matmul's loads: 4 weights
   if (w.tiled && gpu) throw new LinearError('linear: tiled weights are for the software variant');
   const common: Defines = { ...weightDefines(w.dtype), ...epilogue.defines, GPU: gpu, TILED: !!w.tiled };
-  const matvecGpu = w.glu !== undefined ? MATVEC_GPU_GLU : MATVEC_GPU;
+  const matvecGpu = epilogue.matvecGpu;
 
   const { xu, sgx, mmXu, mmSgx } = chooseXPaths(opts, {
     uniform: !gpu && vec8 && K * 4 <= UNIFORM_X_BYTES && uniformCapable(x),
