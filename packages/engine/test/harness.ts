@@ -67,3 +67,15 @@ export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, tol
   if (tol.maxAbs !== undefined) expect(d.maxAbs, `${what}: max abs error`).toBeLessThanOrEqual(tol.maxAbs);
   return d;
 }
+
+/** RMSNorm of each of `rows` rows of `cols`, as Transformers computes it: x / sqrt(mean(x^2) + eps) * w, in float64. */
+export function rmsNormRef(x: Float32Array, w: Float32Array, rows: number, cols: number, eps: number): Float64Array {
+  const y = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let i = 0; i < cols; i++) s += x[r * cols + i]! ** 2;
+    const scale = 1 / Math.sqrt(s / cols + eps);
+    for (let i = 0; i < cols; i++) y[r * cols + i] = x[r * cols + i]! * scale * w[i]!;
+  }
+  return y;
+}

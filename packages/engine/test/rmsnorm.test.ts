@@ -1,18 +1,7 @@
 import { describe, it } from 'vitest';
 import { bindGroup, dispatch, grid, uniformBuffer } from '../src/kernel.ts';
 import { bufferFrom, emptyBuffer, readF32 } from '../src/buffers.ts';
-import { expectClose, kernels, randomArray, testGpu } from './harness.ts';
-
-function rmsnormRef(x: Float32Array, w: Float32Array, rows: number, cols: number, eps: number): Float64Array {
-  const y = new Float64Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let i = 0; i < cols; i++) s += x[r * cols + i]! ** 2;
-    const scale = 1 / Math.sqrt(s / cols + eps);
-    for (let i = 0; i < cols; i++) y[r * cols + i] = x[r * cols + i]! * scale * w[i]!;
-  }
-  return y;
-}
+import { expectClose, kernels, randomArray, rmsNormRef, testGpu } from './harness.ts';
 
 describe('rmsnorm', () => {
   for (const [rows, cols] of [[1, 896], [7, 130], [33, 64], [3, 1]] as const) {
@@ -34,7 +23,7 @@ describe('rmsnorm', () => {
       dispatch(pass, k, group, ...grid(rows));
       pass.end();
       gpu.device.queue.submit([enc.finish()]);
-      expectClose(await readF32(gpu.device, y), rmsnormRef(x, w, rows, cols, eps), { relL2: 1e-6, maxAbs: 1e-5 });
+      expectClose(await readF32(gpu.device, y), rmsNormRef(x, w, rows, cols, eps), { relL2: 1e-6, maxAbs: 1e-5 });
     });
   }
 });

@@ -13,7 +13,7 @@ import { createLinear, LinearError, type LinearWeight } from '../src/ops/linear.
 import { GLU_BLOCK } from '../src/ops/linear-epilogue.ts';
 import { quantStoredRows } from '../src/ops/linear-quant.ts';
 import { groupsPerRow, rowWords } from '../src/quant.ts';
-import { expectClose, kernels, randomArray, testGpu } from './harness.ts';
+import { expectClose, kernels, randomArray, rmsNormRef, testGpu } from './harness.ts';
 import { makeQuantWeight, makeWeight, opContext } from './weights-helper.ts';
 
 type Format = WeightDtype | 'q8' | 'q4';
@@ -26,18 +26,6 @@ function part(device: GPUDevice, format: Format, rows: number, K: number, seed: 
     return { w: weight, ref: deq };
   }
   return { w: makeWeight(device, values, rows, K, format, split, tiled), ref: roundTo(values, format) };
-}
-
-/** RMSNorm of each token's row, as Transformers computes it (float64 here). */
-function rmsNorm(x: Float32Array, gamma: Float32Array, T: number, K: number, eps: number): Float64Array {
-  const out = new Float64Array(T * K);
-  for (let t = 0; t < T; t++) {
-    let ss = 0;
-    for (let k = 0; k < K; k++) ss += x[t * K + k]! ** 2;
-    const inv = 1 / Math.sqrt(ss / K + eps);
-    for (let k = 0; k < K; k++) out[t * K + k] = x[t * K + k]! * inv * gamma[k]!;
-  }
-  return out;
 }
 
 /** y [T, N] = x W^T + bias in float64. */
@@ -120,7 +108,7 @@ describe('stacked linear weights and their epilogues', () => {
           const x = randomArray(T * K, seed + 5, 2);
           const gamma = c.norm ? randomArray(K, seed + 6, 1) : undefined;
           const eps = 1e-5;
-          const xRef = gamma ? rmsNorm(x, gamma, T, K, eps) : x;
+          const xRef = gamma ? rmsNormRef(x, gamma, T, K, eps) : x;
           const xBuf = gpu.device.createBuffer({ size: Math.max(65536, Math.ceil(x.byteLength / 256) * 256), usage: storageUsage() | GPUBufferUsage.UNIFORM });
           gpu.device.queue.writeBuffer(xBuf, 0, x.buffer, x.byteOffset, x.byteLength);
           const wants = parts.map((p, i) => linearRef(xRef, p.ref, T, partRows[i]!, K, biases?.[i]));
