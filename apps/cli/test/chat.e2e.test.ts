@@ -65,6 +65,7 @@ describe.skipIf(!haveTmux)('chat in a terminal (tmux)', () => {
       await t.expect(/Chatting with stories260K\. Commands:[\s\S]*!exit[\s\S]*\n> $/m);
       expect(t.screen()).toContain('using the bundled default story model');
       expect(t.screen()).toContain('has no chat template');
+      expect(t.screen()).not.toContain('artificially reduced');
 
       t.line('!help');
       await t.expect(/> !help\nCommands:\n {2}!help/);
@@ -153,6 +154,14 @@ describe('chat without a terminal', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(`${GREEDY_20}\n`);
     expect(r.stderr).toMatch(/20 tokens in [\d.]+ s/);
+  });
+
+  it('stderr carries no Dawn limit warnings (a newcomer reads them as a fault)', async () => {
+    // stderr through a shell pipe, as `| tee` gives it: a Node parent's 'pipe' is a socket,
+    // which the engine leaves alone (packages/engine/src/dawn-stderr.ts).
+    const r = await run('sh', ['-c', `node ${CHAT} --prompt 'Once upon a time' max_new_tokens=5 2>&1 >/dev/null | cat`], '');
+    expect(r.stdout).toMatch(/5 tokens in [\d.]+ s/);
+    expect(r.stdout).not.toMatch(/artificially reduced/);
   });
 
   it('--json gives the result as JSON', async () => {

@@ -2,6 +2,7 @@
 // (browsers, Deno), else Dawn from the `webgpu` npm package (Node).
 
 import { throttleDawnPolling } from './dawn-polling.ts';
+import { requestAdapterQuietly } from './dawn-stderr.ts';
 
 export interface DeviceInfo {
   vendor: string;
@@ -124,7 +125,8 @@ export async function requestGpu(options: DeviceOptions = {}): Promise<Gpu> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   const gpu = nav?.gpu ?? (isNode() ? await nodeGpu(options) : undefined);
   if (!gpu) throw new NoAdapterError(noAdapterMessage());
-  const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
+  const adapterOptions: GPURequestAdapterOptions = { powerPreference: options.powerPreference ?? 'high-performance' };
+  const adapter = await (gpu === dawnInstance ? requestAdapterQuietly(gpu, adapterOptions) : gpu.requestAdapter(adapterOptions));
   if (!adapter) throw new NoAdapterError(noAdapterMessage());
 
   const disabled = new Set(options.disableFeatures ?? []);
