@@ -1,7 +1,7 @@
 // The same greedy generation under Node (Dawn) and Deno (its built-in WebGPU) gives the
-// same tokens; and `chat` itself runs under Deno.
+// same tokens; `chat` itself runs under Deno, and `chat` and `serve` run as README says.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -52,5 +52,51 @@ describe.skipIf(!existsSync(DENO))('Node and Deno', () => {
       reply: ', there was a little girl named Lily. She loved to play outsid',
       usage: { prompt_tokens: 5, completion_tokens: 20 },
     });
+  });
+});
+
+async function until<T>(what: () => string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> {
+  for (const end = Date.now() + 60_000; Date.now() < end; await new Promise((r) => setTimeout(r, 200))) {
+    const v = await probe();
+    if (v !== undefined) return v;
+  }
+  throw new Error(`timed out waiting for ${what()}`);
+}
+
+/** The command lines of README's "Under Deno" block, comments dropped. */
+function readmeDenoCommands(): string[] {
+  const block = /^## Under Deno\n[\s\S]*?```sh\n([\s\S]*?)```/m.exec(readFileSync(join(ROOT, 'README.md'), 'utf8'))?.[1] ?? '';
+  return block.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean);
+}
+
+describe.skipIf(!existsSync(DENO))("README's Deno commands", () => {
+  const [cd, chat, serve] = readmeDenoCommands();
+
+  it('chat runs as README says', async (ctx) => {
+    expect(cd).toBe('cd apps/cli');
+    expect(chat).toMatch(/ src\/chat\.ts$/);
+    const r = await run('sh', ['-c', `${cd} && ${chat} --json --prompt 'Once upon a time' max_new_tokens=20`], denoEnv);
+    if (r.code !== 0 && /NoAdapterError|No WebGPU adapter/.test(r.stderr)) ctx.skip('Deno found no WebGPU adapter');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ model: 'stories260K', reply: ', there was a little girl named Lily. She loved to play outsid' });
+  });
+
+  it('serve runs as README says', async (ctx) => {
+    expect(serve).toMatch(/ src\/serve\.ts --port 8000$/);
+    // Its own process group, so that pnpm and the Deno it starts stop together.
+    const p = spawn('sh', ['-c', `${cd} && exec ${serve.replace('--port 8000', '--port 0')}`], { cwd: ROOT, env: denoEnv, detached: true });
+    let log = '';
+    p.stderr.on('data', (d) => (log += d));
+    try {
+      const url = await until(() => `serve to listen:\n${log}`, () => /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log)?.[1]);
+      const health = await until(() => `/health ok:\n${log}`, async () => {
+        if (/NoAdapterError|No WebGPU adapter/.test(log)) ctx.skip('Deno found no WebGPU adapter');
+        const r = await fetch(`${url}/health`).catch(() => undefined);
+        return r?.status === 200 ? r.json() : undefined;
+      });
+      expect(health).toMatchObject({ status: 'ok', model: 'stories260K' });
+    } finally {
+      process.kill(-p.pid!, 'SIGTERM');
+    }
   });
 });
