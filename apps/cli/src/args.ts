@@ -159,8 +159,15 @@ export interface ServeArgs {
   maxContext?: number;
   /** Requests waiting behind the running one before new ones get 503. */
   maxQueue: number;
+  /** Browser origins allowed to call the server (CORS); none by default. */
+  corsOrigins: string[];
+  /** Seconds running requests get to finish after SIGTERM/SIGINT. */
+  shutdownTimeout: number;
   help: boolean;
 }
+
+/** Seconds a SIGTERM gives running requests, under the 30 s a container runtime waits before SIGKILL. */
+export const DEFAULT_SHUTDOWN_TIMEOUT = 20;
 
 const GEN_HELP = GENERATION_FLAGS.map((k) => `  ${(k + '=').padEnd(22)}${KIND_TEXT[FLAG_KINDS[k]]}`).join('\n');
 
@@ -225,6 +232,10 @@ ${MODEL_OPTIONS_HELP}
   --api-key KEY          require "Authorization: Bearer KEY"
   --max-context N        tokens of KV cache to allocate
   --max-queue N          requests that may wait behind the running one (default 16)
+  --cors-origins LIST    browser origins allowed to call, comma-separated, or '*'
+                         (default none: pages on other sites are refused)
+  --shutdown-timeout S   on SIGTERM/SIGINT, seconds running requests get to finish
+                         (default ${DEFAULT_SHUTDOWN_TIMEOUT}); queued ones get 503 at once
   -h, --help             this help
 `;
 
@@ -340,8 +351,20 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
   return out;
 }
 
+/** --cors-origins: '*' or origins as browsers send them (scheme://host[:port], no path). */
+function corsOrigins(raw: string | undefined): string[] {
+  const list = textOption('--cors-origins', raw)
+    .split(',')
+    .map((o) => o.trim())
+    .filter((o) => o !== '');
+  for (const o of list) {
+    if (o !== '*' && !/^[a-z][a-z0-9+.-]*:\/\/[^/\s]+$/i.test(o)) throw new UsageError(`--cors-origins: '${o}' is not an origin like https://example.com or http://localhost:5173 (or '*')`);
+  }
+  return list;
+}
+
 export function parseServeArgs(argv: readonly string[]): ServeArgs {
-  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, maxQueue: 16, help: false };
+  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, help: false };
   for (const [a, value] of tokens(argv)) {
     switch (a) {
       case '-h':
@@ -362,6 +385,12 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         break;
       case '--max-queue':
         out.maxQueue = intOption('--max-queue', value(), 0);
+        break;
+      case '--cors-origins':
+        out.corsOrigins = corsOrigins(value());
+        break;
+      case '--shutdown-timeout':
+        out.shutdownTimeout = intOption('--shutdown-timeout', value(), 0);
         break;
       default:
         if (loadOption(a, value, out)) break;

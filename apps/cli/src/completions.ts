@@ -10,13 +10,10 @@
 
 import type { ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import { scoreTokens, type Model, type Session } from '@webgpu-chat/engine';
+import { scoreTokens, type Session } from '@webgpu-chat/engine';
 import {
-  ChatTemplates,
-  ChatTokenizer,
   eosIds,
   nextToken,
-  renderPlain,
   resolveGenerationConfig,
   SeededRandom,
   StopStringMatcher,
@@ -24,21 +21,11 @@ import {
   commonPrefixLength,
   type GenerationConfig,
   type Message,
+  type TextGenerationPipeline,
 } from '@webgpu-chat/chat';
-import { ApiError, MAX_LOGPROBS, invalid, num, parseSamplingFields, sendJson, type ChatRequest } from './server.ts';
-
-/** What the token-level routes need of a loaded model: the chat pipeline has all of it. */
-export interface TokenModel {
-  readonly model: Model;
-  readonly tokenizer: ChatTokenizer;
-  readonly templates: ChatTemplates;
-  readonly generationConfig: GenerationConfig;
-}
-
-export function isTokenModel(x: unknown): x is TokenModel {
-  const o = x as Partial<TokenModel> | null | undefined;
-  return !!o && o.tokenizer instanceof ChatTokenizer && o.templates instanceof ChatTemplates && o.model !== undefined;
-}
+import type { PromptEncoder } from './encoder.ts';
+import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
+import { MAX_LOGPROBS, checkContext, num, parseSamplingFields, type ChatRequest } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
 const PIECE_CONTEXT = 8;
@@ -85,14 +72,12 @@ export class TokenLevelApi {
   readonly maxContext: number;
 
   constructor(
-    readonly tm: TokenModel,
+    readonly tm: TextGenerationPipeline,
     readonly modelId: string,
-    /** The model has no chat template: chats are their contents joined (see PLAIN_FALLBACK). */
-    private readonly plainTemplate = tm.templates.isEmpty,
   ) {
     this.vocabSize = tm.model.info.vocabSize;
     this.session = tm.model.createSession();
-    this.maxContext = Math.min(this.session.maxContext, tm.model.info.maxPositionEmbeddings);
+    this.maxContext = Math.min(this.session.maxContext, tm.maxContext);
   }
 
   private sessionOf(): Session {
@@ -121,19 +106,17 @@ export class TokenLevelApi {
     return ids;
   }
 
-  private checkContext(promptTokens: number, maxTokens: number, param: string): void {
-    if (promptTokens + maxTokens > this.maxContext) {
-      throw invalid(
-        `This model's maximum context length is ${this.maxContext} tokens. However, you requested ${promptTokens + maxTokens} tokens ` +
-          `(${promptTokens} in the prompt, ${maxTokens} in the completion). Please reduce the prompt or max_tokens.`,
-        param,
-        'context_length_exceeded',
-      );
-    }
+  /**
+   * Tokenizes a prompt for a route with a context (off the event loop when long), refusing
+   * it first from its length alone when it cannot fit whatever it tokenizes to.
+   */
+  private async encodePrompt(text: string, addSpecialTokens: boolean, encoder: PromptEncoder, maxTokens: number | undefined, param: string): Promise<number[]> {
+    checkContext(this.tm.tokenizer.minTokens(text), maxTokens, this.maxContext, param, true);
+    return encoder.encode(text, { addSpecialTokens });
   }
 
   /** Validates a /v1/completions body (400 naming the param) into token-id prompts and flags. */
-  parseCompletionRequest(body: unknown): CompletionRequest {
+  async parseCompletionRequest(body: unknown, encoder: PromptEncoder): Promise<CompletionRequest> {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('The request body must be a JSON object', null);
     const b = body as Record<string, unknown>;
     this.checkModel(b);
@@ -142,12 +125,6 @@ export class TokenLevelApi {
     if (typeof p === 'string' || isIdList(p)) raw = [p];
     else if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === 'string' || isIdList(x))) raw = p as (string | number[])[];
     else throw invalid("'prompt' must be a string, a non-empty list of token ids, or a non-empty list of either", 'prompt');
-    const prompts = raw.map((x, i) => {
-      const param = raw.length > 1 ? `prompt[${i}]` : 'prompt';
-      const ids = typeof x === 'string' ? this.tm.tokenizer.encode(x, { addSpecialTokens: true }) : this.checkIds(x, param);
-      if (ids.length === 0) throw invalid(`${param} is empty: it encodes to no tokens`, param);
-      return ids;
-    });
     const echo = bool(b, 'echo');
     const maxTokens = num(b, 'max_tokens', 0, Number.MAX_SAFE_INTEGER, true) ?? DEFAULT_COMPLETION_TOKENS;
     if (maxTokens === 0 && !echo) throw invalid("'max_tokens' 0 is only allowed with 'echo': true (to score the prompt)", 'max_tokens');
@@ -164,7 +141,14 @@ export class TokenLevelApi {
     const so = b.stream_options;
     if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalid("'stream_options' must be an object", 'stream_options');
     const config = parseSamplingFields(b);
-    for (const [i, ids] of prompts.entries()) this.checkContext(ids.length, maxTokens, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
+    const prompts: number[][] = [];
+    for (const [i, x] of raw.entries()) {
+      const param = raw.length > 1 ? `prompt[${i}]` : 'prompt';
+      const ids = typeof x === 'string' ? await this.encodePrompt(x, true, encoder, maxTokens, param) : this.checkIds(x, param);
+      if (ids.length === 0) throw invalid(`${param} is empty: it encodes to no tokens`, param);
+      checkContext(ids.length, maxTokens, this.maxContext, param);
+      prompts.push(ids);
+    }
     return {
       prompts,
       maxTokens,
@@ -320,8 +304,7 @@ export class TokenLevelApi {
     let completionTokens = 0;
     let finish = 'stop';
     const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
-    let streaming = false;
-    const send = (chunk: unknown) => res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+    let sse: EventStream | undefined;
     const choices = [];
     try {
       for (const [index, ids] of req.prompts.entries()) {
@@ -333,10 +316,7 @@ export class TokenLevelApi {
         const positions: Position[] = [];
         const generated: number[] = [];
         let step = await it.next();
-        if (req.stream && !streaming) {
-          res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
-          streaming = true;
-        }
+        if (req.stream) sse ??= new EventStream(res);
         let echoed = req.echo;
         while (!step.done) {
           const { positions: ps, text: t } = step.value;
@@ -347,7 +327,7 @@ export class TokenLevelApi {
           if (req.stream) {
             const lp = req.logprobs === null ? null : this.completionLogprobs(ps, req.tokensAsIds, seq, offset);
             if (lp) offset = lp.offset;
-            send({ ...base, choices: [{ index, text: t, logprobs: lp?.value ?? null, finish_reason: null, stop_reason: null, ...(req.returnTokenIds ? { token_ids: ps.map((p) => p.id) } : {}) }] });
+            sse!.send({ ...base, choices: [{ index, text: t, logprobs: lp?.value ?? null, finish_reason: null, stop_reason: null, ...(req.returnTokenIds ? { token_ids: ps.map((p) => p.id) } : {}) }] });
           } else {
             positions.push(...ps);
             text += t;
@@ -358,39 +338,34 @@ export class TokenLevelApi {
         const reason = step.value;
         if (reason === 'length') finish = 'length';
         const tokenIds = req.returnTokenIds ? { prompt_token_ids: ids, token_ids: generated } : {};
-        if (req.stream) send({ ...base, choices: [{ index, text: '', logprobs: null, finish_reason: reason, stop_reason: null, ...tokenIds }] });
+        if (sse) sse.send({ ...base, choices: [{ index, text: '', logprobs: null, finish_reason: reason, stop_reason: null, ...tokenIds }] });
         else {
           const lp = req.logprobs === null ? null : this.completionLogprobs(positions, req.tokensAsIds, seq, 0).value;
           choices.push({ index, text, logprobs: lp, finish_reason: reason, stop_reason: null, ...tokenIds });
         }
       }
     } catch (e) {
-      if (!streaming) throw e;
-      if (!signal.aborted) send(toApiError(e).toJSON());
-      res.end('data: [DONE]\n\n');
+      if (!sse) throw e;
+      endStreamWithError(sse, e, signal);
       return { finishReason: signal.aborted ? 'abort' : 'error', completionTokens };
     }
-    if (req.stream) {
-      if (req.includeUsage) send({ ...base, choices: [], usage: usage() });
-      res.end('data: [DONE]\n\n');
+    if (sse) {
+      if (req.includeUsage) sse.send({ ...base, choices: [], usage: usage() });
+      sse.end();
     } else sendJson(res, 200, { ...base, choices, usage: usage() });
     return { finishReason: finish, completionTokens };
   }
 
-  /** The prompt a chat renders to, as token ids (the pipeline's rule: a template writes its own BOS). */
-  chatIds(messages: Message[], opts: { add_generation_prompt?: boolean; tools?: unknown[]; chat_template_kwargs?: Record<string, unknown> } = {}): number[] {
-    const { tokenizer, templates } = this.tm;
-    if (this.plainTemplate) return tokenizer.encode(renderPlain(messages), { addSpecialTokens: true });
-    return tokenizer.encode(templates.render(messages, tokenizer, { add_generation_prompt: true, ...opts }), { addSpecialTokens: false });
+  /** The prompt a chat renders to, as token ids: the pipeline's rule (template or plain fallback, continue_final_message). */
+  chatIds(request: ChatRequest, encoder: PromptEncoder): Promise<number[]> {
+    const prompt = this.tm.renderPrompt(request.messages);
+    return this.encodePrompt(prompt.text, prompt.addSpecialTokens, encoder, request.config.max_new_tokens, 'messages');
   }
 
-  /** /v1/chat/completions with logprobs: true (OpenAI's chat logprobs shape). */
-  async chat(request: ChatRequest, res: ServerResponse, signal: AbortSignal): Promise<{ finishReason: string; completionTokens: number }> {
+  /** /v1/chat/completions with logprobs: true (OpenAI's chat logprobs shape), for the prompt `ids` (chatIds). */
+  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal): Promise<{ finishReason: string; completionTokens: number }> {
     const k = request.logprobs ?? 0;
-    const ids = this.chatIds(request.messages);
-    if (ids.length >= this.maxContext) this.checkContext(ids.length, 1, 'messages');
-    // As the chat pipeline does: the reply is cut where the context ends.
-    const budget = Math.min(request.config.max_new_tokens ?? resolveGenerationConfig(this.tm.generationConfig).max_new_tokens, this.maxContext - ids.length);
+    const budget = request.config.max_new_tokens ?? this.maxContext - ids.length;
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, created: Math.floor(Date.now() / 1000), model: this.modelId, system_fingerprint: null };
     const seq = [...ids];
@@ -416,29 +391,27 @@ export class TokenLevelApi {
     let step = await it.next();
     const usage = () => ({ prompt_tokens: ids.length, completion_tokens: n, total_tokens: ids.length + n });
     if (request.stream) {
-      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
-      const send = (chunk: unknown) => res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+      const sse = new EventStream(res);
       const chunk = (delta: Record<string, string>, logprobs: unknown, finish: string | null) => ({
         ...base,
         object: 'chat.completion.chunk',
         choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
         ...(request.includeUsage ? { usage: null } : {}),
       });
-      send(chunk({ role: 'assistant', content: '' }, null, null));
+      sse.send(chunk({ role: 'assistant', content: '' }, null, null));
       try {
         while (!step.done) {
           n += step.value.positions.length;
-          send(chunk({ content: step.value.text }, { content: step.value.positions.map(entry), refusal: null }, null));
+          sse.send(chunk({ content: step.value.text }, { content: step.value.positions.map(entry), refusal: null }, null));
           step = await it.next();
         }
       } catch (e) {
-        if (!signal.aborted) send(toApiError(e).toJSON());
-        res.end('data: [DONE]\n\n');
+        endStreamWithError(sse, e, signal);
         return { finishReason: signal.aborted ? 'abort' : 'error', completionTokens: n };
       }
-      send(chunk({}, null, step.value));
-      if (request.includeUsage) send({ ...base, object: 'chat.completion.chunk', choices: [], usage: usage() });
-      res.end('data: [DONE]\n\n');
+      sse.send(chunk({}, null, step.value));
+      if (request.includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: usage() });
+      sse.end();
       return { finishReason: step.value, completionTokens: n };
     }
     while (!step.done) {
@@ -457,11 +430,11 @@ export class TokenLevelApi {
   }
 
   /** POST /tokenize: {content, add_special} → {tokens} (llama-server's names). */
-  tokenize(body: unknown): { tokens: number[] } {
+  async tokenize(body: unknown, encoder: PromptEncoder): Promise<{ tokens: number[] }> {
     const b = objectBody(body);
     if (typeof b.content !== 'string') throw invalid("'content' must be a string", 'content');
     if (b.add_special !== undefined && typeof b.add_special !== 'boolean') throw invalid("'add_special' must be a boolean", 'add_special');
-    return { tokens: this.tm.tokenizer.encode(b.content, { addSpecialTokens: b.add_special === true }) };
+    return { tokens: await encoder.encode(b.content, { addSpecialTokens: b.add_special === true }) };
   }
 
   /** POST /detokenize: {tokens} → {content}. */
@@ -478,13 +451,13 @@ export class TokenLevelApi {
     const kw = b.chat_template_kwargs;
     if (kw !== undefined && kw !== null && (typeof kw !== 'object' || Array.isArray(kw))) throw invalid("'chat_template_kwargs' must be an object", 'chat_template_kwargs');
     if (b.add_generation_prompt !== undefined && typeof b.add_generation_prompt !== 'boolean') throw invalid("'add_generation_prompt' must be a boolean", 'add_generation_prompt');
-    if (this.plainTemplate) return { prompt: renderPlain(messages) };
     return {
-      prompt: this.tm.templates.render(messages, this.tm.tokenizer, {
+      prompt: this.tm.renderPrompt(messages, {
         add_generation_prompt: b.add_generation_prompt !== false,
+        continue_final_message: false,
         ...(Array.isArray(b.tools) ? { tools: b.tools } : {}),
         ...(kw ? { chat_template_kwargs: kw as Record<string, unknown> } : {}),
-      }),
+      }).text,
     };
   }
 }
@@ -492,9 +465,4 @@ export class TokenLevelApi {
 function objectBody(body: unknown): Record<string, unknown> {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('The request body must be a JSON object', null);
   return body as Record<string, unknown>;
-}
-
-function toApiError(e: unknown): ApiError {
-  if (e instanceof ApiError) return e;
-  return new ApiError(500, `Generation failed: ${(e as Error)?.message ?? String(e)}`, 'server_error');
 }

@@ -2,7 +2,7 @@
 // loaded before /health reports ok.
 
 import { SERVE_HELP, UsageError, bundledModelPath, parseServeArgs } from './args.ts';
-import { BUNDLED_MODEL_ID, describeQuantization, disposeLoaded, formatAcceptance, healthFields, loadLocalModel, modelIdOf } from './backend.ts';
+import { BUNDLED_MODEL_ID, describeQuantization, disposeLoaded, formatAcceptance, healthFields, loadLocalModel, modelIdOf, type LoadedModel } from './backend.ts';
 import { startChatServer, type RequestDone } from './server.ts';
 
 /** One line per finished request: its id, outcome and speed, and the draft's acceptance. */
@@ -36,12 +36,31 @@ async function main(argv: string[]): Promise<number> {
     host: args.host,
     port: args.port,
     maxQueue: args.maxQueue,
+    corsOrigins: args.corsOrigins,
     onRequestDone: logRequest,
     ...(args.apiKey !== undefined ? { apiKey: args.apiKey } : {}),
   });
+  let loaded: LoadedModel | undefined;
+  let stopping = false;
+  // SIGTERM/SIGINT drain (see ChatServer.shutdown) and exit 0; a second one exits at once.
+  const stop = (signal: string) => {
+    if (stopping) {
+      process.stderr.write(`serve: ${signal} again: exiting without draining\n`);
+      process.exit(1);
+    }
+    stopping = true;
+    process.stderr.write(`serve: ${signal}: draining (running requests get up to ${args.shutdownTimeout} s)\n`);
+    void srv.shutdown(args.shutdownTimeout * 1000).then(() => {
+      if (loaded) disposeLoaded(loaded);
+      process.stderr.write('serve: stopped\n');
+      process.exit(0);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
   process.stderr.write(`serve: listening on ${srv.url} (loading the model; /health answers 503 until ready)\n`);
   const t0 = performance.now();
-  const loaded = await loadLocalModel(spec, {
+  loaded = await loadLocalModel(spec, {
     modelId,
     dtype: args.dtype,
     ...(args.quantize ? { quantize: args.quantize } : {}),
@@ -56,15 +75,6 @@ async function main(argv: string[]): Promise<number> {
       `${loaded.draft ? `; draft ${loaded.draft.spec}` : ''}` +
       `${loaded.plainTemplate ? '; no chat template: messages are joined as plain text' : ''}) at ${srv.url}/v1\n`,
   );
-  const stop = () => {
-    process.stderr.write('serve: shutting down\n');
-    void srv.close().then(() => {
-      disposeLoaded(loaded);
-      process.exit(0);
-    });
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
   return new Promise<number>(() => {});
 }
 

@@ -26,9 +26,11 @@ export class ContextLengthError extends Error {
   constructor(
     readonly promptTokens: number,
     readonly maxContext: number,
+    /** promptTokens is a lower bound from the text's length: the text was too long to tokenize. */
+    readonly atLeast = false,
   ) {
     super(
-      `The prompt is ${promptTokens} tokens but the context holds ${maxContext}: ` +
+      `The prompt is ${atLeast ? 'at least ' : ''}${promptTokens} tokens but the context holds ${maxContext}: ` +
         `shorten the conversation or load the model with a larger maxContext.`,
     );
   }

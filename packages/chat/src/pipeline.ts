@@ -5,7 +5,7 @@
 // multi-turn chat only prefills the new turn.
 
 import { loadModel, toFileSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
-import { ChatInputError, GenerationConfigError } from './errors.ts';
+import { ChatInputError, ContextLengthError, GenerationConfigError } from './errors.ts';
 import { SessionGenerator, type RunOptions } from './generate.ts';
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
 import { Assistant } from './speculative.ts';
@@ -29,11 +29,28 @@ export interface PipelineOptions {
   numLayers?: number;
 }
 
+/** A prompt already rendered and encoded with renderPrompt (a server tokenizes off its event loop). */
+export interface EncodedPrompt {
+  promptIds: readonly number[];
+}
+
+/** The text a chat or string prompt renders to, and how it is encoded: the one prompt rule of every face. */
+export interface RenderedPrompt {
+  text: string;
+  addSpecialTokens: boolean;
+  /** A chat ending in an assistant message is continued, not answered. */
+  continueFinalMessage: boolean;
+}
+
 export interface TextGenerationPipeline {
   (input: Message[], opts?: GenerateOptions): Promise<ChatOutput>;
   (input: string, opts?: GenerateOptions): Promise<TextOutput>;
   /** The same generation as a stream of text deltas. */
-  stream(input: Message[] | string, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
+  stream(input: Message[] | string | EncodedPrompt, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
+  /** The prompt text `input` renders to (template, plain fallback, continue_final_message). */
+  renderPrompt(input: Message[] | string, opts?: GenerateOptions): RenderedPrompt;
+  /** Tokens of KV cache a call may use: prompt and reply together. */
+  readonly maxContext: number;
   /** Statistics of the latest finished (or abandoned) call. */
   readonly lastStats: GenerationStats | undefined;
   readonly tokenizer: ChatTokenizer;
@@ -136,29 +153,35 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
 
   const runOptions = async (o: GenerateOptions): Promise<RunOptions> => (o.assistant_model === undefined ? o : { ...o, assistant: await assistantFor(o.assistant_model) });
 
-  const prepare = (input: Message[] | string, o: GenerateOptions): Prepared => {
-    if (disposed) throw new ChatInputError('This pipeline has been disposed');
-    const cfg = resolveGenerationConfig(generationConfig, o);
-    if (typeof input === 'string') {
-      const ids = tokenizer.encode(input, { addSpecialTokens: true });
-      return { ids, cfg, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
-    }
+  const renderPrompt = (input: Message[] | string, o: GenerateOptions = {}): RenderedPrompt => {
+    if (typeof input === 'string') return { text: input, addSpecialTokens: true, continueFinalMessage: false };
     validateMessages(input);
     // Transformers' pipeline: a chat ending in an assistant message is continued, not answered.
     const cont = o.continue_final_message ?? input[input.length - 1]!.role === 'assistant';
     const render = { ...o, continue_final_message: cont, add_generation_prompt: o.add_generation_prompt ?? !cont };
-    const plain = templates.isEmpty && opts.templateFallback === 'plain';
     // A template writes its own BOS and turn markers; the plain fallback needs the tokenizer's.
-    const ids = plain ? tokenizer.encode(renderPlain(input), { addSpecialTokens: true }) : tokenizer.encode(templates.render(input, tokenizer, render), { addSpecialTokens: false });
+    if (templates.isEmpty && opts.templateFallback === 'plain') return { text: renderPlain(input), addSpecialTokens: true, continueFinalMessage: cont };
+    return { text: templates.render(input, tokenizer, render), addSpecialTokens: false, continueFinalMessage: cont };
+  };
+
+  const prepare = (input: Message[] | string | EncodedPrompt, o: GenerateOptions): Prepared => {
+    if (disposed) throw new ChatInputError('This pipeline has been disposed');
+    const cfg = resolveGenerationConfig(generationConfig, o);
+    if (typeof input === 'object' && 'promptIds' in input) return { ids: Array.from(input.promptIds), cfg, output: () => [{ generated_text: '' }] };
+    const prompt = renderPrompt(input, o);
+    const atLeast = tokenizer.minTokens(prompt.text);
+    if (atLeast > session.maxContext) throw new ContextLengthError(atLeast, session.maxContext, true);
+    const ids = tokenizer.encode(prompt.text, { addSpecialTokens: prompt.addSpecialTokens });
+    if (typeof input === 'string') return { ids, cfg, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
     const output = (reply: string): ChatOutput => {
       const last = input[input.length - 1]!;
-      const chat = cont ? [...input.slice(0, -1), { ...last, content: last.content + reply }] : [...input, { role: 'assistant' as const, content: reply }];
+      const chat = prompt.continueFinalMessage ? [...input.slice(0, -1), { ...last, content: last.content + reply }] : [...input, { role: 'assistant' as const, content: reply }];
       return [{ generated_text: chat }];
     };
     return { ids, cfg, output };
   };
 
-  async function* stream(input: Message[] | string, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
+  async function* stream(input: Message[] | string | EncodedPrompt, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
     const p = prepare(input, o);
     const release = await mutex.lock();
     try {
@@ -181,6 +204,8 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
 
   return Object.defineProperties(call, {
     stream: { value: stream },
+    renderPrompt: { value: renderPrompt },
+    maxContext: { value: session.maxContext },
     lastStats: { get: () => generator.lastResult?.stats },
     tokenizer: { value: tokenizer },
     templates: { value: templates },

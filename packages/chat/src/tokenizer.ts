@@ -69,6 +69,7 @@ export class ChatTokenizer {
   private readonly inner: Tokenizer;
   private readonly cleanUpSpaces: boolean;
   private vocabSizeCache: number | undefined;
+  private maxTokenBytesCache: number | undefined;
 
   /** Builds a tokenizer from the parsed tokenizer.json and tokenizer_config.json objects. */
   constructor(
@@ -120,6 +121,23 @@ export class ChatTokenizer {
       this.vocabSizeCache = max + 1;
     }
     return this.vocabSizeCache;
+  }
+
+  /**
+   * A lower bound on encode(text).length from the text's length alone, so that a prompt far
+   * beyond any context is refused without tokenizing it (megabytes take seconds to minutes).
+   * No token spans more UTF-16 units than its vocabulary entry has UTF-8 bytes (byte-level
+   * BPE: one entry character per byte; SentencePiece: '▁' is three bytes for one space);
+   * the factor 2 leaves room for a normalizer that composes characters.
+   */
+  minTokens(text: string): number {
+    if (this.maxTokenBytesCache === undefined) {
+      const encoder = new TextEncoder();
+      let max = 1;
+      for (const token of this.inner.get_vocab(true).keys()) max = Math.max(max, encoder.encode(token).length);
+      this.maxTokenBytesCache = max;
+    }
+    return Math.floor(text.length / (2 * this.maxTokenBytesCache));
   }
 
   /**

@@ -1,0 +1,160 @@
+// Request bodies of the OpenAI routes, validated into generation flags (400 naming the
+// offending field), and the one rule for prompts that don't fit the context.
+
+import { MAX_NUM_ASSISTANT_TOKENS, type GenerationConfig, type Message } from '@webgpu-chat/chat';
+import { ApiError, invalid } from './http.ts';
+
+/** The messages of an /apply-template body, checked as the chat route checks them. */
+export function templateMessages(body: unknown): Message[] {
+  const b = body as { messages?: unknown } | null;
+  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw invalid('The request body must be a JSON object', null);
+  return parseChatRequest({ messages: b.messages }, '').messages;
+}
+
+/** OpenAI caps `stop` at 4 strings; a few more cost nothing here. */
+const MAX_STOP = 16;
+const ROLES = new Set(['system', 'user', 'assistant', 'tool', 'developer']);
+
+export interface ChatRequest {
+  messages: Message[];
+  stream: boolean;
+  includeUsage: boolean;
+  config: GenerationConfig;
+  /** logprobs: true was asked, with this many top_logprobs per token. */
+  logprobs?: number;
+}
+
+export function num(body: Record<string, unknown>, key: string, min: number, max: number, integer = false): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v))) {
+    throw invalid(`'${key}' must be ${integer ? 'an integer' : 'a number'} in [${min}, ${max}], got ${JSON.stringify(v)}`, key);
+  }
+  return v;
+}
+
+/** A message's content: a string, or OpenAI's list of parts of which only text is supported. */
+function contentOf(m: Record<string, unknown>, i: number): string {
+  const c = m.content;
+  if (typeof c === 'string') return c;
+  if (c === null && m.role === 'assistant') return '';
+  if (Array.isArray(c)) {
+    return c
+      .map((p: unknown, j) => {
+        const part = p as { type?: unknown; text?: unknown } | null;
+        if (part?.type !== 'text' || typeof part.text !== 'string') {
+          throw invalid(`messages[${i}].content[${j}]: only {"type":"text","text":...} parts are supported`, `messages[${i}].content`);
+        }
+        return part.text;
+      })
+      .join('');
+  }
+  throw invalid(`messages[${i}].content must be a string or a list of text parts`, `messages[${i}].content`);
+}
+
+/** Validates a /v1/chat/completions body (400 with the offending param) and maps it to generation flags. */
+export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('The request body must be a JSON object', null);
+  const b = body as Record<string, unknown>;
+  if (b.model !== undefined && typeof b.model !== 'string') throw invalid("'model' must be a string", 'model');
+  if (typeof b.model === 'string' && b.model !== modelId) {
+    throw new ApiError(404, `The model '${b.model}' does not exist; this server serves '${modelId}'`, 'not_found_error', 'model', 'model_not_found');
+  }
+  if (!Array.isArray(b.messages) || b.messages.length === 0) throw invalid("'messages' must be a non-empty array of {role, content}", 'messages');
+  const messages: Message[] = b.messages.map((m: unknown, i) => {
+    if (typeof m !== 'object' || m === null) throw invalid(`messages[${i}] must be an object`, `messages[${i}]`);
+    const r = m as Record<string, unknown>;
+    if (typeof r.role !== 'string' || !ROLES.has(r.role)) {
+      throw invalid(`messages[${i}].role must be one of ${[...ROLES].join(', ')}, got ${JSON.stringify(r.role)}`, `messages[${i}].role`);
+    }
+    // OpenAI's 'developer' role is the system prompt of newer models.
+    const role = (r.role === 'developer' ? 'system' : r.role) as Message['role'];
+    return { role, content: contentOf(r, i) };
+  });
+  const n = num(b, 'n', 1, 128, true);
+  if (n !== undefined && n !== 1) throw invalid("Only 'n': 1 is supported", 'n', 'unsupported_value');
+  if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw invalid("'stream' must be a boolean", 'stream');
+  const so = b.stream_options;
+  if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalid("'stream_options' must be an object", 'stream_options');
+  for (const k of ['presence_penalty', 'frequency_penalty'] as const) {
+    const v = num(b, k, -2, 2);
+    if (v !== undefined && v !== 0) throw invalid(`'${k}' is not supported (use repetition_penalty)`, k, 'unsupported_value');
+  }
+  if (b.logprobs !== undefined && b.logprobs !== null && typeof b.logprobs !== 'boolean') throw invalid("'logprobs' must be a boolean", 'logprobs');
+  const topLogprobs = num(b, 'top_logprobs', 0, MAX_LOGPROBS, true);
+  if (topLogprobs !== undefined && b.logprobs !== true) throw invalid("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
+
+  const config = parseSamplingFields(b);
+  // Not OpenAI's: the draft length of speculative decoding, when the server has a draft.
+  const draftLength = num(b, 'num_assistant_tokens', 1, MAX_NUM_ASSISTANT_TOKENS, true);
+  if (draftLength !== undefined) config.num_assistant_tokens = draftLength;
+  const schedule = b.num_assistant_tokens_schedule;
+  if (schedule !== undefined && schedule !== null) {
+    if (schedule !== 'constant' && schedule !== 'heuristic' && schedule !== 'heuristic_transient') {
+      throw invalid("'num_assistant_tokens_schedule' must be one of constant, heuristic, heuristic_transient", 'num_assistant_tokens_schedule');
+    }
+    config.num_assistant_tokens_schedule = schedule;
+  }
+  const maxTokens = num(b, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ?? num(b, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true);
+  if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
+  return {
+    messages,
+    stream: b.stream === true,
+    includeUsage: (so as { include_usage?: unknown } | undefined)?.include_usage === true,
+    config,
+    ...(b.logprobs === true ? { logprobs: topLogprobs ?? 0 } : {}),
+  };
+}
+
+/** The most alternatives per position `logprobs` / `top_logprobs` may ask for (OpenAI's and vLLM's cap). */
+export const MAX_LOGPROBS = 20;
+
+/** temperature, top_p, top_k, min_p, repetition_penalty, seed and stop of a request, validated, as generation flags. */
+export function parseSamplingFields(b: Record<string, unknown>): GenerationConfig {
+  const config: GenerationConfig = {};
+  const temperature = num(b, 'temperature', 0, 2);
+  if (temperature !== undefined) {
+    // OpenAI's temperature 0 is greedy; any other value samples.
+    config.do_sample = temperature > 0;
+    if (temperature > 0) config.temperature = temperature;
+  }
+  const topP = num(b, 'top_p', 0, 1);
+  if (topP !== undefined) {
+    if (topP === 0) throw invalid("'top_p' must be > 0", 'top_p');
+    config.top_p = topP;
+  }
+  // vLLM's top_k -1 means "no top-k", as 0 does in Transformers.
+  const topK = num(b, 'top_k', -1, Number.MAX_SAFE_INTEGER, true);
+  if (topK !== undefined) config.top_k = Math.max(topK, 0);
+  const minP = num(b, 'min_p', 0, 1);
+  if (minP !== undefined) config.min_p = minP;
+  const rep = num(b, 'repetition_penalty', Number.MIN_VALUE, 100);
+  if (rep !== undefined) config.repetition_penalty = rep;
+  const seed = num(b, 'seed', 0, 2 ** 32 - 1, true);
+  if (seed !== undefined) config.seed = seed;
+  if (b.stop !== undefined && b.stop !== null) {
+    const stop = typeof b.stop === 'string' ? [b.stop] : b.stop;
+    if (!Array.isArray(stop) || stop.length > MAX_STOP || stop.some((s) => typeof s !== 'string' || s === '')) {
+      throw invalid(`'stop' must be a non-empty string or a list of at most ${MAX_STOP} of them`, 'stop');
+    }
+    if (stop.length) config.stop = stop as string[];
+  }
+  return config;
+}
+
+
+/**
+ * The one context rule of every route (vLLM's): the prompt and the max_tokens asked for
+ * must fit the context together, or the request is a 400 naming both sizes; without
+ * max_tokens the reply may use what the prompt leaves, which must be at least one token.
+ * `atLeast`: promptTokens is a lower bound from the prompt's length (too long to tokenize).
+ */
+export function checkContext(promptTokens: number, maxTokens: number | undefined, maxContext: number, param: string, atLeast = false): void {
+  const asked = maxTokens ?? 1;
+  if (promptTokens + asked <= maxContext) return;
+  const what = param.startsWith('messages') ? 'messages' : 'prompt';
+  const sizes = atLeast
+    ? `However, your ${what} ${what === 'messages' ? 'are' : 'is'} at least ${promptTokens} tokens long.`
+    : `However, you requested ${promptTokens + asked} tokens (${promptTokens} in the ${what}, ${asked} in the completion).`;
+  throw invalid(`This model's maximum context length is ${maxContext} tokens. ${sizes} Please reduce the length of the ${what}${maxTokens !== undefined ? ' or max_tokens' : ''}.`, param, 'context_length_exceeded');
+}
