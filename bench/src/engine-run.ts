@@ -79,9 +79,9 @@ export async function timed<T>(f: () => Promise<T>): Promise<{ value: T; wallS: 
 
 export const folderName = (dir: string) => dir.replace(/\/+$/, '').split('/').pop()!;
 
-/** How our engine is named in the tables. */
-export function engineName(gpu: Gpu): string {
-  return `webgpu-chat (WebGPU, ${`${gpu.info.vendor} ${gpu.info.architecture}`.trim() || describeGpu(gpu.info)})`;
+/** How our engine is named in the tables (`app`: 'webgpu-chat serve' for the rows measured through the server). */
+export function engineName(gpu: Gpu, app = 'webgpu-chat'): string {
+  return `${app} (WebGPU, ${`${gpu.info.vendor} ${gpu.info.architecture}`.trim() || describeGpu(gpu.info)})`;
 }
 
 export interface EngineRunOptions {

@@ -1,8 +1,8 @@
 // The one row type every bench section produces, and the one table printer: each section's
 // table shows the columns its rows fill in.
 
-/** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative]). */
-export type Section = 'dense' | 'moe' | 'speculative';
+/** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative] [--serve]). */
+export type Section = 'dense' | 'moe' | 'speculative' | 'serve';
 
 export interface SpeculativeFigures {
   /** 'self-q4' (the target's weights quantized to q4) or 'first N layers' of the target. */
@@ -31,6 +31,38 @@ export interface MoeFigures {
   bytesPerTokenAllExperts: number;
 }
 
+/** Milliseconds over a phase's requests (p50/p90 interpolated between ranks, as numpy's). */
+export interface Spread {
+  mean: number;
+  p50: number;
+  p90: number;
+}
+
+/** One phase of the load run against `serve` (pnpm bench --serve). */
+export interface ServeFigures {
+  /** Requests one after another, the same requests all at once, or requests sharing a long prefix one after another. */
+  phase: 'sequential' | 'concurrent' | 'prefix cache';
+  requests: number;
+  /** New tokens each request asks for (greedy, ignore_eos: every request gets them all). */
+  newTokensPerRequest: number;
+  /** Flags serve ran with after MODEL (the bench's, then --serve-args). */
+  serveArgs: string[];
+  /** From the first request sent to the last stream's end. */
+  wallSeconds: number;
+  /** Time to first token: from sending the request to the first chunk that carries a token. */
+  ttftMs: Spread;
+  /** Inter-token latency: the gap between a chunk and the one before, per token the chunk carries. */
+  itlMs: Spread;
+  /** From sending the request to the end of its stream. */
+  e2eMs: Spread;
+  /** usage.prompt_tokens_details.cached_tokens summed over the requests (0 where serve leaves it out). */
+  cachedTokens: number;
+  /** Concurrent row: its output tokens/s ÷ the sequential row's. */
+  speedup?: number;
+  /** Concurrent row: every request's token_ids equal its sequential run's (batch invariance). */
+  identical?: boolean;
+}
+
 export interface BenchRow {
   section: Section;
   /** 'webgpu-chat (WebGPU, <adapter>)', 'llama.cpp Vulkan', 'llama.cpp CPU (2 threads)'. */
@@ -38,12 +70,13 @@ export interface BenchRow {
   model: string;
   /** Our dtype or load-time quantization (f32, bf16, q8, q4), or the GGUF format llama.cpp ran. */
   format: string;
+  /** Per request on serve rows (a prefix-cache row's counts the shared prefix). */
   promptTokens: number;
-  /** Tokens decoded in the timed part (all prompts together on speculative rows). */
+  /** Tokens decoded in the timed part (all prompts together on speculative and serve rows). */
   decodeTokens: number;
-  /** Absent on speculative rows (prefill is not what they compare). */
+  /** Absent on speculative and serve rows (prefill is not what they compare). */
   prefillTokensPerSecond?: number;
-  /** On speculative rows: assisted decoding's. */
+  /** On speculative rows: assisted decoding's; on serve rows: output tokens/s, every generated token ÷ the phase's wall time. */
   decodeTokensPerSecond: number;
   /** Bytes of weights resident on the GPU. */
   weightBytes?: number;
@@ -60,12 +93,15 @@ export interface BenchRow {
   ours?: { format: string; prefill: number; decode: number };
   moe?: MoeFigures;
   speculative?: SpeculativeFigures;
+  serve?: ServeFigures;
   /** ms per kernel family: of the prefill, and of one decode step (averaged). */
   profile?: { prefill: Record<string, number>; decode: Record<string, number> };
 }
 
 const MB = (b: number) => (b / 1e6).toFixed(0);
 const ratio = (x: number) => `${x.toFixed(2)}x`;
+const yesNo = (b: boolean | undefined) => (b === undefined ? undefined : b ? 'yes' : 'NO');
+const p50p90 = (s: Spread, digits: number) => `${s.p50.toFixed(digits)} / ${s.p90.toFixed(digits)}`;
 
 interface Column {
   header: string;
@@ -77,13 +113,21 @@ const COLUMNS: Column[] = [
   { header: 'model', cell: (r) => r.model },
   { header: 'format', cell: (r) => r.format },
   { header: 'draft', cell: (r) => r.speculative?.draft },
+  { header: 'phase', cell: (r) => r.serve?.phase },
+  { header: 'requests', cell: (r) => r.serve?.requests.toString() },
   { header: 'prefill tok/s', cell: (r) => r.prefillTokensPerSecond?.toFixed(1) },
   { header: 'plain decode tok/s', cell: (r) => r.speculative?.plainDecodeTokensPerSecond.toFixed(2) },
-  { header: 'decode tok/s', cell: (r) => r.decodeTokensPerSecond.toFixed(2) },
-  { header: 'speedup', cell: (r) => (r.speculative ? ratio(r.speculative.speedup) : undefined) },
+  { header: 'decode tok/s', cell: (r) => (r.serve ? undefined : r.decodeTokensPerSecond.toFixed(2)) },
+  { header: 'output tok/s', cell: (r) => (r.serve ? r.decodeTokensPerSecond.toFixed(2) : undefined) },
+  { header: 'TTFT ms mean', cell: (r) => r.serve?.ttftMs.mean.toFixed(0) },
+  { header: 'TTFT ms p50 / p90', cell: (r) => (r.serve ? p50p90(r.serve.ttftMs, 0) : undefined) },
+  { header: 'ITL ms p50 / p90', cell: (r) => (r.serve ? p50p90(r.serve.itlMs, 1) : undefined) },
+  { header: 'e2e s mean', cell: (r) => (r.serve ? (r.serve.e2eMs.mean / 1000).toFixed(2) : undefined) },
+  { header: 'cached tokens', cell: (r) => r.serve?.cachedTokens.toString() },
+  { header: 'speedup', cell: (r) => (r.speculative ? ratio(r.speculative.speedup) : r.serve?.speedup === undefined ? undefined : ratio(r.serve.speedup)) },
   { header: 'acceptance', cell: (r) => (r.speculative ? `${(100 * r.speculative.acceptanceRate).toFixed(1)}%` : undefined) },
   { header: 'accepted/step', cell: (r) => r.speculative?.meanAcceptedTokens.toFixed(2) },
-  { header: 'greedy identical', cell: (r) => (r.speculative ? (r.speculative.identicalToPlain ? 'yes' : 'NO') : undefined) },
+  { header: 'greedy identical', cell: (r) => yesNo(r.speculative?.identicalToPlain ?? r.serve?.identical) },
   { header: 'experts (active/all)', cell: (r) => (r.moe ? `${r.moe.expertsPerToken}/${r.moe.experts}` : undefined) },
   { header: 'MB resident', cell: (r) => (r.weightBytes === undefined ? undefined : MB(r.weightBytes)) },
   { header: 'MB read/token', cell: (r) => (r.bytesPerToken === undefined ? undefined : MB(r.bytesPerToken)) },

@@ -11,6 +11,7 @@ import { GGUF_FORMATS, type GgufFormat } from './gguf.ts';
 import { benchGguf, LLAMA_BACKENDS, runLlamaCpp, type LlamaBackend } from './llama-cpp.ts';
 import { moeBenchModels } from './moe-models.ts';
 import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
+import { PREFIX_NEW_TOKENS, runServeLoad, SHARED_PREFIX_TOKENS, type ServeLoadOptions } from './serve-load.ts';
 import { runSpeculative } from './speculative.ts';
 
 export class BenchArgsError extends Error {
@@ -34,6 +35,8 @@ export interface BenchOptions {
   llamaBackends: LlamaBackend[];
   /** num_assistant_tokens the speculative rows start from. */
   k: number;
+  /** The load run against serve, once per format (on the dense model). */
+  serve: ServeLoadOptions & { formats: BenchFormat[] };
   json: boolean;
 }
 
@@ -47,8 +50,10 @@ export interface BenchReport {
 }
 
 const DTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8', 'q4'];
-const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k'];
-const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--all'];
+const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
+const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--serve', '--all'];
+/** A flag whose value is itself flags (for serve). */
+const PASSED_THROUGH = '--serve-args';
 
 /** The GGUF format llama.cpp runs for one of our formats (f32 is not compared). */
 const GGUF_FOR: Partial<Record<BenchFormat, GgufFormat>> = { bf16: 'f16', f16: 'f16', q8: 'q8_0', q4: 'q4_0' };
@@ -62,7 +67,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     const a = argv[i]!;
     if (VALUE_FLAGS.includes(a)) {
       const v = argv[++i];
-      if (v === undefined || v.startsWith('--')) throw new BenchArgsError(`${a} needs a value`);
+      if (v === undefined || (v.startsWith('--') && a !== PASSED_THROUGH)) throw new BenchArgsError(`${a} needs a value`);
       values.set(a, v);
     } else if (SWITCHES.includes(a)) switches.add(a);
     else throw new BenchArgsError(`unknown argument '${a}'; flags: ${[...VALUE_FLAGS, ...SWITCHES].join(' ')}`);
@@ -80,13 +85,17 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const llamaBackends = list('--llama', LLAMA_BACKENDS.join(','));
   for (const b of llamaBackends) if (!(LLAMA_BACKENDS as string[]).includes(b)) throw new BenchArgsError(`unknown llama.cpp backend '${b}'; use ${LLAMA_BACKENDS.join(', ')}`);
 
-  // The dense table runs unless only other sections are asked for, or when a dense-only flag says so.
+  // The dense table runs unless only other sections are asked for, or when a dense-only flag
+  // says so; with --serve, --dtype and --quantize pick the serve rows' formats instead.
   const all = switches.has('--all');
-  const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || values.has('--dtype') || values.has('--quantize');
+  const serve = all || switches.has('--serve');
+  const formatsNamed = values.has('--dtype') || values.has('--quantize');
+  const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || (formatsNamed && !serve);
   const sections: Section[] = [];
-  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative'))) sections.push('dense');
+  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative') || serve)) sections.push('dense');
   if (all || switches.has('--moe')) sections.push('moe');
   if (all || switches.has('--speculative')) sections.push('speculative');
+  if (serve) sections.push('serve');
   const model = values.get('--model');
   const moeModels = values.has('--moe-model') ? list('--moe-model', '') : undefined;
   return {
@@ -101,11 +110,19 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     ggufFormats: ggufFormats as GgufFormat[],
     llamaBackends: llamaBackends as LlamaBackend[],
     k: count('--k', 4, 1),
+    serve: {
+      formats: (formatsNamed ? formats : ['bf16']) as BenchFormat[],
+      streams: count('--streams', 8, 1),
+      promptTokens: count('--prompt-tokens', 16, 1),
+      // Two at least: inter-token latency needs a second token.
+      newTokens: count('--new-tokens', 48, 2),
+      serveArgs: (values.get(PASSED_THROUGH) ?? '').split(/\s+/).filter(Boolean),
+    },
     json: switches.has('--json'),
   };
 }
 
-/** Runs the sections `o` asks for, in order: dense (with llama.cpp), MoE, speculative. */
+/** Runs the sections `o` asks for, in order: dense (with llama.cpp), MoE, speculative, serve. */
 export async function runBench(o: BenchOptions): Promise<BenchReport> {
   const gpu = await getGpu();
   const report: BenchReport = { adapter: gpu.info, loadAtStart: loadavg(), rows: [], skipped: [] };
@@ -128,6 +145,9 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
     const targets = [denseModel(), ...stories, moeModels().at(-1)!];
     report.rows.push(...(await runSpeculative({ targets, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, k: o.k })));
+  }
+  if (o.sections.includes('serve')) {
+    for (const f of o.serve.formats) report.rows.push(...(await runServeLoad(denseModel(), f, o.serve)));
   }
   return report;
 }
@@ -163,15 +183,17 @@ const TITLES: Record<Section, string> = {
   dense: 'Dense',
   moe: 'Mixture of experts (bf16): decode reads only the selected experts',
   speculative: 'Speculative decoding (greedy): plain vs assisted on the same target',
+  serve: 'Serving under load: streamed /v1/completions against pnpm serve',
 };
 
 /** The printed report: one table per section, then the step profiles and what was skipped. */
-export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k'>): string {
+export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k' | 'serve'>): string {
   const out: string[] = [];
   const la = r.loadAtStart.map((x) => x.toFixed(2)).join(', ');
-  out.push(`${describeGpu(r.adapter)}; load average at start ${la}; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens.`);
+  const lengths = r.rows.some((x) => x.section !== 'serve') ? `; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens` : '';
+  out.push(`${describeGpu(r.adapter)}; load average at start ${la}${lengths}.`);
   out.push(`"2-core est." = tokens per CPU-second x ${CORES}; load = 1-minute load average when the row finished.`);
-  for (const s of ['dense', 'moe', 'speculative'] as const) {
+  for (const s of ['dense', 'moe', 'speculative', 'serve'] as const) {
     const rows = r.rows.filter((x) => x.section === s);
     if (!rows.length) continue;
     out.push('', `## ${TITLES[s]}`, '', formatTable(rows));
@@ -180,6 +202,16 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
         '',
         `Speculative: prompts of at most 32 tokens, already cached when timing starts; K starts at ${o.k} (heuristic schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
       );
+    if (s === 'serve') {
+      const extra = o.serve.serveArgs.length ? ` (with ${o.serve.serveArgs.join(' ')})` : '';
+      out.push(
+        '',
+        `Serve${extra}: ${o.serve.streams} requests of ${o.serve.promptTokens}-token id prompts and ${o.serve.newTokens} new tokens (greedy, ignore_eos), one after another, then all at once; ` +
+          `prefix cache: ${o.serve.streams} requests of ${SHARED_PREFIX_TOKENS} shared + ${o.serve.promptTokens} own tokens and ${Math.min(o.serve.newTokens, PREFIX_NEW_TOKENS)} new tokens, one after another, after one that primes the prefix. ` +
+          'Output tok/s = generated tokens ÷ the phase\'s wall time; ITL is per token (a chunk of several tokens counts as that many equal gaps); ' +
+          'speedup = concurrent output tok/s ÷ sequential; greedy identical = every request got the same tokens in both phases.',
+      );
+    }
   }
   const profiles = r.rows.flatMap(formatProfile);
   if (profiles.length) out.push('', ...profiles);

@@ -35,11 +35,16 @@ export interface SpeculativeOptions {
   k: number;
 }
 
-/** A tokenizer with one token "<id>" per id and no special tokens: for targets without a tokenizer.json. */
-export function idTokenizer(vocabSize: number): ChatTokenizer {
+/** The tokenizer.json of a tokenizer with one token "<id>" per id and no special tokens: for folders without one. */
+export function idTokenizerJson(vocabSize: number): Record<string, unknown> {
   const vocab: Record<string, number> = {};
   for (let i = 0; i < vocabSize; i++) vocab[`<${i}>`] = i;
-  return new ChatTokenizer({ model: { type: 'BPE', vocab, merges: [] }, added_tokens: [], normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null }, {});
+  return { model: { type: 'BPE', vocab, merges: [] }, added_tokens: [], normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null };
+}
+
+/** idTokenizerJson's tokenizer: for targets without a tokenizer.json. */
+export function idTokenizer(vocabSize: number): ChatTokenizer {
+  return new ChatTokenizer(idTokenizerJson(vocabSize), {});
 }
 
 interface Draft {
