@@ -218,7 +218,12 @@ export class DecoderBatch implements Batch {
     return out;
   }
 
-  async reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]> {
+  reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]> {
+    return this.reduceKept(rows, k, targets, (row) => this.keptRow(row));
+  }
+
+  /** reduceRows with rows named by the caller (a Session names them by position): `kept` maps one to a kept row. */
+  async reduceKept(rows: readonly number[], k: number, targets: readonly (number | undefined)[] | undefined, kept: (row: number) => number): Promise<RowScore[]> {
     if (targets && targets.length !== rows.length) throw new RangeError(`reduceRows: ${targets.length} targets for ${rows.length} rows`);
     const V = this.c.vocab_size;
     // Checked before the pending step is taken, so a bad argument loses no work.
@@ -226,7 +231,8 @@ export class DecoderBatch implements Batch {
     const reduced: ReducedRow[] = rows.map((row, i) => {
       const t = targets?.[i];
       if (t !== undefined && !(Number.isInteger(t) && t >= 0 && t < V)) throw new RangeError(`reduceRows: target id ${t} is outside the vocabulary (size ${V})`);
-      return t === undefined ? { offset: this.keptRow(row) * V } : { offset: this.keptRow(row) * V, target: t };
+      const offset = this.keptRow(kept(row)) * V;
+      return t === undefined ? { offset } : { offset, target: t };
     });
     if (reduced.length === 0) return [];
     const bytes = reduced.length * rowResultWords(k) * 4;

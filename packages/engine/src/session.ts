@@ -55,24 +55,20 @@ export class DecoderSession implements Session {
     }
   }
 
-  argmax(row?: number): Promise<number> {
+  async argmax(row?: number): Promise<number> {
     return this.batch.argmax(this.keptRow(row));
   }
 
-  topK(k: number, row?: number): Promise<TopK> {
+  async topK(k: number, row?: number): Promise<TopK> {
     return this.batch.topK(k, this.keptRow(row));
   }
 
-  logits(row?: number): Promise<Float32Array> {
+  async logits(row?: number): Promise<Float32Array> {
     return this.batch.logits(this.keptRow(row));
   }
 
   reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]> {
-    return this.batch.reduceRows(
-      rows.map((r) => this.keptRow(r)),
-      k,
-      targets,
-    );
+    return this.batch.reduceKept(rows, k, targets, (row) => this.keptRow(row));
   }
 
   truncate(length: number): void {
