@@ -50,6 +50,11 @@ export interface DecoderOptions {
   numBlocks: number;
   /** Blocks of the longest sequence. */
   maxBlocks: number;
+  /**
+   * Run one-token steps through the matmul kernels too: the matvec sums in another order, so
+   * a row's logits would depend on whether other rows share its step (batch invariance).
+   */
+  matmulOnly?: boolean;
 }
 
 /** One step: ids (in run order), the runs, and the token rows whose logits to keep, in order. */
@@ -156,8 +161,9 @@ export class Decoder {
       ops.push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
       return { x: into, opts: {} };
     };
-    const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], opts: LinearOptions) =>
-      perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...opts }));
+    const force: LinearOptions = opts.matmulOnly ? { force: 'matmul' } : {};
+    const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], o: LinearOptions) =>
+      perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...o, ...force }));
     this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
     w.layers.forEach((L, i) => {
       const a = L.attnIn;
@@ -195,7 +201,7 @@ export class Decoder {
       this.body.push(linearOp(L.down!, act, this.hidden, { accumulate: true }));
     });
     const inH = normedInput(this.head, this.lastHidden, w.norm, this.finalNormed, [w.lmHead]);
-    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts })));
+    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts, ...force })));
   }
 
   /**

@@ -125,6 +125,12 @@ export interface BatchOptions {
   maxContext?: number;
   /** Rows of logits one step may keep (default max(64, maxSequences), within the binding limit). */
   maxLogitRows?: number;
+  /**
+   * Make a sequence's logits bit-identical whether it runs alone or beside others: one-row steps
+   * use the matmul kernels too (the matvec sums in another order). Costs one-row steps the
+   * matvec's speed; default false.
+   */
+  batchInvariant?: boolean;
 }
 
 /** One sequence's tokens in a step, appended at positions seq.length... */

@@ -54,6 +54,14 @@ async function alone(model: Model, ids: number[], n: number): Promise<Greedy> {
   return out;
 }
 
+/** Bitwise equality of two logits rows (the first index that differs, or -1). */
+function firstDifference(a: Float32Array, b: Float32Array): number {
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  if (x.length !== y.length) return 0;
+  return x.findIndex((v, i) => v !== y[i]);
+}
+
 /**
  * Greedy decoding of every prompt in one batch: sequence i joins at step start[i] and feeds its
  * prompt in chunks of chunk[i] tokens (mid-prompt chunks keep no logits), while the others
@@ -108,6 +116,42 @@ describe('batch: stories260K (f32), sequences stepped together vs each alone', (
       batch.dispose();
     });
   }
+});
+
+describe('batch invariance (batchInvariant: every step on the matmul kernels)', () => {
+  // Without the option a one-row step runs the matvec, whose sums differ from the matmul's in
+  // the last bits (about 1e-5 of the logits; the tests above allow for it). With it, a row's
+  // logits do not depend on its step's other rows, in every format and both variants.
+  const dir = () =>
+    writeGeneratedModel({ modelType: 'qwen2', dtype: 'bfloat16', seed: 4, config: { hidden_size: 256, intermediate_size: 512, num_attention_heads: 8, num_key_value_heads: 2, vocab_size: 1000 } });
+  const formats = [
+    { name: 'f32', load: { dtype: 'f32' as const } },
+    { name: 'bf16', load: {} },
+    { name: 'q8', load: { quantize: 'q8' as const } },
+    { name: 'q4', load: { quantize: 'q4' as const } },
+  ];
+  // The GPU kernels are slow on a CPU adapter: two formats there (a dense one and a quantized one).
+  for (const [variant, names] of [['software', ['f32', 'bf16', 'q8', 'q4']], ['gpu', ['bf16', 'q4']]] as const)
+    it(`${variant} kernels, ${names.join(', ')}: a sequence alone and beside three others give the same bits`, async () => {
+      const folder = dir();
+      for (const f of formats.filter((x) => (names as readonly string[]).includes(x.name))) {
+        const model = await loadModel(folder, { gpu: await testGpu(), variant, ...f.load });
+        const prompts = [prompt(3, 11), prompt(17, 12), prompt(6, 13), prompt(30, 14)];
+        const N = 8;
+        const want = [];
+        for (const p of prompts) {
+          const one = model.createBatch({ maxSequences: 1, kvTokens: 64, batchInvariant: true });
+          want.push((await batched(one, [p], N, [0], [p.length]))[0]!);
+          one.dispose();
+        }
+        const batch = model.createBatch({ maxSequences: 4, kvTokens: 256, batchInvariant: true });
+        const got = await batched(batch, prompts, N, [0, 0, 2, 3], [3, 5, 6, 30]);
+        for (const i of prompts.keys())
+          for (const [g, row] of got[i]!.logits.entries()) expect(firstDifference(row, want[i]!.logits[g]!), `${f.name}: sequence ${i}, token ${g}`).toBe(-1);
+        batch.dispose();
+        model.dispose();
+      }
+    });
 });
 
 describe('batch: generated Qwen2-shaped model vs the float64 reference', () => {
