@@ -215,8 +215,15 @@ describe('batch: blocks', () => {
     }
     expect(gotA).toEqual(wantA.tokens);
     expect(gotF).toEqual(wantF.tokens);
+    // A truncation into a block another sequence holds: the next write copies it first.
+    const g = batch.fork(f, f.length);
+    batch.truncate(f, 20);
+    const used = batch.usedBlocks;
+    batch.step([{ seq: f, tokens: [5] }]);
+    expect(batch.usedBlocks).toBe(used + 1);
+    batch.free(g);
     batch.truncate(a, 3);
-    expect(batch.usedBlocks).toBe(3); // a's block 0, shared with f, and f's copy of block 1 and its block 2
+    expect(batch.usedBlocks).toBe(2); // a's block 0, shared with f, and f's second block
     batch.free(f);
     expect(batch.usedBlocks).toBe(1);
     batch.free(a);
