@@ -288,11 +288,6 @@ export class DecoderBatch implements Batch {
     this.onDispose();
   }
 
-  /** KV cache bytes of every layer's pools. */
-  kvBytes(): number {
-    return this.decoder.kvBytes();
-  }
-
   /** Whether the next token of `s` goes into a block it shares (its last one, partly filled). */
   private copyOnWrite(s: Seq): boolean {
     return s.length % this.blockSize !== 0 && this.pool.shared(s.blocks[s.blocks.length - 1]!);

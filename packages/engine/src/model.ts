@@ -13,7 +13,7 @@ import { ContextOverflowError, DecoderBatch, MAX_LOGIT_ROWS, MAX_STEP_TOKENS } f
 import { DecoderSession } from './session.ts';
 import { GLU_BLOCK } from './ops/linear-epilogue.ts';
 import type { BatchOptions, DtypeOption, FileSource, LoadOptions, Model, ModelInfo } from './types.ts';
-import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
+import { expectedTensors, loadDecoderWeights } from './weights.ts';
 import { tiledRows } from './tiles.ts';
 import { inactiveExpertBytes, isSparseLayer, plannedTensorBytes } from './moe-weights.ts';
 import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat, quantBytes, readQuantizationConfig } from './quant.ts';
