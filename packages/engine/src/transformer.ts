@@ -14,7 +14,7 @@
 import type { ModelConfig } from './config.ts';
 import { emptyBuffer, storageUsage } from './buffers.ts';
 import type { OpContext } from './ops/context.ts';
-import { createAttention, type AttentionOp } from './ops/attention.ts';
+import { createAttention, createAttentionPartials, type AttentionOp } from './ops/attention.ts';
 import { createEmbedding } from './ops/embedding.ts';
 import { createLinear, type LinearOptions, type LinearWeight } from './ops/linear.ts';
 import { normFolds } from './ops/linear-epilogue.ts';
@@ -146,6 +146,8 @@ export class Decoder {
       maxPositionEmbeddings: c.max_position_embeddings,
     });
     const heads = { nHeads: c.num_attention_heads, nKvHeads: c.num_key_value_heads, headDim: c.head_dim };
+    const partials = createAttentionPartials(ctx, { nHeads: heads.nHeads, headDim: heads.headDim, maxTokens: T, maxLength: opts.maxBlocks * opts.blockSize });
+    this.owned.push(partials.buffer);
 
     // q and k are the same buffers in every layer, so one RoPE op serves them all.
     const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k, this.meta.buffer);
@@ -181,7 +183,7 @@ export class Decoder {
       this.body.push(ropeStep);
       const window = c.layer_windows[i] ?? 0;
       const attnOpts = { ...heads, numBlocks: opts.numBlocks, ...(window ? { slidingWindow: window } : {}), ...(L.sinks ? { sinks: L.sinks } : {}) };
-      const attn = createAttention(ctx, attnOpts, this.meta, q, k, v, attnOut);
+      const attn = createAttention(ctx, attnOpts, this.meta, q, k, v, attnOut, partials);
       this.attention.push(attn);
       this.body.push(stepOp('attention', (pass, shape) => attn.encode(pass, shape), () => attn.destroy()));
       this.body.push(linearOp(L.o, attnOut, this.hidden, { accumulate: true }));

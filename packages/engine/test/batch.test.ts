@@ -136,16 +136,20 @@ describe('batch invariance (batchInvariant: every step on the matmul kernels)', 
       const folder = dir();
       for (const f of formats.filter((x) => (names as readonly string[]).includes(x.name))) {
         const model = await loadModel(folder, { gpu: await testGpu(), variant, ...f.load });
-        const prompts = [prompt(3, 11), prompt(17, 12), prompt(6, 13), prompt(30, 14)];
+        // The longest prompt takes the short ones past one attention split (256 positions in
+        // software, 128 on GPUs): alone they run unsplit, beside it split and combined; the two
+        // long ones are split alone too, at the same fixed boundaries.
+        const prompts = [prompt(3, 11), prompt(17, 12), prompt(270, 13), prompt(300, 14)];
+        const chunks = [3, 5, 135, 150];
         const N = 8;
         const want = [];
-        for (const p of prompts) {
-          const one = model.createBatch({ maxSequences: 1, kvTokens: 64, batchInvariant: true });
-          want.push((await batched(one, [p], N, [0], [p.length]))[0]!);
+        for (const [i, p] of prompts.entries()) {
+          const one = model.createBatch({ maxSequences: 1, kvTokens: 320, batchInvariant: true });
+          want.push((await batched(one, [p], N, [0], [chunks[i]!]))[0]!);
           one.dispose();
         }
-        const batch = model.createBatch({ maxSequences: 4, kvTokens: 256, batchInvariant: true });
-        const got = await batched(batch, prompts, N, [0, 0, 2, 3], [3, 5, 6, 30]);
+        const batch = model.createBatch({ maxSequences: 4, kvTokens: 720, batchInvariant: true });
+        const got = await batched(batch, prompts, N, [0, 0, 2, 4], chunks);
         for (const i of prompts.keys())
           for (const [g, row] of got[i]!.logits.entries()) expect(firstDifference(row, want[i]!.logits[g]!), `${f.name}: sequence ${i}, token ${g}`).toBe(-1);
         batch.dispose();

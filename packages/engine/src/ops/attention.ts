@@ -43,22 +43,43 @@ export interface AttentionOp {
 export const MAX_HEAD_DIM = 256;
 
 const WG = 64;
-// Splitting policy: a split covers MIN_SPLIT positions (more where the partials would not fit)
-// and a row has at most MAX_SPLITS of them. A CPU-backed adapter needs only a few dozen threads
-// busy, and each split costs it a full pass over headDim in the combine; a GPU wants hundreds of
-// workgroups. A fixed split length keeps a row's summation order independent of the other
-// sequences in its step (batch invariance).
+// Splitting policy: a split covers MIN_SPLIT positions and a row has at most MAX_SPLITS of them.
+// A CPU-backed adapter needs only a few dozen threads busy, and each split costs it a full pass
+// over headDim in the combine; a GPU wants hundreds of workgroups. The fixed split length keeps
+// a row's summation order independent of the other sequences in its step (batch invariance):
+// a split past a row's own keys is empty and weighs exactly nothing in the combine.
 const POLICY = {
   software: { minSplit: 256, maxSplits: 32 },
   gpu: { minSplit: 128, maxSplits: 64 },
 } as const;
-// Partials are kept for this many rows' worth of full splits: decode and short prefills
-// split fully; long prefills have enough rows to fill the device without splitting.
-const PARTIAL_ROWS_PER_HEAD = 4;
+
+/**
+ * Scratch for the split partials, shared by every layer's attention (layers run one after
+ * another): part: [items] pairs (m, l), then [items, headDim] accumulators.
+ */
+export interface AttentionPartials {
+  readonly buffer: GPUBuffer;
+  /** Work items (row, split) it holds. */
+  readonly items: number;
+  readonly headDim: number;
+}
+
+/**
+ * Partials for every row of a step of maxTokens split at the fixed length up to maxLength
+ * positions, within one storage binding; past that a step splits less (at other boundaries).
+ */
+export function createAttentionPartials(ctx: OpContext, o: { nHeads: number; headDim: number; maxTokens: number; maxLength: number }): AttentionPartials {
+  const policy = POLICY[ctx.variant];
+  const splits = Math.min(policy.maxSplits, Math.ceil(o.maxLength / policy.minSplit));
+  const bindLimit = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
+  const items = Math.min(o.maxTokens * o.nHeads * splits, Math.floor(bindLimit / ((2 + o.headDim) * 4)));
+  return { buffer: emptyBuffer(ctx.device, items * (2 + o.headDim) * 4, 'attention partials'), items, headDim: o.headDim };
+}
 
 /**
  * q: [maxTokens, nHeads * headDim], k and v: [maxTokens, nKvHeads * headDim] (k after RoPE),
- * out: [maxTokens, nHeads * headDim], all f32; meta: the step's positions and block tables.
+ * out: [maxTokens, nHeads * headDim], all f32; meta: the step's positions and block tables;
+ * partials: split scratch (createAttentionPartials), which this op does not own.
  */
 export function createAttention(
   ctx: OpContext,
@@ -68,6 +89,7 @@ export function createAttention(
   k: GPUBuffer,
   v: GPUBuffer,
   out: GPUBuffer,
+  partials: AttentionPartials,
 ): AttentionOp {
   const { nHeads, nKvHeads, headDim, numBlocks } = opts;
   const { blockSize, maxTokens } = meta.opts;
@@ -98,9 +120,10 @@ export function createAttention(
   const dev = ctx.device;
   const kCache = emptyBuffer(dev, numBlocks * blockBytes, 'kCache');
   const vCache = emptyBuffer(dev, numBlocks * blockBytes, 'vCache');
-  const partialItems = nHeads * policy.maxSplits * PARTIAL_ROWS_PER_HEAD;
+  if (partials.headDim !== headDim) throw new AttentionError(`partials hold rows of ${partials.headDim} dims, not ${headDim}`);
+  const partialItems = partials.items;
   const accOffset = 2 * partialItems;
-  const part = emptyBuffer(dev, (accOffset + partialItems * headDim) * 4, 'attention partials');
+  const part = partials.buffer;
 
   const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
   const write = ctx.kernels.get('attention', { KV_WRITE: true }, { WG });
@@ -148,7 +171,6 @@ export function createAttention(
     destroy() {
       kCache.destroy();
       vCache.destroy();
-      part.destroy();
       writeParams.destroy();
       attnParams.destroy();
       combineParams.destroy();
