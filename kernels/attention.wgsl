@@ -1,21 +1,27 @@
-// Causal attention over a KV cache, with grouped-query heads and an optional sliding window.
+// Causal grouped-query attention over a paged KV cache, for the tokens of several sequences
+// in one step, with an optional sliding window and attention sinks.
 //
-// Cache layout: kCache, vCache [nKvHeads, maxContext, headDim] f32, so one head's keys are
-// contiguous. Query row r = t * nHeads + h (the layout of q and out, [T, nHeads * headDim])
-// is at position pos = startPos + t and attends to cache positions j in
-// [max(0, pos + 1 - window), pos] (window 0: no window), using kv head h / (nHeads / nKvHeads).
+// Cache layout: kCache, vCache [numBlocks, nKvHeads, blockSize, headDim] f32: a sequence's
+// position j lives in block table[j / blockSize] at row j % blockSize, so one block's rows of
+// one kv head are contiguous. Per-token metadata is in `stepMeta` (u32, ops/step-meta.ts):
+// stepMeta[t] is token t's position, stepMeta[maxTokens + t] the word offset of its sequence's
+// block table. Query row r = t * nHeads + h (the layout of q and out, [T, nHeads * headDim])
+// at position pos attends to its own sequence's positions j in [max(0, pos + 1 - window), pos]
+// (window 0: no window), using kv head h / (nHeads / nKvHeads).
 //
 // The positions are cut into `splits` ranges of splitLen (flash-decoding): each work item
 // (r, s) runs an online softmax over its range and, with direct = 1 (one split), writes
 // the normalised output; otherwise it writes its running max m, sum l and unnormalised
-// accumulator to `part`, and the COMBINE variant merges the splits of each row.
+// accumulator to `part`, and the COMBINE variant merges the splits of each row. A split past
+// a row's own range is empty (m = -big, l = 0) and weighs nothing in the combine.
 //
 // Variants:
-//   KV_WRITE  copies T new k/v rows into the cache at startPos.
+//   KV_WRITE  copies T new k/v rows into each token's cache slot.
 //   SPLIT_SW  one thread per work item (CPU-backed adapters: no barriers), reading the
 //             caches as vec4 (headDim is a multiple of 4, checked on the host).
 //   SPLIT_SG  CPU-backed adapters with subgroups of exactly 8, headDim % 8 == 0: one subgroup
-//             per 8 query rows of one kv head, sharing each cache row through broadcasts.
+//             per group of up to 8 query rows of one kv head and one sequence (stepMeta's row
+//             groups), sharing each cache row through broadcasts.
 //   SPLIT_GPU one workgroup per work item: a score per thread, shared-memory reductions,
 //             and each thread accumulating a few output dims over the chunk's v rows.
 //   COMBINE   one thread per output element.
@@ -27,8 +33,8 @@ struct Params {
   tokens: u32,
   nKvHeads: u32,
   headDim: u32,
-  maxContext: u32,
-  startPos: u32,
+  blockSize: u32,
+  maxTokens: u32,
 }
 
 override WG: u32 = 64u;
@@ -39,6 +45,8 @@ override WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kCache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> vCache: array<f32>;
+// stepMeta: positions and block tables (ops/step-meta.ts).
+@group(0) @binding(5) var<storage, read> stepMeta: array<u32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -48,7 +56,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let th = idx / p.headDim;
   let h = th % p.nKvHeads;
   let t = th / p.nKvHeads;
-  let dst = (h * p.maxContext + p.startPos + t) * p.headDim + d;
+  let pos = stepMeta[t];
+  let blk = stepMeta[stepMeta[p.maxTokens + t] + pos / p.blockSize];
+  let dst = ((blk * p.nKvHeads + h) * p.blockSize + pos % p.blockSize) * p.headDim + d;
   kCache[dst] = k[idx];
   vCache[dst] = v[idx];
 }
@@ -97,8 +107,10 @@ struct Params {
   nHeads: u32,
   nKvHeads: u32,
   headDim: u32,
-  maxContext: u32,
-  startPos: u32,
+  blockSize: u32,
+  maxTokens: u32,
+  groupBase: u32,
+  groups: u32,
   window: u32,
   splits: u32,
   splitLen: u32,
@@ -121,9 +133,11 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // part: split partials (see COMBINE), written when direct = 0.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
+// stepMeta: positions, block tables and row groups (ops/step-meta.ts).
+@group(0) @binding(6) var<storage, read> stepMeta: array<u32>;
 #if SINKS
 // sinks: [nHeads] f32.
-@group(0) @binding(6) var<storage, read> sinks: array<f32>;
+@group(0) @binding(7) var<storage, read> sinks: array<f32>;
 #endif
 
 // The softmax's starting max and sum for split s of query row `row`.
@@ -134,9 +148,27 @@ fn startML(s: u32, row: u32) -> vec2<f32> {
   return vec2<f32>(NEG_BIG, 0.0);
 }
 
+// The first position a query at `pos` attends to.
+fn firstKey(pos: u32) -> u32 {
+  if (p.window > 0u && pos + 1u > p.window) { return pos + 1u - p.window; }
+  return 0u;
+}
+
+// Index in the caches of position j's row of kv head kvh, for the block table at word `table` of stepMeta.
+fn cacheRow(table: u32, j: u32, kvh: u32) -> u32 {
+  let blk = stepMeta[table + j / p.blockSize];
+  return ((blk * p.nKvHeads + kvh) * p.blockSize + j % p.blockSize) * p.headDim;
+}
+
+// The end of the block holding position j (the key loops look a block up once per block).
+fn blockEnd(j: u32, end: u32) -> u32 {
+  return min(end, (j / p.blockSize + 1u) * p.blockSize);
+}
+
 struct Item {
   row: u32,
-  cacheBase: u32, // index of the kv head's position 0 in the caches
+  kvh: u32,
+  table: u32,
   begin: u32,
   end: u32,
 }
@@ -146,11 +178,9 @@ fn item(i: u32) -> Item {
   let row = i / p.splits;
   let h = row % p.nHeads;
   let t = row / p.nHeads;
-  let pos = p.startPos + t;
-  var lo = 0u;
-  if (p.window > 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
+  let pos = stepMeta[t];
   let kvh = h / (p.nHeads / p.nKvHeads);
-  return Item(row, kvh * p.maxContext * p.headDim, max(lo, s * p.splitLen), min(pos + 1u, (s + 1u) * p.splitLen));
+  return Item(row, kvh, stepMeta[p.maxTokens + t], max(firstKey(pos), s * p.splitLen), min(pos + 1u, (s + 1u) * p.splitLen));
 }
 
 #if SPLIT_SW
@@ -176,21 +206,25 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let ml = startML(i % p.splits, it.row);
   var m = ml.x;
   var l = ml.y;
-  let cacheBase4 = it.cacheBase / 4u;
-  for (var j = it.begin; j < it.end; j++) {
-    let base = cacheBase4 + j * HD4;
-    var s4 = vec4(0.0);
-    for (var d = 0u; d < HD4; d++) { s4 += qv[d] * kCache4[base + d]; }
-    let s = s4.x + s4.y + s4.z + s4.w;
-    if (s > m) {
-      let corr = exp(m - s);
-      l *= corr;
-      for (var d = 0u; d < HD4; d++) { acc[d] *= corr; }
-      m = s;
+  var j = it.begin;
+  while (j < it.end) {
+    let stop = blockEnd(j, it.end);
+    var base = cacheRow(it.table, j, it.kvh) / 4u;
+    for (; j < stop; j++) {
+      var s4 = vec4(0.0);
+      for (var d = 0u; d < HD4; d++) { s4 += qv[d] * kCache4[base + d]; }
+      let s = s4.x + s4.y + s4.z + s4.w;
+      if (s > m) {
+        let corr = exp(m - s);
+        l *= corr;
+        for (var d = 0u; d < HD4; d++) { acc[d] *= corr; }
+        m = s;
+      }
+      let w = exp(s - m);
+      l += w;
+      for (var d = 0u; d < HD4; d++) { acc[d] += w * vCache4[base + d]; }
+      base += HD4;
     }
-    let w = exp(s - m);
-    l += w;
-    for (var d = 0u; d < HD4; d++) { acc[d] += w * vCache4[base + d]; }
   }
   let D = HD4 * 4u;
   if (p.direct == 1u) {
@@ -204,46 +238,40 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 #endif
 
 #if SPLIT_SG
-// One subgroup of exactly 8 lanes (one workgroup) per work item, on CPU-backed adapters: the 8
-// lanes are 8 query rows that read the same kv head, consecutive rows of that head's query rows
-// in token-major order (row r: token r / G, head kvh * G + r % G, G = nHeads / nKvHeads). They
-// walk the union of their key ranges together; each lane loads PL = headDim / 8 values of a
-// cache row and subgroup broadcasts hand them to all eight, so a cache row is loaded once per 8
-// query rows. (On lavapipe every load in a loop is a per-lane gather: the per-row kernel loads
-// each cache row once per query row.) Work item i = group * splits + s, groups ordered by kv
-// head. Loops run to override constants so qv and acc stay in registers (constant indices).
+// One subgroup of exactly 8 lanes (one workgroup) per work item, on CPU-backed adapters: the
+// lanes are one row group of stepMeta, up to 8 query rows of one sequence that read the same kv
+// head, consecutive in token-major order (row r: token r / G, head kvh * G + r % G,
+// G = nHeads / nKvHeads). They walk the union of their key ranges together; each lane loads
+// PL = headDim / 8 values of a cache row and subgroup broadcasts hand them to all eight, so a
+// cache row is loaded once per 8 query rows. (On lavapipe every load in a loop is a per-lane
+// gather: the per-row kernel loads each cache row once per query row.) Work item
+// i = group * splits + s, groups ordered by kv head. Loops run to override constants so qv
+// and acc stay in registers (constant indices).
 const MAX_PL: u32 = MAX_D / 8u;
 override PL: u32 = 8u; // headDim / 8
 
 @group(0) @binding(2) var<storage, read> kCache: array<f32>;
 @group(0) @binding(3) var<storage, read> vCache: array<f32>;
 
-// The first position a query at `pos` attends to.
-fn firstKey(pos: u32) -> u32 {
-  if (p.window > 0u && pos + 1u > p.window) { return pos + 1u - p.window; }
-  return 0u;
-}
-
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let i = wg.x + wg.y * nwg.x;
   let G = p.nHeads / p.nKvHeads;
-  let rows = p.tokens * G; // query rows per kv head
-  let groups = (rows + 7u) / 8u;
   let s = i % p.splits;
-  let grp = (i / p.splits) % groups;
-  let kvh = i / p.splits / groups;
+  let grp = (i / p.splits) % p.groups;
+  let kvh = i / p.splits / p.groups;
   if (kvh >= p.nKvHeads) { return; }
-  // Rows are token-major, so the group's first row has its earliest position and its last row the latest.
-  let first = grp * 8u;
-  let last = min(first + 7u, rows - 1u);
-  let jBegin = max(firstKey(p.startPos + first / G), s * p.splitLen);
-  let jEnd = min(p.startPos + last / G + 1u, (s + 1u) * p.splitLen);
-  let live = first + lane < rows;
+  let first = stepMeta[p.groupBase + 2u * grp];
+  let last = first + stepMeta[p.groupBase + 2u * grp + 1u] - 1u;
+  // The group's rows are one sequence's, token-major: the first row has its earliest position, the last its latest.
+  let jBegin = max(firstKey(stepMeta[first / G]), s * p.splitLen);
+  let jEnd = min(stepMeta[last / G] + 1u, (s + 1u) * p.splitLen);
+  let table = stepMeta[p.maxTokens + first / G];
+  let live = first + lane <= last;
   let r = min(first + lane, last);
   let t = r / G;
   let row = t * p.nHeads + kvh * G + r % G;
-  let pos = p.startPos + t;
+  let pos = stepMeta[t];
   let begin = max(firstKey(pos), s * p.splitLen);
   let end = min(pos + 1u, (s + 1u) * p.splitLen);
   let D = 8u * PL;
@@ -257,35 +285,39 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var m = ml.x;
   var l = ml.y;
   var kv: array<f32, MAX_PL>;
-  let cacheBase = kvh * p.maxContext * D + lane * PL;
-  for (var j = jBegin; j < jEnd; j++) {
-    let base = cacheBase + j * D;
-    for (var e = 0u; e < PL; e++) { kv[e] = kCache[base + e]; }
-    var sc = 0.0;
-    for (var e = 0u; e < PL; e++) {
-      let v = kv[e];
-      sc += qv[e] * subgroupBroadcast(v, 0u) + qv[PL + e] * subgroupBroadcast(v, 1u)
-          + qv[2u * PL + e] * subgroupBroadcast(v, 2u) + qv[3u * PL + e] * subgroupBroadcast(v, 3u)
-          + qv[4u * PL + e] * subgroupBroadcast(v, 4u) + qv[5u * PL + e] * subgroupBroadcast(v, 5u)
-          + qv[6u * PL + e] * subgroupBroadcast(v, 6u) + qv[7u * PL + e] * subgroupBroadcast(v, 7u);
-    }
-    let valid = live && j >= begin && j < end;
-    let mNew = select(m, max(m, sc), valid);
-    let corr = exp(m - mNew);
-    let w = select(0.0, exp(sc - mNew), valid);
-    l = l * corr + w;
-    m = mNew;
-    for (var e = 0u; e < PL; e++) { kv[e] = vCache[base + e]; }
-    for (var e = 0u; e < PL; e++) {
-      let v = kv[e];
-      acc[e] = acc[e] * corr + w * subgroupBroadcast(v, 0u);
-      acc[PL + e] = acc[PL + e] * corr + w * subgroupBroadcast(v, 1u);
-      acc[2u * PL + e] = acc[2u * PL + e] * corr + w * subgroupBroadcast(v, 2u);
-      acc[3u * PL + e] = acc[3u * PL + e] * corr + w * subgroupBroadcast(v, 3u);
-      acc[4u * PL + e] = acc[4u * PL + e] * corr + w * subgroupBroadcast(v, 4u);
-      acc[5u * PL + e] = acc[5u * PL + e] * corr + w * subgroupBroadcast(v, 5u);
-      acc[6u * PL + e] = acc[6u * PL + e] * corr + w * subgroupBroadcast(v, 6u);
-      acc[7u * PL + e] = acc[7u * PL + e] * corr + w * subgroupBroadcast(v, 7u);
+  var j = jBegin;
+  while (j < jEnd) {
+    let stop = blockEnd(j, jEnd);
+    var base = cacheRow(table, j, kvh) + lane * PL;
+    for (; j < stop; j++) {
+      for (var e = 0u; e < PL; e++) { kv[e] = kCache[base + e]; }
+      var sc = 0.0;
+      for (var e = 0u; e < PL; e++) {
+        let v = kv[e];
+        sc += qv[e] * subgroupBroadcast(v, 0u) + qv[PL + e] * subgroupBroadcast(v, 1u)
+            + qv[2u * PL + e] * subgroupBroadcast(v, 2u) + qv[3u * PL + e] * subgroupBroadcast(v, 3u)
+            + qv[4u * PL + e] * subgroupBroadcast(v, 4u) + qv[5u * PL + e] * subgroupBroadcast(v, 5u)
+            + qv[6u * PL + e] * subgroupBroadcast(v, 6u) + qv[7u * PL + e] * subgroupBroadcast(v, 7u);
+      }
+      let valid = live && j >= begin && j < end;
+      let mNew = select(m, max(m, sc), valid);
+      let corr = exp(m - mNew);
+      let w = select(0.0, exp(sc - mNew), valid);
+      l = l * corr + w;
+      m = mNew;
+      for (var e = 0u; e < PL; e++) { kv[e] = vCache[base + e]; }
+      for (var e = 0u; e < PL; e++) {
+        let v = kv[e];
+        acc[e] = acc[e] * corr + w * subgroupBroadcast(v, 0u);
+        acc[PL + e] = acc[PL + e] * corr + w * subgroupBroadcast(v, 1u);
+        acc[2u * PL + e] = acc[2u * PL + e] * corr + w * subgroupBroadcast(v, 2u);
+        acc[3u * PL + e] = acc[3u * PL + e] * corr + w * subgroupBroadcast(v, 3u);
+        acc[4u * PL + e] = acc[4u * PL + e] * corr + w * subgroupBroadcast(v, 4u);
+        acc[5u * PL + e] = acc[5u * PL + e] * corr + w * subgroupBroadcast(v, 5u);
+        acc[6u * PL + e] = acc[6u * PL + e] * corr + w * subgroupBroadcast(v, 6u);
+        acc[7u * PL + e] = acc[7u * PL + e] * corr + w * subgroupBroadcast(v, 7u);
+      }
+      base += D;
     }
   }
   if (!live) { return; }
@@ -310,6 +342,8 @@ const ACC: u32 = 4u;
 var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
+// The cache index of each position of the chunk, looked up once by its thread.
+var<workgroup> rowAt: array<u32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -327,7 +361,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let j = c + lid;
     var s = NEG_BIG;
     if (j < it.end) {
-      let base = it.cacheBase + j * D;
+      let base = cacheRow(it.table, j, it.kvh);
+      rowAt[lid] = base;
       s = 0.0;
       for (var d = 0u; d < D; d++) { s += qs[d] * kCache[base + d]; }
     }
@@ -356,7 +391,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let d = lid + a * WG;
       if (d < D) {
         var sum = acc[a] * corr;
-        for (var jj = 0u; jj < n; jj++) { sum += probs[jj] * vCache[it.cacheBase + (c + jj) * D + d]; }
+        for (var jj = 0u; jj < n; jj++) { sum += probs[jj] * vCache[rowAt[jj] + d]; }
         acc[a] = sum;
       }
     }

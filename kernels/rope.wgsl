@@ -1,12 +1,13 @@
 // Rotary position embedding, Hugging Face's rotate-half layout, in place on q and k.
-// For each token t (position startPos + t), head, and pair i < half (half = rotaryDim / 2):
+// For each token t (at its own position: tokens of several sequences share a step), head, and
+// pair i < half (half = rotaryDim / 2):
 //   x[i]        = x[i] * c - x[i + half] * s
 //   x[i + half] = x[i + half] * c + x[i] * s
 // with angle = f32(pos) * invFreq[i] rounded to f32 (as HF computes it), c = cos * scaling,
 // s = sin * scaling. Dimensions past rotaryDim are left alone (partial rotary).
 // One thread per (token, head, pair); q heads first, then k heads.
 // Bindings: 0 params, 1 q [T, nHeads * headDim] f32, 2 k [T, nKvHeads * headDim] f32,
-// 3 invFreq [half] f32.
+// 3 invFreq [half] f32, 4 positions [T] u32 (a step's meta, ops/step-meta.ts, starts with them).
 
 struct Params {
   tokens: u32,
@@ -14,7 +15,6 @@ struct Params {
   nKvHeads: u32,
   headDim: u32,
   half: u32,
-  startPos: u32,
   scaling: f32,
 }
 
@@ -24,6 +24,7 @@ override WG: u32 = 64u;
 @group(0) @binding(1) var<storage, read_write> q: array<f32>;
 @group(0) @binding(2) var<storage, read_write> k: array<f32>;
 @group(0) @binding(3) var<storage, read> invFreq: array<f32>;
+@group(0) @binding(4) var<storage, read> positions: array<u32>;
 
 // Cody-Waite reduction of an f32 angle into about [-pi, pi] before cos/sin: WGSL only
 // bounds cos/sin accuracy on [-pi, pi], and GPUs' fast sin is poor for large angles.
@@ -48,7 +49,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let th = idx / p.half;
   let head = th % heads;
   let t = th / heads;
-  let angle = f32(p.startPos + t) * invFreq[i];
+  let angle = f32(positions[t]) * invFreq[i];
   let r = reduce(angle);
   let c = cos(r) * p.scaling;
   let s = sin(r) * p.scaling;

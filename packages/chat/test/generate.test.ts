@@ -87,6 +87,9 @@ function fakeModel(session: FakeSession, vocabSize: number): Model {
     gpu: {} as Gpu,
     info: { modelType: 'fake', dtype: 'f32', weightBytes: 0, kvBytesPerToken: 0, vocabSize, maxPositionEmbeddings: session.maxContext, bytesPerToken: 0, config: {} as ModelConfig, variant: 'software' },
     createSession: () => session,
+    createBatch: () => {
+      throw new Error('the generate loop does not batch');
+    },
     dispose: () => {},
   };
 }

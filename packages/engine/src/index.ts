@@ -9,5 +9,6 @@ export { loadModel, planMemory, ModelLoadError, ContextOverflowError, type Memor
 export { directorySource, urlSource, blobSource, toFileSource, FileSourceError } from './files.ts';
 export { openCheckpoint, SafetensorsError, type Checkpoint, type TensorInfo } from './safetensors.ts';
 export { writeSafetensors } from './safetensors-writer.ts';
+export { KvCacheFullError, BatchError } from './batch.ts';
 export { StepProfiler, type OpKind } from './profiler.ts';
 export { scoreTokens, ScoringError, MAX_SCORE_ROWS, MAX_SCORE_TOP_K, type ScoreOptions, type TokenScore } from './scoring.ts';

@@ -8,13 +8,12 @@ import { toFileSource } from './files.ts';
 import { KernelCache } from './kernel.ts';
 import { parseConfig } from './models/family.ts';
 import type { OpContext } from './ops/context.ts';
-import { createLogitsReducer, MAX_TOP_K, parseRows, rowResultWords, type LogitsReducer, type ReducedRow } from './ops/logits.ts';
 import { type Checkpoint, openCheckpoint } from './safetensors.ts';
-import { Decoder } from './transformer.ts';
+import { ContextOverflowError, DecoderBatch, MAX_LOGIT_ROWS, MAX_STEP_TOKENS } from './batch.ts';
+import { DecoderSession } from './session.ts';
 import { GLU_BLOCK } from './ops/linear-epilogue.ts';
-import type { StepProfiler } from './profiler.ts';
-import type { DtypeOption, FileSource, LoadOptions, Model, ModelInfo, RowScore, Session, TopK } from './types.ts';
-import { type DecoderWeights, expectedTensors, loadDecoderWeights } from './weights.ts';
+import type { BatchOptions, DtypeOption, FileSource, LoadOptions, Model, ModelInfo } from './types.ts';
+import { expectedTensors, loadDecoderWeights } from './weights.ts';
 import { tiledRows } from './tiles.ts';
 import { inactiveExpertBytes, isSparseLayer, plannedTensorBytes } from './moe-weights.ts';
 import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat, quantBytes, readQuantizationConfig } from './quant.ts';
@@ -23,14 +22,6 @@ export class ModelLoadError extends Error {
   override name = 'ModelLoadError';
 }
 
-export class ContextOverflowError extends Error {
-  override name = 'ContextOverflowError';
-}
-
-/** Tokens one prefill step runs: bounds activation memory; longer prompts take several steps. */
-const MAX_STEP_TOKENS = 256;
-/** Rows of logits kept per step when every position's logits are asked for (scoring, drafts). */
-const MAX_LOGIT_ROWS = 64;
 const DEFAULT_MAX_CONTEXT = 4096;
 
 async function readConfig(src: FileSource): Promise<Record<string, unknown>> {
@@ -237,193 +228,26 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     config,
     variant: ctx.variant,
   };
-  const sessions = new Set<DecoderSession>();
+  const batches = new Set<DecoderBatch>();
+  const createBatch = (o: BatchOptions): DecoderBatch => {
+    const b = new DecoderBatch(ctx, config, weights, { ...o, maxContext: o.maxContext ?? maxContext }, () => batches.delete(b));
+    batches.add(b);
+    return b;
+  };
   return {
     gpu,
     info,
     createSession(o = {}) {
-      const s = new DecoderSession(ctx, config, weights, Math.min(o.maxContext ?? maxContext, config.max_position_embeddings), () => sessions.delete(s));
-      sessions.add(s);
-      return s;
+      // One sequence with blocks for its whole context: it never waits for the pool.
+      const ctxLen = Math.min(o.maxContext ?? maxContext, config.max_position_embeddings);
+      return new DecoderSession(createBatch({ maxSequences: 1, maxContext: ctxLen, kvTokens: ctxLen }), config.vocab_size);
     },
+    createBatch,
     dispose() {
-      for (const s of [...sessions]) s.dispose();
+      for (const b of [...batches]) b.dispose();
       weights.destroy();
     },
   };
 }
 
-class DecoderSession implements Session {
-  private len = 0;
-  private decoder: Decoder;
-  private reducer: LogitsReducer;
-  private pending: GPUCommandEncoder | undefined;
-  /** Rows of logits the last step left in the logits buffer. */
-  private logitRows = 0;
-  private disposed = false;
-  /** When set, every op is timed (see StepProfiler); reads collect the timings. */
-  profiler: StepProfiler | undefined;
-
-  constructor(
-    private readonly ctx: OpContext,
-    private readonly c: ModelConfig,
-    weights: DecoderWeights,
-    readonly maxContext: number,
-    private readonly onDispose: () => void,
-  ) {
-    this.decoder = new Decoder(ctx, c, weights, {
-      maxContext,
-      maxTokens: MAX_STEP_TOKENS,
-      maxLogitRows: Math.min(MAX_LOGIT_ROWS, Math.floor(ctx.limits.maxStorageBufferBindingSize / (c.vocab_size * 4))),
-    });
-    this.reducer = createLogitsReducer(ctx, this.decoder.logits, c.vocab_size);
-  }
-
-  get length(): number {
-    return this.len;
-  }
-
-  forward(tokens: ArrayLike<number>, opts: { allLogits?: boolean } = {}): void {
-    this.check();
-    const n = tokens.length;
-    if (n === 0) throw new RangeError('forward() needs at least one token');
-    if (this.len + n > this.maxContext)
-      throw new ContextOverflowError(`${this.len} cached + ${n} new tokens exceed the context of ${this.maxContext} tokens`);
-    const ids = Uint32Array.from(tokens as ArrayLike<number>);
-    for (const id of ids)
-      if (id >= this.c.vocab_size) throw new RangeError(`token id ${id} is outside the vocabulary (size ${this.c.vocab_size})`);
-    const maxRows = this.decoder.opts.maxLogitRows;
-    if (opts.allLogits && n > maxRows) throw new RangeError(`allLogits is limited to ${maxRows} tokens per forward; got ${n}`);
-    const step = this.decoder.opts.maxTokens;
-    for (let at = 0; at < n; at += step) {
-      const count = Math.min(step, n - at);
-      const last = at + count === n;
-      // ids are rewritten for each step, so the previous step must be submitted first.
-      this.flush();
-      this.ctx.device.queue.writeBuffer(this.decoder.ids, 0, ids, at, count);
-      const enc = this.ctx.device.createCommandEncoder();
-      const rows = last && opts.allLogits ? count : 1;
-      this.decoder.encode(enc, count, this.len, rows, this.profiler);
-      this.pending = enc;
-      this.len += count;
-      this.logitRows = rows;
-    }
-  }
-
-  async argmax(row?: number): Promise<number> {
-    const r = this.keptRow(row);
-    this.submitReduction((pass) => this.reducer.encodeArgmax(pass, r * this.c.vocab_size));
-    const id = await this.reducer.readArgmax();
-    await this.profiler?.collect();
-    return id;
-  }
-
-  async topK(k: number, row?: number): Promise<TopK> {
-    const r = this.keptRow(row);
-    this.submitReduction((pass) => this.reducer.encodeTopK(pass, k, r * this.c.vocab_size));
-    const top = await this.reducer.readTopK();
-    await this.profiler?.collect();
-    return top;
-  }
-
-  async logits(row?: number): Promise<Float32Array> {
-    const r = this.keptRow(row);
-    const V = this.c.vocab_size;
-    const staging = this.ctx.device.createBuffer({ size: V * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    const enc = this.takeEncoder();
-    enc.copyBufferToBuffer(this.decoder.logits, r * V * 4, staging, 0, V * 4);
-    this.profiler?.finish(enc);
-    this.ctx.device.queue.submit([enc.finish()]);
-    await staging.mapAsync(GPUMapMode.READ);
-    const out = new Float32Array(staging.getMappedRange().slice(0));
-    staging.unmap();
-    staging.destroy();
-    await this.profiler?.collect();
-    return out;
-  }
-
-  async reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]> {
-    if (targets && targets.length !== rows.length) throw new RangeError(`reduceRows: ${targets.length} targets for ${rows.length} rows`);
-    const V = this.c.vocab_size;
-    // Checked before the pending forward is taken, so a bad argument loses no work.
-    if (!(Number.isInteger(k) && k >= 0 && k <= Math.min(MAX_TOP_K, V))) throw new RangeError(`reduceRows: k ${k} outside 0..${Math.min(MAX_TOP_K, V)}`);
-    const reduced: ReducedRow[] = rows.map((row, i) => {
-      const t = targets?.[i];
-      if (t !== undefined && !(Number.isInteger(t) && t >= 0 && t < V)) throw new RangeError(`reduceRows: target id ${t} is outside the vocabulary (size ${V})`);
-      return t === undefined ? { offset: this.keptRow(row) * V } : { offset: this.keptRow(row) * V, target: t };
-    });
-    if (reduced.length === 0) return [];
-    const bytes = reduced.length * rowResultWords(k) * 4;
-    const staging = this.ctx.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'reduced rows readback' });
-    try {
-      const enc = this.takeEncoder();
-      this.reducer.encodeRows(enc, k, reduced, staging);
-      this.profiler?.finish(enc);
-      this.ctx.device.queue.submit([enc.finish()]);
-      await staging.mapAsync(GPUMapMode.READ);
-      const words = new Uint32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
-      await this.profiler?.collect();
-      return parseRows(words, k, reduced);
-    } finally {
-      staging.destroy();
-    }
-  }
-
-  truncate(length: number): void {
-    this.check();
-    if (!(Number.isInteger(length) && length >= 0 && length <= this.len)) throw new RangeError(`cannot truncate ${this.len} cached tokens to ${length}`);
-    // Stale cache rows past `length` are overwritten by the next forward and never read before.
-    this.len = length;
-    this.logitRows = 0;
-  }
-
-  dispose(): void {
-    if (this.disposed) return;
-    this.disposed = true;
-    this.flush();
-    this.decoder.destroy();
-    this.reducer.destroy();
-    this.onDispose();
-  }
-
-  /** Index in the logits buffer of position `row` (default: the last forwarded one). */
-  private keptRow(row: number | undefined): number {
-    this.check();
-    if (this.logitRows === 0) throw new Error('no logits yet: call forward() first');
-    if (row === undefined) return this.logitRows - 1;
-    const r = row - (this.len - this.logitRows);
-    if (!(Number.isInteger(row) && r >= 0 && r < this.logitRows))
-      throw new RangeError(`logits of position ${row} are not kept (have positions ${this.len - this.logitRows}..${this.len - 1}; forward with allLogits)`);
-    return r;
-  }
-
-  /** Appends a logits reduction to the pending step and submits them together. */
-  private submitReduction(encode: (pass: GPUComputePassEncoder) => void): void {
-    const enc = this.takeEncoder();
-    const pass = this.profiler ? this.profiler.pass(enc, 'sampling') : enc.beginComputePass();
-    encode(pass);
-    pass.end();
-    this.profiler?.finish(enc);
-    this.ctx.device.queue.submit([enc.finish()]);
-  }
-
-  private takeEncoder(): GPUCommandEncoder {
-    const enc = this.pending ?? this.ctx.device.createCommandEncoder();
-    this.pending = undefined;
-    return enc;
-  }
-
-  private flush(): void {
-    if (!this.pending) return;
-    this.profiler?.finish(this.pending);
-    this.ctx.device.queue.submit([this.pending.finish()]);
-    this.pending = undefined;
-  }
-
-  private check(): void {
-    if (this.disposed) throw new Error('session was disposed');
-  }
-}
-
-export { ConfigError };
+export { ConfigError, ContextOverflowError };

@@ -6,18 +6,21 @@
 // the norm before each of those and before the LM head runs inside that op (LinearOptions.norm);
 // the software kernels keep it as its own op, since there it is a cheap pass while applying it in
 // the linear kernels adds a per-lane load to every step of their hot loops.
-// One Decoder is one session's run state (activations, KV cache) over shared weights;
-// every op, buffer and bind group is made here once and re-encoded each step.
+// One Decoder is one batch's run state (activations, paged KV cache) over shared weights;
+// every op, buffer and bind group is made here once and re-encoded each step. A step's tokens
+// are runs of several sequences (ops/step-meta.ts): the matmuls treat rows alike, RoPE and
+// attention read each row's position and block table, and the LM head runs over chosen rows.
 
 import type { ModelConfig } from './config.ts';
 import { emptyBuffer, storageUsage } from './buffers.ts';
 import type { OpContext } from './ops/context.ts';
-import { createAttention, type AttentionOp } from './ops/attention.ts';
+import { createAttention, createAttentionPartials, type AttentionOp } from './ops/attention.ts';
 import { createEmbedding } from './ops/embedding.ts';
 import { createLinear, type LinearOptions, type LinearWeight } from './ops/linear.ts';
 import { normFolds } from './ops/linear-epilogue.ts';
 import { createRmsNorm } from './ops/norm.ts';
 import { createRope } from './ops/rope.ts';
+import { StepMeta, type StepShape, type TokenRun } from './ops/step-meta.ts';
 import { createSiluMul } from './ops/elementwise.ts';
 import { ropeInvFreq } from './rope-frequencies.ts';
 import { createMoe, createMoeScratch } from './ops/moe.ts';
@@ -30,23 +33,44 @@ const UNIFORM_WINDOW_BYTES = 65536;
 
 interface Encodable {
   kind: OpKind;
-  encode(pass: GPUComputePassEncoder, tokens: number, startPos: number): void;
+  encode(pass: GPUComputePassEncoder, shape: StepShape): void;
   destroy(): void;
 }
 
 export interface DecoderOptions {
-  maxContext: number;
   /** Most tokens one forward step runs (longer prompts are split into steps). */
   maxTokens: number;
-  /** Rows of logits the LM head may write in one step (1, or maxTokens for scoring). */
+  /** Rows of logits the LM head may write in one step. */
   maxLogitRows: number;
+  /** Most sequences (runs) in one step. */
+  maxRuns: number;
+  /** Positions per KV block. */
+  blockSize: number;
+  /** KV blocks in each layer's pool. */
+  numBlocks: number;
+  /** Blocks of the longest sequence. */
+  maxBlocks: number;
+  /**
+   * Run one-token steps through the matmul kernels too: the matvec sums in another order, so
+   * a row's logits would depend on whether other rows share its step (batch invariance).
+   */
+  matmulOnly?: boolean;
+}
+
+/** One step: ids (in run order), the runs, and the token rows whose logits to keep, in order. */
+export interface DecoderStep {
+  ids: Uint32Array<ArrayBuffer>;
+  runs: readonly TokenRun[];
+  logitRows: readonly number[];
 }
 
 export class Decoder {
   /** [maxTokens] u32 token ids of the current step. */
-  readonly ids: GPUBuffer;
-  /** [maxLogitRows, vocab] f32 logits of the step's last row(s). */
+  private readonly ids: GPUBuffer;
+  /** [maxLogitRows, vocab] f32 logits of the step's chosen rows. */
   readonly logits: GPUBuffer;
+  private readonly meta: StepMeta; // positions and block tables of the step's tokens
+  private readonly blockCopy: GPUBuffer; // [nKvHeads, blockSize, headDim] staging for copyBlock
   private readonly hidden: GPUBuffer; // [maxTokens, hidden] the residual stream
   private readonly lastHidden: GPUBuffer; // [maxLogitRows, hidden] rows that reach the LM head
   private readonly finalNormed: GPUBuffer; // [maxLogitRows, hidden]
@@ -85,6 +109,15 @@ export class Decoder {
       return b;
     };
     this.ids = buf(T, 'ids');
+    this.meta = new StepMeta(ctx.device, {
+      maxTokens: T,
+      maxRuns: opts.maxRuns,
+      maxBlocks: opts.maxBlocks,
+      blockSize: opts.blockSize,
+      groupSize: c.num_attention_heads / c.num_key_value_heads,
+    });
+    this.owners.push(this.meta);
+    this.blockCopy = buf(kvDim * opts.blockSize, 'kv block copy');
     this.hidden = buf(T * h, 'hidden'); // [T, hidden]
     const normed = linearInput(T * h, 'normed'); // [T, hidden]
     const qRaw = buf(T * qDim, 'q_raw'); // [T, heads * head_dim] before q_norm
@@ -103,7 +136,7 @@ export class Decoder {
 
     const stepOp = (kind: OpKind, encode: Encodable['encode'], destroy: () => void = () => {}): Encodable => ({ kind, encode, destroy });
     const perToken = (kind: OpKind, op: { encode(pass: GPUComputePassEncoder, n: number): void; destroy(): void }, rowsPerToken = 1) =>
-      stepOp(kind, (pass, tokens) => op.encode(pass, tokens * rowsPerToken), () => op.destroy());
+      stepOp(kind, (pass, { tokens }) => op.encode(pass, tokens * rowsPerToken), () => op.destroy());
 
     const freqs = ropeInvFreq({
       headDim: c.head_dim,
@@ -113,10 +146,12 @@ export class Decoder {
       maxPositionEmbeddings: c.max_position_embeddings,
     });
     const heads = { nHeads: c.num_attention_heads, nKvHeads: c.num_key_value_heads, headDim: c.head_dim };
+    const partials = createAttentionPartials(ctx, { nHeads: heads.nHeads, headDim: heads.headDim, maxTokens: T, maxLength: opts.maxBlocks * opts.blockSize });
+    this.owned.push(partials.buffer);
 
     // q and k are the same buffers in every layer, so one RoPE op serves them all.
-    const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k);
-    const ropeStep = stepOp('rope', (pass, tokens, startPos) => rope.encode(pass, tokens, startPos));
+    const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k, this.meta.buffer);
+    const ropeStep = stepOp('rope', (pass, { tokens }) => rope.encode(pass, tokens));
     this.owners.push(rope);
     // Every MoE layer's scratch activations are the same buffers: layers run one after another.
     const moeScratch = c.moe ? createMoeScratch(ctx.device, moeOptions(c, T)) : undefined;
@@ -128,8 +163,9 @@ export class Decoder {
       ops.push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
       return { x: into, opts: {} };
     };
-    const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], opts: LinearOptions) =>
-      perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...opts }));
+    const force: LinearOptions = opts.matmulOnly ? { force: 'matmul' } : {};
+    const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], o: LinearOptions) =>
+      perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...o, ...force }));
     this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
     w.layers.forEach((L, i) => {
       const a = L.attnIn;
@@ -146,9 +182,10 @@ export class Decoder {
       }
       this.body.push(ropeStep);
       const window = c.layer_windows[i] ?? 0;
-      const attn = createAttention(ctx, { ...heads, maxContext: opts.maxContext, ...(window ? { slidingWindow: window } : {}), ...(L.sinks ? { sinks: L.sinks } : {}) }, q, k, v, attnOut);
+      const attnOpts = { ...heads, numBlocks: opts.numBlocks, ...(window ? { slidingWindow: window } : {}), ...(L.sinks ? { sinks: L.sinks } : {}) };
+      const attn = createAttention(ctx, attnOpts, this.meta, q, k, v, attnOut, partials);
       this.attention.push(attn);
-      this.body.push(stepOp('attention', (pass, tokens, startPos) => attn.encode(pass, tokens, startPos), () => attn.destroy()));
+      this.body.push(stepOp('attention', (pass, shape) => attn.encode(pass, shape), () => attn.destroy()));
       this.body.push(linearOp(L.o, attnOut, this.hidden, { accumulate: true }));
       if (L.moe) {
         this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
@@ -166,33 +203,56 @@ export class Decoder {
       this.body.push(linearOp(L.down!, act, this.hidden, { accumulate: true }));
     });
     const inH = normedInput(this.head, this.lastHidden, w.norm, this.finalNormed, [w.lmHead]);
-    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts })));
+    this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts, ...force })));
   }
 
   /**
-   * Records one step: `tokens` ids (already written to `ids`) at positions startPos..,
-   * and the LM head over the last `logitRows` of them.
+   * Records one step: writes its ids and metadata (so the previous step must have been
+   * submitted), runs every token, and the LM head over `logitRows` (none: no head).
    */
-  encode(enc: GPUCommandEncoder, tokens: number, startPos: number, logitRows: number, profiler?: StepProfiler): void {
-    if (tokens < 1 || tokens > this.opts.maxTokens) throw new RangeError(`step of ${tokens} tokens outside 1..${this.opts.maxTokens}`);
-    if (logitRows < 1 || logitRows > Math.min(tokens, this.opts.maxLogitRows)) throw new RangeError(`logit rows ${logitRows} out of range`);
-    const h = this.c.hidden_size * 4;
-    const run = (ops: Encodable[], n: number) => {
+  encode(enc: GPUCommandEncoder, step: DecoderStep, profiler?: StepProfiler): void {
+    const { ids, runs, logitRows } = step;
+    if (ids.length < 1 || ids.length > this.opts.maxTokens) throw new RangeError(`step of ${ids.length} tokens outside 1..${this.opts.maxTokens}`);
+    if (logitRows.length > this.opts.maxLogitRows) throw new RangeError(`${logitRows.length} logit rows exceed ${this.opts.maxLogitRows}`);
+    if (logitRows.some((r) => !(Number.isInteger(r) && r >= 0 && r < ids.length))) throw new RangeError('logit row outside the step');
+    this.ctx.device.queue.writeBuffer(this.ids, 0, ids);
+    const shape = this.meta.write(runs);
+    if (shape.tokens !== ids.length) throw new RangeError(`runs hold ${shape.tokens} tokens, ids ${ids.length}`);
+    const run = (ops: Encodable[], s: StepShape) => {
       if (profiler) {
         for (const op of ops) {
           const pass = profiler.pass(enc, op.kind);
-          op.encode(pass, n, startPos);
+          op.encode(pass, s);
           pass.end();
         }
         return;
       }
       const pass = enc.beginComputePass();
-      for (const op of ops) op.encode(pass, n, startPos);
+      for (const op of ops) op.encode(pass, s);
       pass.end();
     };
-    run(this.body, tokens);
-    enc.copyBufferToBuffer(this.hidden, (tokens - logitRows) * h, this.lastHidden, 0, logitRows * h);
-    run(this.head, logitRows);
+    run(this.body, shape);
+    if (logitRows.length === 0) return;
+    // The chosen rows, as runs of consecutive token rows, one copy each.
+    const h = this.c.hidden_size * 4;
+    for (let i = 0; i < logitRows.length; ) {
+      let n = 1;
+      while (i + n < logitRows.length && logitRows[i + n] === logitRows[i]! + n) n++;
+      enc.copyBufferToBuffer(this.hidden, logitRows[i]! * h, this.lastHidden, i * h, n * h);
+      i += n;
+    }
+    run(this.head, { ...shape, tokens: logitRows.length });
+  }
+
+  /** Records copying KV block `from` to block `to` in every layer (copy-on-write of a shared block). */
+  copyBlock(enc: GPUCommandEncoder, from: number, to: number): void {
+    const bytes = this.blockCopy.size;
+    for (const a of this.attention)
+      for (const cache of [a.kCache, a.vCache]) {
+        // A buffer cannot be both source and destination of one copy.
+        enc.copyBufferToBuffer(cache, from * bytes, this.blockCopy, 0, bytes);
+        enc.copyBufferToBuffer(this.blockCopy, 0, cache, to * bytes, bytes);
+      }
   }
 
   /** KV cache buffers, for memory accounting. */

@@ -103,6 +103,87 @@ export interface Session {
   dispose(): void;
 }
 
+/** A sequence of a Batch: its tokens' KV rows live in the batch's block pool. */
+export interface Sequence {
+  /** Unique within its batch. */
+  readonly id: number;
+  /** Tokens held in the KV cache. */
+  readonly length: number;
+}
+
+export interface BatchOptions {
+  /** Sequences alive at once (created and not freed). */
+  maxSequences: number;
+  /** KV cache blocks in each layer's pool; or give kvTokens (rounded up to whole blocks). */
+  kvBlocks?: number;
+  kvTokens?: number;
+  /** Positions per KV block (default 16). */
+  blockSize?: number;
+  /** Most tokens in one step, all items together (default 256). */
+  maxStepTokens?: number;
+  /** Longest sequence in tokens (default: the model's maxContext). */
+  maxContext?: number;
+  /** Rows of logits one step may keep (default max(64, maxSequences), within the binding limit). */
+  maxLogitRows?: number;
+  /**
+   * Make a sequence's logits bit-identical whether it runs alone or beside others: one-row steps
+   * use the matmul kernels too (the matvec sums in another order). Costs one-row steps the
+   * matvec's speed; default false.
+   */
+  batchInvariant?: boolean;
+}
+
+/** One sequence's tokens in a step, appended at positions seq.length... */
+export interface StepItem {
+  seq: Sequence;
+  tokens: ArrayLike<number>;
+  /** Which of its rows keep logits; default the step's logitRows. 'none' suits a prefill chunk. */
+  logits?: 'last' | 'all' | 'none';
+}
+
+/**
+ * Several sequences decoded together (continuous batching) over one paged KV cache: a step may
+ * mix one decode token of some sequences with a prefill chunk of another. Memory follows the
+ * tokens held: each sequence holds ceil(length / blockSize) blocks of a shared pool.
+ */
+export interface Batch {
+  readonly blockSize: number;
+  /** Blocks in the pool; freeBlocks + usedBlocks. */
+  readonly totalBlocks: number;
+  readonly freeBlocks: number;
+  readonly usedBlocks: number;
+  readonly maxSequences: number;
+  readonly maxStepTokens: number;
+  readonly maxContext: number;
+  createSequence(): Sequence;
+  /**
+   * Records one forward step over the items (each sequence at most once, at most maxStepTokens
+   * tokens in all) and appends their tokens to their caches. Like Session.forward, work is
+   * recorded, not awaited. The kept logits rows are numbered in item order; returns each item's
+   * first kept row (its others follow), or -1 when it keeps none.
+   * Throws KvCacheFullError, before changing anything, when the pool lacks the blocks.
+   */
+  step(items: readonly StepItem[], opts?: { logitRows?: 'last' | 'all' }): number[];
+  /** Greedy choice of kept row `row` of the last step (4 bytes read back). */
+  argmax(row: number): Promise<number>;
+  topK(k: number, row: number): Promise<TopK>;
+  logits(row: number): Promise<Float32Array>;
+  /** As Session.reduceRows, over kept rows of the last step: e.g. every sequence's argmax in one read. */
+  reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]>;
+  /** Drops the sequence's tokens past `length`, releasing blocks it no longer needs. */
+  truncate(seq: Sequence, length: number): void;
+  /**
+   * A new sequence holding the first `length` tokens of `seq`, sharing its blocks (no copy);
+   * a shared block that holds the end of a sequence is copied when either next writes into it.
+   */
+  fork(seq: Sequence, length: number): Sequence;
+  /** Releases the sequence's blocks at once; the handle is dead afterwards. */
+  free(seq: Sequence): void;
+  /** When set, every op of later steps is timed per kernel family (bench --profile). */
+  profiler?: StepProfiler | undefined;
+  dispose(): void;
+}
+
 export interface ModelInfo {
   modelType: string;
   dtype: WeightDtype;
@@ -127,5 +208,6 @@ export interface Model {
   readonly gpu: Gpu;
   readonly info: ModelInfo;
   createSession(opts?: { maxContext?: number }): Session;
+  createBatch(opts: BatchOptions): Batch;
   dispose(): void;
 }

@@ -10,13 +10,16 @@ async function context(): Promise<OpContext> {
   return { device: gpu.device, kernels: kernels(gpu), variant: 'software', f16: gpu.hasF16, subgroups: gpu.hasSubgroups, limits: gpu.info.limits };
 }
 
+/** Positions start.. of T tokens. */
+const consecutive = (T: number, start: number) => Uint32Array.from({ length: T }, (_, t) => start + t);
+
 // HF in f32: angle = f32(pos) * invFreq (one f32 rounding), then cos/sin of that angle.
-function ropeRef(x: Float32Array, T: number, heads: number, headDim: number, startPos: number, f: RopeFrequencies): Float64Array {
+function ropeRef(x: Float32Array, heads: number, headDim: number, positions: Uint32Array, f: RopeFrequencies): Float64Array {
   const half = f.invFreq.length;
   const y = Float64Array.from(x);
-  for (let t = 0; t < T; t++) {
+  for (let t = 0; t < positions.length; t++) {
     for (let i = 0; i < half; i++) {
-      const angle = Math.fround((startPos + t) * f.invFreq[i]!);
+      const angle = Math.fround(positions[t]! * f.invFreq[i]!);
       const c = Math.cos(angle) * f.attentionScaling;
       const s = Math.sin(angle) * f.attentionScaling;
       for (let h = 0; h < heads; h++) {
@@ -45,18 +48,40 @@ describe('rope', () => {
       const k = randomArray(c.T * c.nKvHeads * c.headDim, c.T * 11 + c.headDim, 2);
       const qBuf = bufferFrom(ctx.device, q);
       const kBuf = bufferFrom(ctx.device, k);
-      const op = createRope(ctx, { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, frequencies: f }, qBuf, kBuf);
+      const positions = consecutive(c.T, c.startPos);
+      const op = createRope(ctx, { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, frequencies: f }, qBuf, kBuf, bufferFrom(ctx.device, positions));
       const enc = ctx.device.createCommandEncoder();
       const pass = enc.beginComputePass();
-      op.encode(pass, c.T, c.startPos);
+      op.encode(pass, c.T);
       pass.end();
       ctx.device.queue.submit([enc.finish()]);
       const tol = { relL2: 1e-6, maxAbs: 2e-6 };
-      expectClose(await readF32(ctx.device, qBuf), ropeRef(q, c.T, c.nHeads, c.headDim, c.startPos, f), tol, 'q');
-      expectClose(await readF32(ctx.device, kBuf), ropeRef(k, c.T, c.nKvHeads, c.headDim, c.startPos, f), tol, 'k');
+      expectClose(await readF32(ctx.device, qBuf), ropeRef(q, c.nHeads, c.headDim, positions, f), tol, 'q');
+      expectClose(await readF32(ctx.device, kBuf), ropeRef(k, c.nKvHeads, c.headDim, positions, f), tol, 'k');
       op.destroy();
     });
   }
+
+  it('rotates each token at its own position (tokens of several sequences in one step)', async () => {
+    const ctx = await context();
+    const f = ropeInvFreq({ headDim: 48, ropeTheta: 10000, maxPositionEmbeddings: 4096 });
+    // A decode token at 300, a prefill chunk at 0..6, decode tokens at 17 and 0.
+    const positions = Uint32Array.from([300, 0, 1, 2, 3, 4, 5, 6, 17, 0]);
+    const T = positions.length;
+    const q = randomArray(T * 6 * 48, 21, 2);
+    const k = randomArray(T * 2 * 48, 22, 2);
+    const qBuf = bufferFrom(ctx.device, q);
+    const kBuf = bufferFrom(ctx.device, k);
+    const op = createRope(ctx, { nHeads: 6, nKvHeads: 2, headDim: 48, frequencies: f }, qBuf, kBuf, bufferFrom(ctx.device, positions));
+    const enc = ctx.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    op.encode(pass, T);
+    pass.end();
+    ctx.device.queue.submit([enc.finish()]);
+    expectClose(await readF32(ctx.device, qBuf), ropeRef(q, 6, 48, positions, f), { relL2: 1e-6, maxAbs: 2e-6 }, 'q');
+    expectClose(await readF32(ctx.device, kBuf), ropeRef(k, 2, 48, positions, f), { relL2: 1e-6, maxAbs: 2e-6 }, 'k');
+    op.destroy();
+  });
 
   it('applies the attention scaling and new frequencies after setFrequencies', async () => {
     const ctx = await context();
@@ -73,16 +98,17 @@ describe('rope', () => {
     const k = randomArray(T * 64, 6);
     const qBuf = bufferFrom(ctx.device, q);
     const kBuf = bufferFrom(ctx.device, k);
-    const op = createRope(ctx, { nHeads: 2, nKvHeads: 1, headDim: 64, frequencies: plain }, qBuf, kBuf);
+    const positions = consecutive(T, 40000);
+    const op = createRope(ctx, { nHeads: 2, nKvHeads: 1, headDim: 64, frequencies: plain }, qBuf, kBuf, bufferFrom(ctx.device, positions));
     op.setFrequencies(yarn);
     const enc = ctx.device.createCommandEncoder();
     const pass = enc.beginComputePass();
-    op.encode(pass, T, 40000);
+    op.encode(pass, T);
     pass.end();
     ctx.device.queue.submit([enc.finish()]);
-    expectClose(await readF32(ctx.device, qBuf), ropeRef(q, T, 2, 64, 40000, yarn), { relL2: 1e-6, maxAbs: 3e-6 }, 'q');
-    expectClose(await readF32(ctx.device, kBuf), ropeRef(k, T, 1, 64, 40000, yarn), { relL2: 1e-6, maxAbs: 3e-6 }, 'k');
-    expect(() => op.encode(ctx.device.createCommandEncoder().beginComputePass(), T + 1, 0)).toThrow(RopeError);
+    expectClose(await readF32(ctx.device, qBuf), ropeRef(q, 2, 64, positions, yarn), { relL2: 1e-6, maxAbs: 3e-6 }, 'q');
+    expectClose(await readF32(ctx.device, kBuf), ropeRef(k, 1, 64, positions, yarn), { relL2: 1e-6, maxAbs: 3e-6 }, 'k');
+    expect(() => op.encode(ctx.device.createCommandEncoder().beginComputePass(), T + 1)).toThrow(RopeError);
     op.destroy();
   });
 });

@@ -1,13 +1,14 @@
-// Causal grouped-query attention over a KV cache (kernels/attention.wgsl).
+// Causal grouped-query attention over a paged KV cache (kernels/attention.wgsl).
 //
-// encode(pass, T, startPos) writes the T new k/v rows into the cache at startPos.. and
-// attends each of the T queries to cache positions 0..startPos+t (within the sliding
-// window when set). Rolling back is encoding at a smaller startPos later: stale cache
-// rows past it are never read and get overwritten.
+// encode(pass, shape) writes the step's T new k/v rows into each token's cache slot (its
+// position in its sequence's blocks, from the StepMeta) and attends each query to its own
+// sequence's positions 0..pos (within the sliding window when set). Rolling back is writing
+// at smaller positions later: stale cache rows past a sequence's length are never read.
 
 import { bindGroup, dispatch, grid } from '../kernel.ts';
 import { emptyBuffer } from '../buffers.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
+import type { StepMeta, StepShape } from './step-meta.ts';
 
 export class AttentionError extends Error {
   override name = 'AttentionError';
@@ -17,8 +18,8 @@ export interface AttentionOptions {
   nHeads: number;
   nKvHeads: number;
   headDim: number;
-  /** Cache capacity in tokens. */
-  maxContext: number;
+  /** Blocks in the cache pool (of meta's blockSize positions each). */
+  numBlocks: number;
   /** Multiplies q·k; default 1 / sqrt(headDim). */
   scale?: number;
   /** Attend only to the last `slidingWindow` positions, the query's own included (HF Mistral/Qwen2). */
@@ -30,10 +31,10 @@ export interface AttentionOptions {
 }
 
 export interface AttentionOp {
-  encode(pass: GPUComputePassEncoder, tokens: number, startPos: number): void;
-  /** [nKvHeads, maxContext, headDim] f32. */
+  encode(pass: GPUComputePassEncoder, shape: StepShape): void;
+  /** [numBlocks, nKvHeads, blockSize, headDim] f32. */
   readonly kCache: GPUBuffer;
-  /** [nKvHeads, maxContext, headDim] f32. */
+  /** [numBlocks, nKvHeads, blockSize, headDim] f32. */
   readonly vCache: GPUBuffer;
   destroy(): void;
 }
@@ -42,66 +43,92 @@ export interface AttentionOp {
 export const MAX_HEAD_DIM = 256;
 
 const WG = 64;
-// Splitting policy: a split covers at least MIN_SPLIT positions and a row has at most
-// MAX_SPLITS of them. A CPU-backed adapter needs only a few dozen threads busy, and each
-// split costs it a full pass over headDim in the combine; a GPU wants hundreds of workgroups.
+// Splitting policy: a split covers MIN_SPLIT positions and a row has at most MAX_SPLITS of them.
+// A CPU-backed adapter needs only a few dozen threads busy, and each split costs it a full pass
+// over headDim in the combine; a GPU wants hundreds of workgroups. The fixed split length keeps
+// a row's summation order independent of the other sequences in its step (batch invariance):
+// a split past a row's own keys is empty and weighs exactly nothing in the combine.
 const POLICY = {
   software: { minSplit: 256, maxSplits: 32 },
   gpu: { minSplit: 128, maxSplits: 64 },
 } as const;
-// Partials are kept for this many rows' worth of full splits: decode and short prefills
-// split fully; long prefills have enough rows to fill the device without splitting.
-const PARTIAL_ROWS_PER_HEAD = 4;
+
+/**
+ * Scratch for the split partials, shared by every layer's attention (layers run one after
+ * another): part: [items] pairs (m, l), then [items, headDim] accumulators.
+ */
+export interface AttentionPartials {
+  readonly buffer: GPUBuffer;
+  /** Work items (row, split) it holds. */
+  readonly items: number;
+  readonly headDim: number;
+}
+
+/**
+ * Partials for every row of a step of maxTokens split at the fixed length up to maxLength
+ * positions, within one storage binding; past that a step splits less (at other boundaries).
+ */
+export function createAttentionPartials(ctx: OpContext, o: { nHeads: number; headDim: number; maxTokens: number; maxLength: number }): AttentionPartials {
+  const policy = POLICY[ctx.variant];
+  const splits = Math.min(policy.maxSplits, Math.ceil(o.maxLength / policy.minSplit));
+  const bindLimit = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
+  const items = Math.min(o.maxTokens * o.nHeads * splits, Math.floor(bindLimit / ((2 + o.headDim) * 4)));
+  return { buffer: emptyBuffer(ctx.device, items * (2 + o.headDim) * 4, 'attention partials'), items, headDim: o.headDim };
+}
 
 /**
  * q: [maxTokens, nHeads * headDim], k and v: [maxTokens, nKvHeads * headDim] (k after RoPE),
- * out: [maxTokens, nHeads * headDim], all f32. maxTokens is read from q's size.
+ * out: [maxTokens, nHeads * headDim], all f32; meta: the step's positions and block tables;
+ * partials: split scratch (createAttentionPartials), which this op does not own.
  */
 export function createAttention(
   ctx: OpContext,
   opts: AttentionOptions,
+  meta: StepMeta,
   q: GPUBuffer,
   k: GPUBuffer,
   v: GPUBuffer,
   out: GPUBuffer,
+  partials: AttentionPartials,
 ): AttentionOp {
-  const { nHeads, nKvHeads, headDim, maxContext } = opts;
+  const { nHeads, nKvHeads, headDim, numBlocks } = opts;
+  const { blockSize, maxTokens } = meta.opts;
   const window = opts.slidingWindow ?? 0;
   const scale = opts.scale ?? 1 / Math.sqrt(headDim);
   if (!(Number.isInteger(nHeads) && Number.isInteger(nKvHeads) && nKvHeads >= 1 && nHeads % nKvHeads === 0))
     throw new AttentionError(`nHeads (${nHeads}) must be a positive multiple of nKvHeads (${nKvHeads})`);
+  if (meta.opts.groupSize !== nHeads / nKvHeads) throw new AttentionError(`step meta groups ${meta.opts.groupSize} query heads per kv head, not ${nHeads / nKvHeads}`);
   if (!(Number.isInteger(headDim) && headDim >= 4 && headDim <= MAX_HEAD_DIM && headDim % 4 === 0))
     throw new AttentionError(`headDim ${headDim} must be a multiple of 4 in 4..${MAX_HEAD_DIM}`);
-  if (!(Number.isInteger(maxContext) && maxContext >= 1)) throw new AttentionError(`maxContext ${maxContext} must be a positive integer`);
+  if (!(Number.isInteger(numBlocks) && numBlocks >= 1)) throw new AttentionError(`numBlocks ${numBlocks} must be a positive integer`);
   if (!(Number.isInteger(window) && window >= 0)) throw new AttentionError(`slidingWindow ${window} must be a positive integer`);
-  const cacheBytes = nKvHeads * maxContext * headDim * 4;
+  const blockBytes = nKvHeads * blockSize * headDim * 4;
   const bindLimit = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
-  if (cacheBytes > bindLimit) {
-    const fits = Math.floor(bindLimit / (nKvHeads * headDim * 4));
+  if (numBlocks * blockBytes > bindLimit) {
     throw new AttentionError(
-      `a KV cache of ${maxContext} tokens needs ${cacheBytes} bytes per layer for k (and again for v), over this device's ` +
-        `storage binding limit of ${bindLimit} bytes; use maxContext <= ${fits}`,
+      `a KV cache of ${numBlocks} blocks of ${blockSize} tokens needs ${numBlocks * blockBytes} bytes per layer for k (and again for v), ` +
+        `over this device's storage binding limit of ${bindLimit} bytes; use at most ${Math.floor(bindLimit / blockBytes)} blocks`,
     );
   }
   const qRow = nHeads * headDim * 4;
-  const maxTokens = Math.floor(q.size / qRow);
-  if (maxTokens < 1) throw new AttentionError('q buffer holds no token');
+  if (q.size < maxTokens * qRow) throw new AttentionError('q buffer holds fewer tokens than the step meta');
   if (out.size < maxTokens * qRow) throw new AttentionError('out buffer is smaller than q');
   const kvRow = nKvHeads * headDim * 4;
   if (k.size < maxTokens * kvRow || v.size < maxTokens * kvRow) throw new AttentionError('k or v buffer holds fewer tokens than q');
 
   const policy = POLICY[ctx.variant];
   const dev = ctx.device;
-  const kCache = emptyBuffer(dev, cacheBytes, 'kCache');
-  const vCache = emptyBuffer(dev, cacheBytes, 'vCache');
-  const partialItems = nHeads * policy.maxSplits * PARTIAL_ROWS_PER_HEAD;
+  const kCache = emptyBuffer(dev, numBlocks * blockBytes, 'kCache');
+  const vCache = emptyBuffer(dev, numBlocks * blockBytes, 'vCache');
+  if (partials.headDim !== headDim) throw new AttentionError(`partials hold rows of ${partials.headDim} dims, not ${headDim}`);
+  const partialItems = partials.items;
   const accOffset = 2 * partialItems;
-  const part = emptyBuffer(dev, (accOffset + partialItems * headDim) * 4, 'attention partials');
+  const part = partials.buffer;
 
   const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
   const write = ctx.kernels.get('attention', { KV_WRITE: true }, { WG });
   const writeParams = new ParamsBuffer(dev, write);
-  const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache]);
+  const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache, meta.buffer]);
   const software = ctx.variant === 'software';
   // Groups of 8 query rows sharing each cache row through subgroup broadcasts, where the adapter
   // has subgroups of exactly 8 (lavapipe); else a thread per query row.
@@ -111,10 +138,9 @@ export function createAttention(
     : software
       ? ctx.kernels.get('attention', { SPLIT_SW: true, SINKS: !!opts.sinks }, { WG, HD4: headDim / 4 })
       : ctx.kernels.get('attention', { SPLIT_GPU: true, SINKS: !!opts.sinks }, { WG });
-  const groupsPerKvHead = (tokens: number) => Math.ceil((tokens * (nHeads / nKvHeads)) / 8);
   const attnParams = new ParamsBuffer(dev, attn);
   if (opts.sinks && opts.sinks.size < nHeads * 4) throw new AttentionError(`sinks hold fewer than ${nHeads} f32`);
-  const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, ...(opts.sinks ? [opts.sinks] : [])]);
+  const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, meta.buffer, ...(opts.sinks ? [opts.sinks] : [])]);
   const combine = ctx.kernels.get('attention', { COMBINE: true }, { WG });
   const combineParams = new ParamsBuffer(dev, combine);
   const combineGroup = bindGroup(dev, combine, [combineParams.buffer, part, out]);
@@ -122,22 +148,20 @@ export function createAttention(
   return {
     kCache,
     vCache,
-    encode(pass, tokens, startPos) {
+    encode(pass, { tokens, maxLength, groups }) {
       if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= maxTokens))
         throw new AttentionError(`tokens ${tokens} outside 1..${maxTokens}`);
-      if (!(Number.isInteger(startPos) && startPos >= 0 && startPos + tokens <= maxContext))
-        throw new AttentionError(`positions ${startPos}..${startPos + tokens - 1} exceed the cache of ${maxContext} tokens`);
-      writeParams.set({ tokens, nKvHeads, headDim, maxContext, startPos });
+      writeParams.set({ tokens, nKvHeads, headDim, blockSize, maxTokens });
       dispatch(pass, write, writeGroup, ...grid(Math.ceil((tokens * nKvHeads * headDim) / WG), maxDim));
 
       const rows = tokens * nHeads;
-      const length = startPos + tokens;
-      const splits = Math.max(1, Math.min(policy.maxSplits, Math.ceil(length / policy.minSplit), Math.floor(partialItems / rows)));
-      const splitLen = Math.ceil(length / splits);
+      const fixed = Math.ceil(maxLength / policy.minSplit);
+      const splits = fixed <= policy.maxSplits && rows * fixed <= partialItems ? fixed : Math.max(1, Math.min(policy.maxSplits, fixed, Math.floor(partialItems / rows)));
+      const splitLen = splits === fixed ? policy.minSplit : Math.ceil(maxLength / splits);
       const direct = splits === 1 ? 1 : 0;
-      attnParams.set({ tokens, nHeads, nKvHeads, headDim, maxContext, startPos, window, splits, splitLen, scale, direct, accOffset });
+      attnParams.set({ tokens, nHeads, nKvHeads, headDim, blockSize, maxTokens, groupBase: meta.groupBase, groups, window, splits, splitLen, scale, direct, accOffset });
       const items = rows * splits;
-      const workgroups = grouped ? nKvHeads * groupsPerKvHead(tokens) * splits : software ? Math.ceil(items / WG) : items;
+      const workgroups = grouped ? nKvHeads * groups * splits : software ? Math.ceil(items / WG) : items;
       dispatch(pass, attn, attnGroup, ...grid(workgroups, maxDim));
       if (!direct) {
         combineParams.set({ rows, headDim, splits, accOffset });
@@ -147,7 +171,6 @@ export function createAttention(
     destroy() {
       kCache.destroy();
       vCache.destroy();
-      part.destroy();
       writeParams.destroy();
       attnParams.destroy();
       combineParams.destroy();
