@@ -3,7 +3,7 @@
 // made from the target's own folder: 'self-q4' (its weights quantized to q4 while loading)
 // and a truncated-layer copy (its first quarter of layers).
 //
-// It drives packages/chat's SessionGenerator and Assistant on token ids, so a folder needs
+// It drives packages/chat's Generator and Assistant on token ids, so a folder needs
 // no tokenizer: one with a tokenizer.json (stories260K) is prompted with text through it;
 // others get id prompts and a stand-in tokenizer of one token per id (the loop only
 // detokenizes with it). Decode speed: tokens of a run ÷ its time, where every run starts
@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { directorySource, getGpu, loadModel, type Model } from '@webgpu-chat/engine';
-import { Assistant, ChatTokenizer, resolveGenerationConfig, SessionGenerator, type GenerationResult } from '../../packages/chat/src/index.ts';
+import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationResult, type ResolvedGenerationConfig } from '../../packages/chat/src/index.ts';
 import { benchPrompt, engineName, folderName } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
 
@@ -70,8 +70,9 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
     const prompts = hasTokenizer
       ? TEXT_PROMPTS.map((t) => tokenizer.encode(t).slice(0, promptTokens))
       : Array.from({ length: ID_PROMPTS }, (_, i) => benchPrompt(promptTokens, target.info.vocabSize, i));
-    const session = target.createSession();
-    const gen = new SessionGenerator(session, tokenizer, target.info.vocabSize);
+    const batch = target.createBatch({ maxSequences: 2, maxContext, kvTokens: maxContext });
+    const gen = new Generator(batch, tokenizer, target.info.vocabSize, { maxParallel: 1 });
+    const run = async (p: number[], config: ResolvedGenerationConfig, assistant?: Assistant): Promise<GenerationResult> => gen.generate({ promptIds: p, config, assistant }).result;
     const layers = Math.max(1, Math.round(target.info.config.num_hidden_layers / 4));
     const drafts: Draft[] = [
       { name: 'self-q4', load: () => loadModel(dir, { gpu, maxContext, dtype: target.info.dtype, quantize: 'q4' }) },
@@ -82,12 +83,11 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
     const warm = resolveGenerationConfig({ max_new_tokens: 8, num_assistant_tokens: o.k });
     /** Every prompt, each timed from the cached prompt; with `assistant`, assisted. */
     const measure = async (assistant?: Assistant) => {
-      const opts = assistant ? { assistant } : {};
-      await gen.run(prompts[0]!, warm, opts); // compiles the pipelines this path uses
+      await run(prompts[0]!, warm, assistant); // compiles the pipelines this path uses
       const runs: GenerationResult[] = [];
       for (const p of prompts) {
-        await gen.run(p, first, opts);
-        runs.push(await gen.run(p, cfg, opts));
+        await run(p, first, assistant);
+        runs.push(await run(p, cfg, assistant));
       }
       const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);
       const seconds = runs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000;
@@ -97,7 +97,7 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
     const plain = await measure();
     for (const d of drafts) {
       const draft = await d.load();
-      const assistant = Assistant.open({ model: target, session, tokenizer }, { model: draft });
+      const assistant = Assistant.open({ model: target, maxContext, tokenizer }, { model: draft });
       try {
         const spec = await measure(assistant);
         const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
@@ -132,7 +132,8 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
         draft.dispose();
       }
     }
-    session.dispose();
+    gen.dispose();
+    batch.dispose();
   } finally {
     target.dispose();
   }

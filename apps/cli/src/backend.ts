@@ -70,6 +70,8 @@ export interface LocalLoadOptions {
   /** The name to serve it under (default: modelIdOf(spec)). */
   modelId?: string;
   maxContext?: number;
+  /** Requests generated together (serve's --parallel); 1 for a chat. */
+  parallel?: number;
   /** Progress and notices go here (stderr by default). */
   log?: (line: string) => void;
   resolve?: ResolveOptions;
@@ -171,6 +173,7 @@ export async function loadLocalModel(spec: string, opts: LocalLoadOptions): Prom
     ...(opts.quantize ? { quantize: opts.quantize } : {}),
     maxContext,
     templateFallback: 'plain',
+    ...(opts.parallel !== undefined ? { maxParallel: opts.parallel } : {}),
   });
   const loaded: LoadedModel = {
     pipe,

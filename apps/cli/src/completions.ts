@@ -4,28 +4,24 @@
 // Log-probabilities are the f32 log-softmax of the raw logits, before any sampling
 // transform; every one is reduced on the GPU (top-k, logSumExp and the chosen token's
 // logit per position, see the engine's reduceRows and scoreTokens).
-// It runs on its own engine session beside the chat pipeline's (a second KV cache, made
-// when the model is set), one request at a time (the server's queue), reusing the KV
-// cache of a prefix shared with the previous request.
+// It is an adapter over the pipeline's generation loop (packages/chat generate.ts): the
+// same sequences, prefix cache and sampling as every other face.
 
 import type { ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import { scoreTokens, type Session } from '@webgpu-chat/engine';
 import {
-  eosIds,
-  nextToken,
+  MAX_LOGPROBS,
   resolveGenerationConfig,
-  SeededRandom,
-  StopStringMatcher,
-  StreamingDetokenizer,
-  commonPrefixLength,
+  type Assistant,
+  type Generation,
   type GenerationConfig,
+  type GenerationStats,
   type Message,
   type TextGenerationPipeline,
 } from '@webgpu-chat/chat';
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
-import { MAX_LOGPROBS, checkContext, num, parseSamplingFields, type ChatRequest } from './requests.ts';
+import { MAX_CHOICES, checkContext, num, parseSamplingFields, type ChatRequest } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
 const PIECE_CONTEXT = 8;
@@ -34,8 +30,9 @@ const PIECE_CONTEXT = 8;
 const DEFAULT_COMPLETION_TOKENS = 16;
 
 export interface CompletionRequest {
-  /** One choice per prompt, as token ids. */
+  /** The prompts as token ids; each gives n choices. */
   prompts: number[][];
+  n: number;
   maxTokens: number;
   config: GenerationConfig;
   echo: boolean;
@@ -55,6 +52,43 @@ interface Position {
   top: [number, number][] | null;
 }
 
+/** What a choice yields as it goes: positions and the text they add. */
+interface ChoiceStep {
+  positions: Position[];
+  text: string;
+}
+
+/** One choice of a request: its prompt and how to generate it. */
+interface ChoiceSpec {
+  ids: number[];
+  maxTokens: number;
+  config: GenerationConfig;
+  echo: boolean;
+  logprobs: number | null;
+  ignoreEos: boolean;
+  /** A text completion continues its prompt's text; a chat reply starts fresh. */
+  continueText: boolean;
+  assistant?: Assistant | undefined;
+}
+
+interface ChoiceOutcome {
+  finishReason: 'stop' | 'length';
+  stats: GenerationStats;
+}
+
+/** What the server's log and metrics hear about a request. */
+export interface Outcome {
+  /** The response's id, once it has one. */
+  id?: string;
+  finishReason: string;
+  completionTokens: number;
+  /** The first choice's stats. */
+  stats?: GenerationStats;
+}
+
+/** Registers a submitted generation with the server (shutdown needs them). */
+export type Track = (g: Generation) => Generation;
+
 function bool(b: Record<string, unknown>, key: string): boolean {
   const v = b[key];
   if (v === undefined || v === null) return false;
@@ -64,10 +98,12 @@ function bool(b: Record<string, unknown>, key: string): boolean {
 
 const isIdList = (x: unknown): x is number[] => Array.isArray(x) && x.length > 0 && x.every((t) => typeof t === 'number');
 
+/** OpenAI's usage object; cached_tokens: prompt tokens whose KV blocks were reused. */
+function usageOf(promptTokens: number, completionTokens: number, cachedTokens: number) {
+  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens, prompt_tokens_details: { cached_tokens: cachedTokens } };
+}
+
 export class TokenLevelApi {
-  private session: Session | undefined;
-  /** The ids the session's KV cache holds. */
-  private cached: number[] = [];
   readonly vocabSize: number;
   readonly maxContext: number;
 
@@ -76,18 +112,7 @@ export class TokenLevelApi {
     readonly modelId: string,
   ) {
     this.vocabSize = tm.model.info.vocabSize;
-    this.session = tm.model.createSession();
-    this.maxContext = Math.min(this.session.maxContext, tm.maxContext);
-  }
-
-  private sessionOf(): Session {
-    if (!this.session) throw new ApiError(503, 'The model was unloaded', 'server_error', null, 'model_unloaded');
-    return this.session;
-  }
-
-  dispose(): void {
-    this.session?.dispose();
-    this.session = undefined;
+    this.maxContext = tm.maxContext;
   }
 
   private checkModel(b: Record<string, unknown>): void {
@@ -129,10 +154,9 @@ export class TokenLevelApi {
     const maxTokens = num(b, 'max_tokens', 0, Number.MAX_SAFE_INTEGER, true) ?? DEFAULT_COMPLETION_TOKENS;
     if (maxTokens === 0 && !echo) throw invalid("'max_tokens' 0 is only allowed with 'echo': true (to score the prompt)", 'max_tokens');
     const logprobs = num(b, 'logprobs', 0, MAX_LOGPROBS, true) ?? null;
-    for (const k of ['n', 'best_of'] as const) {
-      const v = num(b, k, 1, 128, true);
-      if (v !== undefined && v !== 1) throw invalid(`Only '${k}': 1 is supported`, k, 'unsupported_value');
-    }
+    const n = num(b, 'n', 1, MAX_CHOICES, true) ?? 1;
+    const bestOf = num(b, 'best_of', 1, MAX_CHOICES, true);
+    if (bestOf !== undefined && bestOf !== n) throw invalid("'best_of' other than 'n' is not supported (every generated choice is returned)", 'best_of', 'unsupported_value');
     if (b.suffix !== undefined && b.suffix !== null) throw invalid("'suffix' is not supported", 'suffix', 'unsupported_value');
     for (const k of ['presence_penalty', 'frequency_penalty'] as const) {
       const v = num(b, k, -2, 2);
@@ -151,6 +175,7 @@ export class TokenLevelApi {
     }
     return {
       prompts,
+      n,
       maxTokens,
       config,
       echo,
@@ -179,88 +204,77 @@ export class TokenLevelApi {
   }
 
   /**
-   * Scores the prompt when asked (positions from the second token) and runs it through the
-   * session, which then keeps the logits of its last position.
+   * One choice on the generation loop: the prompt's positions (with echo), then each
+   * generated token as it comes; returns why it stopped and its stats.
    */
-  private async prefill(ids: number[], scoreK: number | null): Promise<Position[]> {
-    const session = this.sessionOf();
-    if (scoreK !== null) {
-      session.truncate(0);
-      this.cached = [];
-      const scores = await scoreTokens(session, ids, { topK: scoreK });
-      this.cached = [...ids];
-      return [{ id: ids[0]!, logprob: null, top: null }, ...scores.map((s, i) => ({ id: ids[i + 1]!, logprob: s.logprob, top: Array.from(s.topIds, (t, j): [number, number] => [t, s.topLogprobs[j]!]) }))];
+  private async *choice(spec: ChoiceSpec, signal: AbortSignal, track: Track): AsyncGenerator<ChoiceStep, ChoiceOutcome> {
+    const { ids } = spec;
+    const wantScores = spec.echo && spec.logprobs !== null;
+    const gen = track(
+      this.tm.generator.generate({
+        promptIds: ids,
+        config: resolveGenerationConfig(this.tm.generationConfig, spec.config, { max_new_tokens: spec.maxTokens }),
+        signal,
+        logprobs: spec.logprobs ?? undefined,
+        promptLogprobs: wantScores ? spec.logprobs! : undefined,
+        ignoreEos: spec.ignoreEos,
+        continuesPrompt: spec.continueText,
+        assistant: spec.assistant,
+      }),
+    );
+    if (spec.echo) {
+      const scores = await gen.promptScores;
+      const text = this.tm.tokenizer.decode(ids, { skipSpecialTokens: true });
+      const first: Position = { id: ids[0]!, logprob: null, top: null };
+      yield { positions: wantScores ? [first, ...scores.map((s, i) => ({ id: ids[i + 1]!, logprob: s.logprob, top: s.top }))] : ids.map((id) => ({ id, logprob: null, top: null })), text };
     }
-    // The last prompt position is recomputed anyway: its logits are needed.
-    const reused = Math.min(commonPrefixLength(this.cached, ids), ids.length - 1);
-    session.truncate(reused);
-    this.cached.length = reused;
-    session.forward(ids.slice(reused));
-    this.cached = [...ids];
-    return [];
+    for await (const e of gen) {
+      // The last event may release held-back text without a token.
+      yield { positions: e.tokenId === null ? [] : [{ id: e.tokenId, logprob: e.logprob?.logprob ?? null, top: e.logprob?.top ?? null }], text: e.delta };
+    }
+    const { stats } = await gen.result;
+    if (stats.finishReason === 'abort') throw signal.reason ?? new Error('aborted');
+    return { finishReason: stats.finishReason, stats };
   }
 
   /**
-   * One choice: the prompt's positions (with echo), then each generated token as it comes.
-   * Yields batches of positions with the text they add; returns why it stopped.
+   * Runs choices together on the loop (they share a prompt's blocks), handing their steps to
+   * `onStep` as they come. When one fails the others are aborted, and every choice has
+   * settled before this throws, so a stream is never written after its end.
    */
-  private async *choice(
-    ids: number[],
-    req: Pick<CompletionRequest, 'maxTokens' | 'config' | 'echo' | 'logprobs' | 'ignoreEos'> & { continueText: boolean },
-    signal: AbortSignal,
-  ): AsyncGenerator<{ positions: Position[]; text: string }, 'stop' | 'length'> {
-    const session = this.sessionOf();
-    const cfg = resolveGenerationConfig(this.tm.generationConfig, req.config);
-    const wantScores = req.echo && req.logprobs !== null;
+  private async runChoices(specs: ChoiceSpec[], signal: AbortSignal, track: Track, onStep: (index: number, step: ChoiceStep) => void): Promise<ChoiceOutcome[]> {
+    const inner = new AbortController();
+    const forward = () => inner.abort(signal.reason);
+    if (signal.aborted) forward();
+    signal.addEventListener('abort', forward, { once: true });
     try {
-      const prompt = await this.prefill(ids, wantScores ? req.logprobs : null);
-      if (req.echo) {
-        const text = this.tm.tokenizer.decode(ids, { skipSpecialTokens: true });
-        yield { positions: wantScores ? prompt : ids.map((id) => ({ id, logprob: null, top: null })), text };
-      }
-      if (req.maxTokens === 0) return 'length';
-      const rng = new SeededRandom(cfg.seed);
-      const eos = req.ignoreEos ? new Set<number>() : eosIds(cfg.eos_token_id, this.tm.tokenizer);
-      const detok = new StreamingDetokenizer(this.tm.tokenizer, { skipSpecialTokens: true });
-      // A completion continues its prompt's text (" park" after "to the"): the detokenizer
-      // starts from the prompt's last tokens. A chat reply starts fresh, as the pipeline's.
-      if (req.continueText) for (const t of ids.slice(-PIECE_CONTEXT)) detok.push(t);
-      const stopper = new StopStringMatcher(cfg.stop);
-      const sequence = [...ids];
-      let reason: 'stop' | 'length' = 'length';
-      for (let n = 0; n < req.maxTokens; n++) {
-        signal.throwIfAborted();
-        if (n > 0) {
-          session.forward([sequence.at(-1)!]);
-          this.cached.push(sequence.at(-1)!);
-        }
-        const id = await nextToken(session, cfg, rng, this.vocabSize, sequence);
-        let pos: Position = { id, logprob: null, top: null };
-        if (req.logprobs !== null) {
-          const [r] = await session.reduceRows!([session.length - 1], req.logprobs, [id]);
-          const lse = r!.logSumExp;
-          pos = { id, logprob: r!.targetLogit - lse, top: Array.from(r!.ids, (t, j): [number, number] => [t, r!.logits[j]! - lse]) };
-        }
-        sequence.push(id);
-        if (eos.has(id)) {
-          // The EOS is a position of the completion (its logprob counts) but adds no text.
-          reason = 'stop';
-          yield { positions: [pos], text: '' };
-          break;
-        }
-        const r = stopper.push(detok.push(id));
-        yield { positions: [pos], text: r.text };
-        if (r.stopped) return 'stop';
-      }
-      // Text held back (an incomplete character, a possible stop string's start) comes out last.
-      const tail = stopper.push(detok.flush()).text + (stopper.stopped ? '' : stopper.flush());
-      if (tail) yield { positions: [], text: tail };
-      return stopper.stopped ? 'stop' : reason;
-    } catch (e) {
-      // After a failed or aborted read the cache's contents are unknown.
-      this.cached = [];
-      throw e;
+      const settled = await Promise.allSettled(
+        specs.map(async (spec, index) => {
+          try {
+            const it = this.choice(spec, inner.signal, track);
+            let step = await it.next();
+            while (!step.done) {
+              onStep(index, step.value);
+              step = await it.next();
+            }
+            return step.value;
+          } catch (e) {
+            inner.abort(e);
+            throw e;
+          }
+        }),
+      );
+      const failed = settled.find((s) => s.status === 'rejected');
+      if (failed) throw signal.aborted ? signal.reason : inner.signal.reason;
+      return settled.map((s) => (s as PromiseFulfilledResult<ChoiceOutcome>).value);
+    } finally {
+      signal.removeEventListener('abort', forward);
     }
+  }
+
+  /** Choice i of n: sampling with a seed gives each choice its own stream (seed + i). */
+  private static nth(config: GenerationConfig, i: number): GenerationConfig {
+    return i > 0 && config.seed !== undefined ? { ...config, seed: (config.seed + i) % 2 ** 32 } : config;
   }
 
   /**
@@ -296,64 +310,62 @@ export class TokenLevelApi {
     return { value: { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: offsets }, offset };
   }
 
-  /** Serves a parsed /v1/completions request; returns what it did, for the server's log. */
-  async completions(req: CompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<{ finishReason: string; completionTokens: number }> {
+  /** Serves a parsed /v1/completions request: every prompt's n choices run together. */
+  async completions(req: CompletionRequest, res: ServerResponse, signal: AbortSignal, track: Track): Promise<Outcome> {
     const id = `cmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, object: 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelId };
     const promptTokens = req.prompts.reduce((a, p) => a + p.length, 0);
-    let completionTokens = 0;
-    let finish = 'stop';
-    const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
-    let sse: EventStream | undefined;
-    const choices = [];
+    const specs = req.prompts.flatMap((ids) => Array.from({ length: req.n }, (_, i) => ({ ...req, ids, config: TokenLevelApi.nth(req.config, i), continueText: true })));
+    const choices = specs.map((s) => ({
+      text: '',
+      offset: 0,
+      // The tokens before the next position (the prompt, unless it is echoed).
+      seq: req.echo ? [] : [...s.ids],
+      positions: [] as Position[],
+      generated: [] as number[],
+      echoed: req.echo,
+    }));
+    const sse = req.stream ? new EventStream(res) : undefined;
+    let outcomes: ChoiceOutcome[];
     try {
-      for (const [index, ids] of req.prompts.entries()) {
-        const it = this.choice(ids, { ...req, continueText: true }, signal);
-        let text = '';
-        let offset = 0;
-        // The tokens before the next position (the prompt, unless it is echoed).
-        const seq = req.echo ? [] : [...ids];
-        const positions: Position[] = [];
-        const generated: number[] = [];
-        let step = await it.next();
-        if (req.stream) sse ??= new EventStream(res);
-        let echoed = req.echo;
-        while (!step.done) {
-          const { positions: ps, text: t } = step.value;
-          if (!echoed) {
-            for (const p of ps) generated.push(p.id);
-            completionTokens += ps.length;
-          }
-          if (req.stream) {
-            const lp = req.logprobs === null ? null : this.completionLogprobs(ps, req.tokensAsIds, seq, offset);
-            if (lp) offset = lp.offset;
-            sse!.send({ ...base, choices: [{ index, text: t, logprobs: lp?.value ?? null, finish_reason: null, stop_reason: null, ...(req.returnTokenIds ? { token_ids: ps.map((p) => p.id) } : {}) }] });
-          } else {
-            positions.push(...ps);
-            text += t;
-          }
-          echoed = false;
-          step = await it.next();
+      outcomes = await this.runChoices(specs, signal, track, (index, { positions: ps, text: t }) => {
+        const c = choices[index]!;
+        if (!c.echoed) c.generated.push(...ps.map((p) => p.id));
+        c.echoed = false;
+        if (sse) {
+          const lp = req.logprobs === null ? null : this.completionLogprobs(ps, req.tokensAsIds, c.seq, c.offset);
+          if (lp) c.offset = lp.offset;
+          sse.send({ ...base, choices: [{ index, text: t, logprobs: lp?.value ?? null, finish_reason: null, stop_reason: null, ...(req.returnTokenIds ? { token_ids: ps.map((p) => p.id) } : {}) }] });
+        } else {
+          c.positions.push(...ps);
+          c.text += t;
         }
-        const reason = step.value;
-        if (reason === 'length') finish = 'length';
-        const tokenIds = req.returnTokenIds ? { prompt_token_ids: ids, token_ids: generated } : {};
-        if (sse) sse.send({ ...base, choices: [{ index, text: '', logprobs: null, finish_reason: reason, stop_reason: null, ...tokenIds }] });
-        else {
-          const lp = req.logprobs === null ? null : this.completionLogprobs(positions, req.tokensAsIds, seq, 0).value;
-          choices.push({ index, text, logprobs: lp, finish_reason: reason, stop_reason: null, ...tokenIds });
-        }
-      }
+      });
     } catch (e) {
       if (!sse) throw e;
       endStreamWithError(sse, e, signal);
-      return { finishReason: signal.aborted ? 'abort' : 'error', completionTokens };
+      return { id, finishReason: signal.aborted ? 'abort' : 'error', completionTokens: choices.reduce((s, c) => s + c.generated.length, 0) };
     }
+    const completionTokens = choices.reduce((s, c) => s + c.generated.length, 0);
+    const cached = outcomes.filter((_, i) => i % req.n === 0).reduce((s, o) => s + o.stats.reusedTokens, 0);
+    const usage = usageOf(promptTokens, completionTokens, cached);
+    const tokenIds = (i: number) => (req.returnTokenIds ? { prompt_token_ids: specs[i]!.ids, token_ids: choices[i]!.generated } : {});
     if (sse) {
-      if (req.includeUsage) sse.send({ ...base, choices: [], usage: usage() });
+      outcomes.forEach((o, index) => sse.send({ ...base, choices: [{ index, text: '', logprobs: null, finish_reason: o.finishReason, stop_reason: null, ...tokenIds(index) }] }));
+      if (req.includeUsage) sse.send({ ...base, choices: [], usage });
       sse.end();
-    } else sendJson(res, 200, { ...base, choices, usage: usage() });
-    return { finishReason: finish, completionTokens };
+    } else {
+      sendJson(res, 200, {
+        ...base,
+        choices: outcomes.map((o, index) => {
+          const c = choices[index]!;
+          const lp = req.logprobs === null ? null : this.completionLogprobs(c.positions, req.tokensAsIds, c.seq, 0).value;
+          return { index, text: c.text, logprobs: lp, finish_reason: o.finishReason, stop_reason: null, ...tokenIds(index) };
+        }),
+        usage,
+      });
+    }
+    return { id, finishReason: outcomes.some((o) => o.finishReason === 'length') ? 'length' : 'stop', completionTokens, stats: outcomes[0]!.stats };
   }
 
   /** The prompt a chat renders to, as token ids: the pipeline's rule (template or plain fallback, continue_final_message). */
@@ -362,15 +374,27 @@ export class TokenLevelApi {
     return this.encodePrompt(prompt.text, prompt.addSpecialTokens, encoder, request.config.max_new_tokens, 'messages');
   }
 
-  /** /v1/chat/completions with logprobs: true (OpenAI's chat logprobs shape), for the prompt `ids` (chatIds). */
-  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal): Promise<{ finishReason: string; completionTokens: number }> {
-    const k = request.logprobs ?? 0;
-    const budget = request.config.max_new_tokens ?? this.maxContext - ids.length;
+  /**
+   * /v1/chat/completions for the prompt `ids` (chatIds): n choices together, streamed or
+   * not, with OpenAI's chat logprobs when asked; decoded with `assistant` when the server has a draft.
+   */
+  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, created: Math.floor(Date.now() / 1000), model: this.modelId, system_fingerprint: null };
-    const seq = [...ids];
     const bytes = (t: string) => Array.from(Buffer.from(t, 'utf8'));
-    const entry = (p: Position) => {
+    const logprobs = request.logprobs ?? null;
+    const specs: ChoiceSpec[] = Array.from({ length: request.n }, (_, i) => ({
+      ids,
+      maxTokens: request.config.max_new_tokens ?? this.maxContext - ids.length,
+      config: TokenLevelApi.nth(request.config, i),
+      echo: false,
+      logprobs,
+      ignoreEos: false,
+      continueText: false,
+      assistant,
+    }));
+    const choices = specs.map(() => ({ seq: [...ids], text: '', n: 0, content: [] as ReturnType<typeof entry>[] }));
+    const entry = (seq: number[], p: Position) => {
       const context = seq.slice(-PIECE_CONTEXT);
       const token = this.pieceText(context, p.id);
       seq.push(p.id);
@@ -384,49 +408,52 @@ export class TokenLevelApi {
         }),
       };
     };
-    const it = this.choice(ids, { maxTokens: budget, config: request.config, echo: false, logprobs: k, ignoreEos: false, continueText: false }, signal);
-    const content: ReturnType<typeof entry>[] = [];
-    let text = '';
-    let n = 0;
-    let step = await it.next();
-    const usage = () => ({ prompt_tokens: ids.length, completion_tokens: n, total_tokens: ids.length + n });
-    if (request.stream) {
-      const sse = new EventStream(res);
-      const chunk = (delta: Record<string, string>, logprobs: unknown, finish: string | null) => ({
-        ...base,
-        object: 'chat.completion.chunk',
-        choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
-        ...(request.includeUsage ? { usage: null } : {}),
-      });
-      sse.send(chunk({ role: 'assistant', content: '' }, null, null));
-      try {
-        while (!step.done) {
-          n += step.value.positions.length;
-          sse.send(chunk({ content: step.value.text }, { content: step.value.positions.map(entry), refusal: null }, null));
-          step = await it.next();
-        }
-      } catch (e) {
-        endStreamWithError(sse, e, signal);
-        return { finishReason: signal.aborted ? 'abort' : 'error', completionTokens: n };
-      }
-      sse.send(chunk({}, null, step.value));
-      if (request.includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: usage() });
-      sse.end();
-      return { finishReason: step.value, completionTokens: n };
-    }
-    while (!step.done) {
-      n += step.value.positions.length;
-      content.push(...step.value.positions.map(entry));
-      text += step.value.text;
-      step = await it.next();
-    }
-    sendJson(res, 200, {
+    const sse = request.stream ? new EventStream(res) : undefined;
+    const chunk = (index: number, delta: Record<string, string>, lp: unknown, finish: string | null) => ({
       ...base,
-      object: 'chat.completion',
-      choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: { content, refusal: null }, finish_reason: step.value }],
-      usage: usage(),
+      object: 'chat.completion.chunk',
+      choices: [{ index, delta, logprobs: lp, finish_reason: finish }],
+      ...(request.includeUsage ? { usage: null } : {}),
     });
-    return { finishReason: step.value, completionTokens: n };
+    specs.forEach((_, index) => sse?.send(chunk(index, { role: 'assistant', content: '' }, null, null)));
+    let outcomes: ChoiceOutcome[];
+    try {
+      outcomes = await this.runChoices(specs, signal, track, (index, step) => {
+        const c = choices[index]!;
+        c.n += step.positions.length;
+        const lp = logprobs === null ? [] : step.positions.map((p) => entry(c.seq, p));
+        if (sse) {
+          if (step.text || lp.length) sse.send(chunk(index, { content: step.text }, logprobs === null ? null : { content: lp, refusal: null }, null));
+        } else {
+          c.content.push(...lp);
+          c.text += step.text;
+        }
+      });
+    } catch (e) {
+      if (!sse) throw e;
+      endStreamWithError(sse, e, signal);
+      return { id, finishReason: signal.aborted ? 'abort' : 'error', completionTokens: choices.reduce((s, c) => s + c.n, 0) };
+    }
+    const completionTokens = choices.reduce((s, c) => s + c.n, 0);
+    const usage = usageOf(ids.length, completionTokens, outcomes[0]!.stats.reusedTokens);
+    if (sse) {
+      outcomes.forEach((o, index) => sse.send(chunk(index, {}, null, o.finishReason)));
+      if (request.includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage });
+      sse.end();
+    } else {
+      sendJson(res, 200, {
+        ...base,
+        object: 'chat.completion',
+        choices: outcomes.map((o, index) => ({
+          index,
+          message: { role: 'assistant', content: choices[index]!.text, refusal: null },
+          logprobs: logprobs === null ? null : { content: choices[index]!.content, refusal: null },
+          finish_reason: o.finishReason,
+        })),
+        usage,
+      });
+    }
+    return { id, finishReason: outcomes.some((o) => o.finishReason === 'length') ? 'length' : 'stop', completionTokens, stats: outcomes[0]!.stats };
   }
 
   /** POST /tokenize: {content, add_special} → {tokens} (llama-server's names). */

@@ -1,7 +1,7 @@
 // Request bodies of the OpenAI routes, validated into generation flags (400 naming the
 // offending field), and the one rule for prompts that don't fit the context.
 
-import { MAX_NUM_ASSISTANT_TOKENS, type GenerationConfig, type Message } from '@webgpu-chat/chat';
+import { MAX_LOGPROBS, MAX_NUM_ASSISTANT_TOKENS, type GenerationConfig, type Message } from '@webgpu-chat/chat';
 import { ApiError, invalid } from './http.ts';
 
 /** The messages of an /apply-template body, checked as the chat route checks them. */
@@ -11,12 +11,16 @@ export function templateMessages(body: unknown): Message[] {
   return parseChatRequest({ messages: b.messages }, '').messages;
 }
 
+/** Choices one request may ask for (n): each is a sequence in the batch. */
+export const MAX_CHOICES = 16;
 /** OpenAI caps `stop` at 4 strings; a few more cost nothing here. */
 const MAX_STOP = 16;
 const ROLES = new Set(['system', 'user', 'assistant', 'tool', 'developer']);
 
 export interface ChatRequest {
   messages: Message[];
+  /** Choices to generate (OpenAI's n). */
+  n: number;
   stream: boolean;
   includeUsage: boolean;
   config: GenerationConfig;
@@ -71,8 +75,7 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     const role = (r.role === 'developer' ? 'system' : r.role) as Message['role'];
     return { role, content: contentOf(r, i) };
   });
-  const n = num(b, 'n', 1, 128, true);
-  if (n !== undefined && n !== 1) throw invalid("Only 'n': 1 is supported", 'n', 'unsupported_value');
+  const n = num(b, 'n', 1, MAX_CHOICES, true) ?? 1;
   if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw invalid("'stream' must be a boolean", 'stream');
   const so = b.stream_options;
   if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalid("'stream_options' must be an object", 'stream_options');
@@ -99,15 +102,13 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
   return {
     messages,
+    n,
     stream: b.stream === true,
     includeUsage: (so as { include_usage?: unknown } | undefined)?.include_usage === true,
     config,
     ...(b.logprobs === true ? { logprobs: topLogprobs ?? 0 } : {}),
   };
 }
-
-/** The most alternatives per position `logprobs` / `top_logprobs` may ask for (OpenAI's and vLLM's cap). */
-export const MAX_LOGPROBS = 20;
 
 /** temperature, top_p, top_k, min_p, repetition_penalty, seed and stop of a request, validated, as generation flags. */
 export function parseSamplingFields(b: Record<string, unknown>): GenerationConfig {

@@ -63,6 +63,7 @@ async function main(argv: string[]): Promise<number> {
   loaded = await loadLocalModel(spec, {
     modelId,
     dtype: args.dtype,
+    parallel: args.parallel,
     ...(args.quantize ? { quantize: args.quantize } : {}),
     ...(args.draft ? { draft: args.draft } : {}),
     ...(args.maxContext ? { maxContext: args.maxContext } : {}),
@@ -71,7 +72,7 @@ async function main(argv: string[]): Promise<number> {
   srv.setModel({ model: loaded.pipe, health: healthFields(loaded), ...(loaded.draft ? { assistant: loaded.draft.pipe } : {}) });
   const weights = describeQuantization(info.quantization) ? `${info.dtype}, linear layers ${describeQuantization(info.quantization)}` : info.dtype;
   process.stderr.write(
-    `serve: ${loaded.modelId} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s (${weights}, ${loaded.maxContext} tokens of context` +
+    `serve: ${loaded.modelId} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s (${weights}, ${loaded.maxContext} tokens of context, ${args.parallel} requests at once` +
       `${loaded.draft ? `; draft ${loaded.draft.spec}` : ''}` +
       `${loaded.plainTemplate ? '; no chat template: messages are joined as plain text' : ''}) at ${srv.url}/v1\n`,
   );

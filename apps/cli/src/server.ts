@@ -5,19 +5,23 @@
 //   POST /tokenize, /detokenize, /apply-template   llama-server's tokenizer and template routes
 //   GET  /v1/models[/ID]        the one model
 //   GET  /health                {"status":"ok"}; 503 {"status":"loading"} until the model is loaded
-// One GPU: requests run one at a time, in arrival order, behind a bounded queue (503 when
-// full). A client that disconnects aborts its generation, or leaves the queue. Prompts are
-// tokenized before they queue, long ones off the event loop (encoder.ts). shutdown() drains:
-// it stops accepting, answers the queue with 503, and gives running requests a grace period.
+//   GET  /metrics               Prometheus text (metrics.ts)
+// Every route submits to the pipeline's generation loop (packages/chat generate.ts), which
+// decodes up to --parallel requests together (continuous batching); more wait there, up to
+// maxQueue (503 beyond). A client that disconnects aborts its generation, which leaves the
+// batch at the next step. Prompts are tokenized before they are submitted, long ones off the
+// event loop (encoder.ts). shutdown() drains: it stops accepting, answers requests not yet in
+// the batch with 503, and gives running ones a grace period.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { resolveGenerationConfig, type AssistantModel, type GenerationStats, type StreamEvent, type TextGenerationPipeline } from '@webgpu-chat/chat';
-import { TokenLevelApi } from './completions.ts';
+import { resolveGenerationConfig, type AssistantModel, type Generation, type GenerationStats, type GeneratorStats, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import { TokenLevelApi, type Outcome, type Track } from './completions.ts';
 import { PromptEncoder } from './encoder.ts';
-import { ApiError, EventStream, checkMethod, endStreamWithError, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
-import { checkContext, parseChatRequest, templateMessages, type ChatRequest } from './requests.ts';
+import { ApiError, checkMethod, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
+import { ServerMetrics } from './metrics.ts';
+import { checkContext, parseChatRequest, templateMessages } from './requests.ts';
 
 export interface ServedModelInfo {
   model: TextGenerationPipeline;
@@ -59,82 +63,12 @@ export const DEFAULT_MAX_BODY_BYTES = 4 * 2 ** 20;
 
 const shuttingDown = () => unavailable('The server is shutting down', 'server_shutting_down', 'server_error');
 
-/** One-at-a-time access to the GPU with a bounded FIFO of waiters that can leave. */
-export class RequestQueue {
-  private busy = false;
-  private closed = false;
-  private waiting: { go: () => void; refuse: (e: ApiError) => void }[] = [];
-  constructor(readonly maxWaiting: number) {}
-
-  get length(): number {
-    return this.waiting.length;
-  }
-  get running(): boolean {
-    return this.busy;
-  }
-
-  /** Resolves with a release function when it is this caller's turn; throws when the queue is full or closed, or `signal` aborts first. */
-  acquire(signal: AbortSignal): Promise<() => void> {
-    if (this.closed) return Promise.reject(shuttingDown());
-    const release = () => {
-      const next = this.waiting.shift();
-      if (next) next.go();
-      else this.busy = false;
-    };
-    if (!this.busy) {
-      this.busy = true;
-      return Promise.resolve(once(release));
-    }
-    if (this.waiting.length >= this.maxWaiting) {
-      return Promise.reject(unavailable(`The server is busy: ${this.maxWaiting} requests are already waiting. Retry later.`, 'server_overloaded'));
-    }
-    return new Promise((resolve, reject) => {
-      const leave = () => {
-        const i = this.waiting.indexOf(entry);
-        if (i >= 0) this.waiting.splice(i, 1);
-        signal.removeEventListener('abort', onAbort);
-      };
-      const entry = {
-        go: () => {
-          signal.removeEventListener('abort', onAbort);
-          resolve(once(release));
-        },
-        refuse: (e: ApiError) => {
-          leave();
-          reject(e);
-        },
-      };
-      const onAbort = () => {
-        leave();
-        reject(signal.reason);
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.waiting.push(entry);
-    });
-  }
-
-  /** Refuses every waiter and every later caller (shutdown); the running one keeps its turn. */
-  close(): void {
-    this.closed = true;
-    for (const w of [...this.waiting]) w.refuse(shuttingDown());
-  }
-}
-
-function once(f: () => void): () => void {
-  let done = false;
-  return () => {
-    if (!done) {
-      done = true;
-      f();
-    }
-  };
-}
-
 export interface ChatServer {
   server: Server;
   /** http://host:port */
   url: string;
-  queue: RequestQueue;
+  /** The generation loop's counters (running and waiting requests, KV blocks), once a model is set. */
+  stats(): GeneratorStats | undefined;
   /** Supplies the model once it is loaded: /health turns ok and completions are served. */
   setModel(m: ServedModelInfo): void;
   /**
@@ -150,14 +84,17 @@ export interface ChatServer {
 export async function startChatServer(opts: ServerOptions): Promise<ChatServer> {
   const maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const maxQueue = opts.maxQueue ?? 16;
-  const queue = new RequestQueue(maxQueue);
+  const metrics = new ServerMetrics();
   const created = Math.floor(Date.now() / 1000);
   let served: ServedModelInfo | undefined;
   let api: TokenLevelApi | undefined;
   let encoder: PromptEncoder | undefined;
   let draining = false;
-  /** Requests being served (tokenizing, queued or generating), aborted when a shutdown's grace ends. */
-  const active = new Set<AbortController>();
+  /**
+   * Requests being served (tokenizing, waiting or generating) and their generations once
+   * submitted: a shutdown refuses those not yet in the batch and ends the rest after its grace.
+   */
+  const active = new Map<AbortController, Generation[]>();
   const expectedKey = opts.apiKey !== undefined ? Buffer.from(opts.apiKey) : undefined;
   const access = { corsOrigins: opts.corsOrigins ?? [], loopback: isLoopbackAddress(opts.host ?? '127.0.0.1') };
 
@@ -178,45 +115,40 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   }
 
   /**
-   * Serves one request: `prepare` (parse, tokenize) runs at once, `work` in its turn on the
-   * GPU. A client that goes away aborts either, or its place in the queue; a shutdown whose
-   * grace runs out aborts them with a 503 as the reason.
+   * Serves one request: `prepare` (parse, tokenize) runs at once, then `work` submits its
+   * generations (registering each with `track`). A client that goes away aborts them; a
+   * shutdown aborts them with a 503 as the reason.
    */
-  async function serveRequest<P>(
-    res: ServerResponse,
-    prefix: string,
-    prepare: (signal: AbortSignal) => Promise<P>,
-    work: (prepared: P, signal: AbortSignal) => Promise<Omit<RequestDone, 'id'> & { id?: string }>,
-  ): Promise<void> {
+  async function serveRequest<P>(res: ServerResponse, prefix: string, prepare: (signal: AbortSignal) => Promise<P>, work: (prepared: P, signal: AbortSignal, track: Track) => Promise<Outcome>): Promise<void> {
     const abort = new AbortController();
     let finished = false;
     res.on('close', () => {
       if (!finished) abort.abort(new Error('client disconnected'));
     });
-    active.add(abort);
-    let release: (() => void) | undefined;
-    let outcome: Omit<RequestDone, 'id'> & { id?: string } = { finishReason: 'error', completionTokens: 0 };
+    const generations: Generation[] = [];
+    active.set(abort, generations);
+    let submitted = false;
+    let outcome: Outcome = { finishReason: 'error', completionTokens: 0 };
     try {
       const prepared = await prepare(abort.signal);
-      try {
-        release = await queue.acquire(abort.signal);
-      } catch (e) {
-        throw abort.signal.aborted ? abort.signal.reason : e;
+      if (draining) throw shuttingDown();
+      const m = model();
+      const g = m.served.model.generator;
+      if (g.stats.running >= g.maxParallel && g.waitingCount >= maxQueue) {
+        throw unavailable(`The server is busy: ${maxQueue} requests are already waiting. Retry later.`, 'server_overloaded');
       }
-      outcome = await work(prepared, abort.signal);
+      submitted = true;
+      outcome = await work(prepared, abort.signal, (g) => (generations.push(g), g));
     } catch (e) {
       if (abort.signal.aborted && !(abort.signal.reason instanceof ApiError)) return;
       throw errorFromGeneration(abort.signal.aborted ? abort.signal.reason : e);
     } finally {
       finished = true;
       active.delete(abort);
-      release?.();
-      if (release) {
-        opts.onRequestDone?.({
-          ...outcome,
-          id: outcome.id ?? `${prefix}-${randomBytes(6).toString('hex')}`,
-          finishReason: abort.signal.aborted ? 'abort' : outcome.finishReason,
-        });
+      if (submitted) {
+        const finishReason = abort.signal.aborted ? 'abort' : outcome.finishReason;
+        metrics.observeRequest(finishReason, outcome.stats);
+        opts.onRequestDone?.({ ...outcome, id: outcome.id ?? `${prefix}-${randomBytes(6).toString('hex')}`, finishReason });
       }
     }
   }
@@ -224,7 +156,12 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   async function textCompletions(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJsonBody(req, maxBody);
     const m = model();
-    return serveRequest(res, 'cmpl', () => m.api.parseCompletionRequest(body, m.encoder), (request, signal) => m.api.completions(request, res, signal));
+    return serveRequest(
+      res,
+      'cmpl',
+      () => m.api.parseCompletionRequest(body, m.encoder),
+      (request, signal, track) => m.api.completions(request, res, signal, track),
+    );
   }
 
   async function completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -235,82 +172,10 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       checkContext(ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
       // Without max_tokens the reply may run to the end of the context, never past it.
       const max = request.config.max_new_tokens ?? Math.min(resolveGenerationConfig(m.served.model.generationConfig).max_new_tokens, m.api.maxContext - ids.length);
-      return { ids, request: { ...request, config: { ...request.config, max_new_tokens: max } } };
+      const assistant = m.served.assistant !== undefined ? await m.served.model.assistant(m.served.assistant) : undefined;
+      return { ids, assistant, request: { ...request, config: { ...request.config, max_new_tokens: max } } };
     };
-    if (request.logprobs !== undefined) return serveRequest(res, 'chatcmpl', prepare, (p, signal) => m.api.chat(p.request, p.ids, res, signal));
-    return serveRequest(res, 'chatcmpl', prepare, async (p, signal) => {
-      const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
-      const stats = await chatCompletion(m.served, p.request, p.ids, res, signal, id);
-      return { id, finishReason: stats?.finishReason ?? 'error', completionTokens: stats?.newTokens ?? 0, ...(stats ? { stats } : {}) };
-    });
-  }
-
-  /** Generates one chat completion into `res` (streamed or not); returns the generation's stats. */
-  async function chatCompletion(served: ServedModelInfo, request: ChatRequest, promptIds: number[], res: ServerResponse, signal: AbortSignal, id: string): Promise<GenerationStats | undefined> {
-    const pipe = served.model;
-    const now = Math.floor(Date.now() / 1000);
-    const base = { id, created: now, model: opts.modelId, system_fingerprint: null };
-    let text = '';
-    const draft = served.assistant !== undefined ? { assistant_model: served.assistant } : {};
-    const it = pipe.stream({ promptIds }, { ...request.config, ...draft, signal })[Symbol.asyncIterator]();
-    // Errors before the first token still get a status code.
-    let next: IteratorResult<StreamEvent>;
-    try {
-      next = await it.next();
-    } catch (e) {
-      throw errorFromGeneration(e);
-    }
-    if (request.stream) {
-      const sse = new EventStream(res);
-      const chunk = (delta: Record<string, string>, finish: string | null) => ({
-        ...base,
-        object: 'chat.completion.chunk',
-        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-        ...(request.includeUsage ? { usage: null } : {}),
-      });
-      sse.send(chunk({ role: 'assistant', content: '' }, null));
-      try {
-        while (!next.done) {
-          if (next.value.delta) sse.send(chunk({ content: next.value.delta }, null));
-          next = await it.next();
-        }
-      } catch (e) {
-        endStreamWithError(sse, e, signal);
-        return undefined;
-      }
-      const stats = pipe.lastStats;
-      if (signal.aborted) {
-        endStreamWithError(sse, signal.reason, signal);
-        return stats;
-      }
-      sse.send(chunk({}, stats?.finishReason === 'length' ? 'length' : 'stop'));
-      if (request.includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: usage(stats) });
-      sse.end();
-      return stats;
-    }
-    try {
-      while (!next.done) {
-        text += next.value.delta;
-        next = await it.next();
-      }
-    } catch (e) {
-      throw errorFromGeneration(e);
-    }
-    const stats = pipe.lastStats;
-    if (signal.aborted) throw signal.reason;
-    sendJson(res, 200, {
-      ...base,
-      object: 'chat.completion',
-      choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: stats?.finishReason === 'length' ? 'length' : 'stop' }],
-      usage: usage(stats),
-    });
-    return stats;
-  }
-
-  function usage(s: GenerationStats | undefined) {
-    const prompt = s?.promptTokens ?? 0;
-    const completion = s?.newTokens ?? 0;
-    return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(p.request, p.ids, res, signal, track, p.assistant));
   }
 
   const GET = ['GET', 'HEAD'];
@@ -325,6 +190,14 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       throw invalid(`The request path ${JSON.stringify(url.pathname)} is not valid percent-encoding`, null, 'invalid_path');
     }
     if (guardAccess(req, res, access)) return;
+    if (path === '/metrics') {
+      checkMethod(req, path, GET);
+      const stats = served?.model.generator.stats;
+      if (!stats) throw loading();
+      const text = metrics.render(stats);
+      res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
+      return void res.end(text);
+    }
     if (path === '/health') {
       checkMethod(req, path, GET);
       if (draining) return sendJson(res, 503, { status: 'shutting_down' }, { 'Retry-After': '1' });
@@ -386,9 +259,10 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       draining = true;
       server.close();
       server.closeIdleConnections();
-      queue.close();
+      // Requests not yet in the batch are answered 503 now; the running ones get the grace period.
+      for (const [abort, gens] of active) if (!gens.some((g) => g.admitted)) abort.abort(shuttingDown());
       const deadline = setTimeout(() => {
-        for (const a of active) a.abort(shuttingDown());
+        for (const abort of active.keys()) abort.abort(shuttingDown());
       }, graceMs);
       while (active.size > 0) await new Promise((r) => setTimeout(r, 10));
       clearTimeout(deadline);
@@ -401,11 +275,12 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   return {
     server,
     url: `http://${host}:${addr.port}`,
-    queue,
+    stats: () => served?.model.generator.stats,
     setModel: (m) => {
       served = m;
       encoder = new PromptEncoder(m.model.tokenizer, maxQueue);
       api = new TokenLevelApi(m.model, opts.modelId);
+      m.model.generator.onToken = (kind, seconds) => metrics.observeToken(kind, seconds);
     },
     shutdown,
     close: () => {

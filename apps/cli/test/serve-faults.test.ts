@@ -244,7 +244,7 @@ describe('small HTTP faults', () => {
       expect(loadingChat.headers.get('retry-after')).toBe('1');
       s.setModel({ model: loaded.pipe });
       const running = postJson(s, '/v1/chat/completions', { model: MODEL, messages: user('Once upon a time'), max_tokens: 300, temperature: 0 });
-      while (!s.queue.running) await new Promise((r) => setTimeout(r, 5));
+      while ((s.stats()?.running ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
       const full = await postJson(s, '/v1/chat/completions', { model: MODEL, messages: user('hi'), max_tokens: 3 });
       expect(full.status).toBe(503);
       expect(full.json.error.code).toBe('server_overloaded');
@@ -269,9 +269,9 @@ describe('shutdown drains', () => {
     s.setModel({ model: loaded.pipe });
     const long = { model: MODEL, messages: user('Once upon a time'), max_tokens: 500, temperature: 0 };
     const stream = fetch(`${s.url}/v1/chat/completions`, { method: 'POST', headers: JSON_TYPE, body: JSON.stringify({ ...long, stream: true }) }).then((r) => r.text());
-    while (!s.queue.running) await new Promise((r) => setTimeout(r, 5));
+    while ((s.stats()?.running ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
     const queued = [1, 2, 3].map(() => postJson(s, '/v1/chat/completions', { model: MODEL, messages: user('hi'), max_tokens: 3 }));
-    while (s.queue.length < 3) await new Promise((r) => setTimeout(r, 5));
+    while ((s.stats()?.waiting ?? 0) < 3) await new Promise((r) => setTimeout(r, 5));
     const t0 = performance.now();
     await s.shutdown(30);
     expect(performance.now() - t0).toBeLessThan(2000);

@@ -1,12 +1,13 @@
 // pipeline('text-generation', model): Transformers' TextGenerationPipeline over our
 // engine. Call it with a chat (list of messages) to get the chat back with the
-// assistant's reply appended, or with a string to get the continuation. One engine
-// session per pipeline: successive calls reuse the KV cache of the shared prefix, so a
-// multi-turn chat only prefills the new turn.
+// assistant's reply appended, or with a string to get the continuation; a list of chats
+// (or strings) is generated as one batch. Calls run on the generation loop (generate.ts)
+// over one engine Batch, which keeps finished sequences cached: the next turn of a chat
+// only prefills what is new.
 
 import { loadModel, toFileSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
 import { ChatInputError, ContextLengthError, GenerationConfigError } from './errors.ts';
-import { SessionGenerator, type RunOptions } from './generate.ts';
+import { Generator, type Generation, type GenerationResult } from './generate.ts';
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
 import { Assistant } from './speculative.ts';
 import { ChatTemplates, renderPlain, validateMessages, type PLAIN_FALLBACK } from './template.ts';
@@ -27,6 +28,10 @@ export interface PipelineOptions {
   chatTemplate?: string;
   /** Load only the first n decoder layers: a truncated-layer draft for assisted generation. */
   numLayers?: number;
+  /** Sequences generated together at most (a list of chats, or concurrent calls); default 1. */
+  maxParallel?: number;
+  /** Tokens of KV cache shared by the sequences (default maxContext × maxParallel). */
+  kvTokens?: number;
 }
 
 /** A prompt already rendered and encoded with renderPrompt (a server tokenizes off its event loop). */
@@ -45,6 +50,9 @@ export interface RenderedPrompt {
 export interface TextGenerationPipeline {
   (input: Message[], opts?: GenerateOptions): Promise<ChatOutput>;
   (input: string, opts?: GenerateOptions): Promise<TextOutput>;
+  /** Several chats or strings, generated together (up to maxParallel at a time), outputs in input order. */
+  (input: Message[][], opts?: GenerateOptions): Promise<ChatOutput[]>;
+  (input: string[], opts?: GenerateOptions): Promise<TextOutput[]>;
   /** The same generation as a stream of text deltas. */
   stream(input: Message[] | string | EncodedPrompt, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
   /** The prompt text `input` renders to (template, plain fallback, continue_final_message). */
@@ -56,9 +64,13 @@ export interface TextGenerationPipeline {
   readonly tokenizer: ChatTokenizer;
   readonly templates: ChatTemplates;
   readonly model: Model;
+  /** The generation loop the calls run on (serve submits token-level requests to it directly). */
+  readonly generator: Generator;
+  /** The draft a GenerateOptions.assistant_model names, bound to this pipeline (loaded on first use). */
+  assistant(a: AssistantModel): Promise<Assistant>;
   /** The defaults calls start from: Transformers' own, overridden by generation_config.json. */
   readonly generationConfig: GenerationConfig;
-  /** Frees the session and the model. */
+  /** Frees the generator, its KV cache and the model. */
   dispose(): void;
 }
 
@@ -101,17 +113,8 @@ export async function pipeline(task: 'text-generation', model: string | FileSour
   return createTextGenerationPipeline(loaded, files, opts);
 }
 
-/** Serializes calls: they share one session. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  lock(): Promise<() => void> {
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const ready = this.tail.then(() => release);
-    this.tail = this.tail.then(() => next);
-    return ready;
-  }
-}
+/** Sequences a batch keeps beyond the running ones: finished sequences cached for prefix reuse. */
+const CACHED_SEQUENCES = 8;
 
 interface Prepared {
   ids: number[];
@@ -120,11 +123,21 @@ interface Prepared {
 }
 
 /** The pipeline over an already loaded model (it takes ownership: dispose() frees it). */
-export function createTextGenerationPipeline(model: Model, files: ChatFiles, opts: Pick<PipelineOptions, 'templateFallback' | 'maxContext'> = {}): TextGenerationPipeline {
+export function createTextGenerationPipeline(
+  model: Model,
+  files: ChatFiles,
+  opts: Pick<PipelineOptions, 'templateFallback' | 'maxContext' | 'maxParallel' | 'kvTokens'> = {},
+): TextGenerationPipeline {
   const { tokenizer, templates, generationConfig } = files;
-  const session = model.createSession(opts.maxContext !== undefined ? { maxContext: opts.maxContext } : {});
-  const generator = new SessionGenerator(session, tokenizer, model.info.vocabSize);
-  const mutex = new Mutex();
+  const maxParallel = opts.maxParallel ?? 1;
+  const maxContext = Math.min(opts.maxContext ?? Infinity, model.info.maxPositionEmbeddings);
+  const batch = model.createBatch({
+    maxSequences: maxParallel + CACHED_SEQUENCES,
+    ...(Number.isFinite(maxContext) ? { maxContext } : {}),
+    ...(opts.kvTokens !== undefined ? { kvTokens: opts.kvTokens } : Number.isFinite(maxContext) ? { kvTokens: maxContext * maxParallel } : {}),
+  });
+  const generator = new Generator(batch, tokenizer, model.info.vocabSize, { maxParallel });
+  let last: GenerationStats | undefined;
   let disposed = false;
   // Assisted generation: one draft session per draft model; folders named by path are
   // loaded once and owned (freed with this pipeline).
@@ -136,7 +149,7 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
     if (typeof a === 'string' || 'range' in a) {
       let loading = ownedDrafts.get(a);
       if (!loading) {
-        loading = pipeline('text-generation', a, { maxContext: session.maxContext, gpu: model.gpu });
+        loading = pipeline('text-generation', a, { maxContext: generator.maxContext, gpu: model.gpu });
         ownedDrafts.set(a, loading);
         loading.catch(() => ownedDrafts.delete(a));
       }
@@ -145,13 +158,12 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
     const draftModel = typeof draft === 'function' ? draft.model : draft;
     let assistant = assistants.get(draftModel);
     if (!assistant) {
-      assistant = Assistant.open({ model, session, tokenizer }, typeof draft === 'function' ? { model: draft.model, tokenizer: draft.tokenizer } : { model: draft });
+      assistant = Assistant.open({ model, maxContext: generator.maxContext, tokenizer }, typeof draft === 'function' ? { model: draft.model, tokenizer: draft.tokenizer } : { model: draft });
       assistants.set(draftModel, assistant);
     }
     return assistant;
   };
 
-  const runOptions = async (o: GenerateOptions): Promise<RunOptions> => (o.assistant_model === undefined ? o : { ...o, assistant: await assistantFor(o.assistant_model) });
 
   const renderPrompt = (input: Message[] | string, o: GenerateOptions = {}): RenderedPrompt => {
     if (typeof input === 'string') return { text: input, addSpecialTokens: true, continueFinalMessage: false };
@@ -170,7 +182,7 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
     if (typeof input === 'object' && 'promptIds' in input) return { ids: Array.from(input.promptIds), cfg, output: () => [{ generated_text: '' }] };
     const prompt = renderPrompt(input, o);
     const atLeast = tokenizer.minTokens(prompt.text);
-    if (atLeast > session.maxContext) throw new ContextLengthError(atLeast, session.maxContext, true);
+    if (atLeast > generator.maxContext) throw new ContextLengthError(atLeast, generator.maxContext, true);
     const ids = tokenizer.encode(prompt.text, { addSpecialTokens: prompt.addSpecialTokens });
     if (typeof input === 'string') return { ids, cfg, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
     const output = (reply: string): ChatOutput => {
@@ -181,32 +193,54 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
     return { ids, cfg, output };
   };
 
-  async function* stream(input: Message[] | string | EncodedPrompt, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
-    const p = prepare(input, o);
-    const release = await mutex.lock();
+  const start = async (p: Prepared, o: GenerateOptions): Promise<Generation> =>
+    generator.generate({
+      promptIds: p.ids,
+      config: p.cfg,
+      signal: o.signal,
+      ...(o.assistant_model !== undefined ? { assistant: await assistantFor(o.assistant_model) } : {}),
+    });
+
+  /** Runs a generation to its end, passing its text to onText; its stats become lastStats. */
+  async function* run(p: Prepared, o: GenerateOptions): AsyncGenerator<StreamEvent, GenerationResult | undefined> {
+    const gen = await start(p, o);
     try {
-      yield* generator.stream(p.ids, p.cfg, await runOptions(o));
+      for await (const e of gen) {
+        if (e.delta) o.onText?.(e.delta);
+        yield e;
+      }
     } finally {
-      release();
+      const r = await gen.result.catch(() => undefined);
+      if (r) last = r.stats;
     }
+    return gen.result;
   }
 
-  const call = async (input: Message[] | string, o: GenerateOptions = {}): Promise<ChatOutput | TextOutput> => {
+  async function* stream(input: Message[] | string | EncodedPrompt, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
+    yield* run(prepare(input, o), o);
+  }
+
+  const one = async (input: Message[] | string, o: GenerateOptions): Promise<ChatOutput | TextOutput> => {
     const p = prepare(input, o);
-    const release = await mutex.lock();
-    try {
-      const r = await generator.run(p.ids, p.cfg, await runOptions(o));
-      return p.output(r.text);
-    } finally {
-      release();
-    }
+    const it = run(p, o);
+    let r = await it.next();
+    while (!r.done) r = await it.next();
+    return p.output(r.value?.text ?? '');
+  };
+
+  const call = async (input: Message[] | string | Message[][] | string[], o: GenerateOptions = {}) => {
+    const many = Array.isArray(input) && input.length > 0 && (Array.isArray(input[0]) || typeof input[0] === 'string');
+    if (!many) return one(input as Message[] | string, o);
+    return Promise.all((input as (Message[] | string)[]).map((x) => one(x, o)));
   };
 
   return Object.defineProperties(call, {
     stream: { value: stream },
     renderPrompt: { value: renderPrompt },
-    maxContext: { value: session.maxContext },
-    lastStats: { get: () => generator.lastResult?.stats },
+    maxContext: { value: generator.maxContext },
+    generator: { value: generator },
+    assistant: { value: assistantFor },
+    lastStats: { get: () => last },
     tokenizer: { value: tokenizer },
     templates: { value: templates },
     model: { value: model },
@@ -215,9 +249,10 @@ export function createTextGenerationPipeline(model: Model, files: ChatFiles, opt
       value: () => {
         if (disposed) return;
         disposed = true;
+        generator.dispose();
         for (const a of assistants.values()) a.dispose();
         for (const d of ownedDrafts.values()) d.then((p) => p.dispose(), () => {});
-        session.dispose();
+        batch.dispose();
         model.dispose();
       },
     },

@@ -312,14 +312,39 @@ export function readPath(p: SamplingParams, vocabSize: number): ReadPath {
   return 'logits';
 }
 
-/** The next token for the session's last forwarded position. */
-export async function nextToken(session: Session, p: SamplingParams, rng: SeededRandom, vocabSize: number, previousIds: Iterable<number>): Promise<number> {
+/** Where logits rows are read from: a session's last step, or one item of a batch step. */
+export type LogitsReader = Pick<Session, 'argmax' | 'topK' | 'logits'>;
+
+/**
+ * Changes a logits row in place before sampling (a grammar's mask sets forbidden tokens to
+ * -Infinity); `previousIds` is the sequence so far, prompt included.
+ */
+export type LogitsProcessor = (logits: Float32Array, previousIds: readonly number[]) => void;
+
+/**
+ * The next token from row `row` of `reader` (its last by default). A processor needs the
+ * whole row; otherwise the read is the cheapest the flags allow (see readPath).
+ */
+export async function sampleAt(
+  reader: LogitsReader,
+  p: SamplingParams,
+  rng: SeededRandom,
+  vocabSize: number,
+  row: number | undefined,
+  previousIds: readonly number[],
+  processor?: LogitsProcessor,
+): Promise<number> {
+  if (processor) {
+    const logits = await reader.logits(row);
+    processor(logits, previousIds);
+    return sampleFromLogits(logits, p, rng, previousIds);
+  }
   switch (readPath(p, vocabSize)) {
     case 'argmax':
-      return session.argmax();
+      return reader.argmax(row);
     case 'topk':
-      return sampleFromTopK(await session.topK(p.top_k), p, rng);
+      return sampleFromTopK(await reader.topK(p.top_k, row), p, rng);
     case 'logits':
-      return sampleFromLogits(await session.logits(), p, rng, previousIds);
+      return sampleFromLogits(await reader.logits(row), p, rng, previousIds);
   }
 }

@@ -13,7 +13,7 @@
 // so the output equals the target's own greedy output.
 
 import type { Model, Session } from '@webgpu-chat/engine';
-import type { TokenSource } from './generate.ts';
+import { commonPrefixLength, type TokenSource } from './generate.ts';
 import {
   applyRepetitionPenalty,
   argmax,
@@ -21,6 +21,7 @@ import {
   draw,
   isGreedy,
   MAX_NUM_ASSISTANT_TOKENS,
+  type LogitsReader,
   readPath,
   warpSorted,
   type Distribution,
@@ -103,7 +104,7 @@ export async function verifyDraft(
  * it: argmax for greedy, the GPU's top-k for top_k <= 256, else the whole row.
  * previousIds: the sequence up to that position, for the repetition penalty.
  */
-export async function distributionAt(session: Session, p: SamplingParams, vocabSize: number, row: number | undefined, previousIds: Iterable<number>): Promise<Distribution> {
+export async function distributionAt(session: LogitsReader, p: SamplingParams, vocabSize: number, row: number | undefined, previousIds: Iterable<number>): Promise<Distribution> {
   switch (readPath(p, vocabSize)) {
     case 'argmax':
       return pointMass(await session.argmax(row));
@@ -167,9 +168,10 @@ export function nextNumAssistantTokens(k: number, drafted: number, accepted: num
 }
 
 /**
- * A draft model bound to one target session: its own session (KV cache), the ids that
- * cache holds (reused across calls like the target's), and the draft length the
- * 'heuristic' schedule carries between calls.
+ * A draft model serving one target: its own session (KV cache), the ids that cache holds
+ * (reused across steps and calls like the target's), and the draft length the 'heuristic'
+ * schedule carries between calls. Generations that share it take turns: each plan starts
+ * by rolling the draft's cache back to what it shares with that generation's sequence.
  */
 export class Assistant {
   /** The ids the draft session's KV cache holds, in order. */
@@ -184,10 +186,10 @@ export class Assistant {
   ) {}
 
   /**
-   * Binds `draft` to a target whose generation runs in `targetSession`: checks that they
-   * share a tokenizer and that the draft holds as much context, and opens the draft's session.
+   * Binds `draft` to a target whose sequences hold up to `maxContext` tokens: checks that
+   * they share a tokenizer and that the draft holds as much context, and opens the draft's session.
    */
-  static open(target: { model: Model; session: Session; tokenizer: ChatTokenizer }, draft: { model: Model; tokenizer?: ChatTokenizer }): Assistant {
+  static open(target: { model: Model; maxContext: number; tokenizer: ChatTokenizer }, draft: { model: Model; tokenizer?: ChatTokenizer }): Assistant {
     const side = (m: Model, tokenizer?: ChatTokenizer): TokenizerSide => ({
       vocabSize: m.info.vocabSize,
       ...(tokenizer ? { tokenizer } : {}),
@@ -196,22 +198,35 @@ export class Assistant {
     });
     // A bare Model has no tokenizer: compare config ids on both sides then.
     checkSameTokenizer(side(target.model, draft.tokenizer && target.tokenizer), side(draft.model, draft.tokenizer));
-    const session = draft.model.createSession({ maxContext: target.session.maxContext });
-    if (session.maxContext < target.session.maxContext) {
+    const session = draft.model.createSession({ maxContext: target.maxContext });
+    if (session.maxContext < target.maxContext) {
       session.dispose();
-      throw new DraftModelError(`The assistant model holds ${session.maxContext} tokens of context, fewer than the target session's ${target.session.maxContext}: load the target with a smaller maxContext`);
+      throw new DraftModelError(`The assistant model holds ${session.maxContext} tokens of context, fewer than the target's ${target.maxContext}: load the target with a smaller maxContext`);
     }
     return new Assistant(draft.model, session);
   }
 
-  /** The token source one generation call uses (see SessionGenerator). */
-  source(target: Session, cfg: ResolvedGenerationConfig, rng: SeededRandom, vocabSize: number): TokenSource {
+  /** The token source of one generation (see generate.ts). */
+  source(cfg: ResolvedGenerationConfig, rng: SeededRandom, vocabSize: number): TokenSource {
     if (this.disposed) throw new DraftModelError('This assistant has been disposed');
     const start = cfg.num_assistant_tokens;
     let k = start;
     if (cfg.num_assistant_tokens_schedule === 'heuristic' && this.carried?.start === start) k = this.carried.k;
     const carry = cfg.num_assistant_tokens_schedule === 'heuristic' ? (reached: number) => (this.carried = { start, k: reached }) : undefined;
-    return new SpeculativeSource(target, this, cfg, rng, vocabSize, k, carry);
+    return new SpeculativeSource(this, cfg, rng, vocabSize, k, carry);
+  }
+
+  /** Runs the draft over `sequence` (reusing the prefix its cache shares) so its last row is the sequence's next-token distribution. */
+  advance(sequence: readonly number[]): void {
+    const same = Math.min(commonPrefixLength(this.cached, sequence), sequence.length - 1);
+    this.rollBack(same);
+    this.session.forward(sequence.slice(same));
+    this.cached.push(...sequence.slice(same));
+  }
+
+  rollBack(length: number): void {
+    this.session.truncate(length);
+    this.cached.length = length;
   }
 
   dispose(): void {
@@ -221,14 +236,21 @@ export class Assistant {
   }
 }
 
-/** Draft K, verify in one target forward, keep the accepted prefix and one target token. */
+/**
+ * Draft K, verify them in the sequence's next step, keep the accepted prefix and one
+ * token of the model's own. The target holds all of the sequence but its last token,
+ * which opens each verification step.
+ */
 class SpeculativeSource implements TokenSource {
+  readonly holdsBackLast = true;
   private steps = 0;
-  private drafted = 0;
-  private accepted = 0;
+  private draftedTotal = 0;
+  private acceptedTotal = 0;
+  /** The current draft, and the distributions its tokens were drawn from. */
+  private drafted: number[] = [];
+  private q: Distribution[] = [];
 
   constructor(
-    private readonly target: Session,
     private readonly draft: Assistant,
     private readonly cfg: ResolvedGenerationConfig,
     private readonly rng: SeededRandom,
@@ -239,81 +261,50 @@ class SpeculativeSource implements TokenSource {
     private readonly carry: ((k: number) => void) | undefined,
   ) {}
 
-  prefill(prompt: readonly number[], reused: number): void {
-    // Both caches hold everything but the sequence's last token, which opens the next
-    // verification forward: its row is the target's distribution for the first new token.
-    if (prompt.length - 1 > reused) this.target.forward(prompt.slice(reused, -1));
-    const d = this.draft;
-    let same = 0;
-    while (same < Math.min(d.cached.length, prompt.length - 1) && d.cached[same] === prompt[same]) same++;
-    this.rollDraft(same);
-    if (prompt.length - 1 > same) this.runDraft(prompt.slice(same, -1));
+  async plan(sequence: readonly number[], max: number): Promise<{ tokens: number[]; logits: 'all' }> {
+    const { cfg, rng, vocabSize } = this;
+    // K drafted + 1 model token never exceed what the loop still wants, which also keeps
+    // both caches inside their context (the loop's budget accounts for it).
+    const K = Math.max(0, Math.min(this.k, max - 1));
+    this.drafted = [];
+    this.q = [];
+    for (let i = 0; i < K; i++) {
+      const prefix = [...sequence, ...this.drafted];
+      this.draft.advance(prefix);
+      const dist = await distributionAt(this.draft.session, cfg, vocabSize, undefined, prefix);
+      this.q.push(dist);
+      this.drafted.push(draw(dist, rng));
+    }
+    return { tokens: [sequence.at(-1)!, ...this.drafted], logits: 'all' };
   }
 
-  async next(sequence: readonly number[], max: number): Promise<number[]> {
-    const { cfg, rng, vocabSize } = this;
-    const n = sequence.length;
-    if (this.target.length !== n - 1) throw new Error(`speculative decoding: the target holds ${this.target.length} tokens, expected ${n - 1}`);
-    // K drafted + 1 target token never exceed what the loop still wants, which also
-    // keeps both caches inside their context (the loop's budget accounts for it).
-    const K = Math.max(0, Math.min(this.k, max - 1));
-    const drafted: number[] = [];
-    const q: Distribution[] = [];
+  async take(sequence: readonly number[], _planned: readonly number[], rows: LogitsReader): Promise<{ tokens: number[]; keep: number }> {
+    const { cfg, rng, vocabSize, drafted } = this;
     const prefix = (i: number) => [...sequence, ...drafted.slice(0, i)];
-    for (let i = 0; i < K; i++) {
-      this.runDraft(i === 0 ? sequence.slice(this.draft.cached.length) : [drafted[i - 1]!]);
-      const dist = await distributionAt(this.draft.session, cfg, vocabSize, undefined, prefix(i));
-      q.push(dist);
-      drafted.push(draw(dist, rng));
-    }
-
-    const base = this.target.length;
-    this.target.forward([sequence[n - 1]!, ...drafted], { allLogits: true });
-    const verdict = await verifyDraft(drafted, q, (i) => distributionAt(this.target, cfg, vocabSize, base + i, prefix(i)), rng);
-
-    // Keep the sequence plus the accepted drafts; the new token stays pending.
-    const kept = n + verdict.accepted;
-    this.target.truncate(kept);
-    this.rollDraft(Math.min(this.draft.cached.length, kept));
+    const verdict = await verifyDraft(drafted, this.q, (i) => distributionAt(rows, cfg, vocabSize, i, prefix(i)), rng);
+    // The draft's cache may hold rejected tokens: the next plan rolls it back.
+    this.draft.rollBack(Math.min(this.draft.cached.length, sequence.length + verdict.accepted));
+    const K = drafted.length;
     if (K > 0) {
       this.steps++;
-      this.drafted += K;
-      this.accepted += verdict.accepted;
+      this.draftedTotal += K;
+      this.acceptedTotal += verdict.accepted;
       if (cfg.num_assistant_tokens_schedule !== 'constant') {
         this.k = nextNumAssistantTokens(this.k, K, verdict.accepted);
         this.carry?.(this.k);
       }
     }
-    return [...drafted.slice(0, verdict.accepted), verdict.token];
-  }
-
-  settle(length: number): void {
-    this.rollDraft(Math.min(this.draft.cached.length, length));
-  }
-
-  reset(): void {
-    // The next prefill finds no common prefix and truncates the draft session to 0.
-    this.draft.cached.length = 0;
+    return { tokens: [...drafted.slice(0, verdict.accepted), verdict.token], keep: 1 + verdict.accepted };
   }
 
   stats(): SpeculativeStats {
     return {
       steps: this.steps,
-      draftedTokens: this.drafted,
-      acceptedTokens: this.accepted,
-      acceptanceRate: this.drafted > 0 ? this.accepted / this.drafted : 0,
-      meanAcceptedTokens: this.steps > 0 ? this.accepted / this.steps : 0,
+      draftedTokens: this.draftedTotal,
+      acceptedTokens: this.acceptedTotal,
+      acceptanceRate: this.draftedTotal > 0 ? this.acceptedTotal / this.draftedTotal : 0,
+      meanAcceptedTokens: this.steps > 0 ? this.acceptedTotal / this.steps : 0,
       finalNumAssistantTokens: this.k,
     };
-  }
-
-  private runDraft(ids: readonly number[]): void {
-    this.draft.session.forward(ids);
-    this.draft.cached.push(...ids);
-  }
-
-  private rollDraft(length: number): void {
-    this.draft.session.truncate(length);
-    this.draft.cached.length = length;
   }
 }

@@ -17,8 +17,7 @@ import {
   pipeline,
   probabilityOf,
   resolveGenerationConfig,
-  SeededRandom,
-  SessionGenerator,
+  Generator,
   distributionFromLogits,
   type GenerationConfig,
   type TextGenerationPipeline,
@@ -110,13 +109,14 @@ describe.skipIf(!hasStories)('greedy assisted generation equals plain greedy: st
     for await (const e of target.stream('Once upon a time', { ...base, assistant_model: draft })) streamed += e.delta;
     expect(streamed).toBe(plain);
 
-    // Two turns: the second reuses the first's cache (all but its last token), as plain decoding does.
+    // Two turns: the second reuses at least the first's cache (all but its last token), as plain
+    // decoding does; a longer cached sequence (the streamed reply above) may share more.
     const chat = [{ role: 'user' as const, content: 'Once upon a time' }];
     const [{ generated_text: t1 }] = await target(chat, { max_new_tokens: 24, assistant_model: draft });
     const s1 = target.lastStats!;
     const chat2 = [...t1, { role: 'user' as const, content: ' The next day' }];
     const [{ generated_text: t2 }] = await target(chat2, { max_new_tokens: 24, assistant_model: draft });
-    expect(target.lastStats!.reusedTokens).toBe(s1.promptTokens + s1.newTokens - 1);
+    expect(target.lastStats!.reusedTokens).toBeGreaterThanOrEqual(s1.promptTokens + s1.newTokens - 1);
     const [{ generated_text: want2 }] = await plainPipe(chat2, { max_new_tokens: 24 });
     expect(t2.at(-1)).toEqual(want2.at(-1));
 
@@ -149,20 +149,27 @@ describe.skipIf(!hasStories)('greedy assisted generation equals plain greedy: ge
       const dir = writeGeneratedModel({ ...c.target, scale: 0.4, config });
       const target = await load(dir);
       const draft = c.draft ? await load(writeGeneratedModel({ ...c.draft, scale: 0.4, config: { vocab_size: 512, ...c.draft.config } })) : await load(dir, c.draftLayers);
-      const session = target.createSession();
-      const gen = new SessionGenerator(session, tokenizer, 512);
-      const assistant = Assistant.open({ model: target, session, tokenizer }, { model: draft });
-      for (const prompt of [[1, 40, 41], [1, 300, 7, 99, 12, 5], [1, 2]]) {
+      const batch = target.createBatch({ maxSequences: 4, maxContext: 256, kvTokens: 512 });
+      const gen = new Generator(batch, tokenizer, 512, { maxParallel: 2 });
+      const assistant = Assistant.open({ model: target, maxContext: 256, tokenizer }, { model: draft });
+      const prompts = [[1, 40, 41], [1, 300, 7, 99, 12, 5], [1, 2]];
+      for (const prompt of prompts) {
         for (const k of [1, 3, 8]) {
-          const cfg = resolveGenerationConfig({ max_new_tokens: 30, num_assistant_tokens: k, num_assistant_tokens_schedule: 'constant' });
-          const plain = await gen.run(prompt, cfg);
-          const spec = await gen.run(prompt, cfg, { assistant });
+          const flags = resolveGenerationConfig({ max_new_tokens: 30, num_assistant_tokens: k, num_assistant_tokens_schedule: 'constant' });
+          const plain = await gen.generate({ promptIds: prompt, config: flags }).result;
+          const spec = await gen.generate({ promptIds: prompt, config: flags, assistant }).result;
           expect(spec.tokenIds, `prompt ${prompt}, K=${k}`).toEqual(plain.tokenIds);
           expect(spec.stats.speculative!.draftedTokens).toBeGreaterThan(0);
         }
       }
+      // Two assisted generations at once share the draft: each rolls its cache back to its own sequence.
+      const shared = resolveGenerationConfig({ max_new_tokens: 30, num_assistant_tokens: 3 });
+      const alone = await Promise.all(prompts.slice(0, 2).map((p) => gen.generate({ promptIds: p, config: shared }).result));
+      const together = await Promise.all(prompts.slice(0, 2).map((p) => gen.generate({ promptIds: p, config: shared, assistant }).result));
+      expect(together.map((r) => r.tokenIds)).toEqual(alone.map((r) => r.tokenIds));
       assistant.dispose();
-      session.dispose();
+      gen.dispose();
+      batch.dispose();
     });
   }
 });
@@ -174,9 +181,12 @@ describe('sampled assisted generation follows the target distribution (vocabular
     const target = await load(writeGeneratedModel({ seed: 41, scale: 1.2, config: small }));
     const draft = await load(writeGeneratedModel({ seed: 42, scale: 1.2, config: { ...small, num_hidden_layers: 1 } }));
     const flags = resolveGenerationConfig({ do_sample: true, temperature: 0.8, top_k: 8, top_p: 0.95, num_assistant_tokens: 2, num_assistant_tokens_schedule: 'constant' });
-    const tokenizer = { eos: undefined } as unknown as ChatTokenizer; // Assistant.open reads nothing else when the draft has no tokenizer
+    // Assistant.open and the loop read nothing else of a tokenizer when the draft has none and no text is wanted.
+    const tokenizer = { eos: undefined, decode: () => '' } as unknown as ChatTokenizer;
     const session: Session = target.createSession();
-    const assistant = Assistant.open({ model: target, session, tokenizer }, { model: draft });
+    const batch = target.createBatch({ maxSequences: 4, maxContext: 256, kvTokens: 256 });
+    const gen = new Generator(batch, tokenizer, V, { maxParallel: 1 });
+    const assistant = Assistant.open({ model: target, maxContext: 256, tokenizer }, { model: draft });
     const prompt = [3, 7];
 
     // Exact joint probabilities of the first two tokens under the target with these warpers.
@@ -196,14 +206,9 @@ describe('sampled assisted generation follows the target distribution (vocabular
 
     const N = 800;
     const counts = new Array(V * V).fill(0);
-    const rng = new SeededRandom(99);
     for (let s = 0; s < N; s++) {
-      session.truncate(0);
-      const source = assistant.source(session, flags, rng, V);
-      source.prefill(prompt, 0);
-      const seq = [...prompt];
-      while (seq.length < prompt.length + 2) seq.push(...(await source.next(seq, prompt.length + 2 - seq.length)));
-      counts[seq[2]! * V + seq[3]!]++;
+      const r = await gen.generate({ promptIds: prompt, config: { ...flags, max_new_tokens: 2, seed: 1000 + s }, ignoreEos: true, assistant }).result;
+      counts[r.tokenIds[0]! * V + r.tokenIds[1]!]++;
     }
     // Pool cells expected below 5 into one, then Pearson's chi-square at the 0.999 level.
     let stat = 0;
@@ -228,6 +233,8 @@ describe('sampled assisted generation follows the target distribution (vocabular
     const critical = df * (1 - 2 / (9 * df) + 3.09 * Math.sqrt(2 / (9 * df))) ** 3;
     expect(stat, `chi-square ${stat.toFixed(1)} with ${df} df`).toBeLessThan(critical);
     assistant.dispose();
+    gen.dispose();
+    batch.dispose();
     session.dispose();
   });
 });
