@@ -424,23 +424,28 @@ export class Generator {
   /** One forward over every running sequence, then each takes its tokens. */
   private async step(): Promise<void> {
     const items: { a: Active; tokens: number[]; logits: 'last' | 'all' | 'none'; prefill: boolean }[] = [];
+    // Tokens and kept logits rows left in this step.
     let room = this.batch.maxStepTokens;
+    let rows = this.batch.maxLogitRows;
     for (const a of this.running.filter((r) => r.phase === 'decode')) {
       // A sequence whose draft would not fit this step waits for the next.
-      if (room <= 0) break;
-      const plan = await a.source.plan(a.sequence, Math.min(a.budget - a.generated.length, room));
+      if (room <= 0 || rows <= 0) break;
+      const plan = await a.source.plan(a.sequence, Math.min(a.budget - a.generated.length, room, rows));
       items.push({ a, tokens: plan.tokens, logits: plan.logits, prefill: false });
       room -= plan.tokens.length;
+      rows -= plan.logits === 'all' ? plan.tokens.length : 1;
     }
     for (const a of this.running.filter((r) => r.phase === 'prefill')) {
       if (room <= 0) break;
       const scoring = a.req.promptLogprobs !== undefined;
-      // Scored prompts keep every row: the batch keeps at most 64 per step.
-      const n = Math.min(a.prefillEnd - a.cursor, this.prefillChunk, room, scoring ? 64 : Infinity);
-      if (n <= 0) continue;
+      // A scored prompt keeps every row; an unscored one at most its last.
+      const n = Math.min(a.prefillEnd - a.cursor, this.prefillChunk, room, scoring ? rows : Infinity);
+      if (n <= 0 || rows <= 0) continue;
       const last = a.cursor + n === a.prefillEnd;
-      items.push({ a, tokens: a.sequence.slice(a.cursor, a.cursor + n), logits: scoring ? 'all' : last && !a.source.holdsBackLast ? 'last' : 'none', prefill: true });
+      const logits = scoring ? 'all' : last && !a.source.holdsBackLast ? 'last' : 'none';
+      items.push({ a, tokens: a.sequence.slice(a.cursor, a.cursor + n), logits, prefill: true });
       room -= n;
+      rows -= logits === 'all' ? n : logits === 'last' ? 1 : 0;
     }
     if (items.length === 0) return this.retireDone();
     const firstRows = this.runStep(items.map((i) => ({ seq: i.a.seq!, tokens: i.tokens, logits: i.logits })));

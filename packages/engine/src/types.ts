@@ -154,6 +154,8 @@ export interface Batch {
   readonly usedBlocks: number;
   readonly maxSequences: number;
   readonly maxStepTokens: number;
+  /** Rows of logits one step may keep, all items together. */
+  readonly maxLogitRows: number;
   readonly maxContext: number;
   createSequence(): Sequence;
   /**
