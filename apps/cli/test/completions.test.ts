@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';
+import { postJsonTo } from './http-client.ts';
 import { makeReferenceModel, pythonAvailable, referenceLogits, type ReferenceFamily } from '../../../packages/engine/test/transformers-reference.ts';
 
 const MODEL = 'stories260K';
@@ -33,17 +34,7 @@ async function stop(s: Served | undefined): Promise<void> {
   s?.loaded.pipe.dispose();
 }
 
-async function post(s: Served, path: string, body: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(s.srv.url + path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = text;
-  }
-  return { status: res.status, json };
-}
+const post = (s: Served, path: string, body: unknown) => postJsonTo(s.srv.url + path, body);
 
 let stories: Served;
 let client: OpenAI;

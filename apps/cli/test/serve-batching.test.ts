@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';
+import { postJsonTo } from './http-client.ts';
 
 const MODEL = 'stories260K';
 const PARALLEL = 4;
@@ -25,10 +26,7 @@ afterAll(async () => {
   loaded?.pipe.dispose();
 });
 
-async function post(path: string, body: unknown, signal?: AbortSignal): Promise<{ status: number; json: any }> {
-  const res = await fetch(srv.url + path, { method: 'POST', headers: JSON_TYPE, body: JSON.stringify(body), ...(signal ? { signal } : {}) });
-  return { status: res.status, json: await res.json() };
-}
+const post = (path: string, body: unknown, signal?: AbortSignal) => postJsonTo(srv.url + path, body, signal);
 
 /** The value of a Prometheus sample line `name{labels} value`. */
 async function metric(name: string): Promise<number> {

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';
+import { fetchReply, postJsonTo } from './http-client.ts';
 
 const MODEL = 'stories260K';
 const ROOT = resolve(import.meta.dirname, '../../..');
@@ -28,19 +29,8 @@ afterAll(async () => {
   loaded?.pipe.dispose();
 });
 
-async function call(s: ChatServer, path: string, init: RequestInit = {}): Promise<{ status: number; headers: Headers; json: any; text: string }> {
-  const res = await fetch(s.url + path, init);
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, json, text };
-}
-
-const postJson = (s: ChatServer, path: string, body: unknown) => call(s, path, { method: 'POST', headers: JSON_TYPE, body: JSON.stringify(body) });
+const call = (s: ChatServer, path: string, init: RequestInit = {}) => fetchReply(s.url + path, init);
+const postJson = (s: ChatServer, path: string, body: unknown) => postJsonTo(s.url + path, body);
 
 /** A raw HTTP request, for headers fetch won't let a caller set (Host) or bytes it would re-encode. */
 function rawRequest(s: ChatServer, opts: { method: string; path: string; headers?: Record<string, string>; body?: Buffer }): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';
+import { fetchReply, postJsonTo } from './http-client.ts';
 
 const MODEL = 'stories260K';
 const GREEDY_20 = ', there was a little girl named Lily. She loved to play outsid';
@@ -14,20 +15,8 @@ let srv: ChatServer;
 let client: OpenAI;
 const done: { id: string; finishReason: string; completionTokens: number }[] = [];
 
-async function raw(path: string, init: RequestInit = {}): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(srv.url + path, init);
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json, text };
-}
-
-const post = (body: unknown) =>
-  raw('/v1/chat/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+const raw = (path: string, init: RequestInit = {}) => fetchReply(srv.url + path, init);
+const post = (body: unknown) => postJsonTo(`${srv.url}/v1/chat/completions`, body);
 
 const user = (content: string) => [{ role: 'user' as const, content }];
 

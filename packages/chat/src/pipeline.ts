@@ -106,6 +106,8 @@ export async function pipeline(task: 'text-generation', model: string | FileSour
   if (opts.dtype !== undefined) load.dtype = opts.dtype;
   if (opts.quantize !== undefined) load.quantize = opts.quantize;
   if (opts.maxContext !== undefined) load.maxContext = opts.maxContext;
+  const kvTokens = opts.kvTokens ?? (opts.maxContext !== undefined ? opts.maxContext * (opts.maxParallel ?? 1) : undefined);
+  if (kvTokens !== undefined) load.kvTokens = kvTokens;
   if (opts.onProgress !== undefined) load.onProgress = opts.onProgress;
   if (opts.gpu !== undefined) load.gpu = opts.gpu;
   if (opts.numLayers !== undefined) load.numLayers = opts.numLayers;
@@ -136,12 +138,8 @@ export function createTextGenerationPipeline(
 ): TextGenerationPipeline {
   const { tokenizer, templates, generationConfig } = files;
   const maxParallel = opts.maxParallel ?? 1;
-  const maxContext = Math.min(opts.maxContext ?? Infinity, model.info.maxPositionEmbeddings);
-  const batch = model.createBatch({
-    maxSequences: maxParallel + CACHED_SEQUENCES,
-    ...(Number.isFinite(maxContext) ? { maxContext } : {}),
-    ...(opts.kvTokens !== undefined ? { kvTokens: opts.kvTokens } : Number.isFinite(maxContext) ? { kvTokens: maxContext * maxParallel } : {}),
-  });
+  const maxContext = Math.min(opts.maxContext ?? model.info.maxContext, model.info.maxPositionEmbeddings);
+  const batch = model.createBatch({ maxSequences: maxParallel + CACHED_SEQUENCES, maxContext, kvTokens: opts.kvTokens ?? maxContext * maxParallel });
   const generator = new Generator(batch, tokenizer, model.info.vocabSize, { maxParallel, ...(maxParallel > 1 ? { prefillChunk: SHARED_PREFILL_CHUNK } : {}) });
   let last: GenerationStats | undefined;
   let disposed = false;

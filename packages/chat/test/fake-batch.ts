@@ -136,7 +136,7 @@ export class FakeBatch implements Batch {
 export function fakeModel(batch: FakeBatch): Model {
   return {
     gpu: {} as Gpu,
-    info: { modelType: 'fake', dtype: 'f32', weightBytes: 0, kvBytesPerToken: 0, vocabSize: batch.vocab, maxPositionEmbeddings: batch.maxContext, bytesPerToken: 0, config: {} as ModelConfig, variant: 'software' },
+    info: { modelType: 'fake', dtype: 'f32', weightBytes: 0, kvBytesPerToken: 0, vocabSize: batch.vocab, maxPositionEmbeddings: batch.maxContext, maxContext: batch.maxContext, bytesPerToken: 0, config: {} as ModelConfig, variant: 'software' },
     createSession: () => {
       throw new Error('fake: the loop runs on batches');
     },

@@ -174,7 +174,9 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   // CPU-backed adapters get the software kernels, whose linear weights are stored in row tiles.
   const variant = opts.variant ?? (gpu.info.isSoftware ? 'software' : 'gpu');
   const tiles = variant === 'software';
-  const plan = planMemory(config, dtype, maxContext, {
+  // A batch's pool may hold several sequences' context: plan for what the caller will allocate.
+  const kvTokens = Math.max(opts.kvTokens ?? maxContext, maxContext);
+  const plan = planMemory(config, dtype, kvTokens, {
     ...(opts.quantize ? { quantize: opts.quantize } : {}),
     ...(prequant ? { prequant, isPrequantized: (prefix: string) => ckpt.has(`${prefix}.qweight`) } : {}),
     tiles,
@@ -183,7 +185,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const stored = prequant ? `${dtype}, linear layers ${prequant.method} int4` : opts.quantize ? `${dtype}, linear layers ${opts.quantize}` : dtype;
   if (available !== undefined && plan.total > available)
     throw new ModelLoadError(
-      `model too large for this adapter: needs ${gib(plan.total)} (weights ${gib(plan.weightBytes)} in ${stored}, KV cache ${gib(plan.kvBytes)} for ${maxContext} tokens) but ${gib(available)} is available; try a smaller --max-context, dtype or --quantize`,
+      `model too large for this adapter: needs ${gib(plan.total)} (weights ${gib(plan.weightBytes)} in ${stored}, KV cache ${gib(plan.kvBytes)} for ${kvTokens} tokens) but ${gib(available)} is available; try a smaller --max-context or --parallel, dtype or --quantize`,
     );
   const rowBytes = config.hidden_size * BYTES_PER_ELEMENT[dtype];
   if (rowBytes > gpu.info.limits.maxStorageBufferBindingSize)
@@ -216,6 +218,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     kvBytesPerToken,
     vocabSize: config.vocab_size,
     maxPositionEmbeddings: config.max_position_embeddings,
+    maxContext,
     bytesPerToken:
       plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes) - inactiveExpertBytes(config, dtype) -
       plan.quantizedBytes + weights.quantized.bytes,

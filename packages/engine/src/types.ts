@@ -34,8 +34,10 @@ export interface LoadOptions {
   /** 'auto' keeps the checkpoint's dtype (bf16/f16/f32); 'f32' widens; 'f16'/'bf16' narrow. */
   dtype?: DtypeOption;
   gpu?: Gpu;
-  /** Tokens of KV cache to plan for when checking memory (default: min(max_position_embeddings, 4096)). */
+  /** Tokens of context a sequence may hold, and of KV cache to plan for when checking memory (default: min(max_position_embeddings, 4096)). */
   maxContext?: number;
+  /** Tokens of KV cache the caller's batches will hold in all (several sequences), when more than maxContext: the memory check counts them. */
+  kvTokens?: number;
   onProgress?: (p: LoadProgress) => void;
   /** Force a kernel variant ('software' | 'gpu') instead of choosing by adapter. */
   variant?: 'software' | 'gpu';
@@ -199,6 +201,8 @@ export interface ModelInfo {
   kvBytesPerToken: number;
   vocabSize: number;
   maxPositionEmbeddings: number;
+  /** Tokens of context sessions and batches hold unless told otherwise (LoadOptions.maxContext). */
+  maxContext: number;
   /** Bytes of weights a decode step reads (matrices + LM head). */
   bytesPerToken: number;
   config: ModelConfig;
