@@ -11,7 +11,7 @@
 import { KvCacheFullError, type Batch, type RowScore, type Sequence, type StepItem } from '@webgpu-chat/engine';
 import { StreamingDetokenizer } from './detokenizer.ts';
 import { ChatInputError, ContextLengthError } from './errors.ts';
-import { sampleAt, SeededRandom, type LogitsProcessor, type LogitsReader, type ResolvedGenerationConfig } from './sampling.ts';
+import { readPath, sampleAt, SeededRandom, type LogitsProcessor, type LogitsReader, type ResolvedGenerationConfig } from './sampling.ts';
 import { eosIds, StopStringMatcher } from './stopping.ts';
 import type { ChatTokenizer } from './tokenizer.ts';
 import type { Assistant } from './speculative.ts';
@@ -178,7 +178,6 @@ class Active {
   settle!: (r: GenerationResult) => void;
   fail!: (e: unknown) => void;
   scored!: (s: TokenLogprob[]) => void;
-  result: GenerationResult | undefined;
   /** The consumer stopped iterating. */
   left = false;
 
@@ -278,7 +277,7 @@ export class Generator {
     };
   }
 
-  /** Requests admitted but not yet running. */
+  /** Requests submitted and not yet in the batch. */
   get waitingCount(): number {
     return this.waiting.length;
   }
@@ -313,7 +312,10 @@ export class Generator {
     result.catch(() => {});
     this.waiting.push(a);
     this.kick();
-    const self = this;
+    const leave = () => {
+      a.left = true;
+      this.kick();
+    };
     return {
       result,
       promptScores,
@@ -328,8 +330,7 @@ export class Generator {
             return r;
           },
           return: async () => {
-            a.left = true;
-            self.kick();
+            leave();
             await result.catch(() => {});
             return { value: undefined, done: true };
           },
@@ -450,9 +451,13 @@ export class Generator {
     if (items.length === 0) return this.retireDone();
     const firstRows = this.runStep(items.map((i) => ({ seq: i.a.seq!, tokens: i.tokens, logits: i.logits })));
     this.counters.steps++;
+    // Greedy rows that need nothing but their argmax come back in one read.
+    const greedy = items.flatMap((item, i) => (item.logits === 'last' && this.argmaxOnly(item.a) ? [firstRows[i]!] : []));
+    const argmaxes = new Map<number, number>();
+    if (greedy.length > 1) (await this.batch.reduceRows(greedy, 0)).forEach((r, i) => argmaxes.set(greedy[i]!, r.argmax));
     for (const [i, item] of items.entries()) {
       const a = item.a;
-      const rows = this.itemRows(firstRows[i]!, item.tokens.length, item.logits);
+      const rows = this.itemRows(firstRows[i]!, item.tokens.length, item.logits, argmaxes);
       if (item.prefill) {
         if (a.req.promptLogprobs !== undefined) await this.scorePrompt(a, item.tokens.length, rows);
         a.cursor += item.tokens.length;
@@ -506,8 +511,14 @@ export class Generator {
     return (await rows.reduce(at, k, tokens)).map(toLogprob);
   }
 
-  /** A reader over an item's kept rows, numbered from 0 (its last row by default). */
-  private itemRows(first: number, tokens: number, logits: 'last' | 'all' | 'none'): ItemRows {
+  /** Plain greedy decoding without log-probabilities or a processor: the row's argmax is all it reads. */
+  private argmaxOnly(a: Active): boolean {
+    const r = a.req;
+    return !r.assistant && !r.logitsProcessor && r.logprobs === undefined && readPath(r.config, this.vocabSize) === 'argmax';
+  }
+
+  /** A reader over an item's kept rows, numbered from 0 (its last row by default); `argmaxes` holds rows already reduced. */
+  private itemRows(first: number, tokens: number, logits: 'last' | 'all' | 'none', argmaxes: ReadonlyMap<number, number>): ItemRows {
     const count = logits === 'all' ? tokens : logits === 'last' ? 1 : 0;
     const at = (row: number | undefined) => {
       const r = row ?? count - 1;
@@ -516,7 +527,10 @@ export class Generator {
     };
     return {
       count,
-      argmax: (row) => this.batch.argmax(at(row)),
+      argmax: (row) => {
+        const known = argmaxes.get(at(row));
+        return known !== undefined ? Promise.resolve(known) : this.batch.argmax(at(row));
+      },
       topK: (k, row) => this.batch.topK(k, at(row)),
       logits: (row) => this.batch.logits(at(row)),
       reduce: (rows, k, targets) => this.batch.reduceRows(rows.map(at), k, targets),
@@ -591,9 +605,8 @@ export class Generator {
       a.seq = undefined;
     }
     a.scored(a.promptScores);
-    a.result = { text: a.text, tokenIds: a.generated, logprobs: a.logprobs, stats: this.statsOf(a) };
     a.events.close();
-    a.settle(a.result);
+    a.settle({ text: a.text, tokenIds: a.generated, logprobs: a.logprobs, stats: this.statsOf(a) });
   }
 
   private fail(a: Active, e: unknown): void {

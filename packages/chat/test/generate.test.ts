@@ -195,11 +195,15 @@ describe('continuous batching', () => {
     const alone: number[][] = [];
     for (const p of ps) alone.push((await run(tok, batch, p, cfg({ max_new_tokens: 6 }), {}, new Generator(batch, tok, tok.vocabSize, { maxParallel: 1 }))).tokenIds);
     const stepsAlone = batch.steps.length;
+    const argmaxReads = batch.reads.argmax;
     const g = new Generator(batch, tok, tok.vocabSize, { maxParallel: 8 });
     const together = await Promise.all(ps.map((p) => run(tok, batch, p, cfg({ max_new_tokens: 6 }), {}, g)));
     expect(together.map((r) => r.tokenIds)).toEqual(alone);
     expect(batch.steps.length - stepsAlone).toBeLessThan(stepsAlone / 2);
     expect(batch.steps.at(-2)!.length).toBeGreaterThan(1);
+    // A step's greedy rows come back in one reduction, not one read each.
+    expect(batch.reads.reduce).toBeGreaterThan(0);
+    expect(batch.reads.argmax - argmaxReads).toBeLessThan(ps.length * 2);
   });
 
   it('maxParallel caps the running sequences; the rest wait and then run', async () => {
