@@ -12,6 +12,8 @@ import { randomBytes } from 'node:crypto';
 import {
   MAX_LOGPROBS,
   resolveGenerationConfig,
+  type GenerationRequest,
+  type LogitsProcessor,
   type Assistant,
   type Generation,
   type GenerationConfig,
@@ -21,7 +23,7 @@ import {
 } from '@webgpu-chat/chat';
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
-import { MAX_CHOICES, checkContext, num, parseSamplingFields, type ChatRequest } from './requests.ts';
+import { COMPLETION_FIELDS, MAX_CHOICES, checkContext, checkFields, num, parsePenalties, parseSamplingFields, type ChatRequest, type Penalties } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
 const PIECE_CONTEXT = 8;
@@ -30,6 +32,7 @@ const PIECE_CONTEXT = 8;
 const DEFAULT_COMPLETION_TOKENS = 16;
 
 export interface CompletionRequest {
+  penalties: Penalties;
   /** The prompts as token ids; each gives n choices. */
   prompts: number[][];
   n: number;
@@ -69,6 +72,7 @@ interface ChoiceSpec {
   /** A text completion continues its prompt's text; a chat reply starts fresh. */
   continueText: boolean;
   assistant?: Assistant | undefined;
+  penalties: Penalties;
 }
 
 interface ChoiceOutcome {
@@ -98,6 +102,24 @@ function bool(b: Record<string, unknown>, key: string): boolean {
 
 const isIdList = (x: unknown): x is number[] => Array.isArray(x) && x.length > 0 && x.every((t) => typeof t === 'number');
 
+/**
+ * OpenAI's logit_bias and presence/frequency penalties as a logits processor (penalties count
+ * the reply's tokens, not the prompt's), or the draft when there is none: a draft verifies
+ * against the model's own rows, which a processor would change.
+ */
+function penaltyProcessing(spec: ChoiceSpec, promptLength: number): Pick<GenerationRequest, 'logitsProcessor' | 'assistant'> {
+  const { logitBias, presence, frequency } = spec.penalties;
+  if (logitBias.size === 0 && presence === 0 && frequency === 0) return { assistant: spec.assistant };
+  const processor: LogitsProcessor = (logits, previous) => {
+    for (const [id, bias] of logitBias) logits[id] = logits[id]! + bias;
+    if (presence === 0 && frequency === 0) return;
+    const counts = new Map<number, number>();
+    for (let i = promptLength; i < previous.length; i++) counts.set(previous[i]!, (counts.get(previous[i]!) ?? 0) + 1);
+    for (const [id, n] of counts) logits[id] = logits[id]! - presence - frequency * n;
+  };
+  return { logitsProcessor: processor };
+}
+
 /** OpenAI's usage object; cached_tokens: prompt tokens whose KV blocks were reused. */
 function usageOf(promptTokens: number, completionTokens: number, cachedTokens: number) {
   return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens, prompt_tokens_details: { cached_tokens: cachedTokens } };
@@ -122,6 +144,12 @@ export class TokenLevelApi {
     }
   }
 
+  /** logit_bias keys must be token ids of this vocabulary. */
+  checkBias(p: Penalties): Penalties {
+    for (const id of p.logitBias.keys()) if (id >= this.vocabSize) throw invalid(`'logit_bias': token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`, 'logit_bias', 'invalid_token_id');
+    return p;
+  }
+
   private checkIds(ids: number[], param: string): number[] {
     for (const t of ids) {
       if (!Number.isInteger(t) || t < 0 || t >= this.vocabSize) {
@@ -144,6 +172,7 @@ export class TokenLevelApi {
   async parseCompletionRequest(body: unknown, encoder: PromptEncoder): Promise<CompletionRequest> {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('The request body must be a JSON object', null);
     const b = body as Record<string, unknown>;
+    checkFields(b, COMPLETION_FIELDS);
     this.checkModel(b);
     const p = b.prompt;
     let raw: (string | number[])[];
@@ -158,10 +187,6 @@ export class TokenLevelApi {
     const bestOf = num(b, 'best_of', 1, MAX_CHOICES, true);
     if (bestOf !== undefined && bestOf !== n) throw invalid("'best_of' other than 'n' is not supported (every generated choice is returned)", 'best_of', 'unsupported_value');
     if (b.suffix !== undefined && b.suffix !== null) throw invalid("'suffix' is not supported", 'suffix', 'unsupported_value');
-    for (const k of ['presence_penalty', 'frequency_penalty'] as const) {
-      const v = num(b, k, -2, 2);
-      if (v !== undefined && v !== 0) throw invalid(`'${k}' is not supported (use repetition_penalty)`, k, 'unsupported_value');
-    }
     const so = b.stream_options;
     if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalid("'stream_options' must be an object", 'stream_options');
     const config = parseSamplingFields(b);
@@ -175,6 +200,7 @@ export class TokenLevelApi {
     }
     return {
       prompts,
+      penalties: this.checkBias(parsePenalties(b)),
       n,
       maxTokens,
       config,
@@ -219,7 +245,7 @@ export class TokenLevelApi {
         promptLogprobs: wantScores ? spec.logprobs! : undefined,
         ignoreEos: spec.ignoreEos,
         continuesPrompt: spec.continueText,
-        assistant: spec.assistant,
+        ...penaltyProcessing(spec, ids.length),
       }),
     );
     if (spec.echo) {
@@ -392,6 +418,7 @@ export class TokenLevelApi {
       ignoreEos: false,
       continueText: false,
       assistant,
+      penalties: this.checkBias(request.penalties),
     }));
     const choices = specs.map(() => ({ seq: [...ids], text: '', n: 0, content: [] as ReturnType<typeof entry>[] }));
     const entry = (seq: number[], p: Position) => {

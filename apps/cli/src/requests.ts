@@ -13,12 +13,95 @@ export function templateMessages(body: unknown): Message[] {
 
 /** Choices one request may ask for (n): each is a sequence in the batch. */
 export const MAX_CHOICES = 16;
+/** Fields of a message: OpenAI's (tool calls and audio refused where they appear). */
+const MESSAGE_FIELDS: ReadonlySet<string> = new Set(['role', 'content', 'name', 'tool_call_id', 'refusal']);
+
+/** Fields that change nothing in the answer (identifiers, storage and billing hints): accepted on every route. */
+const NEUTRAL_FIELDS = ['user', 'metadata', 'store', 'service_tier', 'safety_identifier', 'prompt_cache_key'];
+/** Sampling fields both routes honour (OpenAI's, and vLLM's top_k, min_p, repetition_penalty). */
+const SAMPLING_FIELDS = ['model', 'max_tokens', 'n', 'stream', 'stream_options', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'logprobs', 'logit_bias', 'presence_penalty', 'frequency_penalty'];
+export const CHAT_FIELDS: ReadonlySet<string> = new Set([
+  ...NEUTRAL_FIELDS,
+  ...SAMPLING_FIELDS,
+  'messages',
+  'max_completion_tokens',
+  'top_logprobs',
+  'num_assistant_tokens',
+  'num_assistant_tokens_schedule',
+  // Meaningful only with tools, which are refused: false and true both leave the answer as it is.
+  'parallel_tool_calls',
+  'response_format',
+  'modalities',
+]);
+export const COMPLETION_FIELDS: ReadonlySet<string> = new Set([...NEUTRAL_FIELDS, ...SAMPLING_FIELDS, 'prompt', 'echo', 'best_of', 'suffix', 'ignore_eos', 'return_token_ids', 'return_tokens_as_token_ids']);
+
+/** OpenAI fields this server knows but does not do: a 400 naming the field beats a 200 that ignored it. */
+const NOT_SUPPORTED: Record<string, string> = {
+  tools: 'tool calling is not supported yet',
+  tool_choice: 'tool calling is not supported yet',
+  functions: 'function calling is not supported',
+  function_call: 'function calling is not supported',
+  audio: 'audio output is not supported',
+  prediction: 'predicted outputs are not supported',
+  reasoning_effort: 'this server has no reasoning-effort control',
+  web_search_options: 'web search is not supported',
+  verbosity: 'this server has no verbosity control',
+};
+
+/**
+ * Refuses every field the route does not honour: known OpenAI ones with the reason, others as
+ * OpenAI does ("Unrecognized request argument"). A null counts as absent.
+ */
+export function checkFields(b: Record<string, unknown>, known: ReadonlySet<string>): void {
+  for (const [k, v] of Object.entries(b)) {
+    if (v === undefined || v === null) continue;
+    if (k in NOT_SUPPORTED) throw invalid(`'${k}' is not supported: ${NOT_SUPPORTED[k]}`, k, 'unsupported_parameter');
+    if (!known.has(k)) throw invalid(`Unrecognized request argument supplied: ${k}`, k, 'unknown_parameter');
+  }
+  const rf = b.response_format as { type?: unknown } | null | undefined;
+  if (rf !== undefined && rf !== null && rf.type !== 'text') {
+    throw invalid(`'response_format' ${JSON.stringify(rf.type)} is not supported yet: only {"type": "text"} (structured output is not implemented)`, 'response_format', 'unsupported_parameter');
+  }
+  const modalities = b.modalities;
+  if (modalities !== undefined && modalities !== null && !(Array.isArray(modalities) && modalities.every((m) => m === 'text'))) {
+    throw invalid("'modalities' other than [\"text\"] is not supported", 'modalities', 'unsupported_parameter');
+  }
+  if (b.parallel_tool_calls !== undefined && b.parallel_tool_calls !== null && typeof b.parallel_tool_calls !== 'boolean') throw invalid("'parallel_tool_calls' must be a boolean", 'parallel_tool_calls');
+}
+
+/** logit_bias (token ids as keys, -100..100) and presence/frequency penalties (-2..2), validated. */
+export function parsePenalties(b: Record<string, unknown>): Penalties {
+  const logitBias = new Map<number, number>();
+  const lb = b.logit_bias;
+  if (lb !== undefined && lb !== null) {
+    if (typeof lb !== 'object' || Array.isArray(lb)) throw invalid("'logit_bias' must be an object mapping token ids to biases", 'logit_bias');
+    for (const [key, v] of Object.entries(lb)) {
+      const id = Number(key);
+      if (!/^\d+$/.test(key) || !Number.isSafeInteger(id)) throw invalid(`'logit_bias' key ${JSON.stringify(key)} is not a token id`, 'logit_bias');
+      if (typeof v !== 'number' || !Number.isFinite(v) || v < -100 || v > 100) throw invalid(`'logit_bias' for token ${key} must be a number in [-100, 100]`, 'logit_bias');
+      logitBias.set(id, v);
+    }
+  }
+  return { logitBias, presence: num(b, 'presence_penalty', -2, 2) ?? 0, frequency: num(b, 'frequency_penalty', -2, 2) ?? 0 };
+}
+
 /** OpenAI caps `stop` at 4 strings; a few more cost nothing here. */
 const MAX_STOP = 16;
 const ROLES = new Set(['system', 'user', 'assistant', 'tool', 'developer']);
 
+/** OpenAI's logit_bias and presence/frequency penalties: applied to each logits row before sampling. */
+export interface Penalties {
+  /** token id → bias added to its logit (-100..100). */
+  logitBias: Map<number, number>;
+  /** Subtracted once from the logit of every token the reply already holds. */
+  presence: number;
+  /** Subtracted from a token's logit per time the reply already holds it. */
+  frequency: number;
+}
+
 export interface ChatRequest {
   messages: Message[];
+  penalties: Penalties;
   /** Choices to generate (OpenAI's n). */
   n: number;
   stream: boolean;
@@ -60,6 +143,7 @@ function contentOf(m: Record<string, unknown>, i: number): string {
 export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('The request body must be a JSON object', null);
   const b = body as Record<string, unknown>;
+  checkFields(b, CHAT_FIELDS);
   if (b.model !== undefined && typeof b.model !== 'string') throw invalid("'model' must be a string", 'model');
   if (typeof b.model === 'string' && b.model !== modelId) {
     throw new ApiError(404, `The model '${b.model}' does not exist; this server serves '${modelId}'`, 'not_found_error', 'model', 'model_not_found');
@@ -71,18 +155,19 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     if (typeof r.role !== 'string' || !ROLES.has(r.role)) {
       throw invalid(`messages[${i}].role must be one of ${[...ROLES].join(', ')}, got ${JSON.stringify(r.role)}`, `messages[${i}].role`);
     }
+    for (const k of Object.keys(r)) {
+      if (r[k] === undefined || r[k] === null) continue;
+      if (k === 'tool_calls' || k === 'function_call' || k === 'audio') throw invalid(`messages[${i}].${k} is not supported yet: this server does not do tool calls or audio`, `messages[${i}].${k}`, 'unsupported_parameter');
+      if (!MESSAGE_FIELDS.has(k)) throw invalid(`messages[${i}] has an unknown field '${k}'`, `messages[${i}].${k}`, 'unknown_parameter');
+    }
     // OpenAI's 'developer' role is the system prompt of newer models.
     const role = (r.role === 'developer' ? 'system' : r.role) as Message['role'];
-    return { role, content: contentOf(r, i) };
+    return { role, content: contentOf(r, i), ...(typeof r.name === 'string' ? { name: r.name } : {}), ...(typeof r.tool_call_id === 'string' ? { tool_call_id: r.tool_call_id } : {}) };
   });
   const n = num(b, 'n', 1, MAX_CHOICES, true) ?? 1;
   if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw invalid("'stream' must be a boolean", 'stream');
   const so = b.stream_options;
   if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalid("'stream_options' must be an object", 'stream_options');
-  for (const k of ['presence_penalty', 'frequency_penalty'] as const) {
-    const v = num(b, k, -2, 2);
-    if (v !== undefined && v !== 0) throw invalid(`'${k}' is not supported (use repetition_penalty)`, k, 'unsupported_value');
-  }
   if (b.logprobs !== undefined && b.logprobs !== null && typeof b.logprobs !== 'boolean') throw invalid("'logprobs' must be a boolean", 'logprobs');
   const topLogprobs = num(b, 'top_logprobs', 0, MAX_LOGPROBS, true);
   if (topLogprobs !== undefined && b.logprobs !== true) throw invalid("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
@@ -102,6 +187,7 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
   return {
     messages,
+    penalties: parsePenalties(b),
     n,
     stream: b.stream === true,
     includeUsage: (so as { include_usage?: unknown } | undefined)?.include_usage === true,

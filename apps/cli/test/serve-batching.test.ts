@@ -112,3 +112,51 @@ describe('continuous batching in serve', () => {
     expect(await metric('webgpu_chat:generation_tokens_total')).toBeGreaterThan(200);
   });
 });
+
+describe('every request field is honoured or refused by name', () => {
+  it.each([
+    ['tools', { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }, 'tools', 'unsupported_parameter'],
+    ['tool_choice', { tool_choice: 'auto' }, 'tool_choice', 'unsupported_parameter'],
+    ['a JSON response_format', { response_format: { type: 'json_object' } }, 'response_format', 'unsupported_parameter'],
+    ['reasoning_effort', { reasoning_effort: 'low' }, 'reasoning_effort', 'unsupported_parameter'],
+    ['audio modalities', { modalities: ['text', 'audio'] }, 'modalities', 'unsupported_parameter'],
+    ['prediction', { prediction: { type: 'content', content: 'x' } }, 'prediction', 'unsupported_parameter'],
+    ['an unknown field', { temprature: 0.5 }, 'temprature', 'unknown_parameter'],
+    ['a logit_bias out of range', { logit_bias: { '5': 300 } }, 'logit_bias', null],
+    ['a logit_bias outside the vocabulary', { logit_bias: { '999999': 1 } }, 'logit_bias', 'invalid_token_id'],
+  ])('chat: %s is a 400 naming it', async (_what, extra, param, code) => {
+    const r = await post('/v1/chat/completions', { model: MODEL, messages: user('hi'), max_tokens: 2, ...extra });
+    expect(r.status).toBe(400);
+    expect(r.json.error).toMatchObject({ param, ...(code ? { code } : {}) });
+  });
+
+  it('an assistant message with tool_calls is refused, not rendered without them', async () => {
+    const messages = [...user('hi'), { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: '{}' } }] }];
+    const r = await post('/v1/chat/completions', { model: MODEL, messages, max_tokens: 2 });
+    expect(r.status).toBe(400);
+    expect(r.json.error.param).toBe('messages[1].tool_calls');
+  });
+
+  it('completions: suffix and unknown fields are refused; neutral fields (user, metadata) and text response_format are accepted', async () => {
+    expect((await post('/v1/completions', { model: MODEL, prompt: 'Once', suffix: 'end' })).json.error.param).toBe('suffix');
+    expect((await post('/v1/completions', { model: MODEL, prompt: 'Once', frobnicate: 1 })).json.error.code).toBe('unknown_parameter');
+    const ok = await post('/v1/chat/completions', { model: MODEL, messages: user('hi'), max_tokens: 2, user: 'u1', metadata: { a: 'b' }, store: false, response_format: { type: 'text' }, parallel_tool_calls: false, tools: null });
+    expect(ok.status).toBe(200);
+  });
+
+  it('logit_bias and presence/frequency penalties change the tokens as OpenAI defines them', async () => {
+    const body = { model: MODEL, prompt: [1, 403, 407, 261], max_tokens: 12, temperature: 0, ignore_eos: true, return_token_ids: true };
+    const plain: number[] = (await post('/v1/completions', body)).json.choices[0].token_ids;
+    const banned = await post('/v1/completions', { ...body, logit_bias: { [plain[0]!]: -100 } });
+    expect(banned.json.choices[0].token_ids[0]).not.toBe(plain[0]);
+    const forced = await post('/v1/completions', { ...body, logit_bias: { '300': 100 } });
+    expect(forced.json.choices[0].token_ids).toEqual(new Array(12).fill(300));
+    // Penalties on the reply's own tokens: a greedy story repeats fewer of them.
+    const long = { ...body, max_tokens: 60 };
+    const repeats = (ids: number[]) => ids.length - new Set(ids).size;
+    const free: number[] = (await post('/v1/completions', long)).json.choices[0].token_ids;
+    const penalised: number[] = (await post('/v1/completions', { ...long, frequency_penalty: 2, presence_penalty: 2 })).json.choices[0].token_ids;
+    expect(penalised.slice(0, 1)).toEqual(free.slice(0, 1));
+    expect(repeats(penalised)).toBeLessThan(repeats(free));
+  });
+});
