@@ -1,5 +1,7 @@
-// Fused dequant matrix-vector product for one token (decode), over one row chunk of a quantized W:
-//   y[colOffset + r] (+)= sum_k x[k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows).
+// Fused dequant matrix-vector product for one token (decode), or on the software variant for a few
+// (a decode step over several sequences), over one row chunk of a quantized W:
+//   y[t, colOffset + r] (+)= sum_k x[t, k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows),
+// t in [tokenBase, tokenBase + TB) (software; the GPU shape runs token 0 only).
 // W layout (src/quant.ts): each row padded with zero weights to `groups` groups of G columns;
 // a group is G / EPV vec4<u32> loads. Q8: 16 int8 per vec4<u32> (element k in byte k % 4 of word
 // k / 4), scale word = f32 bits of s, w = q * s. Else q4: 32 nibbles per vec4<u32> (element k in
@@ -17,8 +19,11 @@
 // kernels/subgroup_x.wgsl), TILED (software: W and scales in row tiles, src/tiles.ts, rows
 // padded with zero words and scales to whole tiles; a unit is one vec4<u32> of W, one scale
 // word of the scales).
-// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (TILED: tiled), 2 x [K] f32,
-// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled), 6 and 7 the
+// Software: override TB (1..TMAX) tokens per thread, each weight load serving all TB; every token's
+// sums run in the same order whatever TB (as in matvec.wgsl), so a token's output is bit-identical
+// in a dispatch of 1 or TB tokens. Without SGX, TB > 1 needs K % 4 == 0 (x rows as vec4).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (TILED: tiled), 2 x [tokens, K]
+// f32 (XU: tokenBase 0, one token), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled), 6 and 7 the
 // other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
 struct Params {
@@ -30,6 +35,7 @@ struct Params {
   n0: u32,  // SPLIT: columns of the first output
   n1: u32,  // SPLIT: columns of the second
   eps: f32, // NORM
+  tokenBase: u32, // software: the dispatch's first token
 }
 
 override G: u32 = 32u; // weights per group: a multiple of 32
@@ -41,10 +47,11 @@ override G: u32 = 32u; // weights per group: a multiple of 32
 var<private> sgLane: u32;
 #include subgroup_x
 
-// x[k .. k + 8) through the subgroup, zero from K on when masked.
-fn xs(k: u32, masked: bool) -> f32 {
+// x[k .. k + 8) of the token whose row starts at element b, through the subgroup, zero from K on
+// when masked.
+fn xs(b: u32, k: u32, masked: bool) -> f32 {
   let i = k + sgLane;
-  return select(x[min(i, p.K - 1u)], 0.0, masked && i >= p.K);
+  return select(x[b + min(i, p.K - 1u)], 0.0, masked && i >= p.K);
 }
 #else
 #if XU
@@ -73,21 +80,22 @@ struct XV {
 }
 
 #if SGX
-fn xvs(k: u32, masked: bool) -> XV {
-  let v0 = xs(k, masked);
-  let v1 = xs(k + 8u, masked);
-  let v2 = xs(k + 16u, masked);
-  let v3 = xs(k + 24u, masked);
+fn xvs(b: u32, k: u32, masked: bool) -> XV {
+  let v0 = xs(b, k, masked);
+  let v1 = xs(b, k + 8u, masked);
+  let v2 = xs(b, k + 16u, masked);
+  let v3 = xs(b, k + 24u, masked);
   return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1), bcastLo(v2), bcastHi(v2), bcastLo(v3), bcastHi(v3));
 }
 #else
-fn xv(k: u32) -> XV {
-  let i = k / 4u;
+// x[k .. k + EPV) of the token whose row starts at vec4 b (and masked to k < K).
+fn xv(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
 }
 
-fn xvm(k: u32) -> XV {
-  let i = k / 4u;
+fn xvm(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u),
             m4(x[i + 4u], k + 16u), m4(x[i + 5u], k + 20u), m4(x[i + 6u], k + 24u), m4(x[i + 7u], k + 28u));
 }
@@ -134,19 +142,20 @@ struct XV {
 }
 
 #if SGX
-fn xvs(k: u32, masked: bool) -> XV {
-  let v0 = xs(k, masked);
-  let v1 = xs(k + 8u, masked);
+fn xvs(b: u32, k: u32, masked: bool) -> XV {
+  let v0 = xs(b, k, masked);
+  let v1 = xs(b, k + 8u, masked);
   return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1));
 }
 #else
-fn xv(k: u32) -> XV {
-  let i = k / 4u;
+// x[k .. k + EPV) of the token whose row starts at vec4 b (and masked to k < K).
+fn xv(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
-fn xvm(k: u32) -> XV {
-  let i = k / 4u;
+fn xvm(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u));
 }
 #endif
@@ -206,7 +215,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var v = 0u; v < vpg; v++) {
       let k = g * G + v * EPV;
       var xx: XV;
-      if (g < full) { xx = xv(k); } else { xx = xvm(k); }
+      if (g < full) { xx = xv(0u, k); } else { xx = xvm(0u, k); }
 #if NORM
       ss += xsq(xx);
       xx = xg(k, xx);
@@ -220,30 +229,46 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 #else
 override WG: u32 = 64u;
+override TB: u32 = 1u; // tokens per thread
+const TMAX = 8u;       // the most TB may be
 
 #include quant_rows
 
-// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, x loaded once per vec4 of
-// weights for all four.
-fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool) -> vec4<f32> {
+// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, for TB tokens: x loaded once
+// per vec4 of weights for all four rows, each weight vec4 loaded once for all TB tokens; token t's
+// sums run as they would for t alone.
+fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, acc: ptr<function, array<vec4<f32>, TMAX>>) {
   let vpg = G / EPV;
   let base = wr + vec4<u32>(g * vpg * NEXT);
-  var d = vec4<f32>(0.0);
-  var s = 0.0;
+  var d: array<vec4<f32>, TMAX>;
+  var s: array<f32, TMAX>;
   for (var v = 0u; v < vpg; v++) {
     let k = g * G + v * EPV;
-#if SGX
-    let xx = xvs(k, masked);
-#else
-    var xx: XV;
-    if (masked) { xx = xvm(k); } else { xx = xv(k); }
-#endif
     let o = v * NEXT;
-    d += vec4<f32>(dotw(w[base.x + o], xx), dotw(w[base.y + o], xx), dotw(w[base.z + o], xx), dotw(w[base.w + o], xx));
-    s += xsum(xx);
+    let q0 = w[base.x + o];
+    let q1 = w[base.y + o];
+    let q2 = w[base.z + o];
+    let q3 = w[base.w + o];
+    for (var t = 0u; t < TB; t++) {
+#if SGX
+      let xx = xvs((p.tokenBase + t) * p.K, k, masked);
+#else
+      let b = (p.tokenBase + t) * (p.K / 4u);
+      var xx: XV;
+      if (masked) { xx = xvm(b, k); } else { xx = xv(b, k); }
+#endif
+      d[t] += vec4<f32>(dotw(q0, xx), dotw(q1, xx), dotw(q2, xx), dotw(q3, xx));
+      s[t] += xsum(xx);
+    }
   }
   let si = sr + vec4<u32>(g * NEXT);
-  return vec4<f32>(deq(d.x, s, sc[si.x]), deq(d.y, s, sc[si.y]), deq(d.z, s, sc[si.z]), deq(d.w, s, sc[si.w]));
+  let s0 = sc[si.x];
+  let s1 = sc[si.y];
+  let s2 = sc[si.z];
+  let s3 = sc[si.w];
+  for (var t = 0u; t < TB; t++) {
+    (*acc)[t] += vec4<f32>(deq(d[t].x, s[t], s0), deq(d[t].y, s[t], s1), deq(d[t].z, s[t], s2), deq(d[t].w, s[t], s3));
+  }
 }
 
 @compute @workgroup_size(WG)
@@ -265,13 +290,15 @@ fn main(
   let wr = rowUnits(thread, p.groups * (G / EPV));
   let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
-  var acc = vec4<f32>(0.0);
+  var acc: array<vec4<f32>, TMAX>;
   for (var g = 0u; g < full; g++) {
-    acc += group(g, wr, sr, false);
+    group(g, wr, sr, false, &acc);
   }
 #if TAIL
-  acc += group(full, wr, sr, true);
+  group(full, wr, sr, true, &acc);
 #endif
-  store4(0u, r0, acc);
+  for (var t = 0u; t < TB; t++) {
+    store4(p.tokenBase + t, r0, acc[t]);
+  }
 }
 #endif

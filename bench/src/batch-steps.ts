@@ -1,8 +1,10 @@
 // What continuous batching buys: one decode step over the rows of n sequences against n
 // one-row steps, on the Qwen2.5-0.5B-shaped bench model (or --model DIR), with and without
-// batchInvariant (one-row steps on the matmul kernels).
+// batchInvariant (software variant: every step on the matvec kernels, longer ones in groups of 8
+// rows; GPU variant: every step on the matmul kernels).
 //
 //   pnpm tsx bench/src/batch-steps.ts [--model DIR] [--dtype bf16|f32] [--quantize q8|q4] [--seqs 8] [--context 64] [--rounds 3]
+//                                     [--invariant both|false|true]
 
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -17,6 +19,7 @@ const { values: a } = parseArgs({
     seqs: { type: 'string', default: '8' },
     context: { type: 'string', default: '64' },
     rounds: { type: 'string', default: '3' },
+    invariant: { type: 'string', default: 'both' },
   },
 });
 const n = Number(a.seqs);
@@ -40,7 +43,7 @@ async function median(f: () => Promise<void>): Promise<number> {
   return t.sort((x, y) => x - y)[Math.floor(rounds / 2)]!;
 }
 
-for (const batchInvariant of [false, true]) {
+for (const batchInvariant of a.invariant === 'both' ? [false, true] : [a.invariant === 'true']) {
   const batch: Batch = model.createBatch({ maxSequences: n, kvBlocks: n * Math.ceil((context + 1) / 16), batchInvariant });
   const seqs: Sequence[] = [];
   for (let i = 0; i < n; i++) {
@@ -52,6 +55,11 @@ for (const batchInvariant of [false, true]) {
   // Every timed step decodes at position `context` and is rolled back, so each round is alike.
   const token = (i: number) => benchPrompt(1, vocab, 100 + i);
   const rollBack = () => seqs.forEach((s) => batch.truncate(s, context));
+  const one = await median(async () => {
+    batch.step([{ seq: seqs[0]!, tokens: token(0) }]);
+    await batch.argmax(0);
+    rollBack();
+  });
   const single = await median(async () => {
     for (const [i, seq] of seqs.entries()) {
       batch.step([{ seq, tokens: token(i) }]);
@@ -68,8 +76,8 @@ for (const batchInvariant of [false, true]) {
     rollBack();
   });
   console.log(
-    `batchInvariant ${batchInvariant}: ${n} one-row steps ${(single * 1000).toFixed(0)} ms (${((single / n) * 1000).toFixed(0)} ms each), ` +
-      `one ${n}-row step ${(together * 1000).toFixed(0)} ms: ${(single / together).toFixed(2)}x the decode throughput (load ${loadavg()[0]!.toFixed(2)})`,
+    `batchInvariant ${batchInvariant}: one one-row step ${(one * 1000).toFixed(0)} ms, ${n} one-row steps ${(single * 1000).toFixed(0)} ms (${((single / n) * 1000).toFixed(0)} ms each), ` +
+      `one ${n}-row step ${(together * 1000).toFixed(0)} ms (${(together / one).toFixed(2)}x a one-row step): ${(single / together).toFixed(2)}x the decode throughput (load ${loadavg()[0]!.toFixed(2)})`,
   );
   batch.dispose();
 }
