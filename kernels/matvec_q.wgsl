@@ -79,15 +79,7 @@ struct XV {
   e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32>,
 }
 
-#if SGX
-fn xvs(b: u32, k: u32, masked: bool) -> XV {
-  let v0 = xs(b, k, masked);
-  let v1 = xs(b, k + 8u, masked);
-  let v2 = xs(b, k + 16u, masked);
-  let v3 = xs(b, k + 24u, masked);
-  return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1), bcastLo(v2), bcastHi(v2), bcastLo(v3), bcastHi(v3));
-}
-#else
+#if !SGX
 // x[k .. k + EPV) of the token whose row starts at vec4 b (and masked to k < K).
 fn xv(b: u32, k: u32) -> XV {
   let i = b + k / 4u;
@@ -141,13 +133,7 @@ struct XV {
   a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
 }
 
-#if SGX
-fn xvs(b: u32, k: u32, masked: bool) -> XV {
-  let v0 = xs(b, k, masked);
-  let v1 = xs(b, k + 8u, masked);
-  return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1));
-}
-#else
+#if !SGX
 // x[k .. k + EPV) of the token whose row starts at vec4 b (and masked to k < K).
 fn xv(b: u32, k: u32) -> XV {
   let i = b + k / 4u;
@@ -234,31 +220,75 @@ const TMAX = 8u;       // the most TB may be
 
 #include quant_rows
 
-// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, for TB tokens: x loaded once
-// per vec4 of weights for all four rows, each weight vec4 loaded once for all TB tokens; token t's
-// sums run as they would for t alone.
+// Eight weights or values of x: elements 0..3 and 4..7.
+struct O8 {
+  a: vec4<f32>,
+  b: vec4<f32>,
+}
+
+#if Q4
+const OPU = 4u; // eights of weights per vec4<u32>: one word each
+
+// Weights 8m .. 8m + 8 of the vec4 q (word m).
+fn w8q(q: vec4<u32>, m: u32) -> O8 {
+  return O8(nib(q[m], vec4<u32>(0u, 4u, 8u, 12u)), nib(q[m], vec4<u32>(16u, 20u, 24u, 28u)));
+}
+#else
+const OPU = 2u; // two words each
+
+fn w8q(q: vec4<u32>, m: u32) -> O8 {
+  return O8(byt(q[2u * m]), byt(q[2u * m + 1u]));
+}
+#endif
+
+// x[k .. k + 8) of the token whose row starts at b (SGX: element; else vec4), zero from K on when
+// masked.
+fn x8q(b: u32, k: u32, masked: bool) -> O8 {
+#if SGX
+  let v = xs(b, k, masked);
+  return O8(bcastLo(v), bcastHi(v));
+#else
+  let i = b + k / 4u;
+  if (masked) { return O8(m4(x[i], k), m4(x[i + 1u], k + 4u)); }
+  return O8(x[i], x[i + 1u]);
+#endif
+}
+
+fn dot8q(w: O8, v: O8) -> f32 {
+  return dot(w.a, v.a) + dot(w.b, v.b);
+}
+
+// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, for TB tokens, eight weights
+// at a time: each weight is loaded and unpacked once for all TB tokens, each x once for the four
+// rows. A token's sums run in the same order whatever TB.
 fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, acc: ptr<function, array<vec4<f32>, TMAX>>) {
   let vpg = G / EPV;
   let base = wr + vec4<u32>(g * vpg * NEXT);
   var d: array<vec4<f32>, TMAX>;
   var s: array<f32, TMAX>;
   for (var v = 0u; v < vpg; v++) {
-    let k = g * G + v * EPV;
     let o = v * NEXT;
     let q0 = w[base.x + o];
     let q1 = w[base.y + o];
     let q2 = w[base.z + o];
     let q3 = w[base.w + o];
-    for (var t = 0u; t < TB; t++) {
+    for (var m = 0u; m < OPU; m++) {
+      let k = g * G + v * EPV + 8u * m;
+      let u0 = w8q(q0, m);
+      let u1 = w8q(q1, m);
+      let u2 = w8q(q2, m);
+      let u3 = w8q(q3, m);
+      for (var t = 0u; t < TB; t++) {
 #if SGX
-      let xx = xvs((p.tokenBase + t) * p.K, k, masked);
+        let xx = x8q((p.tokenBase + t) * p.K, k, masked);
 #else
-      let b = (p.tokenBase + t) * (p.K / 4u);
-      var xx: XV;
-      if (masked) { xx = xvm(b, k); } else { xx = xv(b, k); }
+        let xx = x8q((p.tokenBase + t) * (p.K / 4u), k, masked);
 #endif
-      d[t] += vec4<f32>(dotw(q0, xx), dotw(q1, xx), dotw(q2, xx), dotw(q3, xx));
-      s[t] += xsum(xx);
+        d[t] += vec4<f32>(dot8q(u0, xx), dot8q(u1, xx), dot8q(u2, xx), dot8q(u3, xx));
+#if Q4
+        s[t] += dot(xx.a + xx.b, vec4<f32>(1.0));
+#endif
+      }
     }
   }
   let si = sr + vec4<u32>(g * NEXT);
