@@ -4,11 +4,13 @@
 // rows; GPU variant: every step on the matmul kernels).
 //
 //   pnpm tsx bench/src/batch-steps.ts [--model DIR] [--dtype bf16|f32] [--quantize q8|q4] [--seqs 8] [--context 64] [--rounds 3]
-//                                     [--invariant both|false|true]
+//                                     [--invariant both|false|true] [--profile]
+// --profile adds each op kind's GPU time (timestamp queries, each op in its own pass) in a one-row
+// step and in one n-row step.
 
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { getGpu, loadModel, type Batch, type Sequence } from '@webgpu-chat/engine';
+import { getGpu, loadModel, StepProfiler, type Batch, type Sequence } from '@webgpu-chat/engine';
 import { benchModel, benchPrompt, timed } from './engine-run.ts';
 
 const { values: a } = parseArgs({
@@ -20,6 +22,7 @@ const { values: a } = parseArgs({
     context: { type: 'string', default: '64' },
     rounds: { type: 'string', default: '3' },
     invariant: { type: 'string', default: 'both' },
+    profile: { type: 'boolean', default: false },
   },
 });
 const n = Number(a.seqs);
@@ -79,6 +82,31 @@ for (const batchInvariant of a.invariant === 'both' ? [false, true] : [a.invaria
     `batchInvariant ${batchInvariant}: one one-row step ${(one * 1000).toFixed(0)} ms, ${n} one-row steps ${(single * 1000).toFixed(0)} ms (${((single / n) * 1000).toFixed(0)} ms each), ` +
       `one ${n}-row step ${(together * 1000).toFixed(0)} ms (${(together / one).toFixed(2)}x a one-row step): ${(single / together).toFixed(2)}x the decode throughput (load ${loadavg()[0]!.toFixed(2)})`,
   );
+  if (a.profile) {
+    const profiler = new StepProfiler(gpu.device);
+    const b = batch as Batch & { profiler: StepProfiler | undefined };
+    b.profiler = profiler;
+    const shares = async (rows: number) => {
+      profiler.reset();
+      for (let r = 0; r < rounds; r++) {
+        batch.step(seqs.slice(0, rows).map((seq, i) => ({ seq, tokens: token(i) })));
+        await batch.reduceRows(
+          seqs.slice(0, rows).map((_, i) => i),
+          0,
+        );
+        rollBack();
+      }
+      return new Map([...profiler.totals].map(([k, v]) => [k, v / rounds]));
+    };
+    const one = await shares(1);
+    const all = await shares(n);
+    const fmt = (m: Map<string, number>) => [...m].map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
+    const sum = (m: Map<string, number>) => [...m.values()].reduce((x, y) => x + y, 0);
+    console.log(`  GPU ms by op, one-row step (${sum(one).toFixed(1)}): ${fmt(one)}`);
+    console.log(`  GPU ms by op, ${n}-row step (${sum(all).toFixed(1)}): ${fmt(all)}`);
+    b.profiler = undefined;
+    profiler.destroy();
+  }
   batch.dispose();
 }
 model.dispose();
