@@ -13,7 +13,10 @@
 // NORM (GPU: x is the residual stream and the kernel applies the RMSNorm that precedes this layer:
 // y = (W (x * gamma)) / sqrt(mean(x^2) + eps), the mean reduced alongside the dot products),
 // TILED (software, VEC: W in row tiles, src/tiles.ts, rows padded to whole tiles), SGX (software,
-// VEC, subgroups of 8: x through subgroup broadcasts, kernels/subgroup_x.wgsl; x is then storage).
+// VEC, subgroups of 8: x through subgroup broadcasts, kernels/subgroup_x.wgsl; x is then storage),
+// SGXT (software, VEC, TB of 5..8, subgroups of 8: lane l loads token min(l, TB - 1)'s eight values
+// of x per step as two vec4 and broadcasts them, two loads for all the tokens instead of one per
+// token; the same values, so the same sums, as SGX).
 // Software: override TB (1..TMAX) tokens per thread, each weight load serving all TB; every token's
 // sums run in the same order whatever TB (the loop over tokens is inside the loop over K), so a
 // token's output is bit-identical in a dispatch of 1 or TB tokens (batch invariance of decode steps).
@@ -52,6 +55,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 var<private> sgLane: u32;
 #else
+#if SGXT
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#else
 #if XU
 // Uniform arrays need 16-byte elements; 4096 vec4 = the 64 KiB uniform binding limit.
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
@@ -60,6 +66,7 @@ var<private> sgLane: u32;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 #else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
+#endif
 #endif
 #endif
 #endif
@@ -151,26 +158,38 @@ override WG: u32 = 64u;
 override TB: u32 = 1u; // tokens per thread
 const TMAX = 8u;       // the most TB may be
 
+#if VEC
+// Eight weights of four rows times eight values of x.
+fn rows4(q0: Oct, q1: Oct, q2: Oct, q3: Oct, xv: Oct) -> vec4<f32> {
+  return vec4<f32>(dot8(q0, xv), dot8(q1, xv), dot8(q2, xv), dot8(q3, xv));
+}
+#endif
+
 // Four rows per thread: x is loaded once for four rows (+45-60% on lavapipe); TB tokens per
 // thread: each weight load serves TB tokens.
 @compute @workgroup_size(WG)
 fn main(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-#if SGX
+#if SUBGROUPS
   @builtin(subgroup_invocation_id) lane: u32,
 #endif
 ) {
   let thread = gid.x + gid.y * nwg.x * WG;
   let r0 = thread * 4u;
-#if SGX
+#if SUBGROUPS
   // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
+#if SGX
   sgLane = lane;
+#endif
 #else
   if (r0 >= p.rows) { return; }
 #endif
   let last = p.rows - 1u;
   var acc: array<vec4<f32>, TMAX>;
+#if SGXT
+  let xt = (p.tokenBase + min(lane, TB - 1u)) * (p.K / 4u);
+#endif
 #if VEC
   let kc = p.K / 8u;
   let i = rowStarts(thread, r0, last, kc);
@@ -180,10 +199,22 @@ fn main(
     let q1 = w8(i.y + o);
     let q2 = w8(i.z + o);
     let q3 = w8(i.w + o);
+#if SGXT
+    let xa = x[xt + 2u * c];
+    let xb = x[xt + 2u * c + 1u];
+    acc[0] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 0u), subgroupBroadcast(xb, 0u)));
+    acc[1] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 1u), subgroupBroadcast(xb, 1u)));
+    if (TB > 2u) { acc[2] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 2u), subgroupBroadcast(xb, 2u))); }
+    if (TB > 3u) { acc[3] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 3u), subgroupBroadcast(xb, 3u))); }
+    if (TB > 4u) { acc[4] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 4u), subgroupBroadcast(xb, 4u))); }
+    if (TB > 5u) { acc[5] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 5u), subgroupBroadcast(xb, 5u))); }
+    if (TB > 6u) { acc[6] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 6u), subgroupBroadcast(xb, 6u))); }
+    if (TB > 7u) { acc[7] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 7u), subgroupBroadcast(xb, 7u))); }
+#else
     for (var t = 0u; t < TB; t++) {
-      let xv = x8(t, c);
-      acc[t] += vec4<f32>(dot8(q0, xv), dot8(q1, xv), dot8(q2, xv), dot8(q3, xv));
+      acc[t] += rows4(q0, q1, q2, q3, x8(t, c));
     }
+#endif
   }
 #else
   let K = p.K;

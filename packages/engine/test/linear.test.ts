@@ -85,6 +85,9 @@ const cases: Case[] = [
   { N: 5, K: 1, T: 3, matvec: true },
   { N: 67, K: 29, T: 5, split: [3, 64], acc: true, matvec: true },
   { N: 70, K: 64, T: 8, bias: true, acc: true, sgx: true, matvec: true },
+  { N: 67, K: 40, T: 6, split: [3, 64], bias: true, sgx: true, matvec: true }, // x a token per lane (SGXT)
+  { N: 37, K: 16, T: 5, tiled: true, acc: true, sgx: true, matvec: true },
+  { N: 37, K: 16, T: 4, tiled: true, acc: true, sgx: true, matvec: true }, // x a value per lane (SGX)
   { N: 70, K: 64, T: 8, bias: true, acc: true, sgx: false, matvec: true },
   { N: 131, K: 96, T: 3, split: [43, 61, 27], tiled: true, sgx: true, matvec: true },
   { N: 131, K: 96, T: 5, split: [43, 61, 27], tiled: true, sgx: false, matvec: true },
@@ -144,7 +147,8 @@ describe('linear', () => {
   // same bits alone or beside others: steps of up to MATVEC_MAX_TOKENS rows by default, longer ones
   // under force 'matvec' (batchInvariant).
   const bitCases: { N: number; K: number; T: number; tiled?: boolean; sgx?: boolean; uniformX?: boolean; split?: number[]; force?: boolean }[] = [
-    { N: 70, K: 64, T: 5 },
+    { N: 70, K: 64, T: 5 }, // subgroups: x a token per lane (SGXT) in the step, a value per lane alone
+    { N: 70, K: 64, T: 4 }, // x a value per lane in both
     { N: 70, K: 64, T: 5, sgx: false },
     { N: 70, K: 64, T: 3, uniformX: true },
     { N: 131, K: 96, T: 5, tiled: true, split: [64, 67] },

@@ -234,11 +234,12 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
     },
   });
 
-  // tb, mvXu: the matvec's tokens per dispatch and whether its x is the uniform window.
+  // tb, mvXu: the matvec's tokens per dispatch and whether its x is the uniform window. With
+  // subgroups, 5..8 tokens load x a token per lane (SGXT: 1.3x the 8-token matvec on lavapipe).
   const build = (family: 'matvec' | 'matmul', tb = 1, mvXu = xu): Dispatch[] => {
     const defines: Defines =
       family === 'matvec'
-        ? { ...common, VEC: vec8, XU: mvXu, SGX: sgx, SUBGROUPS: sgx }
+        ? { ...common, VEC: vec8, XU: mvXu, SGX: sgx && tb <= 4, SGXT: sgx && tb > 4, SUBGROUPS: sgx }
         : { ...common, VEC: vec4 && !gpu && !mmSgx, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
     const constants: Constants = {
       ...epilogue.constants,
