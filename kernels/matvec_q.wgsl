@@ -16,7 +16,9 @@
 // barriers, x loaded once for 4 rows), NORM (GPU: the preceding RMSNorm applied here, as in
 // matvec.wgsl),
 // SGX (software, subgroups of 8: x from storage through subgroup broadcasts,
-// kernels/subgroup_x.wgsl), TILED (software: W and scales in row tiles, src/tiles.ts, rows
+// kernels/subgroup_x.wgsl), SGXT (software, TB of 5..8, K % 4 == 0, subgroups of 8: lane l loads
+// token min(l, TB - 1)'s eight values of x per step as two vec4 and broadcasts them, two loads for
+// all the tokens instead of one per token; the same values, so the same sums, as SGX), TILED (software: W and scales in row tiles, src/tiles.ts, rows
 // padded with zero words and scales to whole tiles; a unit is one vec4<u32> of W, one scale
 // word of the scales).
 // Software: override TB (1..TMAX) tokens per thread, each weight load serving all TB; every token's
@@ -258,10 +260,25 @@ fn dot8q(w: O8, v: O8) -> f32 {
   return dot(w.a, v.a) + dot(w.b, v.b);
 }
 
+// Eight weights of four rows times eight values of x.
+fn rows4q(u0: O8, u1: O8, u2: O8, u3: O8, v: O8) -> vec4<f32> {
+  return vec4<f32>(dot8q(u0, v), dot8q(u1, v), dot8q(u2, v), dot8q(u3, v));
+}
+
+// The sum of eight values of x (q4's zero points; q8 has none).
+fn xsum8(v: O8) -> f32 {
+#if Q4
+  return dot(v.a + v.b, vec4<f32>(1.0));
+#else
+  return 0.0;
+#endif
+}
+
 // Group g of 4 rows whose W starts at vec4 wr and scales at word sr, for TB tokens, eight weights
 // at a time: each weight is loaded and unpacked once for all TB tokens, each x once for the four
 // rows. A token's sums run in the same order whatever TB.
-fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, acc: ptr<function, array<vec4<f32>, TMAX>>) {
+// SGXT: xt is where the row of x this lane loads starts (in vec4s).
+fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, xt: u32, acc: ptr<function, array<vec4<f32>, TMAX>>) {
   let vpg = G / EPV;
   let base = wr + vec4<u32>(g * vpg * NEXT);
   var d: array<vec4<f32>, TMAX>;
@@ -278,17 +295,54 @@ fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, acc: ptr<function, 
       let u1 = w8q(q1, m);
       let u2 = w8q(q2, m);
       let u3 = w8q(q3, m);
+#if SGXT
+      var xa = x[xt + k / 4u];
+      var xb = x[xt + k / 4u + 1u];
+      if (masked) {
+        xa = m4(xa, k);
+        xb = m4(xb, k + 4u);
+      }
+      var xx = O8(subgroupBroadcast(xa, 0u), subgroupBroadcast(xb, 0u));
+      d[0] += rows4q(u0, u1, u2, u3, xx);
+      s[0] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 1u), subgroupBroadcast(xb, 1u));
+      d[1] += rows4q(u0, u1, u2, u3, xx);
+      s[1] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 2u), subgroupBroadcast(xb, 2u));
+      d[2] += rows4q(u0, u1, u2, u3, xx);
+      s[2] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 3u), subgroupBroadcast(xb, 3u));
+      d[3] += rows4q(u0, u1, u2, u3, xx);
+      s[3] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 4u), subgroupBroadcast(xb, 4u));
+      d[4] += rows4q(u0, u1, u2, u3, xx);
+      s[4] += xsum8(xx);
+      if (TB > 5u) {
+        xx = O8(subgroupBroadcast(xa, 5u), subgroupBroadcast(xb, 5u));
+        d[5] += rows4q(u0, u1, u2, u3, xx);
+        s[5] += xsum8(xx);
+      }
+      if (TB > 6u) {
+        xx = O8(subgroupBroadcast(xa, 6u), subgroupBroadcast(xb, 6u));
+        d[6] += rows4q(u0, u1, u2, u3, xx);
+        s[6] += xsum8(xx);
+      }
+      if (TB > 7u) {
+        xx = O8(subgroupBroadcast(xa, 7u), subgroupBroadcast(xb, 7u));
+        d[7] += rows4q(u0, u1, u2, u3, xx);
+        s[7] += xsum8(xx);
+      }
+#else
       for (var t = 0u; t < TB; t++) {
 #if SGX
         let xx = x8q((p.tokenBase + t) * p.K, k, masked);
 #else
         let xx = x8q((p.tokenBase + t) * (p.K / 4u), k, masked);
 #endif
-        d[t] += vec4<f32>(dot8q(u0, xx), dot8q(u1, xx), dot8q(u2, xx), dot8q(u3, xx));
-#if Q4
-        s[t] += dot(xx.a + xx.b, vec4<f32>(1.0));
-#endif
+        d[t] += rows4q(u0, u1, u2, u3, xx);
+        s[t] += xsum8(xx);
       }
+#endif
     }
   }
   let si = sr + vec4<u32>(g * NEXT);
@@ -305,27 +359,34 @@ fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, acc: ptr<function, 
 fn main(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-#if SGX
+#if SUBGROUPS
   @builtin(subgroup_invocation_id) lane: u32,
 #endif
 ) {
   let thread = gid.x + gid.y * nwg.x * WG;
   let r0 = thread * 4u;
-#if SGX
+#if SUBGROUPS
   // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
+#if SGX
   sgLane = lane;
+#endif
 #else
   if (r0 >= p.rows) { return; }
+#endif
+#if SGXT
+  let xt = (p.tokenBase + min(lane, TB - 1u)) * (p.K / 4u);
+#else
+  let xt = 0u;
 #endif
   let wr = rowUnits(thread, p.groups * (G / EPV));
   let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
   var acc: array<vec4<f32>, TMAX>;
   for (var g = 0u; g < full; g++) {
-    group(g, wr, sr, false, &acc);
+    group(g, wr, sr, false, xt, &acc);
   }
 #if TAIL
-  group(full, wr, sr, true, &acc);
+  group(full, wr, sr, true, xt, &acc);
 #endif
   for (var t = 0u; t < TB; t++) {
     store4(p.tokenBase + t, r0, acc[t]);

@@ -124,8 +124,10 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
 
   // tb, mvXu: the matvec's tokens per dispatch and whether its x is the uniform window.
   const build = (family: 'matvec_q' | 'matmul_q', tb = 1, mvXu = xu): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
+    // With subgroups, 5..8 tokens load x a token per lane where its rows are whole vec4s (SGXT).
+    const sgxt = family === 'matvec_q' && sgx && tb > 4 && K % 4 === 0;
     const defines: Defines =
-      family === 'matvec_q' ? { ...common, XU: mvXu, SGX: sgx, SUBGROUPS: sgx } : { ...common, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
+      family === 'matvec_q' ? { ...common, XU: mvXu, SGX: sgx && !sgxt, SGXT: sgxt, SUBGROUPS: sgx } : { ...common, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
     const constants: Constants = { G: q.groupSize, ...epilogue.constants };
     if (family === 'matvec_q') Object.assign(constants, gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG, ...(tb > 1 ? { TB: tb } : {}) });
     else if (!gpu) constants.WG = MATMUL_SOFTWARE_WG;
