@@ -1,5 +1,7 @@
-// Fused dequant matrix-vector product for one token (decode), over one row chunk of a quantized W:
-//   y[colOffset + r] (+)= sum_k x[k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows).
+// Fused dequant matrix-vector product for one token (decode), or on the software variant for a few
+// (a decode step over several sequences), over one row chunk of a quantized W:
+//   y[t, colOffset + r] (+)= sum_k x[t, k] * W[r, k] (+ bias[colOffset + r])   for r in [0, rows),
+// t in [tokenBase, tokenBase + TB) (software; the GPU shape runs token 0 only).
 // W layout (src/quant.ts): each row padded with zero weights to `groups` groups of G columns;
 // a group is G / EPV vec4<u32> loads. Q8: 16 int8 per vec4<u32> (element k in byte k % 4 of word
 // k / 4), scale word = f32 bits of s, w = q * s. Else q4: 32 nibbles per vec4<u32> (element k in
@@ -14,11 +16,16 @@
 // barriers, x loaded once for 4 rows), NORM (GPU: the preceding RMSNorm applied here, as in
 // matvec.wgsl),
 // SGX (software, subgroups of 8: x from storage through subgroup broadcasts,
-// kernels/subgroup_x.wgsl), TILED (software: W and scales in row tiles, src/tiles.ts, rows
+// kernels/subgroup_x.wgsl), SGXT (software, TB of 5..8, K % 4 == 0, subgroups of 8: lane l loads
+// token min(l, TB - 1)'s eight values of x per step as two vec4 and broadcasts them, two loads for
+// all the tokens instead of one per token; the same values, so the same sums, as SGX), TILED (software: W and scales in row tiles, src/tiles.ts, rows
 // padded with zero words and scales to whole tiles; a unit is one vec4<u32> of W, one scale
 // word of the scales).
-// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (TILED: tiled), 2 x [K] f32,
-// 3 y [N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled), 6 and 7 the
+// Software: override TB (1..TMAX) tokens per thread, each weight load serving all TB; every token's
+// sums run in the same order whatever TB (as in matvec.wgsl), so a token's output is bit-identical
+// in a dispatch of 1 or TB tokens. Without SGX, TB > 1 needs K % 4 == 0 (x rows as vec4).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (TILED: tiled), 2 x [tokens, K]
+// f32 (XU: tokenBase 0, one token), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled), 6 and 7 the
 // other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
 struct Params {
@@ -30,6 +37,7 @@ struct Params {
   n0: u32,  // SPLIT: columns of the first output
   n1: u32,  // SPLIT: columns of the second
   eps: f32, // NORM
+  tokenBase: u32, // software: the dispatch's first token
 }
 
 override G: u32 = 32u; // weights per group: a multiple of 32
@@ -41,10 +49,11 @@ override G: u32 = 32u; // weights per group: a multiple of 32
 var<private> sgLane: u32;
 #include subgroup_x
 
-// x[k .. k + 8) through the subgroup, zero from K on when masked.
-fn xs(k: u32, masked: bool) -> f32 {
+// x[k .. k + 8) of the token whose row starts at element b, through the subgroup, zero from K on
+// when masked.
+fn xs(b: u32, k: u32, masked: bool) -> f32 {
   let i = k + sgLane;
-  return select(x[min(i, p.K - 1u)], 0.0, masked && i >= p.K);
+  return select(x[b + min(i, p.K - 1u)], 0.0, masked && i >= p.K);
 }
 #else
 #if XU
@@ -72,22 +81,15 @@ struct XV {
   e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32>,
 }
 
-#if SGX
-fn xvs(k: u32, masked: bool) -> XV {
-  let v0 = xs(k, masked);
-  let v1 = xs(k + 8u, masked);
-  let v2 = xs(k + 16u, masked);
-  let v3 = xs(k + 24u, masked);
-  return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1), bcastLo(v2), bcastHi(v2), bcastLo(v3), bcastHi(v3));
-}
-#else
-fn xv(k: u32) -> XV {
-  let i = k / 4u;
+#if !SGX
+// x[k .. k + EPV) of the token whose row starts at vec4 b (and masked to k < K).
+fn xv(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
 }
 
-fn xvm(k: u32) -> XV {
-  let i = k / 4u;
+fn xvm(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u),
             m4(x[i + 4u], k + 16u), m4(x[i + 5u], k + 20u), m4(x[i + 6u], k + 24u), m4(x[i + 7u], k + 28u));
 }
@@ -133,20 +135,15 @@ struct XV {
   a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
 }
 
-#if SGX
-fn xvs(k: u32, masked: bool) -> XV {
-  let v0 = xs(k, masked);
-  let v1 = xs(k + 8u, masked);
-  return XV(bcastLo(v0), bcastHi(v0), bcastLo(v1), bcastHi(v1));
-}
-#else
-fn xv(k: u32) -> XV {
-  let i = k / 4u;
+#if !SGX
+// x[k .. k + EPV) of the token whose row starts at vec4 b (and masked to k < K).
+fn xv(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
-fn xvm(k: u32) -> XV {
-  let i = k / 4u;
+fn xvm(b: u32, k: u32) -> XV {
+  let i = b + k / 4u;
   return XV(m4(x[i], k), m4(x[i + 1u], k + 4u), m4(x[i + 2u], k + 8u), m4(x[i + 3u], k + 12u));
 }
 #endif
@@ -206,7 +203,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var v = 0u; v < vpg; v++) {
       let k = g * G + v * EPV;
       var xx: XV;
-      if (g < full) { xx = xv(k); } else { xx = xvm(k); }
+      if (g < full) { xx = xv(0u, k); } else { xx = xvm(0u, k); }
 #if NORM
       ss += xsq(xx);
       xx = xg(k, xx);
@@ -220,58 +217,179 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 #else
 override WG: u32 = 64u;
+override TB: u32 = 1u; // tokens per thread
+const TMAX = 8u;       // the most TB may be
 
 #include quant_rows
 
-// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, x loaded once per vec4 of
-// weights for all four.
-fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool) -> vec4<f32> {
+// Eight weights or values of x: elements 0..3 and 4..7.
+struct O8 {
+  a: vec4<f32>,
+  b: vec4<f32>,
+}
+
+#if Q4
+const OPU = 4u; // eights of weights per vec4<u32>: one word each
+
+// Weights 8m .. 8m + 8 of the vec4 q (word m).
+fn w8q(q: vec4<u32>, m: u32) -> O8 {
+  return O8(nib(q[m], vec4<u32>(0u, 4u, 8u, 12u)), nib(q[m], vec4<u32>(16u, 20u, 24u, 28u)));
+}
+#else
+const OPU = 2u; // two words each
+
+fn w8q(q: vec4<u32>, m: u32) -> O8 {
+  return O8(byt(q[2u * m]), byt(q[2u * m + 1u]));
+}
+#endif
+
+// x[k .. k + 8) of the token whose row starts at b (SGX: element; else vec4), zero from K on when
+// masked.
+fn x8q(b: u32, k: u32, masked: bool) -> O8 {
+#if SGX
+  let v = xs(b, k, masked);
+  return O8(bcastLo(v), bcastHi(v));
+#else
+  let i = b + k / 4u;
+  if (masked) { return O8(m4(x[i], k), m4(x[i + 1u], k + 4u)); }
+  return O8(x[i], x[i + 1u]);
+#endif
+}
+
+fn dot8q(w: O8, v: O8) -> f32 {
+  return dot(w.a, v.a) + dot(w.b, v.b);
+}
+
+// Eight weights of four rows times eight values of x.
+fn rows4q(u0: O8, u1: O8, u2: O8, u3: O8, v: O8) -> vec4<f32> {
+  return vec4<f32>(dot8q(u0, v), dot8q(u1, v), dot8q(u2, v), dot8q(u3, v));
+}
+
+// The sum of eight values of x (q4's zero points; q8 has none).
+fn xsum8(v: O8) -> f32 {
+#if Q4
+  return dot(v.a + v.b, vec4<f32>(1.0));
+#else
+  return 0.0;
+#endif
+}
+
+// Group g of 4 rows whose W starts at vec4 wr and scales at word sr, for TB tokens, eight weights
+// at a time: each weight is loaded and unpacked once for all TB tokens, each x once for the four
+// rows. A token's sums run in the same order whatever TB.
+// SGXT: xt is where the row of x this lane loads starts (in vec4s).
+fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, xt: u32, acc: ptr<function, array<vec4<f32>, TMAX>>) {
   let vpg = G / EPV;
   let base = wr + vec4<u32>(g * vpg * NEXT);
-  var d = vec4<f32>(0.0);
-  var s = 0.0;
+  var d: array<vec4<f32>, TMAX>;
+  var s: array<f32, TMAX>;
   for (var v = 0u; v < vpg; v++) {
-    let k = g * G + v * EPV;
-#if SGX
-    let xx = xvs(k, masked);
-#else
-    var xx: XV;
-    if (masked) { xx = xvm(k); } else { xx = xv(k); }
-#endif
     let o = v * NEXT;
-    d += vec4<f32>(dotw(w[base.x + o], xx), dotw(w[base.y + o], xx), dotw(w[base.z + o], xx), dotw(w[base.w + o], xx));
-    s += xsum(xx);
+    let q0 = w[base.x + o];
+    let q1 = w[base.y + o];
+    let q2 = w[base.z + o];
+    let q3 = w[base.w + o];
+    for (var m = 0u; m < OPU; m++) {
+      let k = g * G + v * EPV + 8u * m;
+      let u0 = w8q(q0, m);
+      let u1 = w8q(q1, m);
+      let u2 = w8q(q2, m);
+      let u3 = w8q(q3, m);
+#if SGXT
+      var xa = x[xt + k / 4u];
+      var xb = x[xt + k / 4u + 1u];
+      if (masked) {
+        xa = m4(xa, k);
+        xb = m4(xb, k + 4u);
+      }
+      var xx = O8(subgroupBroadcast(xa, 0u), subgroupBroadcast(xb, 0u));
+      d[0] += rows4q(u0, u1, u2, u3, xx);
+      s[0] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 1u), subgroupBroadcast(xb, 1u));
+      d[1] += rows4q(u0, u1, u2, u3, xx);
+      s[1] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 2u), subgroupBroadcast(xb, 2u));
+      d[2] += rows4q(u0, u1, u2, u3, xx);
+      s[2] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 3u), subgroupBroadcast(xb, 3u));
+      d[3] += rows4q(u0, u1, u2, u3, xx);
+      s[3] += xsum8(xx);
+      xx = O8(subgroupBroadcast(xa, 4u), subgroupBroadcast(xb, 4u));
+      d[4] += rows4q(u0, u1, u2, u3, xx);
+      s[4] += xsum8(xx);
+      if (TB > 5u) {
+        xx = O8(subgroupBroadcast(xa, 5u), subgroupBroadcast(xb, 5u));
+        d[5] += rows4q(u0, u1, u2, u3, xx);
+        s[5] += xsum8(xx);
+      }
+      if (TB > 6u) {
+        xx = O8(subgroupBroadcast(xa, 6u), subgroupBroadcast(xb, 6u));
+        d[6] += rows4q(u0, u1, u2, u3, xx);
+        s[6] += xsum8(xx);
+      }
+      if (TB > 7u) {
+        xx = O8(subgroupBroadcast(xa, 7u), subgroupBroadcast(xb, 7u));
+        d[7] += rows4q(u0, u1, u2, u3, xx);
+        s[7] += xsum8(xx);
+      }
+#else
+      for (var t = 0u; t < TB; t++) {
+#if SGX
+        let xx = x8q((p.tokenBase + t) * p.K, k, masked);
+#else
+        let xx = x8q((p.tokenBase + t) * (p.K / 4u), k, masked);
+#endif
+        d[t] += rows4q(u0, u1, u2, u3, xx);
+        s[t] += xsum8(xx);
+      }
+#endif
+    }
   }
   let si = sr + vec4<u32>(g * NEXT);
-  return vec4<f32>(deq(d.x, s, sc[si.x]), deq(d.y, s, sc[si.y]), deq(d.z, s, sc[si.z]), deq(d.w, s, sc[si.w]));
+  let s0 = sc[si.x];
+  let s1 = sc[si.y];
+  let s2 = sc[si.z];
+  let s3 = sc[si.w];
+  for (var t = 0u; t < TB; t++) {
+    (*acc)[t] += vec4<f32>(deq(d[t].x, s[t], s0), deq(d[t].y, s[t], s1), deq(d[t].z, s[t], s2), deq(d[t].w, s[t], s3));
+  }
 }
 
 @compute @workgroup_size(WG)
 fn main(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-#if SGX
+#if SUBGROUPS
   @builtin(subgroup_invocation_id) lane: u32,
 #endif
 ) {
   let thread = gid.x + gid.y * nwg.x * WG;
   let r0 = thread * 4u;
-#if SGX
+#if SUBGROUPS
   // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
+#if SGX
   sgLane = lane;
+#endif
 #else
   if (r0 >= p.rows) { return; }
+#endif
+#if SGXT
+  let xt = (p.tokenBase + min(lane, TB - 1u)) * (p.K / 4u);
+#else
+  let xt = 0u;
 #endif
   let wr = rowUnits(thread, p.groups * (G / EPV));
   let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
-  var acc = vec4<f32>(0.0);
+  var acc: array<vec4<f32>, TMAX>;
   for (var g = 0u; g < full; g++) {
-    acc += group(g, wr, sr, false);
+    group(g, wr, sr, false, xt, &acc);
   }
 #if TAIL
-  acc += group(full, wr, sr, true);
+  group(full, wr, sr, true, xt, &acc);
 #endif
-  store4(0u, r0, acc);
+  for (var t = 0u; t < TB; t++) {
+    store4(p.tokenBase + t, r0, acc[t]);
+  }
 }
 #endif

@@ -95,7 +95,7 @@ export class DecoderBatch implements Batch {
       blockSize: B,
       numBlocks: blocks,
       maxBlocks: Math.ceil(this.maxContext / B),
-      matmulOnly: opts.batchInvariant ?? false,
+      batchInvariant: opts.batchInvariant ?? false,
     });
     this.reducer = createLogitsReducer(ctx, this.decoder.logits, c.vocab_size);
   }

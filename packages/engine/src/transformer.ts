@@ -51,10 +51,12 @@ export interface DecoderOptions {
   /** Blocks of the longest sequence. */
   maxBlocks: number;
   /**
-   * Run one-token steps through the matmul kernels too: the matvec sums in another order, so
-   * a row's logits would depend on whether other rows share its step (batch invariance).
+   * Batch invariance for steps of every size: run every linear layer through one kernel family,
+   * so a row's logits never depend on how many rows share its step. Software variant: the matvec
+   * (steps of up to MATVEC_MAX_TOKENS rows use it anyway; longer ones run in groups of that many
+   * rows); GPU variant: the matmul (its matvec sums in another order).
    */
-  matmulOnly?: boolean;
+  batchInvariant?: boolean;
 }
 
 /** One step: ids (in run order), the runs, and the token rows whose logits to keep, in order. */
@@ -163,7 +165,7 @@ export class Decoder {
       ops.push(perToken('norm', createRmsNorm(ctx, from, gamma, into, h, c.rms_norm_eps)));
       return { x: into, opts: {} };
     };
-    const force: LinearOptions = opts.matmulOnly ? { force: 'matmul' } : {};
+    const force: LinearOptions = opts.batchInvariant ? { force: ctx.variant === 'gpu' ? 'matmul' : 'matvec' } : {};
     const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], o: LinearOptions) =>
       perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...o, ...force }));
     this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));

@@ -128,9 +128,12 @@ export interface BatchOptions {
   /** Rows of logits one step may keep (default max(64, maxSequences), within the binding limit). */
   maxLogitRows?: number;
   /**
-   * Make a sequence's logits bit-identical whether it runs alone or beside others: one-row steps
-   * use the matmul kernels too (the matvec sums in another order). Costs one-row steps the
-   * matvec's speed; default false.
+   * Make a sequence's logits bit-identical whether it runs alone or beside others, in steps of any
+   * size. On the software variant steps of up to 8 rows (MATVEC_MAX_TOKENS: decode steps over up
+   * to 8 sequences) are invariant anyway, one-row or not (the matvec sums each row as it would
+   * alone); this option makes longer steps (prefill chunks) run on the matvec too, in groups of
+   * 8 rows, instead of the matmul. On the GPU variant one-row steps use the matmul instead of the
+   * matvec (several times slower there). Default false.
    */
   batchInvariant?: boolean;
 }

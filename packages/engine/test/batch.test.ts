@@ -118,12 +118,64 @@ describe('batch: stories260K (f32), sequences stepped together vs each alone', (
   }
 });
 
-describe('batch invariance (batchInvariant: every step on the matmul kernels)', () => {
-  // Without the option a one-row step runs the matvec, whose sums differ from the matmul's in
-  // the last bits (about 1e-5 of the logits; the tests above allow for it). With it, a row's
-  // logits do not depend on its step's other rows, in every format and both variants.
-  const dir = () =>
-    writeGeneratedModel({ modelType: 'qwen2', dtype: 'bfloat16', seed: 4, config: { hidden_size: 256, intermediate_size: 512, num_attention_heads: 8, num_key_value_heads: 2, vocab_size: 1000 } });
+const invarianceModel = () =>
+  writeGeneratedModel({ modelType: 'qwen2', dtype: 'bfloat16', seed: 4, config: { hidden_size: 256, intermediate_size: 512, num_attention_heads: 8, num_key_value_heads: 2, vocab_size: 1000 } });
+
+describe('batch invariance of decode steps without batchInvariant (software: the matvec runs steps of up to 8 rows)', () => {
+  // The software matvec sums each of a step's rows as a one-row step does, so steps of up to
+  // MATVEC_MAX_TOKENS rows need no option: a sequence decoding beside three others (4-row steps,
+  // one with a 3-token prompt beside them) gives the same bits as alone in a Session.
+  const cases = [
+    { name: 'stories260K f32', dir: () => BUNDLED_MODEL, load: { dtype: 'f32' as const }, vocab: 512 },
+    { name: 'generated bf16', dir: invarianceModel, load: {}, vocab: 1000 },
+    { name: 'generated q4', dir: invarianceModel, load: { quantize: 'q4' as const }, vocab: 1000 },
+  ];
+  for (const c of cases)
+    it(`${c.name}: greedy tokens and logits of 4 sequences alone and decoding together are the same bits`, async () => {
+      const model = await loadModel(c.dir(), { gpu: await testGpu(), variant: 'software', ...c.load });
+      models.push(model);
+      // Prompts prefilled in steps of their own (over 8 tokens: the matmul, whose rows do not
+      // depend on each other; 3 tokens: the matvec); the last joins while the others decode.
+      const prompts = [prompt(20, 21), prompt(9, 22), prompt(33, 23), prompt(3, 24)].map((p) => p.map((t) => t % c.vocab));
+      const N = 16;
+      const want = [];
+      for (const p of prompts) want.push(await alone(model, p, N));
+      const batch = model.createBatch({ maxSequences: 4, kvTokens: 4 * 64, blockSize: 16 });
+      const seqs = prompts.map(() => batch.createSequence());
+      const got: Greedy[] = prompts.map(() => ({ tokens: [], logits: [] }));
+      const record = async (who: number[]) => {
+        for (const [row, i] of who.entries()) if (got[i]!.logits.length < LOGIT_STEPS) got[i]!.logits.push(await batch.logits(row));
+        const scores = await batch.reduceRows(who.map((_, row) => row), 0);
+        who.forEach((i, row) => got[i]!.tokens.push(scores[row]!.argmax));
+      };
+      for (const i of [0, 1, 2]) {
+        batch.step([{ seq: seqs[i]!, tokens: prompts[i]! }]);
+        await record([i]);
+      }
+      let rows = 0;
+      for (let step = 0; got.some((g) => g.tokens.length < N); step++) {
+        const who = [...prompts.keys()].filter((i) => (i < 3 || step > 1) && got[i]!.tokens.length < N);
+        const items = who.map((i) => ({ seq: seqs[i]!, tokens: i === 3 && got[3]!.tokens.length === 0 ? prompts[3]! : [got[i]!.tokens.at(-1)!] }));
+        rows = Math.max(rows, items.reduce((n, it) => n + it.tokens.length, 0));
+        batch.step(items);
+        await record(who);
+      }
+      expect(rows).toBe(6); // three decode rows and the 3-token prompt
+      for (const i of prompts.keys()) {
+        expect(got[i]!.tokens, `${c.name}: sequence ${i}'s greedy tokens`).toEqual(want[i]!.tokens);
+        for (const [g, row] of got[i]!.logits.entries()) expect(firstDifference(row, want[i]!.logits[g]!), `${c.name}: sequence ${i}, token ${g}`).toBe(-1);
+      }
+      batch.dispose();
+    });
+});
+
+describe('batch invariance (batchInvariant: every step on one kernel family)', () => {
+  // Without the option a step of more than 8 rows runs the matmul, whose sums differ from the
+  // matvec's in the last bits (about 1e-5 of the logits; the tests above allow for it), so a decode
+  // row beside a prompt chunk differs from the same row alone. With it, every step runs the
+  // matvec (software: longer steps in groups of 8 rows) or the matmul (GPU), so a row's logits do
+  // not depend on its step's other rows, in every format and both variants.
+  const dir = invarianceModel;
   const formats = [
     { name: 'f32', load: { dtype: 'f32' as const } },
     { name: 'bf16', load: {} },

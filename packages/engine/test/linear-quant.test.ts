@@ -6,10 +6,10 @@ import { describe, expect, it } from 'vitest';
 import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
 import { requestGpu, type Gpu } from '../src/device.ts';
 import type { Variant } from '../src/ops/context.ts';
-import { createLinear, LinearError, type LinearWeight } from '../src/ops/linear.ts';
+import { createLinear, LinearError, MATVEC_MAX_TOKENS, type LinearWeight } from '../src/ops/linear.ts';
 import type { QuantFormat } from '../src/quant.ts';
 import { expectClose, randomArray, rng, testGpu } from './harness.ts';
-import { makeQuantWeight, opContext } from './weights-helper.ts';
+import { aloneAndTogether, makeQuantWeight, opContext } from './weights-helper.ts';
 
 function linearRef(x: Float32Array, w: Float64Array, T: number, N: number, K: number, bias?: Float32Array, y0?: Float32Array): Float64Array {
   const y = new Float64Array(T * N);
@@ -40,6 +40,8 @@ interface Case {
   tiled?: boolean;
   /** Software variant: force x through subgroup broadcasts (decode and prefill) on or off. */
   sgx?: boolean;
+  /** Software variant only: force the matvec for T > 1 (its threads loop over the tokens, 8 per dispatch). */
+  matvec?: boolean;
 }
 
 const cases: Case[] = [
@@ -113,6 +115,23 @@ const cases: Case[] = [
   { N: 300, K: 40, T: 70, split: [96, 204], bias: true, sgx: true, tiled: true },
   { N: 64, K: 256, T: 17, G: 128, split: [32, 32], acc: true, sgx: true },
   { N: 9, K: 1020, T: 35, G: 128, perm: true, sgx: true },
+  // The software matvec over several tokens (decode steps over several sequences; longer steps in
+  // dispatches of 8 tokens): partial last group (q4: mid-word), K % 8 != 0 (subgroup x only:
+  // without it, rows of x need K % 4 == 0), chunks, tiles, permutation (GPTQ act-order), G = 128,
+  // all three x paths, bias, accumulate.
+  { N: 37, K: 64, T: 2, bias: true, matvec: true },
+  { N: 70, K: 172, T: 3, acc: true, sgx: true, matvec: true },
+  { N: 70, K: 172, T: 5, acc: true, sgx: false, uniformX: false, tiled: true, matvec: true },
+  { N: 70, K: 172, T: 8, bias: true, uniformX: true, matvec: true },
+  { N: 13, K: 66, T: 5, bias: true, sgx: true, matvec: true },
+  { N: 131, K: 96, T: 8, split: [43, 61, 27], tiled: true, matvec: true },
+  { N: 131, K: 96, T: 3, split: [43, 61, 27], sgx: false, matvec: true },
+  { N: 64, K: 256, T: 5, G: 128, acc: true, tiled: true, matvec: true },
+  { N: 45, K: 128, T: 5, perm: true, bias: true, tiled: true, matvec: true },
+  { N: 45, K: 128, T: 8, perm: true, sgx: false, matvec: true },
+  { N: 33, K: 236, T: 2, G: 64, sgx: false, matvec: true },
+  { N: 33, K: 236, T: 19, G: 64, bias: true, tiled: true, matvec: true }, // 8 + 8 + 3 tokens
+  { N: 9, K: 1020, T: 11, G: 128, perm: true, uniformX: true, matvec: true }, // the window holds token 0 only: storage
 ];
 
 async function gpuWithoutF16(): Promise<Gpu> {
@@ -127,11 +146,11 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
           if (!f16 && variant === 'gpu') continue;
           // The kernels take no f16 path, so tiles are checked once, on the software variant.
           if (c.tiled && (variant === 'gpu' || !f16)) continue;
-          if ((c.uniformX !== undefined || c.sgx !== undefined) && variant === 'gpu') continue;
+          if ((c.uniformX !== undefined || c.sgx !== undefined || c.matvec) && variant === 'gpu') continue;
           const { N, K, T } = c;
           const G = c.G ?? 32;
           const soft = variant === 'software';
-          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}${c.xu !== undefined && soft ? ` matmulUniformX=${c.xu}` : ''}${c.uniformX !== undefined ? ` uniformX=${c.uniformX}` : ''}${c.tiled ? ' tiled' : ''}${c.sgx !== undefined ? ` subgroupX=${c.sgx}` : ''}`;
+          const desc = `${f16 ? '' : 'no-f16 '}${variant} ${format} G=${G} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.perm ? ' permuted' : ''}${c.xu !== undefined && soft ? ` matmulUniformX=${c.xu}` : ''}${c.uniformX !== undefined ? ` uniformX=${c.uniformX}` : ''}${c.tiled ? ' tiled' : ''}${c.sgx !== undefined ? ` subgroupX=${c.sgx}` : ''}${c.matvec ? ' matvec' : ''}`;
           it(`matches the float64 reference: ${desc}`, async ({ skip }) => {
             const gpu = f16 ? await testGpu() : await gpuWithoutF16();
             if (c.sgx && !(gpu.hasSubgroups && gpu.subgroupSize === 8)) skip('the adapter has no subgroups of exactly 8');
@@ -168,6 +187,7 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
               ...(c.xu !== undefined && soft ? { matmulUniformX: c.xu } : {}),
               ...(c.uniformX !== undefined ? { uniformX: c.uniformX } : {}),
               ...(c.sgx !== undefined ? { subgroupX: c.sgx } : {}),
+              ...(c.matvec ? { force: 'matvec' as const } : {}),
             });
             const enc = gpu.device.createCommandEncoder();
             const pass = enc.beginComputePass();
@@ -180,6 +200,57 @@ describe('quantized linear (matvec_q, matmul_q)', () => {
           });
         }
       }
+    }
+  }
+
+  // Each row of a decode step over several sequences is summed as in a one-row step (matvec_q's
+  // software threads loop over the tokens inside the loop over groups): the same bits alone or
+  // batched, for steps of up to MATVEC_MAX_TOKENS rows by default and longer ones under force
+  // 'matvec'. GPTQ and AWQ weights are repacked into q4 (src/gptq.ts, src/awq.ts), act-order ones
+  // with a column permutation (perm).
+  const bitCases: { N: number; K: number; T: number; G?: number; tiled?: boolean; sgx?: boolean; uniformX?: boolean; perm?: boolean; split?: number[]; force?: boolean }[] = [
+    { N: 70, K: 172, T: 5 },
+    { N: 70, K: 172, T: 5, sgx: false, tiled: true },
+    { N: 70, K: 172, T: 3, uniformX: true },
+    { N: 131, K: 96, T: 5, split: [64, 67], tiled: true },
+    { N: 13, K: 66, T: 5 }, // K % 8 != 0 through subgroup x
+    { N: 45, K: 128, T: 5, perm: true, G: 128, tiled: true },
+    { N: 45, K: 256, T: MATVEC_MAX_TOKENS, G: 64, tiled: true },
+    { N: 45, K: 256, T: 11, tiled: true, force: true },
+  ];
+  for (const format of ['q8', 'q4'] as QuantFormat[]) {
+    for (const c of bitCases) {
+      const G = c.G ?? 32;
+      const desc = `${format} G=${G} N=${c.N} K=${c.K} T=${c.T}${c.tiled ? ' tiled' : ''}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.perm ? ' permuted' : ''}${c.sgx === false ? ' no-subgroup-x' : ''}${c.uniformX ? ' uniform-x' : ''}${c.force ? " force 'matvec'" : ''}`;
+      it(`software: each row's outputs are the same bits alone and in a step of several rows: ${desc}`, async () => {
+        const gpu = await testGpu();
+        const ctx = opContext(gpu, 'software');
+        const { N, K, T } = c;
+        const seed = N * 31 + K + T;
+        const { weight } = makeQuantWeight(gpu.device, randomArray(N * K, seed, 0.5), N, K, { format, groupSize: G, symmetric: format === 'q8' }, c.split, c.tiled);
+        weight.bias = bufferFrom(gpu.device, randomArray(N, seed + 1));
+        if (c.perm) {
+          const r = rng(seed + 5);
+          const perm = Uint32Array.from({ length: K }, (_, i) => i).sort(() => r() - 0.5);
+          weight.quant!.perm = bufferFrom(gpu.device, perm);
+        }
+        const x = randomArray(T * K, seed + 2, 2);
+        const { together, alone } = await aloneAndTogether(
+          gpu.device,
+          (xBuf, [y]) =>
+            createLinear(ctx, weight, xBuf, y!, {
+              maxTokens: T,
+              ...(c.sgx === false ? { subgroupX: false } : {}),
+              ...(c.uniformX ? { uniformX: true } : {}),
+              ...(c.force ? { force: 'matvec' as const } : {}),
+            }),
+          x,
+          K,
+          T,
+          [N],
+        );
+        expect(together[0]).toEqual(alone[0]);
+      });
     }
   }
 

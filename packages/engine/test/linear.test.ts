@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
 import { roundTo, type WeightDtype } from '../src/dtype.ts';
 import type { Variant } from '../src/ops/context.ts';
-import { createLinear, LinearError } from '../src/ops/linear.ts';
+import { createLinear, LinearError, MATVEC_MAX_TOKENS } from '../src/ops/linear.ts';
 import { expectClose, randomArray, testGpu } from './harness.ts';
-import { makeWeight, opContext } from './weights-helper.ts';
+import { aloneAndTogether, makeWeight, opContext } from './weights-helper.ts';
 
 /** float64 reference on the weights as stored: y[t, n] = y0[t, n] + sum_k x[t, k] W[n, k] + bias[n]. */
 function linearRef(x: Float32Array, w: Float64Array, T: number, N: number, K: number, bias?: Float32Array, y0?: Float32Array): Float64Array {
@@ -31,6 +31,8 @@ interface Case {
   tiled?: boolean;
   /** Forces x through subgroup broadcasts on or off (default: on where the device allows). */
   sgx?: boolean;
+  /** Software variant only: force the matvec for T > 1 (its threads loop over the tokens, 8 per dispatch). */
+  matvec?: boolean;
 }
 
 const cases: Case[] = [
@@ -76,15 +78,34 @@ const cases: Case[] = [
   { N: 9, K: 1016, T: 70, tiled: true, sgx: true },
   { N: 45, K: 40, T: 16, bias: true, sgx: true },
   { N: 45, K: 40, T: 17, bias: true, sgx: false },
+  // The software matvec over several tokens (a decode step over several sequences, and longer steps
+  // in dispatches of 8 tokens): rows not whole tiles or subgroups, K % 8 != 0 (one weight at a
+  // time), chunks, tiles, all three x paths, bias, accumulate.
+  { N: 37, K: 13, T: 2, bias: true, matvec: true },
+  { N: 5, K: 1, T: 3, matvec: true },
+  { N: 67, K: 29, T: 5, split: [3, 64], acc: true, matvec: true },
+  { N: 70, K: 64, T: 8, bias: true, acc: true, sgx: true, matvec: true },
+  { N: 67, K: 40, T: 6, split: [3, 64], bias: true, sgx: true, matvec: true }, // x a token per lane (SGXT)
+  { N: 37, K: 16, T: 5, tiled: true, acc: true, sgx: true, matvec: true },
+  { N: 37, K: 16, T: 4, tiled: true, acc: true, sgx: true, matvec: true }, // x a value per lane (SGX)
+  { N: 70, K: 64, T: 8, bias: true, acc: true, sgx: false, matvec: true },
+  { N: 131, K: 96, T: 3, split: [43, 61, 27], tiled: true, sgx: true, matvec: true },
+  { N: 131, K: 96, T: 5, split: [43, 61, 27], tiled: true, sgx: false, matvec: true },
+  { N: 100, K: 200, T: 2, split: [64, 36], tiled: true, acc: true, uniformX: true, matvec: true },
+  { N: 300, K: 200, T: 8, uniformX: true, bias: true, matvec: true },
+  { N: 33, K: 1016, T: 5, tiled: true, uniformX: true, matvec: true }, // 5 rows of x overflow the 64 KiB window: storage
+  { N: 131, K: 96, T: 19, split: [43, 61, 27], tiled: true, bias: true, matvec: true }, // 8 + 8 + 3 tokens
+  { N: 45, K: 40, T: 11, acc: true, sgx: false, matvec: true },
+  { N: 37, K: 13, T: 9, matvec: true },
 ];
 
 describe('linear', () => {
   for (const variant of ['software', 'gpu'] as Variant[]) {
     for (const dtype of ['f32', 'bf16', 'f16'] as WeightDtype[]) {
       for (const c of cases) {
-        if ((c.uniformX || c.tiled || c.sgx !== undefined) && variant === 'gpu') continue;
+        if ((c.uniformX || c.tiled || c.sgx !== undefined || c.matvec) && variant === 'gpu') continue;
         const { N, K, T } = c;
-        const desc = `${variant} ${dtype} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.uniformX ? ' uniform-x' : ''}${c.tiled ? ' tiled' : ''}${c.sgx === undefined ? '' : c.sgx ? ' subgroup-x' : ' no-subgroup-x'}`;
+        const desc = `${variant} ${dtype} N=${N} K=${K} T=${T}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.bias ? ' bias' : ''}${c.acc ? ' accumulate' : ''}${c.uniformX ? ' uniform-x' : ''}${c.tiled ? ' tiled' : ''}${c.sgx === undefined ? '' : c.sgx ? ' subgroup-x' : ' no-subgroup-x'}${c.matvec ? ' matvec' : ''}`;
         it(`matches the float64 reference: ${desc}`, async ({ skip }) => {
           const gpu = await testGpu();
           if (c.sgx && !(gpu.hasSubgroups && gpu.subgroupSize === 8)) skip('the adapter has no subgroups of exactly 8');
@@ -104,8 +125,9 @@ describe('linear', () => {
           const op = createLinear(ctx, weight, xBuf, yBuf, {
             maxTokens: T,
             ...(c.acc ? { accumulate: true } : {}),
-            ...(c.uniformX ? (T === 1 ? { uniformX: true } : { matmulUniformX: true }) : {}),
+            ...(c.uniformX ? (T === 1 || c.matvec ? { uniformX: true } : { matmulUniformX: true }) : {}),
             ...(c.sgx !== undefined ? { subgroupX: c.sgx } : {}),
+            ...(c.matvec ? { force: 'matvec' as const } : {}),
           });
           const enc = gpu.device.createCommandEncoder();
           const pass = enc.beginComputePass();
@@ -117,6 +139,50 @@ describe('linear', () => {
           op.destroy();
         });
       }
+    }
+  }
+
+  // A decode step over several sequences sums each row's outputs exactly as a one-row step does
+  // (the software matvec loops over the tokens inside its loop over K), so a row's output is the
+  // same bits alone or beside others: steps of up to MATVEC_MAX_TOKENS rows by default, longer ones
+  // under force 'matvec' (batchInvariant).
+  const bitCases: { N: number; K: number; T: number; tiled?: boolean; sgx?: boolean; uniformX?: boolean; split?: number[]; force?: boolean }[] = [
+    { N: 70, K: 64, T: 5 }, // subgroups: x a token per lane (SGXT) in the step, a value per lane alone
+    { N: 70, K: 64, T: 4 }, // x a value per lane in both
+    { N: 70, K: 64, T: 5, sgx: false },
+    { N: 70, K: 64, T: 3, uniformX: true },
+    { N: 131, K: 96, T: 5, tiled: true, split: [64, 67] },
+    { N: 37, K: 13, T: 5 }, // K % 8 != 0: one weight at a time
+    { N: 45, K: 200, T: MATVEC_MAX_TOKENS, tiled: true },
+    { N: 45, K: 200, T: 11, tiled: true, force: true },
+  ];
+  for (const dtype of ['f32', 'bf16', 'f16'] as WeightDtype[]) {
+    for (const c of bitCases) {
+      const desc = `${dtype} N=${c.N} K=${c.K} T=${c.T}${c.tiled ? ' tiled' : ''}${c.split ? ` chunks=${c.split.join('/')}` : ''}${c.sgx === false ? ' no-subgroup-x' : ''}${c.uniformX ? ' uniform-x' : ''}${c.force ? " force 'matvec'" : ''}`;
+      it(`software: each row's outputs are the same bits alone and in a step of several rows: ${desc}`, async () => {
+        const gpu = await testGpu();
+        const ctx = opContext(gpu, 'software');
+        const { N, K, T } = c;
+        const seed = N * 31 + K + T;
+        const weight = makeWeight(gpu.device, randomArray(N * K, seed, 0.5), N, K, dtype, c.split, c.tiled);
+        weight.bias = bufferFrom(gpu.device, randomArray(N, seed + 1));
+        const x = randomArray(T * K, seed + 2, 2);
+        const { together, alone } = await aloneAndTogether(
+          gpu.device,
+          (xBuf, [y]) =>
+            createLinear(ctx, weight, xBuf, y!, {
+              maxTokens: T,
+              ...(c.sgx === false ? { subgroupX: false } : {}),
+              ...(c.uniformX ? { uniformX: true } : {}),
+              ...(c.force ? { force: 'matvec' as const } : {}),
+            }),
+          x,
+          K,
+          T,
+          [N],
+        );
+        expect(together[0]).toEqual(alone[0]);
+      });
     }
   }
 

@@ -14,7 +14,7 @@ import { GLU_BLOCK } from '../src/ops/linear-epilogue.ts';
 import { quantStoredRows } from '../src/ops/linear-quant.ts';
 import { groupsPerRow, rowWords } from '../src/quant.ts';
 import { expectClose, kernels, randomArray, rmsNormRef, testGpu } from './harness.ts';
-import { makeQuantWeight, makeWeight, opContext } from './weights-helper.ts';
+import { aloneAndTogether, makeQuantWeight, makeWeight, opContext } from './weights-helper.ts';
 
 type Format = WeightDtype | 'q8' | 'q4';
 
@@ -57,6 +57,8 @@ interface Case {
   /** Row chunks of the first part, and the stacked weight's binding limit in rows of packed weights. */
   partSplit?: number[];
   stackedChunkRows?: number;
+  /** Software variant only: force the matvec for T > 1 (its threads loop over the tokens). */
+  matvec?: boolean;
 }
 
 const cases: Case[] = [
@@ -79,6 +81,14 @@ const cases: Case[] = [
   { kind: 'split', rows: [37, 19, 19], K: 72, T: 70, norm: true, bias: true },
   { kind: 'glu', rows: [48], K: 40, T: 1, norm: true },
   { kind: 'glu', rows: [48], K: 40, T: 19, norm: true, bias: true },
+  // The software matvec over several tokens (decode steps over several sequences), which the op
+  // picks for 2..8 tokens; 19 tokens run as 8 + 8 + 3.
+  { kind: 'split', rows: [37, 19, 19], K: 72, T: 2, bias: true, matvec: true },
+  { kind: 'split', rows: [37, 19, 19], K: 72, T: 5, tiled: true, partSplit: [32, 5], stackedChunkRows: 32, matvec: true },
+  { kind: 'split', rows: [40, 8, 8], K: 64, T: 19, tiled: true, matvec: true },
+  { kind: 'glu', rows: [48], K: 40, T: 3, bias: true, matvec: true },
+  { kind: 'glu', rows: [48], K: 36, T: 8, matvec: true },
+  { kind: 'glu', rows: [64], K: 40, T: 5, tiled: true, partSplit: [32, 32], stackedChunkRows: 32, matvec: true },
 ];
 
 describe('stacked linear weights and their epilogues', () => {
@@ -86,8 +96,8 @@ describe('stacked linear weights and their epilogues', () => {
     for (const format of ['f32', 'bf16', 'q8', 'q4'] as Format[]) {
       for (const c of cases) {
         if (c.norm && variant === 'software') continue;
-        if (c.tiled && variant === 'gpu') continue;
-        const desc = `${variant} ${format} ${c.kind} rows=${c.rows.join('/')} K=${c.K} T=${c.T}${c.bias ? ' bias' : ''}${c.norm ? ' norm' : ''}${c.tiled ? ' tiled' : ''}${c.partSplit ? ` part chunks ${c.partSplit.join('/')}` : ''}${c.stackedChunkRows ? ` stacked chunks of ${c.stackedChunkRows}` : ''}`;
+        if ((c.tiled || c.matvec) && variant === 'gpu') continue;
+        const desc = `${variant} ${format} ${c.kind} rows=${c.rows.join('/')} K=${c.K} T=${c.T}${c.bias ? ' bias' : ''}${c.norm ? ' norm' : ''}${c.tiled ? ' tiled' : ''}${c.partSplit ? ` part chunks ${c.partSplit.join('/')}` : ''}${c.stackedChunkRows ? ` stacked chunks of ${c.stackedChunkRows}` : ''}${c.matvec ? ' matvec' : ''}`;
         it(`matches the float64 reference: ${desc}`, async () => {
           const gpu = await testGpu();
           const ctx = opContext(gpu, variant);
@@ -127,6 +137,7 @@ describe('stacked linear weights and their epilogues', () => {
           const op = createLinear(ctx, weight, xBuf, c.kind === 'split' ? outs : outs[0]!, {
             maxTokens: T,
             ...(gamma ? { norm: { weight: bufferFrom(gpu.device, gamma), eps } } : {}),
+            ...(c.matvec ? { force: 'matvec' as const } : {}),
           });
           const enc = gpu.device.createCommandEncoder();
           const pass = enc.beginComputePass();
@@ -139,6 +150,26 @@ describe('stacked linear weights and their epilogues', () => {
           op.destroy();
         });
       }
+    }
+  }
+
+  // The q|k|v split and the gate|up GLU of a decode step over 5 sequences: each row's outputs the
+  // same bits as in a one-row step (software matvec, every format).
+  for (const format of ['f32', 'bf16', 'q8', 'q4'] as Format[]) {
+    for (const kind of ['split', 'glu'] as const) {
+      it(`software: each row's ${kind} outputs are the same bits alone and in a step of 5 rows: ${format}`, async () => {
+        const gpu = await testGpu();
+        const ctx = opContext(gpu, 'software');
+        const [K, T] = [72, 5];
+        const partRows = kind === 'glu' ? [48, 48] : [37, 19, 19];
+        const parts = partRows.map((n, i) => part(gpu.device, format, n, K, 700 + 10 * i, true).w);
+        const how: Stacking = kind === 'split' ? { kind: 'split' } : { kind: 'glu', block: GLU_BLOCK.software };
+        const weight = stackWeights(gpu.device, kernels(gpu), parts, how);
+        const widths = kind === 'glu' ? [48] : partRows;
+        const x = randomArray(T * K, 77, 2);
+        const { together, alone } = await aloneAndTogether(gpu.device, (xBuf, outs) => createLinear(ctx, weight, xBuf, kind === 'split' ? outs : outs[0]!, { maxTokens: T }), x, K, T, widths);
+        together.forEach((t, i) => expect(t, `output ${i}`).toEqual(alone[i]));
+      });
     }
   }
 

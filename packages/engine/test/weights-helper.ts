@@ -3,7 +3,7 @@
 import type { Gpu } from '../src/device.ts';
 import { BYTES_PER_ELEMENT, encode16, type WeightDtype } from '../src/dtype.ts';
 import { tileRows } from '../src/tiles.ts';
-import { bufferFrom } from '../src/buffers.ts';
+import { bufferFrom, readF32 } from '../src/buffers.ts';
 import type { OpContext, Variant } from '../src/ops/context.ts';
 import type { LinearWeight } from '../src/ops/linear.ts';
 import { KernelCache } from '../src/kernel.ts';
@@ -74,4 +74,41 @@ export function makeQuantWeight(
   }
   const quant = { format: spec.format, groupSize: spec.groupSize };
   return { weight: { dtype: 'f32', rows, cols, chunks, quant, ...(tiled ? { tiled } : {}) }, deq: dequantize(spec, q, rows, cols) };
+}
+
+/**
+ * Batch invariance of a linear op, as Float32 bits: the outputs (one per width: a plain weight's
+ * or a split weight's three) of T tokens run in one encode, and of each token run alone (its row
+ * of x as token 0 of a one-token encode). `build` makes the op on the x buffer and outputs given.
+ */
+export async function aloneAndTogether(
+  device: GPUDevice,
+  build: (x: GPUBuffer, outs: GPUBuffer[]) => { encode(pass: GPUComputePassEncoder, tokens: number): void; destroy(): void },
+  x: Float32Array,
+  K: number,
+  T: number,
+  widths: number[],
+): Promise<{ together: Uint32Array[]; alone: Uint32Array[] }> {
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const xBuf = device.createBuffer({ size: Math.max(65536, Math.ceil((T * K * 4) / 256) * 256), usage: usage | GPUBufferUsage.UNIFORM });
+  const outs = widths.map((n) => device.createBuffer({ size: T * n * 4, usage }));
+  const op = build(xBuf, outs);
+  const run = async (rows: Float32Array, tokens: number): Promise<Uint32Array[]> => {
+    device.queue.writeBuffer(xBuf, 0, rows.buffer, rows.byteOffset, rows.byteLength);
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    op.encode(pass, tokens);
+    pass.end();
+    device.queue.submit([enc.finish()]);
+    return Promise.all(outs.map(async (b, i) => new Uint32Array((await readF32(device, b, tokens * widths[i]!)).buffer)));
+  };
+  const together = await run(x, T);
+  const alone = widths.map((n) => new Uint32Array(T * n));
+  for (let t = 0; t < T; t++) {
+    const r = await run(x.subarray(t * K, (t + 1) * K), 1);
+    r.forEach((a, i) => alone[i]!.set(a, t * widths[i]!));
+  }
+  op.destroy();
+  [xBuf, ...outs].forEach((b) => b.destroy());
+  return { together, alone };
 }

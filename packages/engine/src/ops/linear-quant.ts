@@ -1,6 +1,7 @@
 // Linear layer over q8/q4 weights (src/quant.ts layout): y[t, n] (+)= sum_k x[t, k] W[n, k] (+ bias[n])
-// with W dequantized inside the kernels (kernels/matvec_q.wgsl for one token, kernels/matmul_q.wgsl
-// for several), never expanded to full precision. createLinear comes here when a weight has `quant`.
+// with W dequantized inside the kernels (kernels/matvec_q.wgsl for one token, and on the software
+// variant for up to MATVEC_MAX_TOKENS tokens, each summed as it would be alone, when subgroups read
+// x or K % 4 == 0; kernels/matmul_q.wgsl for more), never expanded to full precision. createLinear comes here when a weight has `quant`.
 // Activation-order GPTQ weights carry a column permutation: x is gathered through it first
 // (kernels/gather_cols.wgsl) into a buffer this op owns. Tiled weights (`w.tiled`: words and scales
 // of each chunk in row tiles, src/tiles.ts) are for the software kernels only.
@@ -18,6 +19,7 @@ import {
   type WeightChunk,
   LinearError,
   MATMUL_XU_TOKENS,
+  MATVEC_MAX_TOKENS,
   UNIFORM_X_BYTES,
   chooseXPaths,
   uniformCapable,
@@ -120,11 +122,14 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   });
   const common: Defines = { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0, ...epilogue.defines, GPU: gpu, TILED: !!w.tiled };
 
-  const build = (family: 'matvec_q' | 'matmul_q'): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
+  // tb, mvXu: the matvec's tokens per dispatch and whether its x is the uniform window.
+  const build = (family: 'matvec_q' | 'matmul_q', tb = 1, mvXu = xu): { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] } => {
+    // With subgroups, 5..8 tokens load x a token per lane where its rows are whole vec4s (SGXT).
+    const sgxt = family === 'matvec_q' && sgx && tb > 4 && K % 4 === 0;
     const defines: Defines =
-      family === 'matvec_q' ? { ...common, XU: xu, SGX: sgx, SUBGROUPS: sgx } : { ...common, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
+      family === 'matvec_q' ? { ...common, XU: mvXu, SGX: sgx && !sgxt, SGXT: sgxt, SUBGROUPS: sgx } : { ...common, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
     const constants: Constants = { G: q.groupSize, ...epilogue.constants };
-    if (family === 'matvec_q') Object.assign(constants, gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG });
+    if (family === 'matvec_q') Object.assign(constants, gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG, ...(tb > 1 ? { TB: tb } : {}) });
     else if (!gpu) constants.WG = MATMUL_SOFTWARE_WG;
     const kernel = ctx.kernels.get(family, defines, constants);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
@@ -150,7 +155,7 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
       );
       return { kernel, parts };
     }
-    const parts = w.chunks.map((c) => dispatch(c, family === 'matvec_q' && xu ? { buffer: xq, size: UNIFORM_X_BYTES } : { buffer: xq }));
+    const parts = w.chunks.map((c) => dispatch(c, family === 'matvec_q' && mvXu ? { buffer: xq, size: UNIFORM_X_BYTES } : { buffer: xq }));
     return { kernel, parts };
   };
 
@@ -158,6 +163,17 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
   const matvec = force !== 'matmul' ? build('matvec_q') : undefined;
   const matmul = force !== 'matvec' && (maxTokens > 1 || force === 'matmul') ? build('matmul_q') : undefined;
   const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
+  // The software matvec runs several tokens where it can read their rows of x (matvec_q.wgsl).
+  const multiTokens = !gpu && (sgx || K % 4 === 0);
+  // Its dispatches of tb tokens from token t0, built on first use.
+  const multi = new Map<string, { kernel: ReturnType<OpContext['kernels']['get']>; parts: Dispatch[] }>();
+  const matvecAt = (tb: number, t0: number) => {
+    if (tb === 1 && t0 === 0) return matvec!;
+    const key = `${tb}@${t0}`;
+    let m = multi.get(key);
+    if (!m) multi.set(key, (m = build('matvec_q', tb, xu && ((t0 + tb - 1) * K + padded) * 4 <= UNIFORM_X_BYTES)));
+    return m;
+  };
 
   return {
     encode(pass, tokens) {
@@ -172,15 +188,19 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
         pass.dispatchWorkgroups(Math.ceil(K / GATHER_WG), tokens);
       }
       let rowStart = 0;
-      if (matvec && (tokens === 1 || !matmul)) {
-        if (tokens !== 1) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens`);
-        pass.setPipeline(matvec.kernel.pipeline);
-        for (const d of matvec.parts) {
-          d.params.set({ K, rows: d.rows, colOffset: rowStart, groups, ...epilogue.params });
-          const wgs = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
-          pass.setBindGroup(0, d.group);
-          pass.dispatchWorkgroups(...grid(wgs, maxDim));
-          rowStart += d.rows;
+      if (matvec && (tokens === 1 || !matmul || (multiTokens && tokens <= MATVEC_MAX_TOKENS))) {
+        if (tokens !== 1 && !multiTokens) {
+          throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens (${gpu ? 'gpu variant' : 'K % 4 != 0 without subgroup x'})`);
+        }
+        for (let t0 = 0; t0 < tokens; t0 += MATVEC_MAX_TOKENS) {
+          const m = matvecAt(Math.min(MATVEC_MAX_TOKENS, tokens - t0), t0);
+          pass.setPipeline(m.kernel.pipeline);
+          for (const d of m.parts) {
+            d.params.set({ K, rows: d.rows, colOffset: d.rowStart, groups, tokenBase: t0, ...epilogue.params });
+            const wgs = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
+            pass.setBindGroup(0, d.group);
+            pass.dispatchWorkgroups(...grid(wgs, maxDim));
+          }
         }
         return;
       }
@@ -208,7 +228,7 @@ export function createQuantLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer,
       }
     },
     destroy() {
-      for (const d of [...(matvec?.parts ?? []), ...(matmul?.parts ?? [])]) d.params.destroy();
+      for (const d of [...(matvec?.parts ?? []), ...(matmul?.parts ?? []), ...[...multi.values()].flatMap((m) => m.parts)]) d.params.destroy();
       if (gather) {
         gather.params.destroy();
         xq.destroy();

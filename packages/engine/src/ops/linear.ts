@@ -1,6 +1,9 @@
 // Linear layer y[t, n] (+)= sum_k x[t, k] * W[n, k] (+ bias[n]) with W in f32/bf16/f16, split by
 // rows into chunks that each fit one storage binding. One token uses kernels/matvec.wgsl (decode),
-// several use kernels/matmul.wgsl (prefill); each dispatches once per chunk. What happens to the
+// several use kernels/matmul.wgsl (prefill); each dispatches once per chunk. On the software variant
+// steps of up to MATVEC_MAX_TOKENS tokens (a decode step over several sequences) use the matvec
+// too, its threads looping over the tokens, which sums every token's outputs in the same order as
+// a one-token step: a row's output does not depend on how many rows share its step. What happens to the
 // output columns (split to several outputs, gated, RMSNorm applied) is ops/linear-epilogue.ts.
 
 import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
@@ -57,7 +60,11 @@ export interface LinearOptions {
   accumulate?: boolean;
   /** Most tokens one encode may run (x and y must hold that many rows). Default 1. */
   maxTokens?: number;
-  /** Use one kernel whatever the token count (tests, benchmarks). */
+  /**
+   * Use one kernel family whatever the token count (tests, benchmarks, batch invariance). 'matvec'
+   * on the software variant runs any count in dispatches of up to MATVEC_MAX_TOKENS tokens (each
+   * token summed as in a one-token step); on the GPU variant it runs one token only.
+   */
   force?: 'matvec' | 'matmul';
   /**
    * Read x for the matvec through a uniform binding (faster for 16-bit weights on lavapipe).
@@ -97,6 +104,12 @@ export class LinearError extends Error {
 
 export const UNIFORM_X_BYTES = 65536;
 const MATVEC_SOFTWARE_WG = 64;
+/**
+ * Most tokens one software matvec dispatch runs (its override TB, at most the kernels' TMAX = 8);
+ * steps of 2..this many tokens use the matvec rather than the matmul (measured with
+ * bench/src/batch-steps.ts).
+ */
+export const MATVEC_MAX_TOKENS = 8;
 const MATMUL_SOFTWARE_WG = 64;
 const MATMUL_SOFTWARE_TOKENS = 4; // tokens per thread in matmul.wgsl's software shape
 const MATMUL_SGX_TOKENS = 16; // tokens per thread in its subgroup-x shape
@@ -221,14 +234,16 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
     },
   });
 
-  const build = (family: 'matvec' | 'matmul'): Dispatch[] => {
+  // tb, mvXu: the matvec's tokens per dispatch and whether its x is the uniform window. With
+  // subgroups, 5..8 tokens load x a token per lane (SGXT: 1.3x the 8-token matvec on lavapipe).
+  const build = (family: 'matvec' | 'matmul', tb = 1, mvXu = xu): Dispatch[] => {
     const defines: Defines =
       family === 'matvec'
-        ? { ...common, VEC: vec8, XU: xu, SGX: sgx, SUBGROUPS: sgx }
+        ? { ...common, VEC: vec8, XU: mvXu, SGX: sgx && tb <= 4, SGXT: sgx && tb > 4, SUBGROUPS: sgx }
         : { ...common, VEC: vec4 && !gpu && !mmSgx, XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
     const constants: Constants = {
       ...epilogue.constants,
-      ...(family === 'matvec' ? (gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG }) : gpu ? {} : { WG: MATMUL_SOFTWARE_WG }),
+      ...(family === 'matvec' ? (gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG, ...(tb > 1 ? { TB: tb } : {}) }) : gpu ? {} : { WG: MATMUL_SOFTWARE_WG }),
     };
     const kernel = ctx.kernels.get(family, defines, constants);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
@@ -252,13 +267,22 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
         }),
       );
     }
-    return w.chunks.map((c) => dispatch(c, family === 'matvec' && xu ? { buffer: x, size: UNIFORM_X_BYTES } : { buffer: x }));
+    return w.chunks.map((c) => dispatch(c, family === 'matvec' && mvXu ? { buffer: x, size: UNIFORM_X_BYTES } : { buffer: x }));
   };
 
   const force = opts.force;
   const matvec = force !== 'matmul' ? build('matvec') : undefined;
   const matmul = force !== 'matvec' && (maxTokens > 1 || force === 'matmul') ? build('matmul') : undefined;
   const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
+  // Software matvec dispatches of tb tokens from token t0, built on first use.
+  const multi = new Map<string, Dispatch[]>();
+  const matvecAt = (tb: number, t0: number): Dispatch[] => {
+    if (tb === 1 && t0 === 0) return matvec!;
+    const key = `${tb}@${t0}`;
+    let ds = multi.get(key);
+    if (!ds) multi.set(key, (ds = build('matvec', tb, xu && (t0 + tb) * K * 4 <= UNIFORM_X_BYTES)));
+    return ds;
+  };
 
   return {
     encode(pass, tokens) {
@@ -266,15 +290,16 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
         throw new LinearError(`linear: tokens ${tokens} outside 1..${maxTokens}`);
       }
       let rowStart = 0;
-      if (matvec && (tokens === 1 || !matmul)) {
-        if (tokens !== 1) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens`);
-        for (const d of matvec) {
-          d.params.set({ K, rows: d.rows, colOffset: rowStart, ...epilogue.params });
-          const groups = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
-          pass.setPipeline(d.kernel.pipeline);
-          pass.setBindGroup(0, d.group);
-          pass.dispatchWorkgroups(...grid(groups, maxDim));
-          rowStart += d.rows;
+      if (matvec && (tokens === 1 || !matmul || (!gpu && tokens <= MATVEC_MAX_TOKENS))) {
+        if (tokens !== 1 && gpu) throw new LinearError(`linear: built with force 'matvec', cannot run ${tokens} tokens on the gpu variant`);
+        for (let t0 = 0; t0 < tokens; t0 += MATVEC_MAX_TOKENS) {
+          for (const d of matvecAt(Math.min(MATVEC_MAX_TOKENS, tokens - t0), t0)) {
+            d.params.set({ K, rows: d.rows, colOffset: d.rowStart, tokenBase: t0, ...epilogue.params });
+            const groups = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
+            pass.setPipeline(d.kernel.pipeline);
+            pass.setBindGroup(0, d.group);
+            pass.dispatchWorkgroups(...grid(groups, maxDim));
+          }
         }
         return;
       }
@@ -303,7 +328,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
       }
     },
     destroy() {
-      for (const d of [...(matvec ?? []), ...(matmul ?? [])]) d.params.destroy();
+      for (const d of [...(matvec ?? []), ...(matmul ?? []), ...[...multi.values()].flat()]) d.params.destroy();
     },
   };
 }
