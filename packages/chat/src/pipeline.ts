@@ -139,7 +139,15 @@ export function createTextGenerationPipeline(
   const { tokenizer, templates, generationConfig } = files;
   const maxParallel = opts.maxParallel ?? 1;
   const maxContext = Math.min(opts.maxContext ?? model.info.maxContext, model.info.maxPositionEmbeddings);
-  const batch = model.createBatch({ maxSequences: maxParallel + CACHED_SEQUENCES, maxContext, kvTokens: opts.kvTokens ?? maxContext * maxParallel });
+  const batch = model.createBatch({
+    maxSequences: maxParallel + CACHED_SEQUENCES,
+    maxContext,
+    kvTokens: opts.kvTokens ?? maxContext * maxParallel,
+    // Requests side by side get the tokens each gets alone, where that is cheap: the software
+    // kernels then run a prompt chunk beside decode rows on the several-token matvec too (a
+    // lone conversation has no neighbours, and keeps the faster matmul prefill).
+    batchInvariant: maxParallel > 1 && model.info.variant === 'software',
+  });
   const generator = new Generator(batch, tokenizer, model.info.vocabSize, { maxParallel, ...(maxParallel > 1 ? { prefillChunk: SHARED_PREFILL_CHUNK } : {}) });
   let last: GenerationStats | undefined;
   let disposed = false;
