@@ -296,6 +296,8 @@ fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, xt: u32, acc: ptr<f
       let u2 = w8q(q2, m);
       let u3 = w8q(q3, m);
 #if SGXT
+      // Token t's x comes from lane t: written out per token because subgroupBroadcast takes
+      // its lane as a constant expression.
       var xa = x[xt + k / 4u];
       var xb = x[xt + k / 4u + 1u];
       if (masked) {
