@@ -9,7 +9,6 @@ import { postJsonTo } from './http-client.ts';
 
 const MODEL = 'stories260K';
 const PARALLEL = 4;
-const JSON_TYPE = { 'Content-Type': 'application/json' };
 const user = (content: string) => [{ role: 'user' as const, content }];
 
 let loaded: LoadedModel;
