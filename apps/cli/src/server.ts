@@ -133,8 +133,8 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       const prepared = await prepare(abort.signal);
       if (draining) throw shuttingDown();
       const m = model();
-      const g = m.served.model.generator;
-      if (g.stats.running >= g.maxParallel && g.waitingCount >= maxQueue) {
+      const loop = m.served.model.generator;
+      if (loop.stats.running >= loop.maxParallel && loop.waitingCount >= maxQueue) {
         throw unavailable(`The server is busy: ${maxQueue} requests are already waiting. Retry later.`, 'server_overloaded');
       }
       submitted = true;
