@@ -411,7 +411,8 @@ export class TokenLevelApi {
     const logprobs = request.logprobs ?? null;
     const specs: ChoiceSpec[] = Array.from({ length: request.n }, (_, i) => ({
       ids,
-      maxTokens: request.config.max_new_tokens ?? this.maxContext - ids.length,
+      // Without max_tokens the reply may run to the end of the context, never past it.
+      maxTokens: request.config.max_new_tokens ?? Math.min(resolveGenerationConfig(this.tm.generationConfig).max_new_tokens, this.maxContext - ids.length),
       config: TokenLevelApi.nth(request.config, i),
       echo: false,
       logprobs,

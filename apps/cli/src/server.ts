@@ -16,7 +16,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { resolveGenerationConfig, type AssistantModel, type Generation, type GenerationStats, type GeneratorStats, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import type { AssistantModel, Generation, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
 import { TokenLevelApi, type Outcome, type Track } from './completions.ts';
 import { PromptEncoder } from './encoder.ts';
 import { ApiError, checkMethod, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
@@ -170,12 +170,10 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     const prepare = async () => {
       const ids = await m.api.chatIds(request, m.encoder);
       checkContext(ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
-      // Without max_tokens the reply may run to the end of the context, never past it.
-      const max = request.config.max_new_tokens ?? Math.min(resolveGenerationConfig(m.served.model.generationConfig).max_new_tokens, m.api.maxContext - ids.length);
       const assistant = m.served.assistant !== undefined ? await m.served.model.assistant(m.served.assistant) : undefined;
-      return { ids, assistant, request: { ...request, config: { ...request.config, max_new_tokens: max } } };
+      return { ids, assistant };
     };
-    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(p.request, p.ids, res, signal, track, p.assistant));
+    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.ids, res, signal, track, p.assistant));
   }
 
   const GET = ['GET', 'HEAD'];
