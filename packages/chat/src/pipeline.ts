@@ -34,11 +34,6 @@ export interface PipelineOptions {
   kvTokens?: number;
 }
 
-/** A prompt already rendered and encoded with renderPrompt (a server tokenizes off its event loop). */
-export interface EncodedPrompt {
-  promptIds: readonly number[];
-}
-
 /** The text a chat or string prompt renders to, and how it is encoded: the one prompt rule of every face. */
 export interface RenderedPrompt {
   text: string;
@@ -54,7 +49,7 @@ export interface TextGenerationPipeline {
   (input: Message[][], opts?: GenerateOptions): Promise<ChatOutput[]>;
   (input: string[], opts?: GenerateOptions): Promise<TextOutput[]>;
   /** The same generation as a stream of text deltas. */
-  stream(input: Message[] | string | EncodedPrompt, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
+  stream(input: Message[] | string, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
   /** The prompt text `input` renders to (template, plain fallback, continue_final_message). */
   renderPrompt(input: Message[] | string, opts?: GenerateOptions): RenderedPrompt;
   /** Tokens of KV cache a call may use: prompt and reply together. */
@@ -188,10 +183,9 @@ export function createTextGenerationPipeline(
     return { text: templates.render(input, tokenizer, render), addSpecialTokens: false, continueFinalMessage: cont };
   };
 
-  const prepare = (input: Message[] | string | EncodedPrompt, o: GenerateOptions): Prepared => {
+  const prepare = (input: Message[] | string, o: GenerateOptions): Prepared => {
     if (disposed) throw new ChatInputError('This pipeline has been disposed');
     const cfg = resolveGenerationConfig(generationConfig, o);
-    if (typeof input === 'object' && 'promptIds' in input) return { ids: Array.from(input.promptIds), cfg, output: () => [{ generated_text: '' }] };
     const prompt = renderPrompt(input, o);
     const atLeast = tokenizer.minTokens(prompt.text);
     if (atLeast > generator.maxContext) throw new ContextLengthError(atLeast, generator.maxContext, true);
@@ -228,7 +222,7 @@ export function createTextGenerationPipeline(
     return gen.result;
   }
 
-  async function* stream(input: Message[] | string | EncodedPrompt, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
+  async function* stream(input: Message[] | string, o: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
     yield* run(prepare(input, o), o);
   }
 
