@@ -583,13 +583,18 @@ export class Generator {
     this.retire(a);
   }
 
-  /** Ends a request: flushes held-back text, keeps its sequence cached, resolves its result. */
-  private retire(a: Active): void {
+  /** Takes a request out of the queue or the batch. */
+  private remove(a: Active): void {
     const i = this.running.indexOf(a);
     if (i >= 0) this.running.splice(i, 1);
     const w = this.waiting.indexOf(a);
     if (w >= 0) this.waiting.splice(w, 1);
-    if (!a.stopper.stopped && a.finishReason !== 'abort') {
+  }
+
+  /** Ends a request: flushes held-back text (an aborted reply's too), keeps its sequence cached, resolves its result. */
+  private retire(a: Active): void {
+    this.remove(a);
+    if (!a.stopper.stopped) {
       const tail = a.stopper.push(a.detok.flush()).text + (a.stopper.stopped ? '' : a.stopper.flush());
       if (tail) {
         a.text += tail;
@@ -610,10 +615,7 @@ export class Generator {
   }
 
   private fail(a: Active, e: unknown): void {
-    const i = this.running.indexOf(a);
-    if (i >= 0) this.running.splice(i, 1);
-    const w = this.waiting.indexOf(a);
-    if (w >= 0) this.waiting.splice(w, 1);
+    this.remove(a);
     if (a.seq) this.batch.free(a.seq);
     a.seq = undefined;
     a.phase = 'done';
