@@ -10,14 +10,17 @@ pays for importing Transformers once:
      {"tokenizer": "qwen3", "op": "decode", "ids": [..], "skip_special_tokens": false},
      {"tokenizer": "qwen3", "op": "chat", "messages": [..], "add_generation_prompt": true,
       "continue_final_message": false, "tools": null, "documents": null,
-      "kwargs": {"enable_thinking": false}, "chat_template": null}
+      "kwargs": {"enable_thinking": false}, "chat_template": null},
+     {"tokenizer": "qwen3", "op": "parse_response", "text": "<think>..", "prefix": "..."}
    ]}
 
 encode_file runs the Rust `tokenizers` library on tokenizer.json as written; encode runs
 Transformers, which rebuilds some pipelines (v5's LlamaTokenizer) and can differ from it.
 
 Answer: {"results": [...]} in case order: encode(_file) -> {"ids"}, decode -> {"text"},
-chat -> {"text", "ids"} (ids from apply_chat_template(tokenize=True)), or {"error": "..."}
+chat -> {"text", "ids"} (ids from apply_chat_template(tokenize=True)), parse_response ->
+{"parsed"} (`transformers serve`'s reply parsing: the response template it falls back to for
+Qwen models, run by tokenizer.parse_response on the text's ids), or {"error": "..."}
 when Transformers raises (the tests compare that we raise too).
 """
 import functools
@@ -56,6 +59,12 @@ def run(tok, case, folder):
         enc = tok.apply_chat_template(case["messages"], tokenize=True, **kw)
         ids = enc["input_ids"] if hasattr(enc, "keys") else enc
         return {"text": text, "ids": list(ids)}
+    if op == "parse_response":
+        from transformers.cli.serving.utils import _RESPONSE_TEMPLATE_FALLBACKS
+
+        template = next(v for types, v in _RESPONSE_TEMPLATE_FALLBACKS.items() if "qwen3" in types)
+        ids = tok.encode(case["text"], add_special_tokens=False)
+        return {"parsed": tok.parse_response(ids, template, prefix=case.get("prefix", ""))}
     raise ValueError(f"unknown op {op!r}")
 
 

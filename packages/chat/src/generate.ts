@@ -36,6 +36,8 @@ export interface GenerationRequest {
   continuesPrompt?: boolean | undefined;
   /** Speculative decoding: this draft proposes tokens the model verifies in one step. */
   assistant?: Assistant | undefined;
+  /** The text keeps special tokens (a reply parser whose markers are special tokens reads them). */
+  keepSpecialTokens?: boolean | undefined;
   /** Runs on each logits row before sampling (grammar masks); the row is then read back whole. */
   logitsProcessor?: LogitsProcessor | undefined;
 }
@@ -189,7 +191,7 @@ class Active {
     this.sequence = Array.from(req.promptIds);
     const cfg = req.config;
     this.eos = req.ignoreEos ? new Set() : eosIds(cfg.eos_token_id, tokenizer);
-    this.detok = new StreamingDetokenizer(tokenizer, { skipSpecialTokens: true });
+    this.detok = new StreamingDetokenizer(tokenizer, { skipSpecialTokens: !req.keepSpecialTokens });
     if (req.continuesPrompt) for (const t of req.promptIds.slice(-CONTINUATION_CONTEXT)) this.detok.push(t);
     this.stopper = new StopStringMatcher(cfg.stop);
     const rng = new SeededRandom(cfg.seed);

@@ -6,6 +6,7 @@ import { Template } from '@huggingface/jinja';
 import type { FileSource } from '@webgpu-chat/engine';
 import { ChatInputError, TemplateError } from './errors.ts';
 import type { ChatTokenizer } from './tokenizer.ts';
+import { messagesForTemplate, validateTools } from './tools.ts';
 import type { Message, Role } from './types.ts';
 
 const ROLES: ReadonlySet<string> = new Set<Role>(['system', 'user', 'assistant', 'tool']);
@@ -45,8 +46,13 @@ export function validateMessages(messages: unknown): asserts messages is Message
   });
 }
 
+/** A chat and a tool to learn whether a template writes tools into the prompt at all. */
+const PROBE_CHAT: Message[] = [{ role: 'user', content: 'x' }];
+const PROBE_TOOL = { type: 'function', function: { name: 'probe_tool_7f3a', description: 'd', parameters: { type: 'object', properties: {} } } };
+
 export class ChatTemplates {
   private readonly compiled = new Map<string, Template>();
+  private readonly writesTools = new Map<string, boolean>();
 
   /** @param templates named templates ("default", "tool_use", ...); empty when the model has none. */
   constructor(readonly templates: Readonly<Record<string, string>>) {}
@@ -124,25 +130,47 @@ export class ChatTemplates {
     if (cont && messages[messages.length - 1]!.role !== 'assistant') {
       throw new ChatInputError('continue_final_message needs a chat whose last message is from the assistant');
     }
+    if (opts.tools !== undefined) validateTools(opts.tools);
     const hasTools = Array.isArray(opts.tools) && opts.tools.length > 0;
-    const template = this.compile(this.select(hasTools));
-    const vars: Record<string, unknown> = {
-      ...tokenizerSpecialTokens(tokenizer),
-      ...opts.chat_template_kwargs,
-      messages,
-      add_generation_prompt: genPrompt,
-      // None when not given, exactly as Transformers passes them.
-      tools: opts.tools ?? null,
-      documents: opts.documents ?? null,
-    };
-    let text: string;
+    const source = this.select(hasTools);
+    if (hasTools && !this.rendersTools(source, tokenizer)) {
+      throw new TemplateError("This model's chat template does not write tools into the prompt, so it cannot be offered tools");
+    }
+    const text = this.run(source, tokenizer, { ...opts.chat_template_kwargs, messages: messagesForTemplate(messages), add_generation_prompt: genPrompt, tools: opts.tools, documents: opts.documents });
+    return cont ? cutAfterFinalMessage(text, messages[messages.length - 1]!.content) : text;
+  }
+
+  /**
+   * Whether the template's text changes when a tool is offered (one probe render each way,
+   * remembered). A template that can't render the probe is given the benefit of the doubt.
+   */
+  private rendersTools(source: string, tokenizer: ChatTokenizer): boolean {
+    let known = this.writesTools.get(source);
+    if (known === undefined) {
+      const probe = (tools: unknown[] | undefined) => this.run(source, tokenizer, { messages: PROBE_CHAT, add_generation_prompt: true, tools });
+      try {
+        known = probe([PROBE_TOOL]) !== probe(undefined);
+      } catch {
+        known = true;
+      }
+      this.writesTools.set(source, known);
+    }
+    return known;
+  }
+
+  private run(source: string, tokenizer: ChatTokenizer, vars: { messages: Message[]; add_generation_prompt: boolean; tools?: unknown[] | undefined; documents?: unknown[] | undefined; [k: string]: unknown }): string {
     try {
-      text = template.render(vars);
+      return this.compile(source).render({
+        ...tokenizerSpecialTokens(tokenizer),
+        ...vars,
+        // None when not given, exactly as Transformers passes them.
+        tools: vars.tools ?? null,
+        documents: vars.documents ?? null,
+      });
     } catch (e) {
       // Includes the template's own raise_exception('...'), whose message is kept as written.
       throw new TemplateError(`The chat template failed while rendering: ${(e as Error).message}`);
     }
-    return cont ? cutAfterFinalMessage(text, messages[messages.length - 1]!.content) : text;
   }
 }
 

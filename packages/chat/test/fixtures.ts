@@ -54,6 +54,7 @@ if (!hasPython) console.warn(`chat tests: Transformers parity skipped: ${PYTHON}
 export type ReferenceCase =
   | { tokenizer: TokenizerName; op: 'encode' | 'encode_file'; text: string; add_special_tokens?: boolean }
   | { tokenizer: TokenizerName; op: 'decode'; ids: number[]; skip_special_tokens?: boolean }
+  | { tokenizer: TokenizerName; op: 'parse_response'; text: string; prefix: string }
   | {
       tokenizer: TokenizerName;
       op: 'chat';
@@ -68,6 +69,8 @@ export type ReferenceCase =
 export interface ReferenceResult {
   ids?: number[];
   text?: string;
+  /** parse_response: the message Transformers reads out of a reply. */
+  parsed?: { content?: string; thinking?: string; tool_calls?: { function: { name: string; arguments: unknown } }[] };
   error?: string;
 }
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ChatInputError, ChatTemplates, renderPlain, TemplateError, type Message, type RenderOptions } from '../src/index.ts';
+import { readFileSync } from 'node:fs';
+import { ChatInputError, ChatTemplates, messagesForTemplate, renderPlain, TemplateError, type Message, type RenderOptions } from '../src/index.ts';
 import { hasPython, loadTokenizer, memorySource, pythonReference, type ReferenceCase, type TokenizerName } from './fixtures.ts';
 
 // Mistral-style [INST] template with raise_exception, for the Llama 2 tokenizer (whose
@@ -33,6 +34,29 @@ const TOOL_CHAT: Message[] = [
   { role: 'tool', content: '{"temp_c": 21, "sky": "☀️"}', name: 'get_weather' },
 ];
 
+// OpenAI-shaped tool turns: arguments as JSON text, call ids, tool results naming their call.
+const OPENAI_TOOL_CHAT: Message[] = [
+  { role: 'system', content: 'You can look things up.' },
+  { role: 'user', content: 'Weather in Zürich and the time in Tokyo?' },
+  {
+    role: 'assistant',
+    content: '',
+    tool_calls: [
+      { id: 'call12345', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Zürich", "days": 2}' } },
+      { id: 'call67890', type: 'function', function: { name: 'get_time', arguments: '{"zone":"Asia/Tokyo"}' } },
+    ],
+  },
+  { role: 'tool', content: '{"temp_c": 21}', tool_call_id: 'call12345' },
+  { role: 'tool', content: '09:41', tool_call_id: 'call67890' },
+];
+const TIME_TOOL = { type: 'function', function: { name: 'get_time', description: 'Local time', parameters: { type: 'object', properties: { zone: { type: 'string' } }, required: ['zone'] } } };
+const ONE_CALL_CHAT: Message[] = [
+  { role: 'user', content: 'Weather in Oslo?' },
+  { role: 'assistant', content: '', tool_calls: [{ id: 'call12345', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Oslo"}' } }] },
+  { role: 'tool', content: 'sunny', tool_call_id: 'call12345' },
+];
+const template = (name: string) => readFileSync(new URL(`./templates/${name}.jinja`, import.meta.url), 'utf8');
+
 interface Case {
   tokenizer: TokenizerName;
   what: string;
@@ -51,6 +75,11 @@ const CASES: Case[] = [
   { tokenizer: 'llama3_1', what: 'system + multi-turn, non-ASCII', messages: SYSTEM_CHAT, opts: { add_generation_prompt: true } },
   { tokenizer: 'llama3_1', what: 'continue_final_message', messages: [SYSTEM_CHAT[1]!, { role: 'assistant', content: 'Tokyo, ' }], opts: { continue_final_message: true } },
   { tokenizer: 'llama2', what: '[INST] template, multi-turn, CJK', messages: SYSTEM_CHAT.slice(1), opts: {}, template: INST_TEMPLATE },
+  { tokenizer: 'qwen3', what: 'OpenAI-shaped parallel calls and results', messages: OPENAI_TOOL_CHAT, opts: { add_generation_prompt: true, tools: [WEATHER_TOOL, TIME_TOOL] } },
+  { tokenizer: 'qwen3', what: 'tools offered, no call yet', messages: SYSTEM_CHAT.slice(0, 2), opts: { add_generation_prompt: true, tools: [WEATHER_TOOL] } },
+  { tokenizer: 'llama3_1', what: 'Llama 3.1 tools template: tools in the user turn', messages: SYSTEM_CHAT.slice(0, 2), opts: { add_generation_prompt: true, tools: [WEATHER_TOOL, TIME_TOOL] }, template: template('llama3_1-tools') },
+  { tokenizer: 'llama3_1', what: 'Llama 3.1 tools template: a call and its result', messages: ONE_CALL_CHAT, opts: { add_generation_prompt: true, tools: [WEATHER_TOOL] }, template: template('llama3_1-tools') },
+  { tokenizer: 'llama2', what: 'Mistral v0.3 tools template: a call and its result', messages: ONE_CALL_CHAT, opts: { add_generation_prompt: true, tools: [WEATHER_TOOL, TIME_TOOL] }, template: template('mistral-tools') },
 ];
 
 async function render(c: Case): Promise<{ text: string; ids: number[] }> {
@@ -66,7 +95,8 @@ describe.skipIf(!hasPython)('chat templates: text and ids match apply_chat_templ
       CASES.map((c): ReferenceCase => ({
         tokenizer: c.tokenizer,
         op: 'chat',
-        messages: c.messages,
+        // As `transformers serve` hands them to the template: arguments parsed.
+        messages: messagesForTemplate(c.messages),
         add_generation_prompt: c.opts.add_generation_prompt ?? false,
         continue_final_message: c.opts.continue_final_message ?? false,
         ...(c.opts.tools ? { tools: c.opts.tools } : {}),
@@ -125,10 +155,25 @@ describe('chat templates: behaviour', () => {
     const named = ChatTemplates.fromConfig({ chat_template: [{ name: 'default', template: 'D{{ messages|length }}' }, { name: 'tool_use', template: 'T{{ tools|length }}' }] });
     const chat: Message[] = [{ role: 'user', content: 'hi' }];
     expect(named.render(chat, tok)).toBe('D1');
-    expect(named.render(chat, tok, { tools: [WEATHER_TOOL, WEATHER_TOOL] })).toBe('T2');
+    expect(named.render(chat, tok, { tools: [WEATHER_TOOL, TIME_TOOL] })).toBe('T2');
     expect(() => ChatTemplates.fromConfig({ chat_template: [{ name: 'x' }] })).toThrow(TemplateError);
     const fromFile = await ChatTemplates.load(memorySource({ 'chat_template.jinja': 'J{{ bos_token is defined }}' }), { chat_template: 'ignored' });
     expect(fromFile.render(chat, tok)).toBe('Jfalse');
+  });
+
+  it('refuses tools a template would drop, malformed tools, and call arguments that are not a JSON object', async () => {
+    const tok = await loadTokenizer('llama3_1');
+    const noTools = ChatTemplates.fromConfig(tok.config);
+    const chat: Message[] = [{ role: 'user', content: 'hi' }];
+    expect(() => noTools.render(chat, tok, { tools: [WEATHER_TOOL] })).toThrow(/does not write tools into the prompt/);
+    expect(noTools.render(chat, tok, { tools: [] })).toBe(noTools.render(chat, tok));
+    const withTools = new ChatTemplates({ default: template('llama3_1-tools') });
+    expect(() => withTools.render(chat, tok, { tools: [{ type: 'function', function: { name: 'bad name' } }] })).toThrow(/tools\[0\]\.function\.name must be/);
+    expect(() => withTools.render(chat, tok, { tools: [{ type: 'code' }] })).toThrow(/tools\[0\]\.type must be "function"/);
+    const call = (args: string) => [...chat, { role: 'assistant' as const, content: '', tool_calls: [{ type: 'function', function: { name: 'get_weather', arguments: args } }] }];
+    expect(() => withTools.render(call('{"city": '), tok, { tools: [WEATHER_TOOL] })).toThrow(/Message 1: tool_calls\[0\]\.function\.arguments is not valid JSON/);
+    expect(() => withTools.render(call('[1]'), tok, { tools: [WEATHER_TOOL] })).toThrow(/must encode a JSON object/);
+    expect(messagesForTemplate(call('{"city": "Oslo"}'))[1]!.tool_calls).toEqual([{ type: 'function', function: { name: 'get_weather', arguments: { city: 'Oslo' } } }]);
   });
 
   it('passes extra kwargs, documents and strftime_now; reports parse errors', async () => {
