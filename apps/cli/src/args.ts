@@ -3,7 +3,7 @@
 // grammar is small and the errors have to name the valid keys.
 
 import { fileURLToPath } from 'node:url';
-import { MAX_NUM_ASSISTANT_TOKENS, type AssistantTokensSchedule, type GenerationConfig } from '@webgpu-chat/chat';
+import { MAX_NUM_ASSISTANT_TOKENS, TOOL_CALL_FORMATS, type AssistantTokensSchedule, type GenerationConfig, type ToolCallFormat } from '@webgpu-chat/chat';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -139,6 +139,10 @@ export interface ChatArgs {
   /** --draft / draft=: a draft model for speculative decoding (a folder, Hub id or 'self-q4'). */
   draft?: string;
   maxContext?: number;
+  /** --tool-call-parser: how the model writes tool calls, where its template doesn't show it. */
+  toolCallParser?: ToolCallFormat;
+  /** --tools: a JSON file with the tools offered to the model (OpenAI's list). */
+  toolsFile?: string;
   json: boolean;
   /** --prompt: the prompt for a non-interactive run. */
   prompt?: string;
@@ -153,6 +157,7 @@ export interface ServeArgs {
   quantize?: Quantize;
   /** A draft model every chat completion is decoded with (a folder, Hub id or 'self-q4'). */
   draft?: string;
+  toolCallParser?: ToolCallFormat;
   host: string;
   port: number;
   apiKey?: string;
@@ -185,7 +190,10 @@ const MODEL_OPTIONS_HELP = `  --dtype auto|f32|f16|bf16
   --draft MODEL          speculative decoding: a small model sharing MODEL's tokenizer
                          (a folder or Hub id) drafts tokens that MODEL verifies; greedy
                          output is unchanged. --draft ${SELF_Q4} uses MODEL's own weights
-                         quantized to q4 (no second download)`;
+                         quantized to q4 (no second download)
+  --tool-call-parser ${TOOL_CALL_FORMATS.join('|')}
+                         how the model writes tool calls (default: read off its chat
+                         template; vLLM's names)`;
 
 export const CHAT_HELP = `Usage: chat [MODEL] [key=value ...] [options]
 
@@ -203,6 +211,9 @@ ${GEN_HELP}
 
 Options:
   --system TEXT          system prompt
+  --tools FILE.json      tools the model may call (OpenAI's list of {type: "function",
+                         function: {name, description, parameters}}); its calls are
+                         shown, and !tool TEXT answers the pending one
 ${MODEL_OPTIONS_HELP}
   --max-context N        tokens of KV cache to allocate
   --prompt TEXT          the prompt for a non-interactive run (with --json, or instead of stdin)
@@ -220,6 +231,7 @@ In-session commands:
   !set key=value ...     change generation flags, or the draft (draft=MODEL|${SELF_Q4}|${NO_DRAFT})
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
+  !tool TEXT             the result of the model's pending tool call (with --tools)
   !exit                  leave (also Ctrl-D); Ctrl-C stops the current reply
 `;
 
@@ -297,7 +309,7 @@ function* tokens(argv: readonly string[]): Generator<[string, () => string | und
 }
 
 /** The options chat and serve share: how the model is loaded. */
-type LoadArgs = Pick<ChatArgs, 'dtype' | 'quantize' | 'draft' | 'maxContext'>;
+type LoadArgs = Pick<ChatArgs, 'dtype' | 'quantize' | 'draft' | 'maxContext' | 'toolCallParser'>;
 
 /** Applies a model-loading option to `out`; false when `a` is not one. */
 function loadOption(a: string, value: () => string | undefined, out: LoadArgs): boolean {
@@ -314,6 +326,12 @@ function loadOption(a: string, value: () => string | undefined, out: LoadArgs): 
     case '--max-context':
       out.maxContext = intOption('--max-context', value(), 1);
       return true;
+    case '--tool-call-parser': {
+      const v = value();
+      if (!TOOL_CALL_FORMATS.includes(v as ToolCallFormat)) throw new UsageError(`--tool-call-parser expects one of ${TOOL_CALL_FORMATS.join(', ')}, got '${v ?? ''}'`);
+      out.toolCallParser = v as ToolCallFormat;
+      return true;
+    }
     default:
       return false;
   }
@@ -345,6 +363,9 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
         break;
       case '--url':
         out.url = urlOption(value());
+        break;
+      case '--tools':
+        out.toolsFile = textOption('--tools', value());
         break;
       default:
         if (loadOption(a, value, out)) break;

@@ -2,7 +2,7 @@
 // running `serve` over HTTP. Both stream text deltas and report the same per-turn stats.
 
 import { describeGpu, type ModelInfo } from '@webgpu-chat/engine';
-import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type TextGenerationPipeline, type ToolCallFormat } from '@webgpu-chat/chat';
 import { basename } from 'node:path';
 import { NO_DRAFT, SELF_Q4, UsageError, type Dtype, type GenerationFlags, type Quantize } from './args.ts';
 import { progressPrinter, resolveModel, type ResolveOptions } from './hub.ts';
@@ -72,6 +72,8 @@ export interface LocalLoadOptions {
   maxContext?: number;
   /** Requests generated together (serve's --parallel); 1 for a chat. */
   parallel?: number;
+  /** --tool-call-parser. */
+  toolCallParser?: ToolCallFormat;
   /** Progress and notices go here (stderr by default). */
   log?: (line: string) => void;
   resolve?: ResolveOptions;
@@ -174,6 +176,7 @@ export async function loadLocalModel(spec: string, opts: LocalLoadOptions): Prom
     maxContext,
     templateFallback: 'plain',
     ...(opts.parallel !== undefined ? { maxParallel: opts.parallel } : {}),
+    ...(opts.toolCallParser !== undefined ? { toolCallParser: opts.toolCallParser } : {}),
   });
   const loaded: LoadedModel = {
     pipe,

@@ -19,7 +19,10 @@ import {
   type GenerationConfig,
   type GenerationStats,
   type Message,
+  type ReplyPiece,
   type TextGenerationPipeline,
+  type ToolCallMessage,
+  toolCallMessage,
 } from '@webgpu-chat/chat';
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
@@ -71,6 +74,8 @@ interface ChoiceSpec {
   ignoreEos: boolean;
   /** A text completion continues its prompt's text; a chat reply starts fresh. */
   continueText: boolean;
+  /** The text keeps special tokens (for a reply parser). */
+  keepSpecialTokens?: boolean;
   assistant?: Assistant | undefined;
   penalties: Penalties;
 }
@@ -88,6 +93,15 @@ export interface Outcome {
   completionTokens: number;
   /** The first choice's stats. */
   stats?: GenerationStats;
+}
+
+/** A chat request's prompt: its ids, its text (the reply parser starts from it), whether tool calls are read. */
+export interface ChatPrompt {
+  ids: number[];
+  text: string;
+  tools: boolean;
+  /** It continues a final assistant message: the reply is that message's rest, read as plain text. */
+  continues: boolean;
 }
 
 /** Registers a submitted generation with the server (shutdown needs them). */
@@ -245,6 +259,7 @@ export class TokenLevelApi {
         promptLogprobs: wantScores ? spec.logprobs! : undefined,
         ignoreEos: spec.ignoreEos,
         continuesPrompt: spec.continueText,
+        keepSpecialTokens: spec.keepSpecialTokens,
         ...penaltyProcessing(spec, ids.length),
       }),
     );
@@ -394,22 +409,35 @@ export class TokenLevelApi {
     return { id, finishReason: outcomes.some((o) => o.finishReason === 'length') ? 'length' : 'stop', completionTokens, stats: outcomes[0]!.stats };
   }
 
-  /** The prompt a chat renders to, as token ids: the pipeline's rule (template or plain fallback, continue_final_message). */
-  chatIds(request: ChatRequest, encoder: PromptEncoder): Promise<number[]> {
-    const prompt = this.tm.renderPrompt(request.messages);
-    return this.encodePrompt(prompt.text, prompt.addSpecialTokens, encoder, request.config.max_new_tokens, 'messages');
+  /**
+   * The prompt a chat renders to, its text and token ids: the pipeline's rule (template or
+   * plain fallback, continue_final_message), with the tools unless tool_choice is "none".
+   */
+  async chatPrompt(request: ChatRequest, encoder: PromptEncoder): Promise<ChatPrompt> {
+    if (request.toolChoice !== 'none' && request.toolChoice !== 'auto') {
+      throw invalid('tool_choice "required" or a named function needs constrained decoding, which this server does not do yet: use "auto"', 'tool_choice', 'unsupported_value');
+    }
+    const tools = request.toolChoice === 'none' ? [] : request.tools;
+    const prompt = this.tm.renderPrompt(request.messages, { ...(tools.length ? { tools } : {}), ...(request.chatTemplateKwargs ? { chat_template_kwargs: request.chatTemplateKwargs } : {}) });
+    const ids = await this.encodePrompt(prompt.text, prompt.addSpecialTokens, encoder, request.config.max_new_tokens, 'messages');
+    return { ids, text: prompt.text, tools: tools.length > 0 && !prompt.continueFinalMessage, continues: prompt.continueFinalMessage };
   }
 
   /**
-   * /v1/chat/completions for the prompt `ids` (chatIds): n choices together, streamed or
-   * not, with OpenAI's chat logprobs when asked; decoded with `assistant` when the server has a draft.
+   * /v1/chat/completions for a rendered prompt (chatPrompt): n choices together, streamed or
+   * not, each reply split into content, reasoning_content and tool_calls where the model's
+   * format says how, with OpenAI's chat logprobs when asked; decoded with `assistant` when
+   * the server has a draft.
    */
-  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
+  async chat(request: ChatRequest, prompt: ChatPrompt, res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
+    const { ids } = prompt;
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, created: Math.floor(Date.now() / 1000), model: this.modelId, system_fingerprint: null };
     const bytes = (t: string) => Array.from(Buffer.from(t, 'utf8'));
     const logprobs = request.logprobs ?? null;
-    const specs: ChoiceSpec[] = Array.from({ length: request.n }, (_, i) => ({
+    const format = this.tm.replyFormat;
+    const parsers = Array.from({ length: request.n }, () => (prompt.continues ? undefined : this.tm.replyParser(prompt.text, prompt.tools)));
+    const specs: ChoiceSpec[] = parsers.map((parser, i) => ({
       ids,
       // Without max_tokens the reply may run to the end of the context, never past it.
       maxTokens: request.config.max_new_tokens ?? Math.min(resolveGenerationConfig(this.tm.generationConfig).max_new_tokens, this.maxContext - ids.length),
@@ -418,10 +446,11 @@ export class TokenLevelApi {
       logprobs,
       ignoreEos: false,
       continueText: false,
+      keepSpecialTokens: parser !== undefined && format.keepSpecialTokens,
       assistant,
       penalties: this.checkBias(request.penalties),
     }));
-    const choices = specs.map(() => ({ seq: [...ids], text: '', n: 0, content: [] as ReturnType<typeof entry>[] }));
+    const choices = specs.map(() => ({ seq: [...ids], n: 0, content: '', reasoning: '', calls: [] as ToolCallMessage[], logprobs: [] as ReturnType<typeof entry>[] }));
     const entry = (seq: number[], p: Position) => {
       const context = seq.slice(-PIECE_CONTEXT);
       const token = this.pieceText(context, p.id);
@@ -437,12 +466,35 @@ export class TokenLevelApi {
       };
     };
     const sse = request.stream ? new EventStream(res) : undefined;
-    const chunk = (index: number, delta: Record<string, string>, lp: unknown, finish: string | null) => ({
+    const chunk = (index: number, delta: Record<string, unknown>, lp: unknown, finish: string | null) => ({
       ...base,
       object: 'chat.completion.chunk',
       choices: [{ index, delta, logprobs: lp, finish_reason: finish }],
       ...(request.includeUsage ? { usage: null } : {}),
     });
+    /** A choice's reply pieces: kept, and streamed as deltas (calls with their index; parallel_tool_calls false keeps the first). */
+    const take = (index: number, pieces: ReplyPiece[], lp: ReturnType<typeof entry>[]) => {
+      const c = choices[index]!;
+      const deltas: Record<string, unknown>[] = [];
+      for (const p of pieces) {
+        if (p.kind === 'tool_call') {
+          if (!request.parallelToolCalls && c.calls.length) continue;
+          const call = toolCallMessage(p.call, format.toolCalls);
+          deltas.push({ tool_calls: [{ index: c.calls.length, ...call }] });
+          c.calls.push(call);
+        } else if (p.kind === 'content') {
+          c.content += p.text;
+          deltas.push({ content: p.text });
+        } else {
+          c.reasoning += p.text;
+          deltas.push({ reasoning_content: p.text });
+        }
+      }
+      if (!sse) return void c.logprobs.push(...lp);
+      // Log-probabilities go with the step's first delta (or an empty one while text is held back).
+      if (lp.length && !deltas.length) deltas.push({ content: '' });
+      deltas.forEach((d, k) => sse.send(chunk(index, d, k === 0 && logprobs !== null ? { content: lp, refusal: null } : null, null)));
+    };
     specs.forEach((_, index) => sse?.send(chunk(index, { role: 'assistant', content: '' }, null, null)));
     let outcomes: ChoiceOutcome[];
     try {
@@ -450,38 +502,44 @@ export class TokenLevelApi {
         const c = choices[index]!;
         c.n += step.positions.length;
         const lp = logprobs === null ? [] : step.positions.map((p) => entry(c.seq, p));
-        if (sse) {
-          if (step.text || lp.length) sse.send(chunk(index, { content: step.text }, logprobs === null ? null : { content: lp, refusal: null }, null));
-        } else {
-          c.content.push(...lp);
-          c.text += step.text;
-        }
+        const parser = parsers[index];
+        take(index, parser ? parser.push(step.text) : step.text ? [{ kind: 'content', text: step.text }] : [], lp);
       });
     } catch (e) {
       if (!sse) throw e;
       endStreamWithError(sse, e, signal);
       return { id, finishReason: signal.aborted ? 'abort' : 'error', completionTokens: choices.reduce((s, c) => s + c.n, 0) };
     }
+    parsers.forEach((parser, index) => parser && take(index, parser.end(), []));
+    // A reply that called tools and ended by itself ends for them (one cut off by max_tokens stays 'length').
+    const finish = outcomes.map((o, i) => (o.finishReason === 'stop' && choices[i]!.calls.length ? 'tool_calls' : o.finishReason));
     const completionTokens = choices.reduce((s, c) => s + c.n, 0);
     const usage = usageOf(ids.length, completionTokens, outcomes[0]!.stats.reusedTokens);
     if (sse) {
-      outcomes.forEach((o, index) => sse.send(chunk(index, {}, null, o.finishReason)));
+      finish.forEach((f, index) => sse.send(chunk(index, {}, null, f)));
       if (request.includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage });
       sse.end();
     } else {
       sendJson(res, 200, {
         ...base,
         object: 'chat.completion',
-        choices: outcomes.map((o, index) => ({
+        choices: choices.map((c, index) => ({
           index,
-          message: { role: 'assistant', content: choices[index]!.text, refusal: null },
-          logprobs: logprobs === null ? null : { content: choices[index]!.content, refusal: null },
-          finish_reason: o.finishReason,
+          message: {
+            role: 'assistant',
+            // OpenAI's: a reply that only calls tools has null content.
+            content: c.content || (c.calls.length ? null : ''),
+            refusal: null,
+            ...(c.reasoning ? { reasoning_content: c.reasoning } : {}),
+            ...(c.calls.length ? { tool_calls: c.calls } : {}),
+          },
+          logprobs: logprobs === null ? null : { content: c.logprobs, refusal: null },
+          finish_reason: finish[index],
         })),
         usage,
       });
     }
-    return { id, finishReason: outcomes.some((o) => o.finishReason === 'length') ? 'length' : 'stop', completionTokens, stats: outcomes[0]!.stats };
+    return { id, finishReason: finish.find((f) => f !== 'stop') ?? 'stop', completionTokens, stats: outcomes[0]!.stats };
   }
 
   /** POST /tokenize: {content, add_special} → {tokens} (llama-server's names). */

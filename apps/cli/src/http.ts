@@ -122,6 +122,7 @@ export function errorFromGeneration(e: unknown): ApiError {
   const name = (e as Error | null)?.name;
   const message = (e as Error | null)?.message ?? String(e);
   if (name === 'ContextLengthError' || name === 'ContextOverflowError') return invalid(message, 'messages', 'context_length_exceeded');
+  if (name === 'ToolsUnsupportedError') return invalid(message, 'tools', 'unsupported_parameter');
   if (name === 'ChatInputError' || name === 'GenerationConfigError' || name === 'TemplateError') return invalid(message, null);
   return new ApiError(500, `Generation failed: ${message}`, 'server_error');
 }

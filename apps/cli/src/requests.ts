@@ -1,7 +1,7 @@
 // Request bodies of the OpenAI routes, validated into generation flags (400 naming the
 // offending field), and the one rule for prompts that don't fit the context.
 
-import { MAX_LOGPROBS, MAX_NUM_ASSISTANT_TOKENS, type GenerationConfig, type Message } from '@webgpu-chat/chat';
+import { MAX_LOGPROBS, MAX_NUM_ASSISTANT_TOKENS, validateToolChoice, validateTools, type GenerationConfig, type Message, type ToolChoice, type ToolDefinition } from '@webgpu-chat/chat';
 import { ApiError, invalid } from './http.ts';
 
 /** The messages of an /apply-template body, checked as the chat route checks them. */
@@ -13,8 +13,8 @@ export function templateMessages(body: unknown): Message[] {
 
 /** Choices one request may ask for (n): each is a sequence in the batch. */
 export const MAX_CHOICES = 16;
-/** Fields of a message: OpenAI's (tool calls and audio refused where they appear). */
-const MESSAGE_FIELDS: ReadonlySet<string> = new Set(['role', 'content', 'name', 'tool_call_id', 'refusal']);
+/** Fields of a message: OpenAI's (audio refused where it appears), and vLLM's reasoning_content of an earlier turn. */
+const MESSAGE_FIELDS: ReadonlySet<string> = new Set(['role', 'content', 'name', 'tool_call_id', 'tool_calls', 'refusal', 'reasoning_content']);
 
 /** Fields that change nothing in the answer (identifiers, storage and billing hints): accepted on every route. */
 const NEUTRAL_FIELDS = ['user', 'metadata', 'store', 'service_tier', 'safety_identifier', 'prompt_cache_key'];
@@ -28,19 +28,20 @@ export const CHAT_FIELDS: ReadonlySet<string> = new Set([
   'top_logprobs',
   'num_assistant_tokens',
   'num_assistant_tokens_schedule',
-  // Meaningful only with tools, which are refused: false and true both leave the answer as it is.
+  'tools',
+  'tool_choice',
   'parallel_tool_calls',
   'response_format',
   'modalities',
+  // vLLM's: variables for the chat template (Qwen3's enable_thinking).
+  'chat_template_kwargs',
 ]);
 export const COMPLETION_FIELDS: ReadonlySet<string> = new Set([...NEUTRAL_FIELDS, ...SAMPLING_FIELDS, 'prompt', 'echo', 'best_of', 'suffix', 'ignore_eos', 'return_token_ids', 'return_tokens_as_token_ids']);
 
 /** OpenAI fields this server knows but does not do: a 400 naming the field beats a 200 that ignored it. */
 const NOT_SUPPORTED: Record<string, string> = {
-  tools: 'tool calling is not supported yet',
-  tool_choice: 'tool calling is not supported yet',
-  functions: 'function calling is not supported',
-  function_call: 'function calling is not supported',
+  functions: "the deprecated 'functions' is not supported: use 'tools'",
+  function_call: "the deprecated 'function_call' is not supported: use 'tool_choice'",
   audio: 'audio output is not supported',
   prediction: 'predicted outputs are not supported',
   reasoning_effort: 'this server has no reasoning-effort control',
@@ -101,6 +102,12 @@ export interface Penalties {
 
 export interface ChatRequest {
   messages: Message[];
+  /** Tools offered (empty: none). */
+  tools: ToolDefinition[];
+  toolChoice: ToolChoice;
+  /** false: at most one call per reply. */
+  parallelToolCalls: boolean;
+  chatTemplateKwargs?: Record<string, unknown>;
   penalties: Penalties;
   /** Choices to generate (OpenAI's n). */
   n: number;
@@ -157,13 +164,25 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     }
     for (const k of Object.keys(r)) {
       if (r[k] === undefined || r[k] === null) continue;
-      if (k === 'tool_calls' || k === 'function_call' || k === 'audio') throw invalid(`messages[${i}].${k} is not supported yet: this server does not do tool calls or audio`, `messages[${i}].${k}`, 'unsupported_parameter');
+      if (k === 'function_call' || k === 'audio') throw invalid(`messages[${i}].${k} is not supported: ${k === 'audio' ? 'this server does not do audio' : "use 'tool_calls'"}`, `messages[${i}].${k}`, 'unsupported_parameter');
       if (!MESSAGE_FIELDS.has(k)) throw invalid(`messages[${i}] has an unknown field '${k}'`, `messages[${i}].${k}`, 'unknown_parameter');
+    }
+    for (const k of ['name', 'tool_call_id', 'reasoning_content']) {
+      if (r[k] !== undefined && r[k] !== null && typeof r[k] !== 'string') throw invalid(`messages[${i}].${k} must be a string`, `messages[${i}].${k}`);
+    }
+    if (r.tool_calls !== undefined && r.tool_calls !== null && (r.role !== 'assistant' || !Array.isArray(r.tool_calls))) {
+      throw invalid(`messages[${i}].tool_calls must be a list, on an assistant message`, `messages[${i}].tool_calls`);
     }
     // OpenAI's 'developer' role is the system prompt of newer models.
     const role = (r.role === 'developer' ? 'system' : r.role) as Message['role'];
-    return { role, content: contentOf(r, i), ...(typeof r.name === 'string' ? { name: r.name } : {}), ...(typeof r.tool_call_id === 'string' ? { tool_call_id: r.tool_call_id } : {}) };
+    const msg: Message = { role, content: contentOf(r, i) };
+    if (typeof r.name === 'string') msg.name = r.name;
+    if (typeof r.tool_call_id === 'string') msg.tool_call_id = r.tool_call_id;
+    if (typeof r.reasoning_content === 'string') msg.reasoning_content = r.reasoning_content;
+    if (Array.isArray(r.tool_calls)) msg.tool_calls = r.tool_calls as unknown[];
+    return msg;
   });
+  const tools = parseTools(b);
   const n = num(b, 'n', 1, MAX_CHOICES, true) ?? 1;
   if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw invalid("'stream' must be a boolean", 'stream');
   const so = b.stream_options;
@@ -185,8 +204,12 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   }
   const maxTokens = num(b, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ?? num(b, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true);
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
+  const kw = b.chat_template_kwargs;
+  if (kw !== undefined && kw !== null && (typeof kw !== 'object' || Array.isArray(kw))) throw invalid("'chat_template_kwargs' must be an object", 'chat_template_kwargs');
   return {
     messages,
+    ...tools,
+    ...(kw ? { chatTemplateKwargs: kw as Record<string, unknown> } : {}),
     penalties: parsePenalties(b),
     n,
     stream: b.stream === true,
@@ -194,6 +217,21 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     config,
     ...(b.logprobs === true ? { logprobs: topLogprobs ?? 0 } : {}),
   };
+}
+
+/** tools, tool_choice (default "auto" with tools, "none" without, as OpenAI's) and parallel_tool_calls, validated. */
+function parseTools(b: Record<string, unknown>): Pick<ChatRequest, 'tools' | 'toolChoice' | 'parallelToolCalls'> {
+  const checked = <T>(param: string, f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      throw invalid((e as Error).message, param);
+    }
+  };
+  const tools = b.tools === undefined || b.tools === null ? [] : checked('tools', () => validateTools(b.tools));
+  const choice = b.tool_choice;
+  const toolChoice = choice === undefined || choice === null ? (tools.length ? 'auto' : 'none') : checked('tool_choice', () => validateToolChoice(choice, tools));
+  return { tools, toolChoice, parallelToolCalls: b.parallel_tool_calls !== false };
 }
 
 /** temperature, top_p, top_k, min_p, repetition_penalty, seed and stop of a request, validated, as generation flags. */

@@ -67,6 +67,7 @@ async function main(argv: string[]): Promise<number> {
     ...(args.quantize ? { quantize: args.quantize } : {}),
     ...(args.draft ? { draft: args.draft } : {}),
     ...(args.maxContext ? { maxContext: args.maxContext } : {}),
+    ...(args.toolCallParser ? { toolCallParser: args.toolCallParser } : {}),
   });
   const info = loaded.pipe.model.info;
   srv.setModel({ model: loaded.pipe, health: healthFields(loaded), ...(loaded.draft ? { assistant: loaded.draft.pipe } : {}) });

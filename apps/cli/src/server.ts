@@ -168,12 +168,12 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     const request = parseChatRequest(await readJsonBody(req, maxBody), opts.modelId);
     const m = model();
     const prepare = async () => {
-      const ids = await m.api.chatIds(request, m.encoder);
-      checkContext(ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
+      const prompt = await m.api.chatPrompt(request, m.encoder);
+      checkContext(prompt.ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
       const assistant = m.served.assistant !== undefined ? await m.served.model.assistant(m.served.assistant) : undefined;
-      return { ids, assistant };
+      return { prompt, assistant };
     };
-    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.ids, res, signal, track, p.assistant));
+    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.prompt, res, signal, track, p.assistant));
   }
 
   const GET = ['GET', 'HEAD'];

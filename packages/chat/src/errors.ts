@@ -10,6 +10,11 @@ export class TemplateError extends Error {
   override name = 'TemplateError';
 }
 
+/** Tools were offered to a model whose chat template does not write them into the prompt. */
+export class ToolsUnsupportedError extends TemplateError {
+  override name = 'ToolsUnsupportedError';
+}
+
 /** The messages (or prompt) handed to the chat layer are malformed. */
 export class ChatInputError extends Error {
   override name = 'ChatInputError';

@@ -10,8 +10,10 @@ import { ChatInputError, ContextLengthError, GenerationConfigError } from './err
 import { Generator, type Generation, type GenerationResult } from './generate.ts';
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
 import { Assistant } from './speculative.ts';
+import { createReplyParser, detectReplyFormat, type ReplyFormat, type ReplyParser, type ReplyPiece, type ToolCallFormat } from './reply-parser.ts';
 import { ChatTemplates, renderPlain, validateMessages, type PLAIN_FALLBACK } from './template.ts';
 import { ChatTokenizer } from './tokenizer.ts';
+import { toolCallMessage } from './tools.ts';
 import type { AssistantModel, ChatOutput, GenerateOptions, GenerationConfig, GenerationStats, Message, StreamEvent, TextOutput } from './types.ts';
 
 export interface PipelineOptions {
@@ -32,6 +34,8 @@ export interface PipelineOptions {
   maxParallel?: number;
   /** Tokens of KV cache shared by the sequences (default maxContext × maxParallel). */
   kvTokens?: number;
+  /** How the model writes tool calls, where its chat template doesn't show it (vLLM's --tool-call-parser). */
+  toolCallParser?: ToolCallFormat;
 }
 
 /** The text a chat or string prompt renders to, and how it is encoded: the one prompt rule of every face. */
@@ -52,6 +56,13 @@ export interface TextGenerationPipeline {
   stream(input: Message[] | string, opts?: GenerateOptions): AsyncIterable<StreamEvent>;
   /** The prompt text `input` renders to (template, plain fallback, continue_final_message). */
   renderPrompt(input: Message[] | string, opts?: GenerateOptions): RenderedPrompt;
+  /** How the model writes reasoning and tool calls (read off its chat template). */
+  readonly replyFormat: ReplyFormat;
+  /**
+   * A parser for the reply to a prompt (its text), or undefined where the reply is plain
+   * text: no thinking tags or harmony channels, and no tools offered.
+   */
+  replyParser(promptText: string, tools: boolean): ReplyParser | undefined;
   /** Tokens of KV cache a call may use: prompt and reply together. */
   readonly maxContext: number;
   /** Statistics of the latest finished (or abandoned) call. */
@@ -122,16 +133,36 @@ const SHARED_PREFILL_CHUNK = 64;
 interface Prepared {
   ids: number[];
   cfg: ResolvedGenerationConfig;
+  /** The reply's text keeps special tokens for its parser. */
+  keepSpecialTokens: boolean;
   output: (reply: string) => ChatOutput | TextOutput;
+}
+
+/** An assistant message from a parsed reply: content, reasoning_content and tool_calls (OpenAI's shape). */
+function parsedReply(pieces: ReplyPiece[], format: ReplyFormat): Message {
+  const m: Message = { role: 'assistant', content: '' };
+  let reasoning = '';
+  const calls = [];
+  for (const p of pieces) {
+    if (p.kind === 'tool_call') calls.push(toolCallMessage(p.call, format.toolCalls));
+    else if (p.kind === 'content') m.content += p.text;
+    else reasoning += p.text;
+  }
+  if (reasoning) m.reasoning_content = reasoning;
+  if (calls.length) m.tool_calls = calls;
+  return m;
 }
 
 /** The pipeline over an already loaded model (it takes ownership: dispose() frees it). */
 export function createTextGenerationPipeline(
   model: Model,
   files: ChatFiles,
-  opts: Pick<PipelineOptions, 'templateFallback' | 'maxContext' | 'maxParallel' | 'kvTokens'> = {},
+  opts: Pick<PipelineOptions, 'templateFallback' | 'maxContext' | 'maxParallel' | 'kvTokens' | 'toolCallParser'> = {},
 ): TextGenerationPipeline {
   const { tokenizer, templates, generationConfig } = files;
+  const replyFormat = detectReplyFormat(templates.isEmpty ? undefined : templates.select(true), tokenizer, opts.toolCallParser);
+  const replyParser = (promptText: string, tools: boolean): ReplyParser | undefined =>
+    tools || replyFormat.thinking || replyFormat.toolCalls === 'harmony' ? createReplyParser(replyFormat, promptText, { tools }) : undefined;
   const maxParallel = opts.maxParallel ?? 1;
   const maxContext = Math.min(opts.maxContext ?? model.info.maxContext, model.info.maxPositionEmbeddings);
   const batch = model.createBatch({
@@ -190,13 +221,16 @@ export function createTextGenerationPipeline(
     const atLeast = tokenizer.minTokens(prompt.text);
     if (atLeast > generator.maxContext) throw new ContextLengthError(atLeast, generator.maxContext, true);
     const ids = tokenizer.encode(prompt.text, { addSpecialTokens: prompt.addSpecialTokens });
-    if (typeof input === 'string') return { ids, cfg, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
+    if (typeof input === 'string') return { ids, cfg, keepSpecialTokens: false, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
+    // Offered tools, the reply is read for calls (and reasoning); otherwise it is the text as Transformers gives it.
+    const parser = o.tools?.length && !prompt.continueFinalMessage ? replyParser(prompt.text, true) : undefined;
     const output = (reply: string): ChatOutput => {
       const last = input[input.length - 1]!;
-      const chat = prompt.continueFinalMessage ? [...input.slice(0, -1), { ...last, content: last.content + reply }] : [...input, { role: 'assistant' as const, content: reply }];
-      return [{ generated_text: chat }];
+      if (prompt.continueFinalMessage) return [{ generated_text: [...input.slice(0, -1), { ...last, content: last.content + reply }] }];
+      const message = parser ? parsedReply([...parser.push(reply), ...parser.end()], replyFormat) : { role: 'assistant' as const, content: reply };
+      return [{ generated_text: [...input, message] }];
     };
-    return { ids, cfg, output };
+    return { ids, cfg, keepSpecialTokens: parser !== undefined && replyFormat.keepSpecialTokens, output };
   };
 
   const start = async (p: Prepared, o: GenerateOptions): Promise<Generation> =>
@@ -204,6 +238,7 @@ export function createTextGenerationPipeline(
       promptIds: p.ids,
       config: p.cfg,
       signal: o.signal,
+      keepSpecialTokens: p.keepSpecialTokens,
       ...(o.assistant_model !== undefined ? { assistant: await assistantFor(o.assistant_model) } : {}),
     });
 
@@ -243,6 +278,8 @@ export function createTextGenerationPipeline(
   return Object.defineProperties(call, {
     stream: { value: stream },
     renderPrompt: { value: renderPrompt },
+    replyFormat: { value: replyFormat },
+    replyParser: { value: replyParser },
     maxContext: { value: generator.maxContext },
     generator: { value: generator },
     assistant: { value: assistantFor },

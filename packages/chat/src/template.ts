@@ -4,7 +4,7 @@
 
 import { Template } from '@huggingface/jinja';
 import type { FileSource } from '@webgpu-chat/engine';
-import { ChatInputError, TemplateError } from './errors.ts';
+import { ChatInputError, TemplateError, ToolsUnsupportedError } from './errors.ts';
 import type { ChatTokenizer } from './tokenizer.ts';
 import { messagesForTemplate, validateTools } from './tools.ts';
 import type { Message, Role } from './types.ts';
@@ -134,7 +134,7 @@ export class ChatTemplates {
     const hasTools = Array.isArray(opts.tools) && opts.tools.length > 0;
     const source = this.select(hasTools);
     if (hasTools && !this.rendersTools(source, tokenizer)) {
-      throw new TemplateError("This model's chat template does not write tools into the prompt, so it cannot be offered tools");
+      throw new ToolsUnsupportedError("This model's chat template does not write tools into the prompt, so it cannot be offered tools");
     }
     const text = this.run(source, tokenizer, { ...opts.chat_template_kwargs, messages: messagesForTemplate(messages), add_generation_prompt: genPrompt, tools: opts.tools, documents: opts.documents });
     return cont ? cutAfterFinalMessage(text, messages[messages.length - 1]!.content) : text;

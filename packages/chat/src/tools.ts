@@ -4,6 +4,7 @@
 // text, templates iterate them as a mapping, so they are parsed (as `transformers serve` does).
 
 import { ChatInputError } from './errors.ts';
+import type { ParsedToolCall, ToolCallFormat } from './reply-parser.ts';
 import type { Message } from './types.ts';
 
 export interface ToolDefinition {
@@ -94,4 +95,17 @@ export function messagesForTemplate(messages: readonly Message[]): Message[] {
     });
     return { ...m, tool_calls: calls };
   });
+}
+
+const ID_CHARS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+
+/** A fresh call id: Mistral's templates insist on 9 letters and digits, others get OpenAI's call_ form. */
+export function newToolCallId(format: ToolCallFormat | undefined): string {
+  const random = (n: number) => Array.from(crypto.getRandomValues(new Uint8Array(n)), (b) => ID_CHARS[b % ID_CHARS.length]).join('');
+  return format === 'mistral' ? random(9) : `call_${random(24)}`;
+}
+
+/** A parsed call as an assistant message carries it (OpenAI's shape). */
+export function toolCallMessage(call: ParsedToolCall, format: ToolCallFormat | undefined): Required<ToolCallMessage> {
+  return { id: newToolCallId(format), type: 'function', function: { name: call.name, arguments: call.arguments } };
 }

@@ -8,8 +8,10 @@ export type Role = 'system' | 'user' | 'assistant' | 'tool';
 export interface Message {
   role: Role;
   content: string;
-  /** Assistant tool calls / tool results, passed through to the template as given. */
+  /** An assistant turn's calls (see ToolCallMessage: arguments as JSON text or an object). */
   tool_calls?: unknown[];
+  /** An assistant turn's reasoning, for templates that write it back (Qwen3's). */
+  reasoning_content?: string;
   tool_call_id?: string;
   name?: string;
 }
@@ -58,6 +60,7 @@ export interface GenerateOptions extends GenerationConfig {
   continue_final_message?: boolean;
   /** Passed to the chat template (e.g. Qwen3's enable_thinking). */
   chat_template_kwargs?: Record<string, unknown>;
+  /** Tools the model may call (OpenAI's shape, see ToolDefinition); the reply's calls come back parsed. */
   tools?: unknown[];
   documents?: unknown[];
   /** String input only: return prompt + completion (default false returns only the new text). */

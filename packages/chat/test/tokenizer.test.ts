@@ -81,7 +81,7 @@ describe.skipIf(!hasPython)('tokenizer: ids and text match Transformers', () => 
     }
     const ref = pythonReference(cases);
     for (let i = 0; i < cases.length; i += 2) {
-      const c = cases[i] as Extract<ReferenceCase, { text: string }>;
+      const c = cases[i] as Extract<ReferenceCase, { op: 'encode' | 'encode_file' }>;
       const tok = await loadTokenizer(c.tokenizer);
       const got = tok.encode(c.text, { addSpecialTokens: c.add_special_tokens! });
       const what = `${c.tokenizer} ${JSON.stringify(c.text)} addSpecialTokens=${c.add_special_tokens}`;
