@@ -2,7 +2,7 @@
 // running `serve` over HTTP. Both stream text deltas and report the same per-turn stats.
 
 import { describeGpu, type ModelInfo } from '@webgpu-chat/engine';
-import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type TextGenerationPipeline, type ToolCallFormat } from '@webgpu-chat/chat';
+import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type ReplyPiece, type TextGenerationPipeline, type ToolCallFormat, type ToolDefinition } from '@webgpu-chat/chat';
 import { basename } from 'node:path';
 import { NO_DRAFT, SELF_Q4, UsageError, type Dtype, type GenerationFlags, type Quantize } from './args.ts';
 import { progressPrinter, resolveModel, type ResolveOptions } from './hub.ts';
@@ -44,8 +44,11 @@ export interface BackendStatus extends WeightsStatus {
 export interface ChatBackend {
   /** The model's name as `serve` reports it (a repo id or folder name). */
   readonly modelId: string;
-  /** Streams the reply's text; stats of the turn are in lastTurn once the iteration ends. */
-  stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string>;
+  /**
+   * Streams the reply: its text, and with tools its reasoning and calls told apart; stats of
+   * the turn are in lastTurn once the iteration ends.
+   */
+  stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, tools?: readonly ToolDefinition[]): AsyncIterable<ReplyPiece>;
   readonly lastTurn: TurnStats | undefined;
   status(): Promise<BackendStatus>;
   /**
@@ -227,12 +230,19 @@ export class LocalBackend implements ChatBackend {
     return this.last;
   }
 
-  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string> {
+  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, tools: readonly ToolDefinition[] = []): AsyncIterable<ReplyPiece> {
     const { pipe } = this.loaded;
     this.last = undefined;
     try {
       const draft = this.loaded.draft ? { assistant_model: this.loaded.draft.pipe } : {};
-      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, signal })) if (e.delta) yield e.delta;
+      const withTools = tools.length ? { tools: [...tools] } : {};
+      const parser = tools.length ? pipe.replyParser(pipe.renderPrompt(messages, withTools).text, true) : undefined;
+      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, ...withTools, signal })) {
+        if (!e.delta) continue;
+        if (parser) yield* parser.push(e.delta);
+        else yield { kind: 'content', text: e.delta };
+      }
+      if (parser) yield* parser.end();
     } finally {
       const s = pipe.lastStats;
       if (s) {
@@ -349,7 +359,7 @@ export class RemoteBackend implements ChatBackend {
     return this.last;
   }
 
-  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string> {
+  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, tools: readonly ToolDefinition[] = []): AsyncIterable<ReplyPiece> {
     const t0 = performance.now();
     this.last = undefined;
     let first = 0;
@@ -377,6 +387,7 @@ export class RemoteBackend implements ChatBackend {
           messages,
           stream: true,
           stream_options: { include_usage: true },
+          ...(tools.length ? { tools } : {}),
           ...flagsToRequest(flags),
         }),
         signal,
@@ -396,19 +407,21 @@ export class RemoteBackend implements ChatBackend {
             if (data === '[DONE]') return;
             const chunk = JSON.parse(data) as {
               error?: { message: string };
-              choices?: { delta?: { content?: string }; finish_reason?: string | null }[];
+              choices?: { delta?: { content?: string; reasoning_content?: string; tool_calls?: { function?: { name?: string; arguments?: string } }[] }; finish_reason?: string | null }[];
               usage?: { prompt_tokens: number; completion_tokens: number } | null;
             };
             if (chunk.error) throw new RemoteError(200, `${this.url}: ${chunk.error.message}`);
             if (chunk.usage) usage = chunk.usage;
             const c = chunk.choices?.[0];
             if (c?.finish_reason) finish = c.finish_reason === 'length' ? 'length' : 'stop';
-            const text = c?.delta?.content;
-            if (text) {
-              if (!first) first = performance.now();
-              chunks++;
-              yield text;
-            }
+            const d = c?.delta;
+            if (!d || !(d.content || d.reasoning_content || d.tool_calls?.length)) continue;
+            if (!first) first = performance.now();
+            chunks++;
+            if (d.reasoning_content) yield { kind: 'reasoning', text: d.reasoning_content };
+            if (d.content) yield { kind: 'content', text: d.content };
+            // This server sends each call whole (name and arguments in one delta).
+            for (const call of d.tool_calls ?? []) yield { kind: 'tool_call', call: { name: call.function?.name ?? '', arguments: call.function?.arguments ?? '{}' } };
           }
         }
       }

@@ -3,7 +3,9 @@
 // Not interactive when stdin is not a terminal or --prompt/--json is given: all of stdin
 // (or --prompt) is one prompt and only the reply goes to stdout.
 
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
+import { validateTools, type ReplyPiece, type ToolDefinition } from '@webgpu-chat/chat';
 import { CHAT_HELP, UsageError, bundledModelPath, parseChatArgs, type ChatArgs } from './args.ts';
 import { BUNDLED_MODEL_ID, LocalBackend, RemoteBackend, loadLocalModel, type ChatBackend } from './backend.ts';
 import { COMMANDS_HELP, ChatSession, formatTurn } from './session.ts';
@@ -32,6 +34,7 @@ async function openBackend(args: ChatArgs): Promise<ChatBackend> {
     ...(args.draft ? { draft: args.draft } : {}),
     ...(args.model ? {} : { modelId: BUNDLED_MODEL_ID }),
     ...(args.maxContext ? { maxContext: args.maxContext } : {}),
+    ...(args.toolCallParser ? { toolCallParser: args.toolCallParser } : {}),
   });
   if (loaded.plainTemplate) {
     err(`chat: ${loaded.modelId} has no chat template: the conversation is fed to it as plain text (messages joined), so it continues your text`);
@@ -39,14 +42,40 @@ async function openBackend(args: ChatArgs): Promise<ChatBackend> {
   return new LocalBackend(loaded);
 }
 
+/** --tools FILE.json: OpenAI's list of tools, checked. */
+async function readTools(path: string): Promise<ToolDefinition[]> {
+  let data: unknown;
+  try {
+    data = JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`--tools ${path}: ${(e as Error).message}`);
+  }
+  try {
+    return validateTools(data);
+  } catch (e) {
+    throw new UsageError(`--tools ${path}: ${(e as Error).message}`);
+  }
+}
+
+const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[22m` : s);
+
+/** How a reply piece reads in the terminal: text as it is, reasoning dimmed, a call on its own line. */
+function show(p: ReplyPiece): string {
+  if (p.kind === 'content') return p.text;
+  if (p.kind === 'reasoning') return dim(p.text);
+  return `\n[tool call] ${p.call.name}(${p.call.arguments})  (answer with !tool RESULT)\n`;
+}
+
 /** One prompt, no terminal: the reply on stdout (or the result as JSON), the summary on stderr. */
 async function runOnce(session: ChatSession, prompt: string, json: boolean): Promise<void> {
   const controller = new AbortController();
   process.once('SIGINT', () => controller.abort());
   let reply = '';
+  let reasoning = '';
   const t = await session.reply(prompt, (piece) => {
-    reply += piece;
-    if (!json) process.stdout.write(piece);
+    if (piece.kind === 'content') reply += piece.text;
+    if (piece.kind === 'reasoning') reasoning += piece.text;
+    if (!json) process.stdout.write(show(piece));
   }, controller.signal);
   if (json) {
     process.stdout.write(
@@ -54,6 +83,8 @@ async function runOnce(session: ChatSession, prompt: string, json: boolean): Pro
         model: session.backend.modelId,
         prompt,
         reply,
+        ...(reasoning ? { reasoning } : {}),
+        ...(session.pendingCalls.length ? { tool_calls: session.pendingCalls } : {}),
         finish_reason: t?.finishReason ?? null,
         usage: t ? { prompt_tokens: t.promptTokens, completion_tokens: t.newTokens, total_tokens: t.promptTokens + t.newTokens } : null,
         tokens_per_second: t?.tokensPerSecond ?? null,
@@ -116,7 +147,8 @@ async function interactive(session: ChatSession): Promise<void> {
         continue;
       }
       current = new AbortController();
-      const t = await session.reply(line, (piece) => process.stdout.write(piece), current.signal);
+      const write = (p: ReplyPiece) => process.stdout.write(show(p));
+      const t = 'respond' in r ? await session.respond(write, current.signal) : await session.reply(line, write, current.signal);
       process.stdout.write('\n');
       if (t) err(formatTurn(t));
     } catch (e) {
@@ -152,7 +184,9 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   let backend: ChatBackend;
+  let tools: ToolDefinition[] = [];
   try {
+    if (args.toolsFile !== undefined) tools = await readTools(args.toolsFile);
     backend = await openBackend(args);
   } catch (e) {
     if (e instanceof UsageError) {
@@ -161,7 +195,7 @@ async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
-  const session = new ChatSession(backend, { flags: args.generation, ...(args.system !== undefined ? { system: args.system } : {}) });
+  const session = new ChatSession(backend, { flags: args.generation, tools, ...(args.system !== undefined ? { system: args.system } : {}) });
   try {
     if (oneShot) await runOnce(session, prompt!.replace(/\r?\n$/, ''), args.json);
     else await interactive(session);

@@ -2,7 +2,7 @@
 // commands can be tested without one. Modelled on `transformers chat`.
 
 import { readFile, writeFile } from 'node:fs/promises';
-import type { Message } from '@webgpu-chat/chat';
+import { toolCallMessage, type Message, type ReplyPiece, type ToolCallMessage, type ToolDefinition } from '@webgpu-chat/chat';
 import { formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
 import { formatAcceptance, type ChatBackend, type TurnStats } from './backend.ts';
 
@@ -15,6 +15,7 @@ export const COMMANDS_HELP = `Commands:
                          or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT}
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
+  !tool TEXT             the result of the model's pending tool call (with --tools)
   !exit                  leave (also Ctrl-D). Ctrl-C stops the current reply.`;
 
 /** What !save writes and !load reads. */
@@ -25,7 +26,8 @@ export interface SavedChat {
   savedAt: string;
 }
 
-export type CommandResult = { output: string } | { exit: true } | { notACommand: true };
+/** `respond`: the history now ends with tool results, and the model should answer them. */
+export type CommandResult = { output: string } | { exit: true } | { notACommand: true } | { respond: true };
 
 /** `N tokens in X s (Y tokens/s, TTFT Z ms[, draft acceptance ...])`: the line after each reply. */
 export function formatTurn(t: TurnStats): string {
@@ -48,13 +50,18 @@ export class ChatSession {
   flags: GenerationFlags;
   system: string | undefined;
   lastTurn: TurnStats | undefined;
+  /** Tools offered to the model (--tools). */
+  readonly tools: readonly ToolDefinition[];
+  /** Calls of the last reply still waiting for their results (!tool). */
+  pendingCalls: ToolCallMessage[] = [];
 
   constructor(
     readonly backend: ChatBackend,
-    opts: { flags?: GenerationFlags; system?: string } = {},
+    opts: { flags?: GenerationFlags; system?: string; tools?: readonly ToolDefinition[] } = {},
   ) {
     this.flags = { ...opts.flags };
     this.system = opts.system;
+    this.tools = opts.tools ?? [];
   }
 
   /** The messages sent to the model: the system prompt, then the turns. */
@@ -63,22 +70,32 @@ export class ChatSession {
   }
 
   /**
-   * Streams the reply to `prompt`, calling onText per piece. An aborted reply keeps what
-   * was generated, so the conversation stays consistent with what the user saw.
+   * Streams the reply to `prompt`, calling onPiece per piece (text, reasoning, a tool call).
+   * An aborted reply keeps what was generated, so the conversation stays consistent with
+   * what the user saw.
    */
-  async reply(prompt: string, onText: (t: string) => void, signal: AbortSignal): Promise<TurnStats | undefined> {
+  async reply(prompt: string, onPiece: (p: ReplyPiece) => void, signal: AbortSignal): Promise<TurnStats | undefined> {
     this.turns.push({ role: 'user', content: prompt });
-    let text = '';
+    return this.respond(onPiece, signal, 1);
+  }
+
+  /** Streams the model's answer to the history as it stands (after tool results); `added` turns are taken back on failure. */
+  async respond(onPiece: (p: ReplyPiece) => void, signal: AbortSignal, added = 0): Promise<TurnStats | undefined> {
+    const reply: Message = { role: 'assistant', content: '' };
+    const calls: ToolCallMessage[] = [];
     try {
-      for await (const piece of this.backend.stream(this.messages, this.flags, signal)) {
-        text += piece;
-        onText(piece);
+      for await (const piece of this.backend.stream(this.messages, this.flags, signal, this.tools)) {
+        if (piece.kind === 'content') reply.content += piece.text;
+        if (piece.kind === 'tool_call') calls.push(toolCallMessage(piece.call, undefined));
+        onPiece(piece);
       }
     } catch (e) {
-      this.turns.pop();
+      this.turns.splice(this.turns.length - added, added);
       throw e;
     }
-    this.turns.push({ role: 'assistant', content: text });
+    if (calls.length) reply.tool_calls = calls;
+    this.turns.push(reply);
+    this.pendingCalls = calls;
     this.lastTurn = this.backend.lastTurn;
     return this.lastTurn;
   }
@@ -149,6 +166,7 @@ export class ChatSession {
         return { exit: true };
       case 'clear':
         this.turns = [];
+        this.pendingCalls = [];
         this.lastTurn = undefined;
         return { output: 'New conversation.' };
       case 'set': {
@@ -176,6 +194,13 @@ export class ChatSession {
       case 'system':
         this.system = rest || undefined;
         return { output: rest ? 'System prompt set.' : 'System prompt removed.' };
+      case 'tool': {
+        const call = this.pendingCalls.shift();
+        if (!call) throw new UsageError('no tool call is waiting for a result');
+        this.turns.push({ role: 'tool', content: rest, tool_call_id: call.id, name: call.function.name });
+        if (this.pendingCalls.length) return { output: `Result of ${call.function.name} added; ${this.pendingCalls.length} more call(s) wait: next is ${this.pendingCalls[0]!.function.name}.` };
+        return { respond: true };
+      }
       default:
         throw new UsageError(`unknown command '!${name}'. ${COMMANDS_HELP}`);
     }

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { CHAT_HELP, GENERATION_FLAGS, SERVE_HELP, UsageError, bundledModelPath, parseChatArgs, parseGenerationFlags, parseServeArgs } from '../src/args.ts';
 import { flagsToRequest, modelIdOf, type ChatBackend, type TurnStats } from '../src/backend.ts';
 import { ChatSession, formatTurn } from '../src/session.ts';
-import type { Message } from '@webgpu-chat/chat';
+import type { Message, ReplyPiece } from '@webgpu-chat/chat';
 
 describe('generation flags', () => {
   it('parses Transformers names and values, Python booleans included', () => {
@@ -152,10 +152,10 @@ class EchoBackend implements ChatBackend {
   readonly modelId = 'echo';
   lastTurn: TurnStats | undefined;
   seen: Message[][] = [];
-  async *stream(messages: Message[]): AsyncIterable<string> {
+  async *stream(messages: Message[], _flags?: unknown, _signal?: unknown, _tools?: readonly unknown[]): AsyncIterable<ReplyPiece> {
     this.seen.push(messages);
     const words = messages.at(-1)!.content.split(' ');
-    for (const w of words) yield w + ' ';
+    for (const w of words) yield { kind: 'content', text: w + ' ' };
     this.lastTurn = { promptTokens: 7, newTokens: words.length, seconds: 0.5, tokensPerSecond: 4, timeToFirstTokenMs: 12, finishReason: 'stop' };
   }
   async status() {
@@ -179,7 +179,7 @@ describe('ChatSession commands', () => {
     await expect(s.command('!set nope=1')).rejects.toThrow(/unknown generation flag 'nope'/);
     await s.command('!system Be nice.');
     let out = '';
-    await s.reply('a b c', (t) => (out += t), new AbortController().signal);
+    await s.reply('a b c', (p) => (out += p.kind === 'content' ? p.text : ''), new AbortController().signal);
     expect(out).toBe('a b c ');
     expect(b.seen[0]).toEqual([{ role: 'system', content: 'Be nice.' }, { role: 'user', content: 'a b c' }]);
     const status = ((await s.command('!status')) as { output: string }).output;
@@ -221,5 +221,41 @@ describe('ChatSession commands', () => {
     expect(formatTurn({ promptTokens: 1, newTokens: 20, seconds: 2, tokensPerSecond: 10.04, timeToFirstTokenMs: 150.4, finishReason: 'length' })).toBe(
       '20 tokens in 2.00 s (10.0 tokens/s, TTFT 150 ms) [max_new_tokens reached]',
     );
+  });
+});
+
+/** Calls get_weather after a user turn, and answers from the tool result after a tool turn. */
+class ToolBackend extends EchoBackend {
+  override async *stream(messages: Message[], _flags?: unknown, _signal?: unknown, tools: readonly unknown[] = []): AsyncIterable<ReplyPiece> {
+    this.seen.push(messages);
+    const last = messages.at(-1)!;
+    if (last.role === 'tool') yield { kind: 'content', text: `It is ${last.content}.` };
+    else if (tools.length) yield { kind: 'tool_call', call: { name: 'get_weather', arguments: '{"city":"Oslo"}' } };
+  }
+}
+
+describe('ChatSession with tools', () => {
+  it('keeps the call in the history, takes its result with !tool, and answers it', async () => {
+    const b = new ToolBackend();
+    const tools = [{ type: 'function' as const, function: { name: 'get_weather' } }];
+    const s = new ChatSession(b, { tools });
+    const pieces: ReplyPiece[] = [];
+    await s.reply('Weather in Oslo?', (p) => pieces.push(p), new AbortController().signal);
+    expect(pieces).toEqual([{ kind: 'tool_call', call: { name: 'get_weather', arguments: '{"city":"Oslo"}' } }]);
+    const call = s.turns.at(-1)!.tool_calls![0] as { id: string; function: { name: string } };
+    expect(s.pendingCalls).toEqual([call]);
+    expect(await s.command('!tool 12 °C')).toEqual({ respond: true });
+    expect(s.turns.at(-1)).toEqual({ role: 'tool', content: '12 °C', tool_call_id: call.id, name: 'get_weather' });
+    pieces.length = 0;
+    await s.respond((p) => pieces.push(p), new AbortController().signal);
+    expect(pieces).toEqual([{ kind: 'content', text: 'It is 12 °C.' }]);
+    expect(s.turns.map((m) => m.role)).toEqual(['user', 'assistant', 'tool', 'assistant']);
+    await expect(s.command('!tool again')).rejects.toThrow(/no tool call is waiting/);
+  });
+
+  it('refuses --tools files that are not a list of tools', () => {
+    expect(parseChatArgs(['--tools', 'tools.json']).toolsFile).toBe('tools.json');
+    expect(parseServeArgs(['--tool-call-parser', 'hermes']).toolCallParser).toBe('hermes');
+    expect(() => parseServeArgs(['--tool-call-parser', 'xml'])).toThrow(/--tool-call-parser expects one of hermes, llama3_json, mistral, harmony/);
   });
 });

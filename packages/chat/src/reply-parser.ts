@@ -13,7 +13,7 @@ export interface ParsedToolCall {
   arguments: string;
 }
 
-export type ReplyPiece = { kind: 'content' | 'reasoning'; text: string } | { kind: 'tool_call'; call: ParsedToolCall };
+export type ReplyPiece = { kind: 'content'; text: string } | { kind: 'reasoning'; text: string } | { kind: 'tool_call'; call: ParsedToolCall };
 
 /** The tool-call syntaxes we parse, named as vLLM's --tool-call-parser names them. */
 export const TOOL_CALL_FORMATS = ['hermes', 'llama3_json', 'mistral', 'harmony'] as const;
