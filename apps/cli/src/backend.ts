@@ -236,7 +236,8 @@ export class LocalBackend implements ChatBackend {
     try {
       const draft = this.loaded.draft ? { assistant_model: this.loaded.draft.pipe } : {};
       const withTools = tools.length ? { tools: [...tools] } : {};
-      const parser = tools.length ? pipe.replyParser(pipe.renderPrompt(messages, withTools).text, true) : undefined;
+      // Reasoning and calls are told apart wherever the model's format marks them.
+      const parser = pipe.replyParser(pipe.renderPrompt(messages, withTools).text, tools.length > 0);
       for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, ...withTools, signal })) {
         if (!e.delta) continue;
         if (parser) yield* parser.push(e.delta);

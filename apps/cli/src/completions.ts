@@ -418,7 +418,15 @@ export class TokenLevelApi {
       throw invalid('tool_choice "required" or a named function needs constrained decoding, which this server does not do yet: use "auto"', 'tool_choice', 'unsupported_value');
     }
     const tools = request.toolChoice === 'none' ? [] : request.tools;
-    const prompt = this.tm.renderPrompt(request.messages, { ...(tools.length ? { tools } : {}), ...(request.chatTemplateKwargs ? { chat_template_kwargs: request.chatTemplateKwargs } : {}) });
+    const kwargs = { ...request.chatTemplateKwargs };
+    if (request.reasoningEffort !== undefined) {
+      // Only a template that reads the variable can honour it (GPT-OSS's harmony template does).
+      if (this.tm.templates.isEmpty || !this.tm.templates.select(tools.length > 0).includes('reasoning_effort')) {
+        throw invalid("'reasoning_effort' is not supported by this model: its chat template has no reasoning_effort setting", 'reasoning_effort', 'unsupported_parameter');
+      }
+      kwargs.reasoning_effort = request.reasoningEffort;
+    }
+    const prompt = this.tm.renderPrompt(request.messages, { ...(tools.length ? { tools } : {}), chat_template_kwargs: kwargs });
     const ids = await this.encodePrompt(prompt.text, prompt.addSpecialTokens, encoder, request.config.max_new_tokens, 'messages');
     return { ids, text: prompt.text, tools: tools.length > 0 && !prompt.continueFinalMessage, continues: prompt.continueFinalMessage };
   }

@@ -35,6 +35,8 @@ export const CHAT_FIELDS: ReadonlySet<string> = new Set([
   'modalities',
   // vLLM's: variables for the chat template (Qwen3's enable_thinking).
   'chat_template_kwargs',
+  // Passed to templates that read it (GPT-OSS's); refused for others.
+  'reasoning_effort',
 ]);
 export const COMPLETION_FIELDS: ReadonlySet<string> = new Set([...NEUTRAL_FIELDS, ...SAMPLING_FIELDS, 'prompt', 'echo', 'best_of', 'suffix', 'ignore_eos', 'return_token_ids', 'return_tokens_as_token_ids']);
 
@@ -44,7 +46,6 @@ const NOT_SUPPORTED: Record<string, string> = {
   function_call: "the deprecated 'function_call' is not supported: use 'tool_choice'",
   audio: 'audio output is not supported',
   prediction: 'predicted outputs are not supported',
-  reasoning_effort: 'this server has no reasoning-effort control',
   web_search_options: 'web search is not supported',
   verbosity: 'this server has no verbosity control',
 };
@@ -86,6 +87,8 @@ export function parsePenalties(b: Record<string, unknown>): Penalties {
   return { logitBias, presence: num(b, 'presence_penalty', -2, 2) ?? 0, frequency: num(b, 'frequency_penalty', -2, 2) ?? 0 };
 }
 
+const REASONING_EFFORTS = ['none', 'minimal', 'low', 'medium', 'high'];
+
 /** OpenAI caps `stop` at 4 strings; a few more cost nothing here. */
 const MAX_STOP = 16;
 const ROLES = new Set(['system', 'user', 'assistant', 'tool', 'developer']);
@@ -108,6 +111,7 @@ export interface ChatRequest {
   /** false: at most one call per reply. */
   parallelToolCalls: boolean;
   chatTemplateKwargs?: Record<string, unknown>;
+  reasoningEffort?: string;
   penalties: Penalties;
   /** Choices to generate (OpenAI's n). */
   n: number;
@@ -206,9 +210,14 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
   const kw = b.chat_template_kwargs;
   if (kw !== undefined && kw !== null && (typeof kw !== 'object' || Array.isArray(kw))) throw invalid("'chat_template_kwargs' must be an object", 'chat_template_kwargs');
+  const effort = b.reasoning_effort;
+  if (effort !== undefined && effort !== null && !REASONING_EFFORTS.includes(effort as string)) {
+    throw invalid(`'reasoning_effort' must be one of ${REASONING_EFFORTS.join(', ')}, got ${JSON.stringify(effort)}`, 'reasoning_effort');
+  }
   return {
     messages,
     ...tools,
+    ...(typeof effort === 'string' ? { reasoningEffort: effort } : {}),
     ...(kw ? { chatTemplateKwargs: kw as Record<string, unknown> } : {}),
     penalties: parsePenalties(b),
     n,

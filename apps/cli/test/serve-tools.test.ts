@@ -53,9 +53,10 @@ beforeAll(async () => {
   srv = await startChatServer({ modelId: MODEL, port: 0 });
   srv.setModel({ model: pipe });
   client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'none', maxRetries: 0 });
-  // A template that writes no tools: offering tools to it is refused.
+  // A template that writes no tools (offering tools to it is refused) but reads reasoning_effort, as GPT-OSS's does.
   const plainBatch = new FakeBatch(() => tok.eos!.id, tok.vocabSize, 512, 4);
-  plainPipe = createTextGenerationPipeline(fakeModel(plainBatch), { tokenizer: tok, templates: new ChatTemplates({ default: '{% for m in messages %}{{ m.content }}{% endfor %}' }), generationConfig: {} });
+  const plainTemplate = '{% for m in messages %}{{ m.content }}{% endfor %}{% if reasoning_effort is defined %}|effort={{ reasoning_effort }}{% endif %}';
+  plainPipe = createTextGenerationPipeline(fakeModel(plainBatch), { tokenizer: tok, templates: new ChatTemplates({ default: plainTemplate }), generationConfig: {} });
   plainSrv = await startChatServer({ modelId: MODEL, port: 0 });
   plainSrv.setModel({ model: plainPipe });
 });
@@ -161,5 +162,15 @@ describe('serve: tool calls', () => {
     expect(r.status).toBe(400);
     expect(r.json.error.param).toBe('tools');
     expect(r.json.error.message).toMatch(/does not write tools into the prompt/);
+  });
+
+  it('passes reasoning_effort to a template that reads it, and refuses it elsewhere', async () => {
+    const r = await post({ model: MODEL, messages: ask('weather'), reasoning_effort: 'low' }, plainSrv.url);
+    expect(r.status).toBe(200);
+    expect(r.json.usage.prompt_tokens).toBe(tok.encode('weather|effort=low', { addSpecialTokens: false }).length);
+    const qwen = await post({ model: MODEL, messages: ask('weather'), reasoning_effort: 'low' });
+    expect(qwen.status).toBe(400);
+    expect(qwen.json.error).toMatchObject({ param: 'reasoning_effort', code: 'unsupported_parameter' });
+    expect((await post({ model: MODEL, messages: ask('weather'), reasoning_effort: 'max' }, plainSrv.url)).json.error.param).toBe('reasoning_effort');
   });
 });

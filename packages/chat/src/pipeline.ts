@@ -6,7 +6,7 @@
 // only prefills what is new.
 
 import { loadModel, toFileSource, type FileSource, type Gpu, type LoadOptions, type Model } from '@webgpu-chat/engine';
-import { ChatInputError, ContextLengthError, GenerationConfigError } from './errors.ts';
+import { ChatInputError, ContextLengthError, GenerationConfigError, ToolsUnsupportedError } from './errors.ts';
 import { Generator, type Generation, type GenerationResult } from './generate.ts';
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
 import { Assistant } from './speculative.ts';
@@ -210,7 +210,12 @@ export function createTextGenerationPipeline(
     const cont = o.continue_final_message ?? input[input.length - 1]!.role === 'assistant';
     const render = { ...o, continue_final_message: cont, add_generation_prompt: o.add_generation_prompt ?? !cont };
     // A template writes its own BOS and turn markers; the plain fallback needs the tokenizer's.
-    if (templates.isEmpty && opts.templateFallback === 'plain') return { text: renderPlain(input), addSpecialTokens: true, continueFinalMessage: cont };
+    if (templates.isEmpty && opts.templateFallback === 'plain') {
+      // Joined contents have no place for tools or calls: refused rather than dropped.
+      if (o.tools?.length) throw new ToolsUnsupportedError('This model has no chat template, so it cannot be offered tools');
+      if (input.some((m) => m.tool_calls?.length)) throw new ChatInputError('This model has no chat template to write tool calls with: the chat has an assistant message with tool_calls');
+      return { text: renderPlain(input), addSpecialTokens: true, continueFinalMessage: cont };
+    }
     return { text: templates.render(input, tokenizer, render), addSpecialTokens: false, continueFinalMessage: cont };
   };
 
@@ -222,8 +227,10 @@ export function createTextGenerationPipeline(
     if (atLeast > generator.maxContext) throw new ContextLengthError(atLeast, generator.maxContext, true);
     const ids = tokenizer.encode(prompt.text, { addSpecialTokens: prompt.addSpecialTokens });
     if (typeof input === 'string') return { ids, cfg, keepSpecialTokens: false, output: (reply) => [{ generated_text: o.return_full_text ? input + reply : reply }] };
-    // Offered tools, the reply is read for calls (and reasoning); otherwise it is the text as Transformers gives it.
-    const parser = o.tools?.length && !prompt.continueFinalMessage ? replyParser(prompt.text, true) : undefined;
+    // Offered tools, the reply is read for calls (and reasoning), as is a harmony reply (its
+    // channels are markup); otherwise it is the text as Transformers gives it.
+    const tools = (o.tools?.length ?? 0) > 0;
+    const parser = (tools || replyFormat.toolCalls === 'harmony') && !prompt.continueFinalMessage ? replyParser(prompt.text, tools) : undefined;
     const output = (reply: string): ChatOutput => {
       const last = input[input.length - 1]!;
       if (prompt.continueFinalMessage) return [{ generated_text: [...input.slice(0, -1), { ...last, content: last.content + reply }] }];
