@@ -3,10 +3,11 @@
 // chat template, read by the official OpenAI client. The replies are what Qwen3 writes when
 // it calls tools; the tests check what comes out of the wire (tool_calls, reasoning_content,
 // deltas, finish reasons, the prompt the tools render into) and the 400s.
+import { readFileSync } from 'node:fs';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ChatTemplates, createTextGenerationPipeline, type ChatTokenizer, type TextGenerationPipeline } from '@webgpu-chat/chat';
-import { FakeBatch, fakeModel, loadTokenizer } from '@webgpu-chat/chat/testing';
+import { ChatTemplates, createTextGenerationPipeline, type ChatTokenizer, type Message, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import { FakeBatch, fakeModel, loadTokenizer, type TokenizerName } from '@webgpu-chat/chat/testing';
 import { startChatServer, type ChatServer } from '../src/server.ts';
 import { postJsonTo } from './http-client.ts';
 
@@ -172,5 +173,97 @@ describe('serve: tool calls', () => {
     expect(qwen.status).toBe(400);
     expect(qwen.json.error).toMatchObject({ param: 'reasoning_effort', code: 'unsupported_parameter' });
     expect((await post({ model: MODEL, messages: ask('weather'), reasoning_effort: 'max' }, plainSrv.url)).json.error.param).toBe('reasoning_effort');
+  });
+});
+
+/**
+ * A server over a model scripted per prompt: `script` registers the reply the model gives
+ * after the prompt a chat renders to (the longest registered prompt a sequence starts with wins).
+ */
+async function scriptedServer(tokenizer: TokenizerName, template: string) {
+  const t = await loadTokenizer(tokenizer);
+  const eos = t.eos!.id;
+  const replies: { prompt: number[]; reply: number[] }[] = [];
+  const rule = (cached: readonly number[]) => {
+    let best: (typeof replies)[number] | undefined;
+    for (const r of replies) if (r.prompt.length <= cached.length && (!best || r.prompt.length > best.prompt.length) && r.prompt.every((id, i) => cached[i] === id)) best = r;
+    return best?.reply[cached.length - best.prompt.length] ?? eos;
+  };
+  const p = createTextGenerationPipeline(fakeModel(new FakeBatch(rule, t.vocabSize, 4096, 8)), { tokenizer: t, templates: new ChatTemplates({ default: template }), generationConfig: {} }, { maxParallel: 2 });
+  const s = await startChatServer({ modelId: MODEL, port: 0 });
+  s.setModel({ model: p });
+  return {
+    client: new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 }),
+    script(messages: Message[], tools: unknown[], reply: string) {
+      const prompt = t.encode(p.renderPrompt(messages, { tools }).text, { addSpecialTokens: false });
+      replies.push({ prompt, reply: [...t.encode(reply, { addSpecialTokens: false }), eos] });
+    },
+    async close() {
+      await s.close();
+      p.dispose();
+    },
+  };
+}
+
+const templateFile = (name: string) => readFileSync(new URL(`../../../packages/chat/test/templates/${name}.jinja`, import.meta.url), 'utf8');
+
+/** A harmony-style template (GPT-OSS's channels and recipients), small enough to read. */
+const HARMONY_TEMPLATE =
+  '{% for m in messages %}{% if m.role == "assistant" and m.tool_calls %}{% for c in m.tool_calls %}<|start|>assistant<|channel|>commentary to=functions.{{ c.function.name }} <|constrain|>json<|message|>{{ c.function.arguments|tojson }}<|call|>{% endfor %}' +
+  '{% elif m.role == "assistant" %}<|start|>assistant<|channel|>final<|message|>{{ m.content }}<|end|>{% elif m.role == "tool" %}<|start|>functions.x to=assistant<|channel|>commentary<|message|>{{ m.content }}<|end|>' +
+  '{% else %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endif %}{% endfor %}{% if tools %}<|start|>developer<|message|>{{ tools|tojson }}<|end|>{% endif %}{% if add_generation_prompt %}<|start|>assistant{% endif %}';
+
+const FAMILIES = [
+  { syntax: 'Hermes / Qwen', tokenizer: 'qwen3', template: () => String(ChatTemplates.fromConfig(tok.config).templates.default), reply: 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>', content: 'Let me look.', reasoning: '' },
+  { syntax: 'Llama 3.1 JSON', tokenizer: 'llama3_1', template: () => templateFile('llama3_1-tools'), reply: '{"name": "get_weather", "parameters": {"city": "Zürich"}}', content: '', reasoning: '' },
+  { syntax: 'Mistral [TOOL_CALLS]', tokenizer: 'llama2', template: () => templateFile('mistral-tools'), reply: '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich"}}]', content: '', reasoning: '' },
+  {
+    syntax: 'GPT-OSS harmony',
+    tokenizer: 'qwen3',
+    template: () => HARMONY_TEMPLATE,
+    reply: '<|channel|>analysis<|message|>The user wants weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Zürich"}',
+    content: '',
+    reasoning: 'The user wants weather.',
+  },
+] as const;
+
+describe.each(FAMILIES)('serve: $syntax tool calls through the wire', (f) => {
+  let server: Awaited<ReturnType<typeof scriptedServer>>;
+  const chat: OpenAI.ChatCompletionMessageParam[] & Message[] = [{ role: 'user', content: 'Weather in Zürich?' }];
+  beforeAll(async () => {
+    server = await scriptedServer(f.tokenizer, f.template());
+    server.script(chat, [WEATHER], f.reply);
+  });
+  afterAll(() => server?.close());
+
+  it('returns the call, whole or streamed, and takes it back with its result', async () => {
+    const r = await server.client.chat.completions.create({ model: MODEL, messages: chat, tools: [WEATHER] });
+    const m = r.choices[0]!.message;
+    expect(r.choices[0]!.finish_reason).toBe('tool_calls');
+    expect(m.content).toBe(f.content || null);
+    expect((m as { reasoning_content?: string }).reasoning_content ?? '').toBe(f.reasoning);
+    const call = m.tool_calls![0] as OpenAI.ChatCompletionMessageFunctionToolCall;
+    expect([call.function.name, JSON.parse(call.function.arguments)]).toEqual(['get_weather', { city: 'Zürich' }]);
+
+    const stream = await server.client.chat.completions.create({ model: MODEL, messages: chat, tools: [WEATHER], stream: true });
+    let content = '';
+    let reasoning = '';
+    const calls: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
+    for await (const c of stream) {
+      const d = c.choices[0]?.delta as (OpenAI.ChatCompletionChunk.Choice.Delta & { reasoning_content?: string }) | undefined;
+      content += d?.content ?? '';
+      reasoning += d?.reasoning_content ?? '';
+      calls.push(...(d?.tool_calls ?? []));
+    }
+    expect([content, reasoning]).toEqual([f.content, f.reasoning]);
+    expect(calls.map((c) => [c.index, c.function?.name, JSON.parse(c.function!.arguments!)])).toEqual([[0, 'get_weather', { city: 'Zürich' }]]);
+
+    // Mistral's template insists on 9-character call ids: the ids made for it fit.
+    const history: OpenAI.ChatCompletionMessageParam[] = [...chat, { role: 'assistant', content: null, tool_calls: [call] }, { role: 'tool', tool_call_id: call.id, content: '21' }];
+    // The chat as the server reads it: a call-only turn has empty content.
+    server.script([...chat, { role: 'assistant', content: '', tool_calls: [call] }, { role: 'tool', tool_call_id: call.id, content: '21' }], [WEATHER], 'It is 21 degrees.');
+    const answer = await server.client.chat.completions.create({ model: MODEL, messages: history, tools: [WEATHER] });
+    expect(answer.choices[0]!.message.content).toBe('It is 21 degrees.');
+    expect(answer.choices[0]!.finish_reason).toBe('stop');
   });
 });

@@ -279,8 +279,14 @@ class HarmonyParser implements ReplyParser {
   ) {
     // The generation prompt ends inside a header (`<|start|>assistant`), or past one a template prefilled.
     const at = prompt.lastIndexOf(HARMONY.start);
-    if (at >= 0) this.buf = prompt.slice(at + HARMONY.start.length);
-    this.drain(false);
+    const tail = at >= 0 ? prompt.slice(at + HARMONY.start.length) : '';
+    const message = tail.indexOf(HARMONY.message);
+    if (message < 0) this.header = tail;
+    else {
+      this.header = tail.slice(0, message);
+      this.openBody();
+      this.mode = 'body';
+    }
   }
 
   push(text: string): ReplyPiece[] {
@@ -321,7 +327,8 @@ class HarmonyParser implements ReplyParser {
         const at = this.buf.indexOf(HARMONY.message);
         if (at < 0) {
           if (final) {
-            // A reply cut off inside a header has nothing to show.
+            // A reply cut off inside a header has nothing to show; text with no header at all is content.
+            if (!this.buf.includes(HARMONY.channel)) this.content.add(this.buf, out);
             this.buf = '';
           }
           break;

@@ -167,5 +167,8 @@ describe('reply parsing: GPT-OSS harmony', () => {
   it('gives a call whose arguments are not JSON back as content, and shows calls as content without tools', () => {
     expect(expectStreamsAlike(HARMONY, '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{oops', PROMPT)).toEqual({ content: '{oops', reasoning: '', calls: [] });
     expect(parse(HARMONY, '<|channel|>commentary to=functions.f<|message|>{}', PROMPT, [], false)).toEqual({ content: '{}', reasoning: '', calls: [] });
+    // Text with no header at all is content; a reply cut off inside a header shows nothing.
+    expect(expectStreamsAlike(HARMONY, 'Plain words.', PROMPT)).toEqual({ content: 'Plain words.', reasoning: '', calls: [] });
+    expect(expectStreamsAlike(HARMONY, '<|channel|>analy', PROMPT)).toEqual({ content: '', reasoning: '', calls: [] });
   });
 });
