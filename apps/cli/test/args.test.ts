@@ -253,9 +253,9 @@ describe('ChatSession with tools', () => {
     await expect(s.command('!tool again')).rejects.toThrow(/no tool call is waiting/);
   });
 
-  it('refuses --tools files that are not a list of tools', () => {
+  it('parses --tools and --tool-call-parser, refusing unknown parsers', () => {
     expect(parseChatArgs(['--tools', 'tools.json']).toolsFile).toBe('tools.json');
     expect(parseServeArgs(['--tool-call-parser', 'hermes']).toolCallParser).toBe('hermes');
-    expect(() => parseServeArgs(['--tool-call-parser', 'xml'])).toThrow(/--tool-call-parser expects one of hermes, llama3_json, mistral, harmony/);
+    expect(() => parseServeArgs(['--tool-call-parser', 'xml'])).toThrow(/--tool-call-parser expects one of hermes, llama3_json, mistral, granite, harmony/);
   });
 });

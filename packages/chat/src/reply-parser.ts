@@ -16,7 +16,7 @@ export interface ParsedToolCall {
 export type ReplyPiece = { kind: 'content'; text: string } | { kind: 'reasoning'; text: string } | { kind: 'tool_call'; call: ParsedToolCall };
 
 /** The tool-call syntaxes we parse, named as vLLM's --tool-call-parser names them. */
-export const TOOL_CALL_FORMATS = ['hermes', 'llama3_json', 'mistral', 'harmony'] as const;
+export const TOOL_CALL_FORMATS = ['hermes', 'llama3_json', 'mistral', 'granite', 'harmony'] as const;
 export type ToolCallFormat = (typeof TOOL_CALL_FORMATS)[number];
 
 export interface ReplyFormat {
@@ -38,6 +38,7 @@ export interface ReplyParser {
 const THINK = { open: '<think>', close: '</think>' };
 const HERMES = { open: '<tool_call>', close: '</tool_call>' };
 const MISTRAL_CALLS = '[TOOL_CALLS]';
+const GRANITE_CALLS = '<|tool_call|>';
 const PYTHON_TAG = '<|python_tag|>';
 
 /**
@@ -54,11 +55,13 @@ export function detectReplyFormat(template: string | undefined, tokenizer: ChatT
         ? 'hermes'
         : t.includes(MISTRAL_CALLS)
           ? 'mistral'
-          : t.includes(PYTHON_TAG) || (t.includes('ipython') && t.includes('"parameters"'))
+          : t.includes(GRANITE_CALLS)
+            ? 'granite'
+            : t.includes(PYTHON_TAG) || (t.includes('ipython') && t.includes('"parameters"'))
             ? 'llama3_json'
             : undefined);
   const thinking = toolCalls !== 'harmony' && t.includes(THINK.close) ? THINK : undefined;
-  const markers = toolCalls === 'harmony' ? HARMONY_MARKERS : toolCalls === 'mistral' ? [MISTRAL_CALLS] : toolCalls === 'hermes' ? [HERMES.open, HERMES.close] : toolCalls === 'llama3_json' ? [PYTHON_TAG] : [];
+  const markers = toolCalls === undefined ? [] : MARKERS[toolCalls];
   const special = new Set<string>();
   for (const id of tokenizer.specialIds) special.add(tokenizer.decode([id]));
   return { toolCalls, thinking, keepSpecialTokens: [...markers, ...(thinking ? [thinking.open, thinking.close] : [])].some((m) => special.has(m)) };
@@ -75,6 +78,7 @@ export function createReplyParser(format: ReplyFormat, prompt: string, opts: { t
   if (opts.tools) {
     if (format.toolCalls === 'hermes') spec.wrapped = { ...HERMES, parse: parseHermesCall };
     if (format.toolCalls === 'mistral') spec.tail = { open: MISTRAL_CALLS, parse: parseMistralCalls };
+    if (format.toolCalls === 'granite') spec.tail = { open: GRANITE_CALLS, parse: parseCallList };
     if (format.toolCalls === 'llama3_json') {
       spec.tail = { open: PYTHON_TAG, parse: parseLlamaCalls };
       spec.bareJson = parseLlamaCalls;
@@ -259,6 +263,15 @@ const HARMONY = { start: '<|start|>', channel: '<|channel|>', message: '<|messag
 const HARMONY_MARKERS = Object.values(HARMONY);
 const HARMONY_BODY_ENDS = [HARMONY.end, HARMONY.call, HARMONY.return];
 
+/** The markers of each syntax: where they are special tokens, the reply's text must keep them. */
+const MARKERS: Record<ToolCallFormat, readonly string[]> = {
+  hermes: [HERMES.open, HERMES.close],
+  llama3_json: [PYTHON_TAG],
+  mistral: [MISTRAL_CALLS],
+  granite: [GRANITE_CALLS],
+  harmony: HARMONY_MARKERS,
+};
+
 /**
  * GPT-OSS's harmony format: messages of `<|start|>{role}<|channel|>{channel} [to={recipient}]
  * [<|constrain|>json]<|message|>{body}<|end|>` (or <|call|>, <|return|>). The analysis
@@ -441,6 +454,12 @@ export const parseHermesCall: CallParser = (body) => {
 /** Llama 3.1/3.2: `{"name": ..., "parameters": {...}}`, several separated by ';'. */
 export const parseLlamaCalls: CallParser = (body) => allCalls(consecutiveJsonValues(body), ['parameters', 'arguments']);
 
+/** A JSON list of `{"name": ..., "arguments": {...}}` (Granite's after <|tool_call|>, Mistral's v3). */
+export const parseCallList: CallParser = (body) => {
+  const values = consecutiveJsonValues(body);
+  return values?.length === 1 && Array.isArray(values[0]) && values[0].length ? allCalls(values[0] as unknown[], ['arguments', 'parameters']) : undefined;
+};
+
 /**
  * Mistral: `[{"name": ..., "arguments": {...}}, ...]` after [TOOL_CALLS], or (tokenizer v11+)
  * `name[ARGS]{...}`, each call after its own [TOOL_CALLS].
@@ -451,8 +470,7 @@ export const parseMistralCalls: CallParser = (body) => {
     const p = part.trim();
     if (!p) continue;
     if (p.startsWith('[')) {
-      const values = consecutiveJsonValues(p);
-      const list = values?.length === 1 && Array.isArray(values[0]) ? allCalls(values[0] as unknown[], ['arguments', 'parameters']) : undefined;
+      const list = parseCallList(p);
       if (!list) return undefined;
       calls.push(...list);
       continue;

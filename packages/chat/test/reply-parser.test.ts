@@ -96,6 +96,7 @@ describe('reply parsing: Hermes / Qwen', () => {
     expect(detectReplyFormat(mistral, llama).toolCalls).toBe('mistral');
     expect(detectReplyFormat('{{ messages }}', llama)).toEqual({ toolCalls: undefined, thinking: undefined, keepSpecialTokens: false });
     expect(detectReplyFormat('{{ messages }}', llama, 'mistral').toolCalls).toBe('mistral');
+    expect(detectReplyFormat('{{ "<|tool_call|>" }}{{ tools }}', llama).toolCalls).toBe('granite');
   });
 });
 
@@ -144,6 +145,20 @@ describe('reply parsing: Mistral [TOOL_CALLS]', () => {
   it('gives a malformed list back as content', () => {
     const bad = '[TOOL_CALLS][{"name": "x", "arguments": 5}]';
     expect(expectStreamsAlike(MISTRAL, bad).content).toBe(bad);
+  });
+});
+
+describe('reply parsing: Granite <|tool_call|>', () => {
+  const GRANITE: ReplyFormat = { toolCalls: 'granite', thinking: undefined, keepSpecialTokens: true };
+  it('reads the JSON list after the marker, and gives anything else back as content', () => {
+    expect(expectStreamsAlike(GRANITE, '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Boston"}}, {"name": "get_time", "arguments": {}}]')).toEqual({
+      content: '',
+      reasoning: '',
+      calls: [call('get_weather', { city: 'Boston' }), call('get_time', {})],
+    });
+    for (const bad of ['<|tool_call|>[]', '<|tool_call|>{"name": "x", "arguments": {}}', '<|tool_call|>[{"name": "x", "arguments": {}}']) {
+      expect(expectStreamsAlike(GRANITE, bad).content).toBe(bad);
+    }
   });
 });
 
