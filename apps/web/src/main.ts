@@ -114,8 +114,11 @@ function refreshButtons(): void {
   $('welcome').hidden = !messages.isEmpty || model !== undefined;
 }
 
+/** What the loaded model is (shown under the status while it is in use). */
+let modelDetail = '';
+
 /** The live status line: the phase only (progress numbers go to the quieter detail line). */
-function setStatus(text: string, state: string, detail = ''): void {
+function setStatus(text: string, state: string, detail = modelDetail): void {
   const el = $('load-status');
   if (el.textContent !== text) el.textContent = text;
   el.dataset.state = state;
@@ -215,7 +218,7 @@ function modelSpec(): ModelSpec | undefined {
     const r = checkUrl(input('hub-endpoint').value, location.href);
     return mark('hub-endpoint', r) ? r.value : undefined;
   };
-  if (c === 'bundled') return { kind: 'url', url: BUNDLED_URL };
+  if (c === 'bundled') return { kind: 'url', url: BUNDLED_URL, name: 'stories260K' };
   if (c.startsWith('known:')) {
     const e = endpoint();
     return e === undefined ? undefined : { kind: 'hub', repo: c.slice('known:'.length), endpoint: e, revision: 'main' };
@@ -253,7 +256,7 @@ function startLoad(): void {
   const bar = $<HTMLProgressElement>('load-bar');
   bar.hidden = false;
   bar.value = 0;
-  setStatus('Loading the model…', 'loading');
+  setStatus('Loading the model…', 'loading', '');
   const quantize = $<HTMLSelectElement>('quantize').value as Quantize | '';
   const draft = $<HTMLSelectElement>('draft').value as DraftOption | '';
   send({
@@ -306,7 +309,8 @@ function onLoaded(m: LoadedModel, files: FileRead[]): void {
   const source = files.length === 0 ? '' : cached === files.length ? ', all files from the browser cache' : cached ? `, ${cached} of ${files.length} files from the browser cache` : '';
   const weights = m.quantization ? `${m.dtype} weights with ${m.quantization} linear layers` : `${m.dtype} weights`;
   const draft = m.draft ? `, draft ${m.draft.name} (${mib(m.draft.weightBytes)})` : '';
-  setStatus(`Ready: ${m.name}`, 'loaded', `${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}; loaded in ${((performance.now() - loadStarted) / 1000).toFixed(1)} s.`);
+  modelDetail = `${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}; loaded in ${((performance.now() - loadStarted) / 1000).toFixed(1)} s.`;
+  setStatus(`Ready: ${m.name}`, 'loaded');
   $('load-status').dataset.cached = String(files.length > 0 && cached === files.length);
   $('load-bar').hidden = true;
   $('model-name').textContent = m.name;
@@ -378,7 +382,7 @@ function newChat(): void {
   current = undefined;
   history = [];
   messages.clear();
-  if (model) setStatus(`Ready: ${model.name}`, 'loaded', $('load-detail').textContent ?? '');
+  if (model) setStatus(`Ready: ${model.name}`, 'loaded');
   refreshButtons();
 }
 
@@ -456,7 +460,7 @@ function onDone(id: number, stats: GenerationStats, why: StopReason): void {
     `first token after ${stats.timeToFirstTokenMs.toFixed(0)} ms (${stats.promptTokens} prompt tokens, ${stats.reusedTokens} reused)${draft}; ${STOP_REASON_TEXT[why]}`;
   reply.finish(s);
   current = undefined;
-  setStatus(`Ready: ${model?.name ?? ''}`, 'loaded', $('load-detail').textContent ?? '');
+  setStatus(`Ready: ${model?.name ?? ''}`, 'loaded');
   refreshButtons();
   focusComposer();
 }

@@ -13,8 +13,8 @@ export type DraftOption = 'self-q4';
 /** Where a model folder comes from. Picked files travel as Blobs keyed by folder-relative path. */
 export type ModelSpec =
   | { kind: 'hub'; repo: string; endpoint: string; revision: string }
-  /** A folder URL: the bundled model is one, on the page's own server. */
-  | { kind: 'url'; url: string }
+  /** A folder URL (the bundled model is one, on the page's own server); `name` shows instead of the URL. */
+  | { kind: 'url'; url: string; name?: string }
   | { kind: 'files'; name: string; files: { path: string; blob: Blob }[] };
 
 export interface CacheEntry {

@@ -60,7 +60,7 @@ function openSource(spec: ModelSpec, useCache: boolean, onRead: (r: FileRead) =>
     return { source: files(), name: spec.name, again: files, missingBecause: () => undefined };
   }
   const folder = spec.kind === 'hub' ? hubFolderUrl(spec.endpoint, spec.repo, spec.revision) : spec.url.replace(/\/+$/, '');
-  const name = spec.kind === 'hub' ? spec.repo : folder;
+  const name = spec.kind === 'hub' ? spec.repo : (spec.name ?? folder);
   const net = modelUrlSource(folder);
   const opened = { name, missingBecause: net.missingBecause };
   if (!useCache) return { ...opened, source: net, again: () => net };
