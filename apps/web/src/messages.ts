@@ -18,13 +18,16 @@ export interface StreamingReply {
 export class MessageList {
   /** Follow the bottom as text arrives: cleared when the reader scrolls up, set again at the bottom. */
   private follow = true;
+  /** scrollTop right after the last scroll to the end: the reader has scrolled up when it is less. */
+  private autoTop = 0;
 
   constructor(
     private readonly scroller: HTMLElement,
     private readonly list: HTMLOListElement,
   ) {
     scroller.addEventListener('scroll', () => {
-      this.follow = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <= FOLLOW_SLACK;
+      if (scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <= FOLLOW_SLACK) this.follow = true;
+      else this.following();
     });
     list.addEventListener('click', (ev) => {
       const button = (ev.target as HTMLElement).closest<HTMLButtonElement>('button.copy');
@@ -39,6 +42,7 @@ export class MessageList {
   clear(): void {
     this.list.replaceChildren();
     this.follow = true;
+    this.autoTop = 0;
   }
 
   addUser(text: string): void {
@@ -67,7 +71,7 @@ export class MessageList {
         if (tokenId !== null) ids.push(tokenId);
         li.dataset.tokenIds = ids.join(',');
         if (text) renderInto(body, text);
-        if (this.follow) this.scrollToEnd();
+        if (this.following()) this.scrollToEnd();
       },
       finish: (footer) => {
         if (!text) body.replaceChildren();
@@ -75,7 +79,7 @@ export class MessageList {
         body.removeAttribute('aria-live');
         li.append(footer);
         li.dataset.done = 'true';
-        if (this.follow) this.scrollToEnd();
+        if (this.following()) this.scrollToEnd();
       },
     };
   }
@@ -93,8 +97,18 @@ export class MessageList {
     return { li, body };
   }
 
+  /**
+   * Checked before each scroll to the end, not only on scroll events: those come a frame
+   * late, and a token arriving in between would pull the reader back down.
+   */
+  private following(): boolean {
+    if (this.scroller.scrollTop < this.autoTop - 2) this.follow = false;
+    return this.follow;
+  }
+
   private scrollToEnd(): void {
     this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.autoTop = this.scroller.scrollTop;
   }
 }
 
