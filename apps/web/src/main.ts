@@ -240,6 +240,8 @@ function modelSpec(): ModelSpec | undefined {
 }
 
 let loadStarted = 0;
+/** When the load's warm-up (kernel compilation) began. */
+let compileStarted = 0;
 
 function startLoad(): void {
   clearError();
@@ -309,7 +311,9 @@ function onLoaded(m: LoadedModel, files: FileRead[]): void {
   const source = files.length === 0 ? '' : cached === files.length ? ', all files from the browser cache' : cached ? `, ${cached} of ${files.length} files from the browser cache` : '';
   const weights = m.quantization ? `${m.dtype} weights with ${m.quantization} linear layers` : `${m.dtype} weights`;
   const draft = m.draft ? `, draft ${m.draft.name} (${mib(m.draft.weightBytes)})` : '';
-  modelDetail = `${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}; loaded in ${((performance.now() - loadStarted) / 1000).toFixed(1)} s.`;
+  const now = performance.now();
+  const seconds = (from: number) => `${((now - from) / 1000).toFixed(1)} s`;
+  modelDetail = `${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}; loaded in ${seconds(loadStarted)}, of which compiling kernels ${seconds(compileStarted)}.`;
   setStatus(`Ready: ${m.name}`, 'loaded');
   $('load-status').dataset.cached = String(files.length > 0 && cached === files.length);
   $('load-bar').hidden = true;
@@ -510,6 +514,7 @@ worker.onmessage = (ev: MessageEvent<Reply>) => {
     case 'file':
       return onFile(r.read);
     case 'compiling':
+      compileStarted = performance.now();
       $<HTMLProgressElement>('load-bar').removeAttribute('value');
       return setStatus('Compiling kernels…', 'compiling', 'A short warm-up reply builds the GPU programs, so the first real reply starts at once.');
     case 'loaded':

@@ -236,7 +236,6 @@ describe('demo page in Chromium', () => {
     expect(detail).toContain('llama');
     expect(await page.evaluate(() => document.activeElement?.id)).toBe('prompt');
     await ask();
-    await page.locator('.msg.assistant .typing, .msg.assistant[data-token-ids]').first().waitFor({ timeout: 60_000 });
     await page.locator('.msg.assistant[data-token-ids]').waitFor({ timeout: 60_000 });
     const firstTokenMs = performance.now() - opened;
     const first = await readReply();
@@ -347,6 +346,12 @@ describe('demo page in Chromium', () => {
     await setSettings({ max_new_tokens: 5 });
     await ask();
     expect((await readReply()).ids.length).toBe(5);
+
+    // A known Hub model with no network: the browser can't resolve huggingface.co.
+    await page.check('input[name=kind][value="known:HuggingFaceTB/SmolLM2-135M-Instruct"]');
+    await page.fill('#hub-endpoint', 'https://huggingface.co');
+    await load('#load-button', { expectFailure: true });
+    expect(await page.textContent('#error')).toMatch(/The model’s server could not be reached\.\nNetworkError: could not reach https:\/\/huggingface\.co\/HuggingFaceTB\/SmolLM2-135M-Instruct\/resolve\/main/);
 
     await page.check('input[name=kind][value=hub]');
     await page.fill('#hub-endpoint', `${base}/hub`);
