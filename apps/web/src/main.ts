@@ -253,6 +253,8 @@ function startLoad(): void {
   }
   loading = true;
   loadStarted = performance.now();
+  // On a phone the panel covers the chat, where the progress shows.
+  if (narrow.matches) setSettingsOpen(false);
   refreshButtons();
   $('files').replaceChildren();
   const bar = $<HTMLProgressElement>('load-bar');
@@ -320,7 +322,6 @@ function onLoaded(m: LoadedModel, files: FileRead[]): void {
   $('model-name').textContent = m.name;
   $('template-note').hidden = m.hasChatTemplate;
   newChat();
-  if (narrow.matches) setSettingsOpen(false);
   promptBox.focus();
 }
 

@@ -229,6 +229,26 @@ describe('demo page in Chromium', () => {
     await shot('first-open-1280.png');
     expect(await audit()).toEqual([]);
 
+    // Every state the status line passes through, and whether the reply showed a typing indicator.
+    await page.evaluate(() => {
+      const w = window as unknown as { seenStates: string[]; sawTyping: boolean };
+      w.seenStates = [];
+      w.sawTyping = false;
+      const status = document.getElementById('load-status')!;
+      new MutationObserver((records) => {
+        for (const r of records) w.seenStates.push(r.oldValue ?? '');
+      }).observe(status, { attributes: true, attributeFilter: ['data-state'], attributeOldValue: true });
+      new MutationObserver(() => {
+        if (document.querySelector('.msg.assistant .typing')) w.sawTyping = true;
+      }).observe(document.getElementById('messages')!, { childList: true, subtree: true });
+    });
+    const seen = () =>
+      page.evaluate(() => {
+        const w = window as unknown as { seenStates: string[]; sawTyping: boolean };
+        const states = [...w.seenStates, document.getElementById('load-status')!.dataset.state ?? ''];
+        return { states: states.filter((x, i) => x !== states[i - 1]), sawTyping: w.sawTyping };
+      });
+
     await setSettings({ do_sample: false, max_new_tokens: MAX_NEW_TOKENS });
     const status = await load('#quick-load');
     expect(status).toBe('Ready: stories260K');
@@ -243,6 +263,7 @@ describe('demo page in Chromium', () => {
     expect(first.promptTokens).toBe(ref.promptTokens);
     expect(first.stopReason).toBe('max-new-tokens');
     expect(first.footer).toMatch(/; stopped at max_new_tokens$/);
+    expect(await seen()).toEqual({ states: ['idle', 'loading', 'compiling', 'loaded', 'thinking', 'replying', 'loaded'], sawTyping: true });
     expect(await page.locator('.msg.user .who').textContent()).toBe('You');
     expect(await page.locator('.msg.assistant .who').textContent()).toBe('stories260K');
     expect(modelRequests.some((r) => r.endsWith('/models/stories260K/model.safetensors'))).toBe(true);
