@@ -53,6 +53,8 @@ for (const m of knownModels) {
   $('known-models').append(label);
 }
 rememberSettings($('settings'));
+// A remembered choice that is no longer offered falls back to the bundled model.
+if (!document.querySelector('input[name=kind]:checked')) document.querySelector<HTMLInputElement>('input[name=kind][value=bundled]')!.checked = true;
 
 // Query parameters preset the form, e.g. ?endpoint=http://127.0.0.1:8080/hub&repo=org/model.
 const query = new URLSearchParams(location.search);
@@ -497,7 +499,10 @@ function onError(r: Extract<Reply, { type: 'error' }>): void {
   if (r.op === 'generate' && current) {
     // The failed turn is taken back, so the next message is not sent after an unanswered one.
     history.pop();
-    current.reply.finish(document.createElement('small'));
+    const note = document.createElement('small');
+    note.className = 'stats muted';
+    note.textContent = 'This turn failed (see the error above) and is left out of the conversation.';
+    current.reply.finish(note);
     current = undefined;
     setStatus(model ? `Ready: ${model.name}` : 'No model loaded.', model ? 'loaded' : 'idle');
     focusComposer();

@@ -184,6 +184,12 @@ describe('demo page in Chromium', () => {
     if (values.max_new_tokens !== undefined) await page.fill('#max_new_tokens', String(values.max_new_tokens));
   }
 
+  /** The app with a model, for a test run on its own (-t): the earlier tests leave one loaded. */
+  async function ensureModel(): Promise<void> {
+    if (!page.url().startsWith(`${base}/`) || page.url().includes('/test-blank')) await page.goto(`${base}/`);
+    if ((await page.textContent('#model-name')) === 'No model loaded') await load('#quick-load');
+  }
+
   const lastReply = () => page.locator('.msg.assistant').last();
 
   async function readReply(): Promise<Reply> {
@@ -302,6 +308,7 @@ describe('demo page in Chromium', () => {
 
   it('New chat during a reply drops it: the next prompt is sent alone', async ({ skip }) => {
     if (skipReason) skip(skipReason);
+    await ensureModel();
     const ref = await expected();
     await page.click('#new-chat');
     await setSettings({ do_sample: false, max_new_tokens: 400 });
@@ -321,6 +328,7 @@ describe('demo page in Chromium', () => {
 
   it('Escape and Stop end a reply, say so, and give focus back to the composer', async ({ skip }) => {
     if (skipReason) skip(skipReason);
+    await ensureModel();
     for (const how of ['Escape', 'button'] as const) {
       await page.click('#new-chat');
       await setSettings({ max_new_tokens: 400 });
@@ -339,6 +347,7 @@ describe('demo page in Chromium', () => {
 
   it('a full context is named as such, and a failed load keeps the working model', async ({ skip }) => {
     if (skipReason) skip(skipReason);
+    await ensureModel();
     // The prompt of the plain-text template is 33 tokens: 15 tokens of room.
     await setSettings({});
     await page.fill('#max-context', '48');
@@ -350,6 +359,13 @@ describe('demo page in Chromium', () => {
     const full = await readReply();
     expect(full.stopReason).toBe('context-full');
     expect(full.footer).toMatch(/; stopped: the context is full$/);
+    // The next turn can't fit: it fails with the reason, and is left out of the conversation.
+    await ask();
+    const failed = lastReply();
+    await failed.and(page.locator('[data-done=true]')).waitFor({ timeout: 60_000 });
+    expect(await page.textContent('#error')).toMatch(/^The conversation is too long for the context\.\nContextLengthError: The prompt is \d+ tokens but the context holds 48/);
+    expect(await failed.locator('.stats').textContent()).toBe('This turn failed (see the error above) and is left out of the conversation.');
+    expect(await page.isEnabled('#send')).toBe(true);
 
     for (const [url, message] of [
       [`${base}/test-models/no-weights`, /The weights are missing or malformed\.\nSafetensorsError: no model\.safetensors or model\.safetensors\.index\.json in http:.*no-weights/],
@@ -384,6 +400,7 @@ describe('demo page in Chromium', () => {
 
   it('refuses bad field values with a message beside the field, sending nothing', async ({ skip }) => {
     if (skipReason) skip(skipReason);
+    await ensureModel();
     await page.click('#new-chat');
     expect(await page.isHidden('#top_p-error')).toBe(true);
     for (const [id, value, message] of [
@@ -471,6 +488,7 @@ describe('demo page in Chromium', () => {
 
   it('loads a picked local folder', async ({ skip }) => {
     if (skipReason) skip(skipReason);
+    await ensureModel();
     await setSettings({});
     await page.check('input[name=kind][value=files]');
     await page.setInputFiles('#folder-input', MODEL);
@@ -480,6 +498,7 @@ describe('demo page in Chromium', () => {
 
   it('q8 weights with a self-q4 draft from the (fake) Hub: greedy tokens equal Node with the same settings, acceptance in the footer', async ({ skip }) => {
     if (skipReason) skip(skipReason);
+    await ensureModel();
     const ref = await nodeReference({ quantize: 'q8', selfQ4Draft: true });
     await setSettings({});
     await page.check('input[name=kind][value=hub]');
