@@ -143,11 +143,12 @@ function describe(m: Loaded, maxContext: number): LoadedModel {
 }
 
 async function generate(req: Extract<Request, { type: 'generate' }>): Promise<void> {
+  lastStarted = req.id;
+  const stoppedBefore = stoppedEarly.delete(req.id);
   if (!loaded) throw new Error('no model is loaded: load one first');
   const { chat, draft } = loaded;
   const stopper = new AbortController();
-  lastStarted = req.id;
-  if (stoppedEarly.delete(req.id)) stopper.abort();
+  if (stoppedBefore) stopper.abort();
   running = { id: req.id, stopper };
   try {
     const cfg = resolveGenerationConfig(chat.generationConfig, req.config);
