@@ -1,37 +1,88 @@
-// The page: forms and the message list. All model work happens in worker.ts; this file
-// only sends Requests and renders Replies (protocol.ts).
+// The page: the model choice, the settings and the conversation. All model work happens in
+// worker.ts; this file checks what the user typed, sends Requests and renders Replies
+// (protocol.ts).
 
 import type { GenerationConfig, GenerationStats, Message } from '@webgpu-chat/chat';
 import type { DtypeOption, LoadProgress } from '@webgpu-chat/engine';
-import { renderMarkdown } from './markdown.ts';
-import type { CacheEntry, DraftOption, FileRead, GpuSummary, LoadedModel, ModelSpec, Quantize, Reply, Request } from './protocol.ts';
+import { checkNumber, checkRepoId, checkUrl, type Checked, type NumberRule } from './fields.ts';
+import knownModels from './known-models.json';
+import { MessageList, type StreamingReply } from './messages.ts';
+import type { CacheEntry, DraftOption, FileRead, GpuSummary, LoadedModel, ModelSpec, Quantize, Reply, Request, StopReason } from './protocol.ts';
+import { rememberSettings } from './saved-settings.ts';
+import { STOP_REASON_TEXT } from './stop-reason.ts';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const input = (id: string) => $<HTMLInputElement>(id);
+const button = (id: string) => $<HTMLButtonElement>(id);
+const promptBox = $<HTMLTextAreaElement>('prompt');
 
 const worker = new Worker(new URL('./worker.ts', import.meta.url), { type: 'module' });
 const send = (r: Request) => worker.postMessage(r);
 
-let busy: 'load' | 'generate' | undefined;
+/** The model folder shipped beside the page (the dev and preview servers serve models/). */
+const BUNDLED_URL = new URL('models/stories260K', document.baseURI).href;
+/** Below this width the settings panel covers the chat instead of sitting beside it. */
+const narrow = matchMedia('(max-width: 60rem)');
+
+let loading = false;
 let model: LoadedModel | undefined;
 let history: Message[] = [];
 let picked: { name: string; files: { path: string; blob: Blob }[] } | undefined;
-/** The assistant message being streamed. */
-let reply: { el: HTMLElement; body: HTMLElement; text: string; ids: number[] } | undefined;
+/** The reply being generated. Replies of other ids (dropped by New chat) are ignored. */
+let current: { id: number; reply: StreamingReply; maxNewTokens: number } | undefined;
+let nextId = 1;
+const messages = new MessageList($('scroller'), $<HTMLOListElement>('messages'));
 
 const mib = (n: number) => (n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`);
 
-// Query parameters preset the load form, e.g. ?endpoint=http://127.0.0.1:8080/hub&repo=org/model.
+// ---- model choices, remembered settings, query presets ---------------------------------
+
+for (const m of knownModels) {
+  const label = document.createElement('label');
+  label.className = 'choice';
+  const radio = document.createElement('input');
+  radio.type = 'radio';
+  radio.name = 'kind';
+  radio.value = `known:${m.repo}`;
+  const text = document.createElement('span');
+  const small = document.createElement('small');
+  small.className = 'muted';
+  small.textContent = `Hugging Face Hub · ${m.size} · ${m.format} · needs the network once`;
+  text.append(`${m.repo} `, small);
+  label.append(radio, ' ', text);
+  $('known-models').append(label);
+}
+rememberSettings($('settings'));
+// A remembered choice that is no longer offered falls back to the bundled model.
+if (!document.querySelector('input[name=kind]:checked')) document.querySelector<HTMLInputElement>('input[name=kind][value=bundled]')!.checked = true;
+
+// Query parameters preset the form, e.g. ?endpoint=http://127.0.0.1:8080/hub&repo=org/model.
 const query = new URLSearchParams(location.search);
 for (const [param, id] of [['endpoint', 'hub-endpoint'], ['repo', 'hub-repo'], ['url', 'folder-url']] as const) {
   const v = query.get(param);
   if (v !== null) input(id).value = v;
 }
+const presetKind = query.has('url') ? 'url' : query.has('repo') ? 'hub' : undefined;
+if (presetKind) document.querySelector<HTMLInputElement>(`input[name=kind][value="${presetKind}"]`)!.checked = true;
+
+function choice(): string {
+  return document.querySelector<HTMLInputElement>('input[name=kind]:checked')?.value ?? 'bundled';
+}
+
+const showKind = () => {
+  const kind = choice().split(':')[0]!;
+  for (const div of document.querySelectorAll<HTMLElement>('#load div[data-kind]')) div.hidden = !div.dataset.kind!.split(' ').includes(kind);
+};
+$('source').addEventListener('change', showKind);
+showKind();
+
+// ---- errors, status, buttons -----------------------------------------------------------
 
 const HINTS: Record<string, string> = {
   NoAdapterError: 'WebGPU is not available here.',
   ConfigError: 'The model’s config.json describes something this engine cannot run.',
   ModelLoadError: 'The model could not be loaded.',
+  ModelNotFoundError: 'There is no model at that address.',
   FileSourceError: 'A model file is missing or could not be read.',
   NetworkError: 'The model’s server could not be reached.',
   CacheError: 'The browser cache refused the files.',
@@ -43,6 +94,7 @@ const HINTS: Record<string, string> = {
   QuantError: 'The weights could not be quantized.',
   DraftModelError: 'The draft model cannot serve this model.',
   ContextLengthError: 'The conversation is too long for the context.',
+  OutOfMemoryError: 'The GPU ran out of memory.',
 };
 
 function showError(name: string, message: string): void {
@@ -56,31 +108,70 @@ function clearError(): void {
 }
 
 function refreshButtons(): void {
-  $<HTMLButtonElement>('load-button').disabled = busy !== undefined;
-  $<HTMLButtonElement>('send').disabled = busy !== undefined || !model;
-  $<HTMLButtonElement>('stop').disabled = busy !== 'generate';
+  const generating = current !== undefined;
+  button('load-button').disabled = loading || generating;
+  button('quick-load').disabled = loading || generating;
+  button('send').disabled = loading || generating || !model;
+  button('stop').disabled = !generating;
+  $('welcome').hidden = !messages.isEmpty || model !== undefined;
 }
 
-function setStatus(text: string, state: string): void {
+/** What the loaded model is (shown under the status while it is in use). */
+let modelDetail = '';
+
+/** The live status line: the phase only (progress numbers go to the quieter detail line). */
+function setStatus(text: string, state: string, detail = modelDetail): void {
   const el = $('load-status');
-  el.textContent = text;
+  if (el.textContent !== text) el.textContent = text;
   el.dataset.state = state;
+  $('load-detail').textContent = detail;
+}
+
+function setSettingsOpen(open: boolean): void {
+  $('settings').hidden = !open;
+  button('settings-toggle').setAttribute('aria-expanded', String(open));
+  document.body.dataset.settings = open ? 'open' : 'closed';
+}
+button('settings-toggle').addEventListener('click', () => setSettingsOpen($('settings').hidden));
+setSettingsOpen(!narrow.matches);
+
+// ---- field checks ----------------------------------------------------------------------
+
+/** Shows a field's message beside it (or clears it); true when the field is fine. */
+function mark<T>(id: string, r: Checked<T>): r is { ok: true; value: T } {
+  const el = $(`${id}-error`);
+  el.hidden = r.ok;
+  el.textContent = r.ok ? '' : r.message;
+  if (r.ok) input(id).removeAttribute('aria-invalid');
+  else input(id).setAttribute('aria-invalid', 'true');
+  return r.ok;
+}
+
+const RULES: Record<string, NumberRule> = {
+  'max-context': { min: 16, integer: true },
+  temperature: { min: 0 },
+  top_p: { min: 0, above: true, max: 1 },
+  top_k: { min: 0, integer: true },
+  max_new_tokens: { min: 1, integer: true },
+};
+
+const number = (id: string) => {
+  const r = checkNumber(input(id).value, RULES[id]!);
+  return mark(id, r) ? r.value : undefined;
+};
+
+for (const id of Object.keys(RULES)) input(id).addEventListener('change', () => number(id));
+
+/** Focuses the first field with a message; true when there was one. */
+function focusInvalid(ids: string[]): boolean {
+  const bad = ids.find((id) => input(id).getAttribute('aria-invalid') === 'true' && !input(id).closest('[hidden]'));
+  if (!bad) return false;
+  if ($('settings').hidden) setSettingsOpen(true);
+  input(bad).focus();
+  return true;
 }
 
 // ---- model loading -------------------------------------------------------------------
-
-function kind(): ModelSpec['kind'] {
-  return (document.querySelector<HTMLInputElement>('input[name=kind]:checked')?.value ?? 'hub') as ModelSpec['kind'];
-}
-
-const showKind = () => {
-  for (const div of document.querySelectorAll<HTMLElement>('#load div[data-kind]')) div.hidden = div.dataset.kind !== kind();
-};
-for (const radio of document.querySelectorAll<HTMLInputElement>('input[name=kind]')) radio.addEventListener('change', showKind);
-if (query.has('url')) {
-  document.querySelector<HTMLInputElement>('input[name=kind][value=url]')!.checked = true;
-  showKind();
-}
 
 /** <input webkitdirectory> gives paths like "folder/config.json": keep them relative to the folder. */
 input('folder-input').addEventListener('change', () => {
@@ -95,7 +186,7 @@ interface DirHandle {
   values(): AsyncIterable<{ kind: 'file' | 'directory'; name: string; getFile?: () => Promise<File> } & DirHandle>;
 }
 
-$('folder-pick').addEventListener('click', async () => {
+button('folder-pick').addEventListener('click', async () => {
   const pick = (window as unknown as { showDirectoryPicker?: () => Promise<DirHandle> }).showDirectoryPicker;
   if (!pick) {
     input('folder-input').click();
@@ -122,49 +213,82 @@ function setPicked(name: string, files: { path: string; blob: Blob }[]): void {
   $('folder-name').textContent = `${name}: ${files.length} files`;
 }
 
-function modelSpec(): ModelSpec {
-  switch (kind()) {
-    case 'hub':
-      return { kind: 'hub', repo: input('hub-repo').value.trim(), endpoint: input('hub-endpoint').value.trim(), revision: 'main' };
-    case 'url':
-      return { kind: 'url', url: input('folder-url').value.trim() };
-    case 'files':
-      if (!picked) throw new Error('pick a model folder first');
-      return { kind: 'files', ...picked };
+/** The model the form names, or undefined after marking what is wrong. */
+function modelSpec(): ModelSpec | undefined {
+  const c = choice();
+  const endpoint = () => {
+    const r = checkUrl(input('hub-endpoint').value, location.href);
+    return mark('hub-endpoint', r) ? r.value : undefined;
+  };
+  if (c === 'bundled') return { kind: 'url', url: BUNDLED_URL, name: 'stories260K' };
+  if (c.startsWith('known:')) {
+    const e = endpoint();
+    return e === undefined ? undefined : { kind: 'hub', repo: c.slice('known:'.length), endpoint: e, revision: 'main' };
   }
+  if (c === 'hub') {
+    const repo = checkRepoId(input('hub-repo').value);
+    const e = endpoint();
+    return mark('hub-repo', repo) && e !== undefined ? { kind: 'hub', repo: repo.value, endpoint: e, revision: 'main' } : undefined;
+  }
+  if (c === 'url') {
+    const r = checkUrl(input('folder-url').value, location.href);
+    return mark('folder-url', r) ? { kind: 'url', url: r.value } : undefined;
+  }
+  if (!picked) {
+    showError('Error', 'pick a model folder first');
+    return undefined;
+  }
+  return { kind: 'files', ...picked };
 }
 
-$('load-button').addEventListener('click', () => {
+let loadStarted = 0;
+/** When the load's warm-up (kernel compilation) began. */
+let compileStarted = 0;
+
+function startLoad(): void {
   clearError();
-  let spec: ModelSpec;
-  try {
-    spec = modelSpec();
-  } catch (e) {
-    showError('Error', (e as Error).message);
+  const spec = modelSpec();
+  const maxContext = number('max-context');
+  if (!spec || maxContext === undefined) {
+    focusInvalid(['hub-repo', 'hub-endpoint', 'folder-url', 'max-context']);
     return;
   }
-  busy = 'load';
-  model = undefined;
+  loading = true;
+  loadStarted = performance.now();
+  // On a phone the panel covers the chat, where the progress shows.
+  if (narrow.matches) setSettingsOpen(false);
   refreshButtons();
   $('files').replaceChildren();
-  $<HTMLProgressElement>('load-bar').value = 0;
-  setStatus('Reading the model’s files…', 'loading');
+  const bar = $<HTMLProgressElement>('load-bar');
+  bar.hidden = false;
+  bar.value = 0;
+  setStatus('Loading the model…', 'loading', '');
   const quantize = $<HTMLSelectElement>('quantize').value as Quantize | '';
   const draft = $<HTMLSelectElement>('draft').value as DraftOption | '';
   send({
     type: 'load',
     model: spec,
     dtype: $<HTMLSelectElement>('dtype').value as DtypeOption,
-    maxContext: Number(input('max-context').value) || 2048,
+    maxContext,
     useCache: input('use-cache').checked,
     ...(quantize ? { quantize } : {}),
     ...(draft ? { draft } : {}),
   });
+}
+
+button('load-button').addEventListener('click', startLoad);
+button('quick-load').addEventListener('click', () => {
+  document.querySelector<HTMLInputElement>('input[name=kind][value=bundled]')!.checked = true;
+  $('source').dispatchEvent(new Event('change', { bubbles: true }));
+  startLoad();
 });
 
 function onProgress(p: LoadProgress): void {
-  $<HTMLProgressElement>('load-bar').value = p.totalBytes ? p.loadedBytes / p.totalBytes : 0;
-  setStatus(`${p.file}: ${mib(p.loadedBytes)} of ${mib(p.totalBytes)}, tensor ${p.loadedTensors} of ${p.totalTensors}`, 'loading');
+  const share = p.totalBytes ? p.loadedBytes / p.totalBytes : 0;
+  $<HTMLProgressElement>('load-bar').value = share;
+  const seconds = (performance.now() - loadStarted) / 1000;
+  const speed = seconds > 0 ? `, ${mib(p.loadedBytes / seconds)}/s` : '';
+  setStatus('Loading the model…', 'loading', `${(100 * share).toFixed(0)}%: ${mib(p.loadedBytes)} of ${mib(p.totalBytes)}${speed} (${p.file})`);
 }
 
 function onFile(r: FileRead): void {
@@ -179,23 +303,34 @@ function onFile(r: FileRead): void {
   li.textContent = `${r.file}: ${mib(r.bytes)} ${r.fromCache ? 'from the browser cache' : 'downloaded'}`;
 }
 
+/** Counts finished loads (done or failed) on the status line, for scripts that wait for one. */
+function countLoadEnd(): void {
+  const el = $('load-status');
+  el.dataset.loadsEnded = String(Number(el.dataset.loadsEnded ?? 0) + 1);
+}
+
 function onLoaded(m: LoadedModel, files: FileRead[]): void {
   model = m;
   const cached = files.filter((f) => f.fromCache).length;
   const source = files.length === 0 ? '' : cached === files.length ? ', all files from the browser cache' : cached ? `, ${cached} of ${files.length} files from the browser cache` : '';
   const weights = m.quantization ? `${m.dtype} weights with ${m.quantization} linear layers` : `${m.dtype} weights`;
   const draft = m.draft ? `, draft ${m.draft.name} (${mib(m.draft.weightBytes)})` : '';
-  setStatus(`${m.name}: ${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}.`, 'loaded');
+  const now = performance.now();
+  const seconds = (from: number) => `${((now - from) / 1000).toFixed(1)} s`;
+  modelDetail = `${m.modelType}, ${weights} (${mib(m.weightBytes)} on the GPU)${draft}, context ${m.maxContext}${source}; loaded in ${seconds(loadStarted)}, of which compiling kernels ${seconds(compileStarted)}.`;
+  setStatus(`Ready: ${m.name}`, 'loaded');
   $('load-status').dataset.cached = String(files.length > 0 && cached === files.length);
-  $<HTMLProgressElement>('load-bar').value = 1;
+  $('load-bar').hidden = true;
+  $('model-name').textContent = m.name;
   $('template-note').hidden = m.hasChatTemplate;
   newChat();
+  promptBox.focus();
 }
 
 // ---- cache ---------------------------------------------------------------------------
 
-$('cache-show').addEventListener('click', () => send({ type: 'cache-list' }));
-$('cache-clear').addEventListener('click', () => send({ type: 'cache-clear' }));
+button('cache-show').addEventListener('click', () => send({ type: 'cache-list' }));
+button('cache-clear').addEventListener('click', () => send({ type: 'cache-clear' }));
 
 function onCache(entries: CacheEntry[]): void {
   const list = $('cache-list');
@@ -222,78 +357,106 @@ function onCache(entries: CacheEntry[]): void {
 
 // ---- chat ----------------------------------------------------------------------------
 
-function addMessage(role: 'user' | 'assistant', text: string): HTMLElement {
-  const li = document.createElement('li');
-  li.className = `msg ${role}`;
-  const body = document.createElement('div');
-  body.className = 'body';
-  if (role === 'user') body.textContent = text;
-  else body.append(renderMarkdown(document, text));
-  li.appendChild(body);
-  $('messages').appendChild(li);
-  li.scrollIntoView({ block: 'end' });
-  return li;
-}
-
-function generationConfig(): GenerationConfig {
-  const num = (id: string) => Number(input(id).value);
-  return {
-    do_sample: input('do_sample').checked,
-    temperature: num('temperature'),
-    top_p: num('top_p'),
-    top_k: num('top_k'),
-    max_new_tokens: num('max_new_tokens'),
+/** The settings a reply runs with, or undefined after marking the fields that are wrong. */
+function generationConfig(): GenerationConfig | undefined {
+  const values = {
+    temperature: number('temperature'),
+    top_p: number('top_p'),
+    top_k: number('top_k'),
+    max_new_tokens: number('max_new_tokens'),
   };
+  const { temperature, top_p, top_k, max_new_tokens } = values;
+  if (temperature === undefined || top_p === undefined || top_k === undefined || max_new_tokens === undefined) return undefined;
+  return { do_sample: input('do_sample').checked, temperature, top_p, top_k, max_new_tokens };
 }
 
+/** Moves focus to the composer unless the user is working elsewhere on the page. */
+function focusComposer(): void {
+  const active = document.activeElement;
+  if (!active || active === document.body || active.closest('#composer') || active.id === 'new-chat') promptBox.focus();
+}
+
+/** Stops the running reply; its end (with what it wrote so far) arrives as 'done'. */
+function stop(): void {
+  if (!current) return;
+  send({ type: 'stop', id: current.id });
+  setStatus('Stopping…', 'stopping');
+}
+
+/** Drops the conversation: a running reply is stopped, and its late replies are ignored. */
 function newChat(): void {
-  if (busy === 'generate') send({ type: 'stop' });
+  if (current) send({ type: 'stop', id: current.id });
+  current = undefined;
   history = [];
-  $('messages').replaceChildren();
+  messages.clear();
+  if (model) setStatus(`Ready: ${model.name}`, 'loaded');
+  refreshButtons();
 }
 
-$('new-chat').addEventListener('click', newChat);
-$('stop').addEventListener('click', () => send({ type: 'stop' }));
+button('new-chat').addEventListener('click', () => {
+  newChat();
+  promptBox.focus();
+});
+button('stop').addEventListener('click', () => {
+  promptBox.focus();
+  stop();
+});
+document.addEventListener('keydown', (ev) => {
+  if (ev.key !== 'Escape') return;
+  if (current) {
+    ev.preventDefault();
+    stop();
+    promptBox.focus();
+  } else if (narrow.matches && !$('settings').hidden) {
+    setSettingsOpen(false);
+    button('settings-toggle').focus();
+  }
+});
 
 $('composer').addEventListener('submit', (ev) => {
   ev.preventDefault();
-  const text = $<HTMLTextAreaElement>('prompt').value;
-  if (!model || busy || !text.trim()) return;
+  const text = promptBox.value;
+  if (!model || current || loading || !text.trim()) return;
   clearError();
-  $<HTMLTextAreaElement>('prompt').value = '';
+  const config = generationConfig();
+  if (!config) {
+    focusInvalid(Object.keys(RULES));
+    return;
+  }
+  promptBox.value = '';
   history.push({ role: 'user', content: text });
-  addMessage('user', text);
-  const el = addMessage('assistant', '');
-  reply = { el, body: el.querySelector<HTMLElement>('.body')!, text: '', ids: [] };
-  const system = $<HTMLTextAreaElement>('system').value.trim();
-  busy = 'generate';
+  messages.addUser(text);
+  const speaker = model.name.split('/').pop() ?? 'Model';
+  current = { id: nextId++, reply: messages.addAssistant(speaker), maxNewTokens: config.max_new_tokens! };
+  setStatus('Thinking…', 'thinking');
   refreshButtons();
-  send({ type: 'generate', messages: system ? [{ role: 'system', content: system }, ...history] : history, config: generationConfig() });
+  const system = $<HTMLTextAreaElement>('system').value.trim();
+  send({ type: 'generate', id: current.id, messages: system ? [{ role: 'system', content: system }, ...history] : [...history], config });
 });
 
-$('prompt').addEventListener('keydown', (ev) => {
-  if (ev.key === 'Enter' && !ev.shiftKey) {
+promptBox.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
     $<HTMLFormElement>('composer').requestSubmit();
   }
 });
 
-function onToken(delta: string, tokenId: number | null): void {
-  if (!reply) return;
-  reply.text += delta;
-  if (tokenId !== null) reply.ids.push(tokenId);
-  reply.el.dataset.tokenIds = reply.ids.join(',');
-  reply.body.replaceChildren(renderMarkdown(document, reply.text));
+function onToken(id: number, delta: string, tokenId: number | null): void {
+  if (current?.id !== id) return;
+  if (current.reply.text === '' && delta) setStatus('Replying…', 'replying');
+  current.reply.append(delta, tokenId);
 }
 
-function onDone(stats: GenerationStats): void {
-  if (!reply) return;
+function onDone(id: number, stats: GenerationStats, why: StopReason): void {
+  if (current?.id !== id) return;
+  const { reply } = current;
   history.push({ role: 'assistant', content: reply.text });
   const s = document.createElement('small');
   s.className = 'stats muted';
   s.dataset.tokensPerSecond = stats.decodeTokensPerSecond.toFixed(2);
   s.dataset.ttftMs = stats.timeToFirstTokenMs.toFixed(0);
-  const why = stats.finishReason === 'length' ? ', stopped at max_new_tokens' : stats.finishReason === 'abort' ? ', stopped' : '';
+  s.dataset.promptTokens = String(stats.promptTokens);
+  s.dataset.stopReason = why;
   const spec = stats.speculative;
   if (spec) s.dataset.acceptanceRate = spec.acceptanceRate.toFixed(3);
   const draft = spec
@@ -301,10 +464,12 @@ function onDone(stats: GenerationStats): void {
     : '';
   s.textContent =
     `${stats.newTokens} tokens in ${(stats.totalMs / 1000).toFixed(2)} s: ${stats.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
-    `first token after ${stats.timeToFirstTokenMs.toFixed(0)} ms (${stats.promptTokens} prompt tokens, ${stats.reusedTokens} reused)${draft}${why}`;
-  reply.el.appendChild(s);
-  reply.el.dataset.done = 'true';
-  reply = undefined;
+    `first token after ${stats.timeToFirstTokenMs.toFixed(0)} ms (${stats.promptTokens} prompt tokens, ${stats.reusedTokens} reused)${draft}; ${STOP_REASON_TEXT[why]}`;
+  reply.finish(s);
+  current = undefined;
+  setStatus(`Ready: ${model?.name ?? ''}`, 'loaded');
+  refreshButtons();
+  focusComposer();
 }
 
 // ---- worker replies ------------------------------------------------------------------
@@ -318,6 +483,33 @@ function showGpu(g: GpuSummary): void {
   $('gpu').dataset.ready = 'true';
 }
 
+function onError(r: Extract<Reply, { type: 'error' }>): void {
+  if (r.op === 'generate' && r.id !== current?.id) return;
+  showError(r.name, r.message);
+  if (r.op === 'gpu') {
+    $('gpu').textContent = 'No WebGPU adapter.';
+    return;
+  }
+  if (r.op === 'load') {
+    loading = false;
+    $('load-bar').hidden = true;
+    setStatus(r.kept ? `Loading failed; still using ${r.kept}.` : 'Loading failed.', 'failed');
+    countLoadEnd();
+  }
+  if (r.op === 'generate' && current) {
+    // The failed turn is taken back, so the next message is not sent after an unanswered one.
+    history.pop();
+    const note = document.createElement('small');
+    note.className = 'stats muted';
+    note.textContent = 'This turn failed (see the error above) and is left out of the conversation.';
+    current.reply.finish(note);
+    current = undefined;
+    setStatus(model ? `Ready: ${model.name}` : 'No model loaded.', model ? 'loaded' : 'idle');
+    focusComposer();
+  }
+  refreshButtons();
+}
+
 worker.onmessage = (ev: MessageEvent<Reply>) => {
   const r = ev.data;
   switch (r.type) {
@@ -327,32 +519,24 @@ worker.onmessage = (ev: MessageEvent<Reply>) => {
       return onProgress(r.progress);
     case 'file':
       return onFile(r.read);
+    case 'compiling':
+      compileStarted = performance.now();
+      $<HTMLProgressElement>('load-bar').removeAttribute('value');
+      return setStatus('Compiling kernels…', 'compiling', 'A short warm-up reply builds the GPU programs, so the first real reply starts at once.');
     case 'loaded':
-      busy = undefined;
+      loading = false;
       onLoaded(r.model, r.files);
+      countLoadEnd();
       if (r.cacheError) showError('CacheError', `the model works but could not be kept in this browser: ${r.cacheError}`);
       return refreshButtons();
     case 'token':
-      return onToken(r.delta, r.tokenId);
+      return onToken(r.id, r.delta, r.tokenId);
     case 'done':
-      busy = undefined;
-      onDone(r.stats);
-      return refreshButtons();
+      return onDone(r.id, r.stats, r.stopReason);
     case 'cache':
       return onCache(r.entries);
     case 'error':
-      showError(r.name, r.message);
-      if (r.op === 'gpu') {
-        $('gpu').textContent = 'No WebGPU adapter.';
-        return;
-      }
-      if (r.op === 'load') setStatus('Loading failed.', 'failed');
-      if (r.op === 'load' || r.op === 'generate') {
-        busy = undefined;
-        if (reply) reply.el.dataset.done = 'true';
-        reply = undefined;
-        refreshButtons();
-      }
+      return onError(r);
   }
 };
 

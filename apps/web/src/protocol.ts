@@ -13,7 +13,8 @@ export type DraftOption = 'self-q4';
 /** Where a model folder comes from. Picked files travel as Blobs keyed by folder-relative path. */
 export type ModelSpec =
   | { kind: 'hub'; repo: string; endpoint: string; revision: string }
-  | { kind: 'url'; url: string }
+  /** A folder URL (the bundled model is one, on the page's own server); `name` shows instead of the URL. */
+  | { kind: 'url'; url: string; name?: string }
   | { kind: 'files'; name: string; files: { path: string; blob: Blob }[] };
 
 export interface CacheEntry {
@@ -25,8 +26,9 @@ export interface CacheEntry {
 export type Request =
   | { type: 'gpu' }
   | { type: 'load'; model: ModelSpec; dtype: DtypeOption; maxContext: number; useCache: boolean; quantize?: Quantize; draft?: DraftOption }
-  | { type: 'generate'; messages: Message[]; config: GenerationConfig }
-  | { type: 'stop' }
+  /** `id` names the reply in every Reply it causes; the page ignores replies of a reply it has dropped. */
+  | { type: 'generate'; id: number; messages: Message[]; config: GenerationConfig }
+  | { type: 'stop'; id: number }
   | { type: 'cache-list' }
   | { type: 'cache-clear' };
 
@@ -57,15 +59,24 @@ export interface FileRead {
   fromCache: boolean;
 }
 
+/**
+ * Why a reply ended, finer than the loop's finish reason: 'stop' splits into an EOS token and
+ * a stop string, 'length' into max_new_tokens and the context running out.
+ */
+export type StopReason = 'eos' | 'stop-string' | 'max-new-tokens' | 'context-full' | 'stopped';
+
 export type Reply =
   | { type: 'gpu'; gpu: GpuSummary }
   | { type: 'progress'; progress: LoadProgress }
   | { type: 'file'; read: FileRead }
+  /** The weights are on the GPU; the kernels are compiled by a one-token warm-up reply next. */
+  | { type: 'compiling' }
   | { type: 'loaded'; model: LoadedModel; files: FileRead[]; cacheError?: string }
-  | { type: 'token'; delta: string; tokenId: number | null }
-  | { type: 'done'; stats: GenerationStats }
+  | { type: 'token'; id: number; delta: string; tokenId: number | null }
+  | { type: 'done'; id: number; stats: GenerationStats; stopReason: StopReason }
   | { type: 'cache'; entries: CacheEntry[] }
-  | { type: 'error'; op: Request['type']; name: string; message: string };
+  /** `id`: the reply that failed (op 'generate'); `kept`: after a failed load, the model still in use. */
+  | { type: 'error'; op: Request['type']; name: string; message: string; id?: number; kept?: string };
 
 /** The Hub's resolve URL for a repository's files at a revision. */
 export function hubFolderUrl(endpoint: string, repo: string, revision = 'main'): string {

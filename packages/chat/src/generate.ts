@@ -301,8 +301,10 @@ export class Generator {
     const a = new Active(req, this.tokenizer, this.vocabSize);
     // Sampling token n needs the first n - 1 of them in the cache next to the prompt.
     a.budget = Math.min(req.config.max_new_tokens, this.maxContext - prompt.length + 1);
-    const blocks = Math.ceil((prompt.length + a.budget) / this.batch.blockSize);
-    if (blocks > this.batch.totalBlocks) throw new ContextLengthError(prompt.length + a.budget, this.batch.totalBlocks * this.batch.blockSize);
+    // The last token is never run through the model: the cache holds at most prompt + budget - 1.
+    const held = prompt.length + Math.max(a.budget - 1, 0);
+    const blocks = Math.ceil(held / this.batch.blockSize);
+    if (blocks > this.batch.totalBlocks) throw new ContextLengthError(held, this.batch.totalBlocks * this.batch.blockSize);
     // One block more where there is one: a fork copies a shared, partly filled block before writing into it.
     a.blocksNeeded = Math.min(blocks + 1, this.batch.totalBlocks);
     const result = new Promise<GenerationResult>((res, rej) => {

@@ -168,6 +168,16 @@ describe('generation loop', () => {
     expect(r.tokenIds).toHaveLength(12 - prompt.length + 1);
   });
 
+  it('runs to the end of the context when the KV cache holds exactly one context', async () => {
+    const { tok } = await setup('a');
+    const prompt = tok.encode('<|im_start|>assistant\n', { addSpecialTokens: false });
+    // The pipeline's cache for one conversation: kvTokens = maxContext, 3 blocks of 4.
+    const batch = new FakeBatch(() => 7, tok.vocabSize, 12, 4, 12);
+    const r = await run(tok, batch, prompt, cfg({ max_new_tokens: 100 }));
+    expect(r.stats.finishReason).toBe('length');
+    expect(r.tokenIds).toHaveLength(12 - prompt.length + 1);
+  });
+
   it('log-probabilities of the generated tokens and of the prompt (echo), in one read per step', async () => {
     const { tok, batch, script } = await setup('a b c');
     const prompt = tok.encode('<|im_start|>assistant\n', { addSpecialTokens: false });
