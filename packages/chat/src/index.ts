@@ -8,3 +8,4 @@ export * from './stopping.ts';
 export * from './generate.ts';
 export * from './pipeline.ts';
 export * from './speculative.ts';
+export * from './constraint/index.ts';
