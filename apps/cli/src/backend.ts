@@ -2,7 +2,7 @@
 // running `serve` over HTTP. Both stream text deltas and report the same per-turn stats.
 
 import { describeGpu, type ModelInfo } from '@webgpu-chat/engine';
-import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type ResponseFormat, type SpeculativeStats, type TextGenerationPipeline } from '@webgpu-chat/chat';
 import { basename } from 'node:path';
 import { NO_DRAFT, SELF_Q4, UsageError, type Dtype, type GenerationFlags, type Quantize } from './args.ts';
 import { progressPrinter, resolveModel, type ResolveOptions } from './hub.ts';
@@ -45,7 +45,8 @@ export interface ChatBackend {
   /** The model's name as `serve` reports it (a repo id or folder name). */
   readonly modelId: string;
   /** Streams the reply's text; stats of the turn are in lastTurn once the iteration ends. */
-  stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string>;
+  /** The reply's text as it comes; `responseFormat` holds it to JSON (constrained decoding). */
+  stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, responseFormat?: ResponseFormat): AsyncIterable<string>;
   readonly lastTurn: TurnStats | undefined;
   status(): Promise<BackendStatus>;
   /**
@@ -224,12 +225,14 @@ export class LocalBackend implements ChatBackend {
     return this.last;
   }
 
-  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string> {
+  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, responseFormat?: ResponseFormat): AsyncIterable<string> {
     const { pipe } = this.loaded;
     this.last = undefined;
     try {
-      const draft = this.loaded.draft ? { assistant_model: this.loaded.draft.pipe } : {};
-      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, signal })) if (e.delta) yield e.delta;
+      // A constrained reply decodes without the draft, whose proposals the mask would overrule.
+      const draft = this.loaded.draft && !responseFormat ? { assistant_model: this.loaded.draft.pipe } : {};
+      const format = responseFormat ? { response_format: responseFormat } : {};
+      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, ...format, signal })) if (e.delta) yield e.delta;
     } finally {
       const s = pipe.lastStats;
       if (s) {
@@ -346,7 +349,7 @@ export class RemoteBackend implements ChatBackend {
     return this.last;
   }
 
-  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal): AsyncIterable<string> {
+  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, responseFormat?: ResponseFormat): AsyncIterable<string> {
     const t0 = performance.now();
     this.last = undefined;
     let first = 0;
@@ -375,6 +378,7 @@ export class RemoteBackend implements ChatBackend {
           stream: true,
           stream_options: { include_usage: true },
           ...flagsToRequest(flags),
+          ...(responseFormat ? { response_format: responseFormat } : {}),
         }),
         signal,
       });

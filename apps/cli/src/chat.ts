@@ -4,8 +4,10 @@
 // (or --prompt) is one prompt and only the reply goes to stdout.
 
 import { createInterface } from 'node:readline';
+import type { ResponseFormat } from '@webgpu-chat/chat';
 import { CHAT_HELP, UsageError, bundledModelPath, parseChatArgs, type ChatArgs } from './args.ts';
 import { BUNDLED_MODEL_ID, LocalBackend, RemoteBackend, loadLocalModel, type ChatBackend } from './backend.ts';
+import { schemaFileFormat } from './chat-format.ts';
 import { COMMANDS_HELP, ChatSession, formatTurn } from './session.ts';
 
 const err = (s: string) => process.stderr.write(s + '\n');
@@ -152,7 +154,10 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   let backend: ChatBackend;
+  let responseFormat: ResponseFormat | undefined;
   try {
+    // A schema the engine cannot enforce is refused before the model loads.
+    responseFormat = args.jsonSchema !== undefined ? await schemaFileFormat(args.jsonSchema) : undefined;
     backend = await openBackend(args);
   } catch (e) {
     if (e instanceof UsageError) {
@@ -161,7 +166,7 @@ async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
-  const session = new ChatSession(backend, { flags: args.generation, ...(args.system !== undefined ? { system: args.system } : {}) });
+  const session = new ChatSession(backend, { flags: args.generation, ...(args.system !== undefined ? { system: args.system } : {}), ...(responseFormat ? { responseFormat } : {}) });
   try {
     if (oneShot) await runOnce(session, prompt!.replace(/\r?\n$/, ''), args.json);
     else await interactive(session);

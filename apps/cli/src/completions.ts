@@ -15,6 +15,7 @@ import {
   type GenerationRequest,
   type LogitsProcessor,
   type Assistant,
+  type CompiledConstraint,
   type Generation,
   type GenerationConfig,
   type GenerationStats,
@@ -73,6 +74,8 @@ interface ChoiceSpec {
   continueText: boolean;
   assistant?: Assistant | undefined;
   penalties: Penalties;
+  /** The reply is held to this (response_format). */
+  constraint?: CompiledConstraint | undefined;
 }
 
 interface ChoiceOutcome {
@@ -245,6 +248,7 @@ export class TokenLevelApi {
         promptLogprobs: wantScores ? spec.logprobs! : undefined,
         ignoreEos: spec.ignoreEos,
         continuesPrompt: spec.continueText,
+        constraint: spec.constraint,
         ...penaltyProcessing(spec, ids.length),
       }),
     );
@@ -404,7 +408,15 @@ export class TokenLevelApi {
    * /v1/chat/completions for the prompt `ids` (chatIds): n choices together, streamed or
    * not, with OpenAI's chat logprobs when asked; decoded with `assistant` when the server has a draft.
    */
-  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
+  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant, constraint?: CompiledConstraint): Promise<Outcome> {
+    try {
+      return await this.chatChoices(request, ids, res, signal, track, assistant, constraint);
+    } finally {
+      constraint?.dispose();
+    }
+  }
+
+  private async chatChoices(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant: Assistant | undefined, constraint: CompiledConstraint | undefined): Promise<Outcome> {
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, created: Math.floor(Date.now() / 1000), model: this.modelId, system_fingerprint: null };
     const bytes = (t: string) => Array.from(Buffer.from(t, 'utf8'));
@@ -420,6 +432,7 @@ export class TokenLevelApi {
       continueText: false,
       assistant,
       penalties: this.checkBias(request.penalties),
+      constraint,
     }));
     const choices = specs.map(() => ({ seq: [...ids], text: '', n: 0, content: [] as ReturnType<typeof entry>[] }));
     const entry = (seq: number[], p: Position) => {

@@ -6,6 +6,7 @@
 
 import { ConstraintError } from '../errors.ts';
 import type { ChatTokenizer } from '../tokenizer.ts';
+import type { ResponseFormat } from '../types.ts';
 import { integerRangeEbnf, MAX_JSON_INTEGER } from './int-range.ts';
 import { checkSchema, engineSchema, integerPlaceholder, type JsonSchema } from './schema.ts';
 import { Utf8Guard, type Utf8Table } from './utf8.ts';
@@ -107,6 +108,14 @@ async function grammarOf(schema: JsonSchema | true): Promise<string> {
   });
   ebnf = ebnf.replace(/^basic_integer ::= .*$/m, `basic_integer ::= ${integerRangeEbnf(-MAX_JSON_INTEGER, MAX_JSON_INTEGER)}`);
   return ebnf.replace(/^basic_number ::= .*$/m, BOUNDED_NUMBER);
+}
+
+/** The constraint a response_format asks for, or undefined for plain text. */
+export function responseFormatConstraint(rf: ResponseFormat | undefined): ConstraintSpec | undefined {
+  if (rf === undefined || rf.type === 'text') return undefined;
+  if (rf.type === 'json_object') return { schema: true };
+  if (rf.type === 'json_schema' && rf.json_schema && typeof rf.json_schema === 'object') return { schema: rf.json_schema.schema };
+  throw new ConstraintError(`response_format must be {type: 'text' | 'json_object'} or {type: 'json_schema', json_schema: {schema}}, got ${JSON.stringify(rf)}`);
 }
 
 type Phase = 'prefix' | 'json' | 'suffix' | 'eos' | 'done';
