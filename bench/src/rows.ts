@@ -12,7 +12,7 @@ export interface ConstrainedFigures {
   slowdown: number;
   /** XGrammar's bitmask and its application to a logits row, per token. */
   maskMs: number;
-  /** Reading one whole logits row back, and what the plain path reads instead (argmax, or top-k). */
+  /** Reading one whole logits row back, and what the plain path reads instead (argmax, or top-k): medians. */
   rowReadMs: number;
   plainReadMs: number;
   /** Compiling the schema for the vocabulary (the first compile includes the vocabulary's tables). */

@@ -209,7 +209,7 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
     if (s === 'constrained')
       out.push(
         '',
-        'Constrained: a 16-token id prompt; decode tok/s over replies to a form-filling schema (seeds until the budget is decoded) vs the same budget unconstrained, alternated twice; ' +
+        'Constrained: a 16-token id prompt; decode tok/s = 1 ÷ the median gap between tokens, over replies to a form-filling schema (seeds until the budget is decoded) vs the same budget unconstrained, alternated twice; ' +
           'mask ms = XGrammar bitmask + applying it to the row; the constrained path reads the whole logits row back where the plain one reads an argmax (greedy) or top-50 (sampled).',
       );
     if (s === 'serve') {

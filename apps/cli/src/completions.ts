@@ -24,6 +24,7 @@ import {
 } from '@webgpu-chat/chat';
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
+import { compileResponseFormat } from './response-format.ts';
 import { COMPLETION_FIELDS, MAX_CHOICES, checkContext, checkFields, num, parsePenalties, parseSamplingFields, type ChatRequest, type Penalties } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
@@ -408,7 +409,9 @@ export class TokenLevelApi {
    * /v1/chat/completions for the prompt `ids` (chatIds): n choices together, streamed or
    * not, with OpenAI's chat logprobs when asked; decoded with `assistant` when the server has a draft.
    */
-  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant, constraint?: CompiledConstraint): Promise<Outcome> {
+  async chat(request: ChatRequest, ids: number[], res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
+    // Compiled before any byte is sent, so a schema the engine refuses is a plain 400.
+    const constraint = request.responseFormat ? await compileResponseFormat(request.responseFormat, this.tm) : undefined;
     try {
       return await this.chatChoices(request, ids, res, signal, track, assistant, constraint);
     } finally {

@@ -22,7 +22,6 @@ import { PromptEncoder } from './encoder.ts';
 import { ApiError, checkMethod, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
 import { ServerMetrics } from './metrics.ts';
 import { checkContext, parseChatRequest, templateMessages } from './requests.ts';
-import { compileResponseFormat } from './response-format.ts';
 
 export interface ServedModelInfo {
   model: TextGenerationPipeline;
@@ -172,11 +171,10 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       const ids = await m.api.chatIds(request, m.encoder);
       checkContext(ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
       // A constrained reply decodes without the draft, whose proposals the mask would overrule.
-      if (request.responseFormat) return { ids, constraint: await compileResponseFormat(request.responseFormat, m.served.model) };
-      const assistant = m.served.assistant !== undefined ? await m.served.model.assistant(m.served.assistant) : undefined;
+      const assistant = m.served.assistant !== undefined && !request.responseFormat ? await m.served.model.assistant(m.served.assistant) : undefined;
       return { ids, assistant };
     };
-    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.ids, res, signal, track, p.assistant, p.constraint));
+    return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.ids, res, signal, track, p.assistant));
   }
 
   const GET = ['GET', 'HEAD'];
