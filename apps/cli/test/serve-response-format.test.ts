@@ -53,6 +53,16 @@ describe('response_format on chat completions', () => {
     }
   });
 
+  it('with logprobs and logit_bias: each token of the constrained reply has its log-probability', async () => {
+    const r = await chat({ response_format: schemaFormat('optional'), temperature: 0, logprobs: true, top_logprobs: 2, logit_bias: { '13': -5 } });
+    expect(r.status, r.text).toBe(200);
+    const c = r.json.choices[0];
+    expect(ajv.validate(SCHEMAS.optional as object, JSON.parse(c.message.content))).toBe(true);
+    expect(c.finish_reason).toBe('stop');
+    expect(c.logprobs.content).toHaveLength(r.json.usage.completion_tokens);
+    for (const t of c.logprobs.content) expect(t.logprob).toBeLessThanOrEqual(0);
+  });
+
   it('json_object: n choices, each an object', async () => {
     const r = await chat({ response_format: { type: 'json_object' }, temperature: 0.7, seed: 9, n: 2, max_tokens: 200 });
     expect(r.status, r.text).toBe(200);

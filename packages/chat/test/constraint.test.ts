@@ -151,6 +151,27 @@ describe('forced special tokens', () => {
     expect(tokenizer.decode(r.ids)).toMatch(/^<tool_call>\n\s*\{\s*"a"\s*:\s*(true|false)\s*\}\s*\n<\/tool_call><\|im_end\|>$/);
   });
 
+  it('a required tool call: one of several functions, between Qwen3\'s tool-call markers', async () => {
+    const tokenizer = await loadTokenizer('qwen3');
+    const call = (name: string, args: object) => ({ type: 'object', properties: { name: { const: name }, arguments: args }, required: ['name', 'arguments'], additionalProperties: false });
+    const schema = {
+      anyOf: [call('get_weather', { type: 'object', properties: { city: { type: 'string', maxLength: 10 }, days: { type: 'integer', minimum: 1, maximum: 7 } }, required: ['city'] }), call('get_time', { type: 'object', properties: {} })],
+    };
+    const names = new Set<string>();
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const r = await run(tokenizer, { schema, prefix: '<tool_call>\n', suffix: '\n</tool_call>' }, seed, 'sampled', tokenizer.eos!.id);
+      expect(r.done).toBe(true);
+      const text = tokenizer.decode(r.ids);
+      const m = /^<tool_call>\n([\s\S]*)\n<\/tool_call><\|im_end\|>$/.exec(text);
+      expect(m, text).not.toBeNull();
+      const value = JSON.parse(m![1]!) as { name: string };
+      expect(ajv.validate(schema, value), `${m![1]}: ${ajv.errorsText(ajv.errors)}`).toBe(true);
+      names.add(value.name);
+    }
+    // A random model picks either function: both branches are reachable.
+    expect(names).toEqual(new Set(['get_weather', 'get_time']));
+  });
+
   it('a token the mask forbade is refused', async () => {
     const tokenizer = await loadTokenizer('qwen3');
     const c = await compileConstraint({ schema: { type: 'boolean' } }, tokenizer, tokenizer.vocabSize);
