@@ -78,6 +78,8 @@ export async function compileConstraint(spec: ConstraintSpec, tokenizer: ChatTok
       if (disposed) throw new ConstraintError('This constraint has been disposed');
       const stops = [...new Set(eos)];
       if (stops.length === 0) throw new ConstraintError('Constrained decoding needs an end-of-sequence token to end the output with');
+      const outside = stops.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocabSize));
+      if (outside !== undefined) throw new ConstraintError(`The end-of-sequence token ${outside} is outside the model's ${vocabSize} logits`);
       const xgr = await loadXgrammar();
       return new Matcher(await xgr.GrammarMatcher.createGrammarMatcher(grammar, stops, false), utf8, prefix, suffix, stops, vocabSize);
     },
@@ -106,6 +108,8 @@ async function grammarOf(schema: JsonSchema | true): Promise<string> {
     if (!ebnf.includes(literal)) throw new Error(`constraint: the grammar lost integer range ${i} (${literal})`);
     ebnf = ebnf.replaceAll(literal, integerRangeEbnf(lo, hi));
   });
+  // XGrammar writes its basic rules into every grammar; a version that stopped would leave numbers unbounded.
+  for (const rule of ['basic_integer', 'basic_number']) if (!new RegExp(`^${rule} ::= `, 'm').test(ebnf)) throw new Error(`constraint: XGrammar's grammar has no ${rule} rule to bound`);
   ebnf = ebnf.replace(/^basic_integer ::= .*$/m, `basic_integer ::= ${integerRangeEbnf(-MAX_JSON_INTEGER, MAX_JSON_INTEGER)}`);
   return ebnf.replace(/^basic_number ::= .*$/m, BOUNDED_NUMBER);
 }
