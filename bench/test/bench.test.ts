@@ -6,10 +6,12 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { getGpu } from '@webgpu-chat/engine';
 import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
 import { quantizeBlocks } from '../src/gguf.ts';
 import { QWEN3_MOE_SHAPED, writeMoeModel } from '../src/moe-models.ts';
 import type { BenchRow } from '../src/rows.ts';
+import { runConstrained } from '../src/constrained.ts';
 import { BenchArgsError, formatReport, parseArgs, runBench } from '../src/run.ts';
 
 describe('bench flags', () => {
@@ -18,7 +20,8 @@ describe('bench flags', () => {
     expect(parseArgs(['--moe']).sections).toEqual(['moe']);
     expect(parseArgs(['--speculative', '--dtype', 'q4']).sections).toEqual(['dense', 'speculative']);
     const all = parseArgs(['--all']);
-    expect(all.sections).toEqual(['dense', 'moe', 'speculative', 'serve']);
+    expect(all.sections).toEqual(['dense', 'moe', 'speculative', 'constrained', 'serve']);
+    expect(parseArgs(['--constrained']).sections).toEqual(['constrained']);
     expect(all.compare).toBe(true);
     // llama.cpp's formats follow ours unless named.
     expect(parseArgs(['--dtype', 'f32,bf16,q8,q4', '--compare']).ggufFormats).toEqual(['f16', 'q8_0', 'q4_0']);
@@ -113,5 +116,20 @@ describe('pnpm bench on tiny models', () => {
     const text = formatReport(report, o);
     for (const heading of ['## Dense', '## Mixture of experts', '## Speculative decoding']) expect(text).toContain(heading);
     expect(text).toContain('| self-q4 |');
+  });
+
+  it('prints constrained rows: a JSON-schema decode against a plain one, on the Qwen vocabulary', { timeout: 600_000 }, async () => {
+    const dir = writeGeneratedModel({ modelType: 'qwen2', seed: 6, config: { num_hidden_layers: 1, vocab_size: 151936, eos_token_id: 151645 } });
+    const rows = await runConstrained({ dir, decodeTokens: 8 });
+    expect(rows.map((r) => r.constrained!.sampling)).toEqual(['greedy', 'sampled (top_k 50)']);
+    for (const r of rows) {
+      const c = r.constrained!;
+      expect(r.decodeTokens).toBeGreaterThanOrEqual(8);
+      for (const v of [r.decodeTokensPerSecond, c.plainDecodeTokensPerSecond, c.maskMs, c.rowReadMs, c.plainReadMs, c.compileMs]) expect(Number.isFinite(v) && v > 0, String(v)).toBe(true);
+      expect(c.replies).toBeGreaterThanOrEqual(1);
+    }
+    const text = formatReport({ adapter: (await getGpu()).info, loadAtStart: [0, 0, 0], rows, skipped: [] }, { promptTokens: 16, decodeTokens: 8, k: 4, serve: parseArgs([]).serve });
+    expect(text).toContain('## Constrained decoding');
+    expect(text).toContain('| greedy |');
   });
 });

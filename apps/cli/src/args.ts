@@ -146,6 +146,8 @@ export interface ChatArgs {
   json: boolean;
   /** --prompt: the prompt for a non-interactive run. */
   prompt?: string;
+  /** --json-schema: replies are JSON valid against the schema in this file. */
+  jsonSchema?: string;
   /** --url: talk to a running `serve` instead of loading the model in-process. */
   url?: string;
   help: boolean;
@@ -218,6 +220,8 @@ ${MODEL_OPTIONS_HELP}
   --max-context N        tokens of KV cache to allocate
   --prompt TEXT          the prompt for a non-interactive run (with --json, or instead of stdin)
   --json                 non-interactive: one prompt (--prompt or all of stdin), the result as JSON
+  --json-schema FILE     replies are JSON valid against the JSON schema in FILE
+                         (constrained decoding; !set response_format=json|text|FILE changes it)
   --url URL              use a running \`serve\` (e.g. http://127.0.0.1:8000) instead of loading MODEL
   -h, --help             this help
 
@@ -228,7 +232,8 @@ In-session commands:
   !clear                 start a new conversation
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
-  !set key=value ...     change generation flags, or the draft (draft=MODEL|${SELF_Q4}|${NO_DRAFT})
+  !set key=value ...     change generation flags, or the draft (draft=MODEL|${SELF_Q4}|${NO_DRAFT}),
+                         or the reply format (response_format=json|text|FILE)
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
   !tool TEXT             the result of the model's pending tool call (with --tools)
@@ -360,6 +365,9 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
         break;
       case '--prompt':
         out.prompt = textOption('--prompt', value(), true);
+        break;
+      case '--json-schema':
+        out.jsonSchema = textOption('--json-schema', value());
         break;
       case '--url':
         out.url = urlOption(value());

@@ -2,7 +2,7 @@
 // running `serve` over HTTP. Both stream text deltas and report the same per-turn stats.
 
 import { describeGpu, type ModelInfo } from '@webgpu-chat/engine';
-import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type SpeculativeStats, type ReplyPiece, type TextGenerationPipeline, type ToolCallFormat, type ToolDefinition } from '@webgpu-chat/chat';
+import { checkSameTokenizer, pipeline, type GenerationConfig, type Message, type ReplyPiece, type ResponseFormat, type SpeculativeStats, type TextGenerationPipeline, type ToolCallFormat, type ToolDefinition } from '@webgpu-chat/chat';
 import { basename } from 'node:path';
 import { NO_DRAFT, SELF_Q4, UsageError, type Dtype, type GenerationFlags, type Quantize } from './args.ts';
 import { progressPrinter, resolveModel, type ResolveOptions } from './hub.ts';
@@ -41,14 +41,21 @@ export interface BackendStatus extends WeightsStatus {
   where: string;
 }
 
+/** What a reply is held to: tools it may call, a JSON response format. */
+export interface ReplyOptions {
+  tools?: readonly ToolDefinition[];
+  responseFormat?: ResponseFormat | undefined;
+}
+
 export interface ChatBackend {
   /** The model's name as `serve` reports it (a repo id or folder name). */
   readonly modelId: string;
   /**
    * Streams the reply: its text, and with tools its reasoning and calls told apart; stats of
-   * the turn are in lastTurn once the iteration ends.
+   * the turn are in lastTurn once the iteration ends. `responseFormat` holds it to JSON
+   * (constrained decoding).
    */
-  stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, tools?: readonly ToolDefinition[]): AsyncIterable<ReplyPiece>;
+  stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, opts?: ReplyOptions): AsyncIterable<ReplyPiece>;
   readonly lastTurn: TurnStats | undefined;
   status(): Promise<BackendStatus>;
   /**
@@ -230,15 +237,18 @@ export class LocalBackend implements ChatBackend {
     return this.last;
   }
 
-  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, tools: readonly ToolDefinition[] = []): AsyncIterable<ReplyPiece> {
+  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, opts: ReplyOptions = {}): AsyncIterable<ReplyPiece> {
     const { pipe } = this.loaded;
     this.last = undefined;
+    const tools = opts.tools ?? [];
     try {
-      const draft = this.loaded.draft ? { assistant_model: this.loaded.draft.pipe } : {};
+      // A constrained reply decodes without the draft, whose proposals the mask would overrule.
+      const draft = this.loaded.draft && !opts.responseFormat ? { assistant_model: this.loaded.draft.pipe } : {};
+      const format = opts.responseFormat ? { response_format: opts.responseFormat } : {};
       const withTools = tools.length ? { tools: [...tools] } : {};
       // Reasoning and calls are told apart wherever the model's format marks them.
       const parser = pipe.replyParser(pipe.renderPrompt(messages, withTools).text, tools.length > 0);
-      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, ...withTools, signal })) {
+      for await (const e of pipe.stream(messages, { ...flagsToOptions(flags), ...draft, ...format, ...withTools, signal })) {
         if (!e.delta) continue;
         if (parser) yield* parser.push(e.delta);
         else yield { kind: 'content', text: e.delta };
@@ -360,7 +370,8 @@ export class RemoteBackend implements ChatBackend {
     return this.last;
   }
 
-  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, tools: readonly ToolDefinition[] = []): AsyncIterable<ReplyPiece> {
+  async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, opts: ReplyOptions = {}): AsyncIterable<ReplyPiece> {
+    const tools = opts.tools ?? [];
     const t0 = performance.now();
     this.last = undefined;
     let first = 0;
@@ -390,6 +401,7 @@ export class RemoteBackend implements ChatBackend {
           stream_options: { include_usage: true },
           ...(tools.length ? { tools } : {}),
           ...flagsToRequest(flags),
+          ...(opts.responseFormat ? { response_format: opts.responseFormat } : {}),
         }),
         signal,
       });

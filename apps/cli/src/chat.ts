@@ -5,9 +5,10 @@
 
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { validateTools, type ReplyPiece, type ToolDefinition } from '@webgpu-chat/chat';
+import { validateTools, type ReplyPiece, type ResponseFormat, type ToolDefinition } from '@webgpu-chat/chat';
 import { CHAT_HELP, UsageError, bundledModelPath, parseChatArgs, type ChatArgs } from './args.ts';
 import { BUNDLED_MODEL_ID, LocalBackend, RemoteBackend, loadLocalModel, type ChatBackend } from './backend.ts';
+import { schemaFileFormat } from './chat-format.ts';
 import { COMMANDS_HELP, ChatSession, formatTurn } from './session.ts';
 
 const err = (s: string) => process.stderr.write(s + '\n');
@@ -185,8 +186,11 @@ async function main(argv: string[]): Promise<number> {
   }
   let backend: ChatBackend;
   let tools: ToolDefinition[] = [];
+  let responseFormat: ResponseFormat | undefined;
   try {
     if (args.toolsFile !== undefined) tools = await readTools(args.toolsFile);
+    // A schema the engine cannot enforce is refused before the model loads.
+    responseFormat = args.jsonSchema !== undefined ? await schemaFileFormat(args.jsonSchema) : undefined;
     backend = await openBackend(args);
   } catch (e) {
     if (e instanceof UsageError) {
@@ -195,7 +199,7 @@ async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
-  const session = new ChatSession(backend, { flags: args.generation, tools, ...(args.system !== undefined ? { system: args.system } : {}) });
+  const session = new ChatSession(backend, { flags: args.generation, tools, ...(args.system !== undefined ? { system: args.system } : {}), ...(responseFormat ? { responseFormat } : {}) });
   try {
     if (oneShot) await runOnce(session, prompt!.replace(/\r?\n$/, ''), args.json);
     else await interactive(session);

@@ -15,6 +15,7 @@ import {
   type GenerationRequest,
   type LogitsProcessor,
   type Assistant,
+  type CompiledConstraint,
   type Generation,
   type GenerationConfig,
   type GenerationStats,
@@ -22,10 +23,14 @@ import {
   type ReplyPiece,
   type TextGenerationPipeline,
   type ToolCallMessage,
+  type ToolChoice,
+  type ConstraintSpec,
+  toolCallConstraint,
   toolCallMessage,
 } from '@webgpu-chat/chat';
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
+import { compileRequestConstraint } from './response-format.ts';
 import { COMPLETION_FIELDS, MAX_CHOICES, checkContext, checkFields, num, parsePenalties, parseSamplingFields, type ChatRequest, type Penalties } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
@@ -78,6 +83,8 @@ interface ChoiceSpec {
   keepSpecialTokens?: boolean;
   assistant?: Assistant | undefined;
   penalties: Penalties;
+  /** The reply is held to this (response_format). */
+  constraint?: CompiledConstraint | undefined;
 }
 
 interface ChoiceOutcome {
@@ -102,6 +109,8 @@ export interface ChatPrompt {
   tools: boolean;
   /** It continues a final assistant message: the reply is that message's rest, read as plain text. */
   continues: boolean;
+  /** What the reply is held to (response_format, a required tool call), and the field a refusal names. */
+  constraint?: { spec: ConstraintSpec; param: string };
 }
 
 /** Registers a submitted generation with the server (shutdown needs them). */
@@ -260,6 +269,7 @@ export class TokenLevelApi {
         ignoreEos: spec.ignoreEos,
         continuesPrompt: spec.continueText,
         keepSpecialTokens: spec.keepSpecialTokens,
+        constraint: spec.constraint,
         ...penaltyProcessing(spec, ids.length),
       }),
     );
@@ -414,9 +424,6 @@ export class TokenLevelApi {
    * plain fallback, continue_final_message), with the tools unless tool_choice is "none".
    */
   async chatPrompt(request: ChatRequest, encoder: PromptEncoder): Promise<ChatPrompt> {
-    if (request.toolChoice !== 'none' && request.toolChoice !== 'auto') {
-      throw invalid('tool_choice "required" or a named function needs constrained decoding, which this server does not do yet: use "auto"', 'tool_choice', 'unsupported_value');
-    }
     const tools = request.toolChoice === 'none' ? [] : request.tools;
     const kwargs = { ...request.chatTemplateKwargs };
     if (request.reasoningEffort !== undefined) {
@@ -428,7 +435,24 @@ export class TokenLevelApi {
     }
     const prompt = this.tm.renderPrompt(request.messages, { ...(tools.length ? { tools } : {}), chat_template_kwargs: kwargs });
     const ids = await this.encodePrompt(prompt.text, prompt.addSpecialTokens, encoder, request.config.max_new_tokens, 'messages');
-    return { ids, text: prompt.text, tools: tools.length > 0 && !prompt.continueFinalMessage, continues: prompt.continueFinalMessage };
+    const forced = typeof request.toolChoice === 'object' || request.toolChoice === 'required';
+    if (forced && request.responseFormat) throw invalid("'response_format' cannot be combined with a required tool call (tool_choice): the reply is either the call or the JSON", 'response_format');
+    if (forced && prompt.continueFinalMessage) throw invalid('tool_choice cannot require a call while continuing a final assistant message', 'tool_choice');
+    const constraint = forced
+      ? { spec: this.forcedCall(request), param: 'tools' }
+      : request.responseFormat
+        ? { spec: request.responseFormat, param: request.responseFormat.schema === true ? 'response_format' : 'response_format.json_schema.schema' }
+        : undefined;
+    return { ids, text: prompt.text, tools: tools.length > 0 && !prompt.continueFinalMessage, continues: prompt.continueFinalMessage, ...(constraint ? { constraint } : {}) };
+  }
+
+  /** tool_choice "required" or a named function: the reply is held to a call in the model's syntax. */
+  private forcedCall(request: ChatRequest): ConstraintSpec {
+    try {
+      return toolCallConstraint(this.tm.replyFormat, request.tools, request.toolChoice as Exclude<ToolChoice, 'auto' | 'none'>, request.parallelToolCalls);
+    } catch (e) {
+      throw invalid((e as Error).message, 'tool_choice', 'unsupported_value');
+    }
   }
 
   /**
@@ -438,6 +462,16 @@ export class TokenLevelApi {
    * the server has a draft.
    */
   async chat(request: ChatRequest, prompt: ChatPrompt, res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
+    // Compiled before any byte is sent, so a schema the engine refuses is a plain 400.
+    const constraint = prompt.constraint ? await compileRequestConstraint(prompt.constraint.spec, this.tm, prompt.constraint.param) : undefined;
+    try {
+      return await this.chatChoices(request, prompt, res, signal, track, assistant, constraint);
+    } finally {
+      constraint?.dispose();
+    }
+  }
+
+  private async chatChoices(request: ChatRequest, prompt: ChatPrompt, res: ServerResponse, signal: AbortSignal, track: Track, assistant: Assistant | undefined, constraint: CompiledConstraint | undefined): Promise<Outcome> {
     const { ids } = prompt;
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, created: Math.floor(Date.now() / 1000), model: this.modelId, system_fingerprint: null };
@@ -457,6 +491,7 @@ export class TokenLevelApi {
       keepSpecialTokens: parser !== undefined && format.keepSpecialTokens,
       assistant,
       penalties: this.checkBias(request.penalties),
+      constraint,
     }));
     const choices = specs.map(() => ({ seq: [...ids], n: 0, content: '', reasoning: '', calls: [] as ToolCallMessage[], logprobs: [] as ReturnType<typeof entry>[] }));
     const entry = (seq: number[], p: Position) => {

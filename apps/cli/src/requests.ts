@@ -1,8 +1,9 @@
 // Request bodies of the OpenAI routes, validated into generation flags (400 naming the
 // offending field), and the one rule for prompts that don't fit the context.
 
-import { MAX_LOGPROBS, MAX_NUM_ASSISTANT_TOKENS, validateToolChoice, validateTools, type GenerationConfig, type Message, type ToolChoice, type ToolDefinition } from '@webgpu-chat/chat';
+import { MAX_LOGPROBS, MAX_NUM_ASSISTANT_TOKENS, validateToolChoice, validateTools, type ConstraintSpec, type GenerationConfig, type Message, type ToolChoice, type ToolDefinition } from '@webgpu-chat/chat';
 import { ApiError, invalid } from './http.ts';
+import { parseResponseFormat } from './response-format.ts';
 
 /** The messages of an /apply-template body, checked as the chat route checks them. */
 export function templateMessages(body: unknown): Message[] {
@@ -60,10 +61,6 @@ export function checkFields(b: Record<string, unknown>, known: ReadonlySet<strin
     if (k in NOT_SUPPORTED) throw invalid(`'${k}' is not supported: ${NOT_SUPPORTED[k]}`, k, 'unsupported_parameter');
     if (!known.has(k)) throw invalid(`Unrecognized request argument supplied: ${k}`, k, 'unknown_parameter');
   }
-  const rf = b.response_format as { type?: unknown } | null | undefined;
-  if (rf !== undefined && rf !== null && rf.type !== 'text') {
-    throw invalid(`'response_format' ${JSON.stringify(rf.type)} is not supported yet: only {"type": "text"} (structured output is not implemented)`, 'response_format', 'unsupported_parameter');
-  }
   const modalities = b.modalities;
   if (modalities !== undefined && modalities !== null && !(Array.isArray(modalities) && modalities.every((m) => m === 'text'))) {
     throw invalid("'modalities' other than [\"text\"] is not supported", 'modalities', 'unsupported_parameter');
@@ -120,6 +117,8 @@ export interface ChatRequest {
   config: GenerationConfig;
   /** logprobs: true was asked, with this many top_logprobs per token. */
   logprobs?: number;
+  /** response_format json_object or json_schema: the reply is held to it. */
+  responseFormat?: ConstraintSpec;
 }
 
 export function num(body: Record<string, unknown>, key: string, min: number, max: number, integer = false): number | undefined {
@@ -214,6 +213,7 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   if (effort !== undefined && effort !== null && !REASONING_EFFORTS.includes(effort as string)) {
     throw invalid(`'reasoning_effort' must be one of ${REASONING_EFFORTS.join(', ')}, got ${JSON.stringify(effort)}`, 'reasoning_effort');
   }
+  const responseFormat = parseResponseFormat(b.response_format);
   return {
     messages,
     ...tools,
@@ -225,6 +225,7 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
     includeUsage: (so as { include_usage?: unknown } | undefined)?.include_usage === true,
     config,
     ...(b.logprobs === true ? { logprobs: topLogprobs ?? 0 } : {}),
+    ...(responseFormat ? { responseFormat } : {}),
   };
 }
 

@@ -170,7 +170,8 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     const prepare = async () => {
       const prompt = await m.api.chatPrompt(request, m.encoder);
       checkContext(prompt.ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
-      const assistant = m.served.assistant !== undefined ? await m.served.model.assistant(m.served.assistant) : undefined;
+      // A constrained reply decodes without the draft, whose proposals the mask would overrule.
+      const assistant = m.served.assistant !== undefined && !request.responseFormat ? await m.served.model.assistant(m.served.assistant) : undefined;
       return { prompt, assistant };
     };
     return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.prompt, res, signal, track, p.assistant));

@@ -2,9 +2,10 @@
 // commands can be tested without one. Modelled on `transformers chat`.
 
 import { readFile, writeFile } from 'node:fs/promises';
-import { toolCallMessage, type Message, type ReplyPiece, type ToolCallMessage, type ToolDefinition } from '@webgpu-chat/chat';
+import { toolCallMessage, type Message, type ReplyPiece, type ResponseFormat, type ToolCallMessage, type ToolDefinition } from '@webgpu-chat/chat';
 import { formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
 import { formatAcceptance, type ChatBackend, type TurnStats } from './backend.ts';
+import { formatResponseFormat, parseResponseFormatSetting, takeResponseFormatPair } from './chat-format.ts';
 
 export const COMMANDS_HELP = `Commands:
   !help                  this list
@@ -12,7 +13,9 @@ export const COMMANDS_HELP = `Commands:
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
   !set key=value ...     change generation flags (e.g. !set do_sample=true temperature=0.7),
-                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT}
+                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT},
+                         or the reply format: response_format=json (any JSON object),
+                         response_format=FILE (a JSON schema), response_format=text
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
   !tool TEXT             the result of the model's pending tool call (with --tools)
@@ -49,6 +52,8 @@ export class ChatSession {
   turns: Message[] = [];
   flags: GenerationFlags;
   system: string | undefined;
+  /** Replies are held to this (constrained decoding); undefined: plain text. */
+  responseFormat: ResponseFormat | undefined;
   lastTurn: TurnStats | undefined;
   /** Tools offered to the model (--tools). */
   readonly tools: readonly ToolDefinition[];
@@ -57,11 +62,12 @@ export class ChatSession {
 
   constructor(
     readonly backend: ChatBackend,
-    opts: { flags?: GenerationFlags; system?: string; tools?: readonly ToolDefinition[] } = {},
+    opts: { flags?: GenerationFlags; system?: string; tools?: readonly ToolDefinition[]; responseFormat?: ResponseFormat } = {},
   ) {
     this.flags = { ...opts.flags };
     this.system = opts.system;
     this.tools = opts.tools ?? [];
+    this.responseFormat = opts.responseFormat;
   }
 
   /** The messages sent to the model: the system prompt, then the turns. */
@@ -84,7 +90,7 @@ export class ChatSession {
     const reply: Message = { role: 'assistant', content: '' };
     const calls: ToolCallMessage[] = [];
     try {
-      for await (const piece of this.backend.stream(this.messages, this.flags, signal, this.tools)) {
+      for await (const piece of this.backend.stream(this.messages, this.flags, signal, { tools: this.tools, responseFormat: this.responseFormat })) {
         if (piece.kind === 'content') reply.content += piece.text;
         if (piece.kind === 'tool_call') calls.push(toolCallMessage(piece.call, undefined));
         onPiece(piece);
@@ -115,6 +121,7 @@ export class ChatSession {
     lines.push(`context:  ${used} tokens used${s.maxContext ? ` of ${s.maxContext}` : ''} (as of the last reply)`);
     lines.push(`turns:    ${this.turns.length} messages${this.system ? ' + system prompt' : ''}`);
     lines.push(`settings: ${formatGenerationFlags(this.flags)}`);
+    lines.push(`format:   ${formatResponseFormat(this.responseFormat)}`);
     lines.push(`last:     ${this.lastTurn ? formatTurn(this.lastTurn) : 'no reply yet'}`);
     return lines.join('\n');
   }
@@ -171,16 +178,20 @@ export class ChatSession {
         return { output: 'New conversation.' };
       case 'set': {
         if (!rest) return { output: `settings: ${formatGenerationFlags(this.flags)}` };
-        const { draft, rest: pairs } = takeDraftPairs(rest.split(/\s+/));
-        // Flags are checked before a draft is loaded, so a typo costs no load.
+        const format = takeResponseFormatPair(rest.split(/\s+/));
+        const { draft, rest: pairs } = takeDraftPairs(format.rest);
+        // Flags and the format are checked before a draft is loaded, so a typo costs no load.
         const flags = parseGenerationFlags(pairs, this.flags);
+        const responseFormat = format.value === undefined ? this.responseFormat : await parseResponseFormatSetting(format.value);
         const lines: string[] = [];
         if (draft !== undefined) {
           if (!this.backend.setDraft) throw new UsageError('this chat cannot change the draft model');
           lines.push(await this.backend.setDraft(draft === NO_DRAFT ? undefined : draft));
         }
         this.flags = flags;
+        this.responseFormat = responseFormat;
         lines.push(`settings: ${formatGenerationFlags(this.flags)}`);
+        if (format.value !== undefined) lines.push(`format:   ${formatResponseFormat(this.responseFormat)}`);
         return { output: lines.join('\n') };
       }
       case 'status':

@@ -5,7 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { CHAT_HELP, GENERATION_FLAGS, SERVE_HELP, UsageError, bundledModelPath, parseChatArgs, parseGenerationFlags, parseServeArgs } from '../src/args.ts';
 import { flagsToRequest, modelIdOf, type ChatBackend, type TurnStats } from '../src/backend.ts';
 import { ChatSession, formatTurn } from '../src/session.ts';
-import type { Message, ReplyPiece } from '@webgpu-chat/chat';
+import type { Message, ReplyPiece, ResponseFormat } from '@webgpu-chat/chat';
+import { schemaFileFormat } from '../src/chat-format.ts';
+import type { ReplyOptions } from '../src/backend.ts';
 
 describe('generation flags', () => {
   it('parses Transformers names and values, Python booleans included', () => {
@@ -94,7 +96,7 @@ describe('parseChatArgs', () => {
   });
 
   it('help lists every flag, option and command', () => {
-    for (const k of [...GENERATION_FLAGS, 'draft=', '--system', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-context', '--json', '--url', '--prompt', '--help', '!help', '!clear', '!save', '!load', '!set', '!status', '!system', '!exit']) {
+    for (const k of [...GENERATION_FLAGS, 'draft=', '--system', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-context', '--json', '--json-schema FILE', 'response_format=json|text|FILE', '--url', '--prompt', '--help', '!help', '!clear', '!save', '!load', '!set', '!status', '!system', '!exit']) {
       expect(CHAT_HELP).toContain(k);
     }
     for (const k of ['--host', '--port', '--api-key', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-queue', '/v1/completions', '/tokenize']) expect(SERVE_HELP).toContain(k);
@@ -152,8 +154,10 @@ class EchoBackend implements ChatBackend {
   readonly modelId = 'echo';
   lastTurn: TurnStats | undefined;
   seen: Message[][] = [];
-  async *stream(messages: Message[], _flags?: unknown, _signal?: unknown, _tools?: readonly unknown[]): AsyncIterable<ReplyPiece> {
+  formats: (ResponseFormat | undefined)[] = [];
+  async *stream(messages: Message[], _flags?: unknown, _signal?: unknown, opts: ReplyOptions = {}): AsyncIterable<ReplyPiece> {
     this.seen.push(messages);
+    this.formats.push(opts.responseFormat);
     const words = messages.at(-1)!.content.split(' ');
     for (const w of words) yield { kind: 'content', text: w + ' ' };
     this.lastTurn = { promptTokens: 7, newTokens: words.length, seconds: 0.5, tokensPerSecond: 4, timeToFirstTokenMs: 12, finishReason: 'stop' };
@@ -226,11 +230,11 @@ describe('ChatSession commands', () => {
 
 /** Calls get_weather after a user turn, and answers from the tool result after a tool turn. */
 class ToolBackend extends EchoBackend {
-  override async *stream(messages: Message[], _flags?: unknown, _signal?: unknown, tools: readonly unknown[] = []): AsyncIterable<ReplyPiece> {
+  override async *stream(messages: Message[], _flags?: unknown, _signal?: unknown, opts: ReplyOptions = {}): AsyncIterable<ReplyPiece> {
     this.seen.push(messages);
     const last = messages.at(-1)!;
     if (last.role === 'tool') yield { kind: 'content', text: `It is ${last.content}.` };
-    else if (tools.length) yield { kind: 'tool_call', call: { name: 'get_weather', arguments: '{"city":"Oslo"}' } };
+    else if (opts.tools?.length) yield { kind: 'tool_call', call: { name: 'get_weather', arguments: '{"city":"Oslo"}' } };
   }
 }
 
@@ -257,5 +261,36 @@ describe('ChatSession with tools', () => {
     expect(parseChatArgs(['--tools', 'tools.json']).toolsFile).toBe('tools.json');
     expect(parseServeArgs(['--tool-call-parser', 'hermes']).toolCallParser).toBe('hermes');
     expect(() => parseServeArgs(['--tool-call-parser', 'xml'])).toThrow(/--tool-call-parser expects one of hermes, llama3_json, mistral, granite, harmony/);
+  });
+});
+
+describe('structured replies in chat', () => {
+  it('--json-schema FILE and !set response_format=json|text|FILE reach the backend; bad schemas are refused by keyword', async () => {
+    expect(parseChatArgs(['--json-schema', 'person.json']).jsonSchema).toBe('person.json');
+    expect(() => parseChatArgs(['--json-schema'])).toThrow(/--json-schema needs a value/);
+    const dir = mkdtempSync(join(tmpdir(), 'chatschema-'));
+    const good = join(dir, 'good.json');
+    const bad = join(dir, 'bad.json');
+    const schema = { type: 'object', properties: { name: { type: 'string', maxLength: 10 } }, required: ['name'] };
+    writeFileSync(good, JSON.stringify(schema));
+    writeFileSync(bad, JSON.stringify({ type: 'object', properties: { n: { type: 'number', multipleOf: 2 } } }));
+    expect(await schemaFileFormat(good)).toEqual({ type: 'json_schema', json_schema: { name: 'schema', schema, strict: true } });
+    await expect(schemaFileFormat(bad)).rejects.toThrow(/"multipleOf" at \/properties\/n\/multipleOf cannot be enforced/);
+    await expect(schemaFileFormat(join(dir, 'missing.json'))).rejects.toThrow(UsageError);
+
+    const b = new EchoBackend();
+    const s = new ChatSession(b, { responseFormat: await schemaFileFormat(good) });
+    const say = () => s.reply('x', () => {}, new AbortController().signal);
+    await say();
+    expect(((await s.command('!set response_format=json')) as { output: string }).output).toContain('format:   json (any JSON object)');
+    await say();
+    await s.command('!set response_format=text');
+    await say();
+    await expect(s.command(`!set response_format=${bad} top_k=3`)).rejects.toThrow(/multipleOf/);
+    expect(s.flags.top_k).toBeUndefined();
+    await s.command(`!set response_format=${good}`);
+    expect(((await s.command('!status')) as { output: string }).output).toContain('format:   JSON schema');
+    await say();
+    expect(b.formats.map((f) => f?.type)).toEqual(['json_schema', 'json_object', undefined, 'json_schema']);
   });
 });

@@ -43,6 +43,17 @@ describe.skipIf(!existsSync(DENO))('Node and Deno', () => {
     expect(d.text).toBe(n.text);
   });
 
+  it('constrained decoding (XGrammar in WebAssembly) gives the same tokens under both', async () => {
+    const script = join(ROOT, 'apps/cli/test/constraint-deno.ts');
+    const deno = await denoRun([script]);
+    expect(deno.code, deno.stderr).toBe(0);
+    const node = await run('node', ['--import', 'tsx', script]);
+    expect(node.code, node.stderr).toBe(0);
+    const d = JSON.parse(deno.stdout) as { ids: number[]; text: string };
+    expect(d).toEqual(JSON.parse(node.stdout));
+    expect(JSON.parse(d.text)).toMatchObject({ ok: expect.any(Boolean), n: expect.any(Number) });
+  });
+
   it('chat --json runs under Deno', async (ctx) => {
     const r = await denoRun([join(ROOT, 'apps/cli/src/chat.ts'), '--json', '--prompt', 'Once upon a time', 'max_new_tokens=20']);
     if (r.code !== 0 && /NoAdapterError|No WebGPU adapter/.test(r.stderr)) ctx.skip('Deno found no WebGPU adapter');

@@ -116,7 +116,6 @@ describe('every request field is honoured or refused by name', () => {
   it.each([
     ['tools, to a model without a chat template', { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }, 'tools', 'unsupported_parameter'],
     ['tool_choice "required" without tools', { tool_choice: 'required' }, 'tool_choice', null],
-    ['a JSON response_format', { response_format: { type: 'json_object' } }, 'response_format', 'unsupported_parameter'],
     ['reasoning_effort', { reasoning_effort: 'low' }, 'reasoning_effort', 'unsupported_parameter'],
     ['audio modalities', { modalities: ['text', 'audio'] }, 'modalities', 'unsupported_parameter'],
     ['prediction', { prediction: { type: 'content', content: 'x' } }, 'prediction', 'unsupported_parameter'],

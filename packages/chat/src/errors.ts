@@ -40,3 +40,17 @@ export class ContextLengthError extends Error {
     );
   }
 }
+
+/** A JSON schema (or constraint) that is invalid, or uses a keyword the grammar engine cannot enforce. */
+export class ConstraintError extends Error {
+  override name = 'ConstraintError';
+  constructor(
+    message: string,
+    /** The offending keyword, when one is to blame. */
+    readonly keyword?: string,
+    /** JSON pointer of the schema location ('' for the root). */
+    readonly pointer = '',
+  ) {
+    super(message);
+  }
+}

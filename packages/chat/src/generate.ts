@@ -15,6 +15,8 @@ import { readPath, sampleAt, SeededRandom, type LogitsProcessor, type LogitsRead
 import { eosIds, StopStringMatcher } from './stopping.ts';
 import type { ChatTokenizer } from './tokenizer.ts';
 import type { Assistant } from './speculative.ts';
+import type { CompiledConstraint } from './constraint/constraint.ts';
+import { ConstrainedSource } from './constraint/source.ts';
 import type { FinishReason, GenerationStats, SpeculativeStats, StreamEvent } from './types.ts';
 
 /** Alternatives per position a request may ask log-probabilities for (OpenAI's and vLLM's cap). */
@@ -40,6 +42,8 @@ export interface GenerationRequest {
   keepSpecialTokens?: boolean | undefined;
   /** Runs on each logits row before sampling (grammar masks); the row is then read back whole. */
   logitsProcessor?: LogitsProcessor | undefined;
+  /** The reply must match this constraint (JSON schema, forced text), then end with EOS. */
+  constraint?: CompiledConstraint | undefined;
 }
 
 /** A position's log-probability and its best alternatives ([id, logprob], best first). */
@@ -96,6 +100,8 @@ export interface TokenSource {
    */
   take(sequence: readonly number[], planned: readonly number[], rows: ItemRows): Promise<{ tokens: number[]; keep: number }>;
   stats(): SpeculativeStats | undefined;
+  /** Frees what the source holds once its request has ended. */
+  dispose?(): void;
 }
 
 /** Plain decoding: one token per step, read the cheapest way the flags allow. */
@@ -195,7 +201,11 @@ class Active {
     if (req.continuesPrompt) for (const t of req.promptIds.slice(-CONTINUATION_CONTEXT)) this.detok.push(t);
     this.stopper = new StopStringMatcher(cfg.stop);
     const rng = new SeededRandom(cfg.seed);
-    this.source = req.assistant ? req.assistant.source(cfg, rng, vocabSize) : new PlainSource(cfg, rng, vocabSize, req.logitsProcessor);
+    this.source = req.assistant
+      ? req.assistant.source(cfg, rng, vocabSize)
+      : req.constraint
+        ? new ConstrainedSource(cfg, rng, req.constraint, this.eos, req.logitsProcessor)
+        : new PlainSource(cfg, rng, vocabSize, req.logitsProcessor);
   }
 
   get promptLength(): number {
@@ -298,6 +308,11 @@ export class Generator {
       if (k !== undefined && !(Number.isInteger(k) && k >= 0 && k <= MAX_LOGPROBS)) throw new ChatInputError(`logprobs ${k} must be an integer in 0..${MAX_LOGPROBS}`);
     }
     if (req.assistant && req.logitsProcessor) throw new ChatInputError('A logits processor cannot be combined with a draft model');
+    if (req.constraint) {
+      if (req.assistant) throw new ChatInputError('Constrained decoding (response_format, required tool calls) cannot be combined with a draft model');
+      if (req.ignoreEos) throw new ChatInputError('Constrained decoding ends its output with EOS, so it cannot be combined with ignore_eos');
+      if (req.constraint.vocabSize !== this.vocabSize) throw new ChatInputError(`The constraint was compiled for ${req.constraint.vocabSize} logits, the model has ${this.vocabSize}`);
+    }
     const a = new Active(req, this.tokenizer, this.vocabSize);
     // Sampling token n needs the first n - 1 of them in the cache next to the prompt.
     a.budget = Math.min(req.config.max_new_tokens, this.maxContext - prompt.length + 1);
@@ -518,7 +533,7 @@ export class Generator {
   /** Plain greedy decoding without log-probabilities or a processor: the row's argmax is all it reads. */
   private argmaxOnly(a: Active): boolean {
     const r = a.req;
-    return !r.assistant && !r.logitsProcessor && r.logprobs === undefined && readPath(r.config, this.vocabSize) === 'argmax';
+    return !r.assistant && !r.logitsProcessor && !r.constraint && r.logprobs === undefined && readPath(r.config, this.vocabSize) === 'argmax';
   }
 
   /** A reader over an item's kept rows, numbered from 0 (its last row by default); `argmaxes` holds rows already reduced. */
@@ -598,6 +613,7 @@ export class Generator {
   /** Ends a request: flushes held-back text (an aborted reply's too), keeps its sequence cached, resolves its result. */
   private retire(a: Active): void {
     this.remove(a);
+    a.source.dispose?.();
     if (!a.stopper.stopped) {
       const tail = a.stopper.push(a.detok.flush()).text + (a.stopper.stopped ? '' : a.stopper.flush());
       if (tail) {
@@ -620,6 +636,7 @@ export class Generator {
 
   private fail(a: Active, e: unknown): void {
     this.remove(a);
+    a.source.dispose?.();
     if (a.seq) this.batch.free(a.seq);
     a.seq = undefined;
     a.phase = 'done';

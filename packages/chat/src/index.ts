@@ -10,3 +10,4 @@ export * from './pipeline.ts';
 export * from './speculative.ts';
 export * from './tools.ts';
 export * from './reply-parser.ts';
+export * from './constraint/index.ts';

@@ -11,6 +11,7 @@ import { Generator, type Generation, type GenerationResult } from './generate.ts
 import { parseGenerationConfigJson, resolveGenerationConfig, type ResolvedGenerationConfig } from './sampling.ts';
 import { Assistant } from './speculative.ts';
 import { createReplyParser, detectReplyFormat, type ReplyFormat, type ReplyParser, type ReplyPiece, type ToolCallFormat } from './reply-parser.ts';
+import { compileConstraint, responseFormatConstraint, type CompiledConstraint } from './constraint/constraint.ts';
 import { ChatTemplates, renderPlain, validateMessages, type PLAIN_FALLBACK } from './template.ts';
 import { ChatTokenizer } from './tokenizer.ts';
 import { toolCallMessage } from './tools.ts';
@@ -240,18 +241,27 @@ export function createTextGenerationPipeline(
     return { ids, cfg, keepSpecialTokens: parser !== undefined && replyFormat.keepSpecialTokens, output };
   };
 
-  const start = async (p: Prepared, o: GenerateOptions): Promise<Generation> =>
+  const start = async (p: Prepared, o: GenerateOptions, constraint: CompiledConstraint | undefined): Promise<Generation> =>
     generator.generate({
       promptIds: p.ids,
       config: p.cfg,
       signal: o.signal,
       keepSpecialTokens: p.keepSpecialTokens,
       ...(o.assistant_model !== undefined ? { assistant: await assistantFor(o.assistant_model) } : {}),
+      ...(constraint ? { constraint } : {}),
     });
 
   /** Runs a generation to its end, passing its text to onText; its stats become lastStats. */
   async function* run(p: Prepared, o: GenerateOptions): AsyncGenerator<StreamEvent, GenerationResult | undefined> {
-    const gen = await start(p, o);
+    const spec = responseFormatConstraint(o.response_format);
+    const constraint = spec ? await compileConstraint(spec, tokenizer, model.info.vocabSize) : undefined;
+    let gen: Generation;
+    try {
+      gen = await start(p, o, constraint);
+    } catch (e) {
+      constraint?.dispose();
+      throw e;
+    }
     try {
       for await (const e of gen) {
         if (e.delta) o.onText?.(e.delta);
@@ -260,6 +270,7 @@ export function createTextGenerationPipeline(
     } finally {
       const r = await gen.result.catch(() => undefined);
       if (r) last = r.stats;
+      constraint?.dispose();
     }
     return gen.result;
   }

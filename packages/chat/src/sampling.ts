@@ -239,21 +239,17 @@ export function argmax(logits: ArrayLike<number>): number {
 /**
  * The distribution a whole logits row gives (repetition penalty already applied):
  * top_k keeps every token tied with the k-th best, as Transformers' TopKLogitsWarper does.
+ * Tokens at -Infinity (masked by a constraint) have probability 0 and are left out, so a
+ * row masked down to a few tokens sorts those few rather than the whole vocabulary.
  */
 export function distributionFromLogits(logits: Float32Array, p: SamplingParams): Distribution {
   const V = logits.length;
-  let ids: Int32Array;
-  if (p.top_k > 0 && p.top_k < V) {
-    const kth = kthLargest(logits, p.top_k);
-    let n = 0;
-    for (let i = 0; i < V; i++) if (logits[i]! >= kth) n++;
-    ids = new Int32Array(n);
-    n = 0;
-    for (let i = 0; i < V; i++) if (logits[i]! >= kth) ids[n++] = i;
-  } else {
-    ids = new Int32Array(V);
-    for (let i = 0; i < V; i++) ids[i] = i;
-  }
+  const kth = p.top_k > 0 && p.top_k < V ? Math.max(kthLargest(logits, p.top_k), -Number.MAX_VALUE) : -Number.MAX_VALUE;
+  let n = 0;
+  for (let i = 0; i < V; i++) if (logits[i]! >= kth) n++;
+  const ids = new Int32Array(n);
+  n = 0;
+  for (let i = 0; i < V; i++) if (logits[i]! >= kth) ids[n++] = i;
   ids.sort((a, b) => logits[b]! - logits[a]! || a - b);
   const sorted = new Float32Array(ids.length);
   for (let i = 0; i < ids.length; i++) sorted[i] = logits[ids[i]!]!;

@@ -4,7 +4,9 @@
 // text, templates iterate them as a mapping, so they are parsed (as `transformers serve` does).
 
 import { ChatInputError } from './errors.ts';
-import type { ParsedToolCall, ToolCallFormat } from './reply-parser.ts';
+import type { ConstraintSpec } from './constraint/constraint.ts';
+import type { JsonSchema } from './constraint/schema.ts';
+import type { ParsedToolCall, ReplyFormat, ToolCallFormat } from './reply-parser.ts';
 import type { Message } from './types.ts';
 
 export interface ToolDefinition {
@@ -108,4 +110,43 @@ export function newToolCallId(format: ToolCallFormat | undefined): string {
 /** A parsed call as an assistant message carries it (OpenAI's shape). */
 export function toolCallMessage(call: ParsedToolCall, format: ToolCallFormat | undefined): Required<ToolCallMessage> {
   return { id: newToolCallId(format), type: 'function', function: { name: call.name, arguments: call.arguments } };
+}
+
+/**
+ * tool_choice "required" or a named function as a constraint: the reply is one call (a list
+ * of them where the syntax has lists and parallel calls are allowed) written in the model's
+ * own syntax, with each function's parameters schema enforced on its arguments.
+ */
+export function toolCallConstraint(format: ReplyFormat, tools: readonly ToolDefinition[], choice: Exclude<ToolChoice, 'auto' | 'none'>, parallel: boolean): ConstraintSpec {
+  const allowed = choice === 'required' ? tools : tools.filter((t) => t.function.name === choice.function.name);
+  if (allowed.length === 0) throw new ChatInputError('tool_choice names no function among the tools');
+  const args = (t: ToolDefinition): JsonSchema => t.function.parameters ?? { type: 'object' };
+  const call = (argsKey: string): JsonSchema => {
+    const one = (t: ToolDefinition): JsonSchema => ({
+      type: 'object',
+      properties: { name: { const: t.function.name }, [argsKey]: args(t) },
+      required: ['name', argsKey],
+      additionalProperties: false,
+    });
+    return allowed.length === 1 ? one(allowed[0]!) : { anyOf: allowed.map(one) };
+  };
+  const list = (argsKey: string): JsonSchema => ({ type: 'array', items: call(argsKey), minItems: 1, ...(parallel ? {} : { maxItems: 1 }) });
+  switch (format.toolCalls) {
+    case 'hermes':
+      return { prefix: '<tool_call>\n', schema: call('arguments'), suffix: '\n</tool_call>' };
+    case 'llama3_json':
+      return { schema: call('parameters') };
+    case 'mistral':
+      return { prefix: '[TOOL_CALLS]', schema: list('arguments') };
+    case 'granite':
+      return { prefix: '<|tool_call|>', schema: list('arguments') };
+    case 'harmony': {
+      // The function's name is in the message header, outside the JSON: one function at a time.
+      if (allowed.length > 1) throw new ChatInputError('tool_choice "required" with several tools cannot be enforced for this model (harmony names the function outside the JSON): name the function');
+      const t = allowed[0]!;
+      return { prefix: `<|channel|>commentary to=functions.${t.function.name} <|constrain|>json<|message|>`, schema: args(t) };
+    }
+    case undefined:
+      throw new ChatInputError("tool_choice cannot require a call: this model's chat template shows no tool-call syntax we know (serve --tool-call-parser names one)");
+  }
 }

@@ -1,6 +1,7 @@
 // The chat layer's public types, named after Transformers' chat conventions.
 
 import type { FileSource, Model } from '@webgpu-chat/engine';
+import type { JsonSchema } from './constraint/schema.ts';
 import type { TextGenerationPipeline } from './pipeline.ts';
 
 export type Role = 'system' | 'user' | 'assistant' | 'tool';
@@ -67,7 +68,12 @@ export interface GenerateOptions extends GenerationConfig {
   return_full_text?: boolean;
   /** Speculative decoding: a smaller model sharing the tokenizer drafts tokens that this model verifies. */
   assistant_model?: AssistantModel;
+  /** OpenAI's response_format: the reply is held to any JSON object, or to a JSON schema (constrained decoding). */
+  response_format?: ResponseFormat;
 }
+
+/** OpenAI's response_format: plain text, any JSON object, or a value valid against a JSON schema. */
+export type ResponseFormat = { type: 'text' } | { type: 'json_object' } | { type: 'json_schema'; json_schema: { name?: string; schema: JsonSchema; strict?: boolean } };
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 

@@ -89,6 +89,18 @@ describe('sampler', () => {
     expect(distributionFromLogits(logits, sampling({ top_p: 0.3 })).ids.length).toBe(n);
   });
 
+  it('a row masked to -Infinity keeps only the unmasked tokens, with or without top_k', () => {
+    const logits = new Float32Array(V).fill(-Infinity);
+    logits[7] = 0.5;
+    logits[300] = -2;
+    logits[999] = 1;
+    for (const top_k of [0, 2, 50]) {
+      const d = distributionFromLogits(logits, sampling({ top_k }));
+      expect(Array.from(d.ids)).toEqual(top_k === 2 ? [999, 7] : [999, 7, 300]);
+      expect(d.probs.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+    }
+  });
+
   it('min_p drops tokens below min_p times the top probability', () => {
     const logits = new Float32Array([0, Math.log(0.5), Math.log(0.09), Math.log(0.11)]);
     const d = distributionFromLogits(logits, sampling({ min_p: 0.1 }));
