@@ -151,6 +151,8 @@ describe('serve: tool calls', () => {
       [{ tools: [WEATHER], tool_choice: 'sometimes' }, 'tool_choice', /tool_choice must be/],
       [{ functions: [{ name: 'x' }] }, 'functions', /use 'tools'/],
       [{ tools: [WEATHER], parallel_tool_calls: 'yes' }, 'parallel_tool_calls', /must be a boolean/],
+      [{ tools: [WEATHER], tool_choice: 'required', response_format: { type: 'json_object' } }, 'response_format', /cannot be combined with a required tool call/],
+      [{ tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { n: { type: 'number', multipleOf: 2 } } } } }], tool_choice: 'required' }, 'tools', /multipleOf/],
       [{ messages: [{ role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { name: 'get_weather', arguments: '{oops' } }] }, ...ask('x')] }, 'messages', /not valid JSON/],
     ];
     for (const [extra, param, message] of cases) {
@@ -265,5 +267,45 @@ describe.each(FAMILIES)('serve: $syntax tool calls through the wire', (f) => {
     const answer = await server.client.chat.completions.create({ model: MODEL, messages: history, tools: [WEATHER] });
     expect(answer.choices[0]!.message.content).toBe('It is 21 degrees.');
     expect(answer.choices[0]!.finish_reason).toBe('stop');
+  });
+
+  it('holds the reply to a valid call under tool_choice "required" or a named function (constrained decoding)', async () => {
+    // An unscripted prompt: the model would end at once; the constraint writes a call anyway.
+    const forced = [{ role: 'user' as const, content: 'Anything.' }];
+    const city = { type: 'function' as const, function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { enum: ['Oslo', 'Bern'] } }, required: ['city'], additionalProperties: false } } };
+    const zone = { type: 'function' as const, function: { name: 'get_time', parameters: { type: 'object', properties: { utc: { type: 'boolean' } }, required: ['utc'], additionalProperties: false } } };
+    const several = f.syntax !== 'GPT-OSS harmony';
+    for (const [tools, choice, names] of [
+      [[city, zone], { type: 'function', function: { name: 'get_time' } }, ['get_time']],
+      [several ? [city, zone] : [city], 'required', several ? ['get_weather', 'get_time'] : ['get_weather']],
+    ] as const) {
+      for (const stream of [false, true]) {
+        // One call: a model that never closes a list would write MAX_FORCED_CALLS of them. The
+        // scripted model favours the lowest allowed id, a tab: up to 12 between JSON tokens.
+        const body = { model: MODEL, messages: forced, tools: [...tools], tool_choice: choice, parallel_tool_calls: false, max_tokens: 400 } as OpenAI.ChatCompletionCreateParams;
+        let got: { name: string; arguments: string }[];
+        let finish: string | null | undefined;
+        if (stream) {
+          got = [];
+          for await (const c of await server.client.chat.completions.create({ ...body, stream: true })) {
+            for (const t of c.choices[0]?.delta.tool_calls ?? []) got.push({ name: t.function!.name!, arguments: t.function!.arguments! });
+            finish = c.choices[0]?.finish_reason ?? finish;
+          }
+        } else {
+          const r = await server.client.chat.completions.create({ ...body, stream: false });
+          got = (r.choices[0]!.message.tool_calls ?? []).map((c) => (c as OpenAI.ChatCompletionMessageFunctionToolCall).function);
+          finish = r.choices[0]!.finish_reason;
+        }
+        expect(finish, JSON.stringify(choice)).toBe('tool_calls');
+        expect(got.length).toBeGreaterThan(0);
+        for (const c of got) {
+          expect(names).toContain(c.name);
+          const args = JSON.parse(c.arguments) as Record<string, unknown>;
+          if (c.name === 'get_weather') expect(['Oslo', 'Bern']).toContain(args.city);
+          else expect(typeof args.utc).toBe('boolean');
+          expect(Object.keys(args)).toHaveLength(1);
+        }
+      }
+    }
   });
 });

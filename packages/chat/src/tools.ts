@@ -112,6 +112,9 @@ export function toolCallMessage(call: ParsedToolCall, format: ToolCallFormat | u
   return { id: newToolCallId(format), type: 'function', function: { name: call.name, arguments: call.arguments } };
 }
 
+/** Calls a forced list may hold: a bound, so a model that never closes the list still ends. */
+const MAX_FORCED_CALLS = 8;
+
 /**
  * tool_choice "required" or a named function as a constraint: the reply is one call (a list
  * of them where the syntax has lists and parallel calls are allowed) written in the model's
@@ -130,7 +133,7 @@ export function toolCallConstraint(format: ReplyFormat, tools: readonly ToolDefi
     });
     return allowed.length === 1 ? one(allowed[0]!) : { anyOf: allowed.map(one) };
   };
-  const list = (argsKey: string): JsonSchema => ({ type: 'array', items: call(argsKey), minItems: 1, ...(parallel ? {} : { maxItems: 1 }) });
+  const list = (argsKey: string): JsonSchema => ({ type: 'array', items: call(argsKey), minItems: 1, maxItems: parallel ? MAX_FORCED_CALLS : 1 });
   switch (format.toolCalls) {
     case 'hermes':
       return { prefix: '<tool_call>\n', schema: call('arguments'), suffix: '\n</tool_call>' };
