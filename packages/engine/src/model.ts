@@ -6,7 +6,8 @@ import { type Gpu, getGpu } from './device.ts';
 import { BYTES_PER_ELEMENT, type WeightDtype } from './dtype.ts';
 import { toFileSource } from './files.ts';
 import { KernelCache } from './kernel.ts';
-import { parseConfig } from './models/family.ts';
+import { familyOf, parseConfig } from './models/family.ts';
+import { EMBED } from './models/tensors.ts';
 import type { OpContext } from './ops/context.ts';
 import { type Checkpoint, openCheckpoint } from './safetensors.ts';
 import { ContextOverflowError, DecoderBatch, MAX_LOGIT_ROWS, MAX_STEP_TOKENS } from './batch.ts';
@@ -39,7 +40,7 @@ const SAFETENSORS_DTYPES: Record<string, WeightDtype | undefined> = { F32: 'f32'
 /** 'auto' follows what the checkpoint actually stores (its embedding table), then config.json. */
 function chooseDtype(opt: DtypeOption, ckpt: Checkpoint, c: ModelConfig): WeightDtype {
   if (opt !== 'auto') return opt;
-  const stored = ckpt.has('model.embed_tokens.weight') ? ckpt.get('model.embed_tokens.weight').dtype : undefined;
+  const stored = ckpt.has(EMBED) ? ckpt.get(EMBED).dtype : undefined;
   return (stored && SAFETENSORS_DTYPES[stored]) ?? c.dtype;
 }
 
@@ -96,7 +97,7 @@ function stackedGroups(c: ModelConfig, quant: PlannedQuantization): string[][] {
     const qkv = ['q', 'k', 'v'].map((x) => `${p}self_attn.${x}_proj.weight`);
     if (alike(qkv)) groups.push(qkv);
     const mlp = ['gate', 'up'].map((x) => `${p}mlp.${x}_proj.weight`);
-    if (!isSparseLayer(c, i) && c.intermediate_size % GLU_BLOCK.software === 0 && alike(mlp)) groups.push(mlp);
+    if (!isSparseLayer(c, i) && c.block.activation === 'silu' && c.intermediate_size % GLU_BLOCK.software === 0 && alike(mlp)) groups.push(mlp);
   }
   return groups;
 }
@@ -150,7 +151,7 @@ function keepLayers(c: ModelConfig, n: number | undefined): ModelConfig {
   if (n === undefined) return c;
   if (!(Number.isInteger(n) && n >= 1 && n <= c.num_hidden_layers))
     throw new ModelLoadError(`numLayers must be an integer in 1..${c.num_hidden_layers} (the model's layers), got ${n}`);
-  return { ...c, num_hidden_layers: n, layer_windows: c.layer_windows.slice(0, n) };
+  return { ...c, num_hidden_layers: n, layer_windows: c.layer_windows.slice(0, n), layer_ropes: c.layer_ropes.slice(0, n) };
 }
 
 const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
@@ -159,7 +160,9 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const src = toFileSource(source);
   const raw = await readConfig(src);
   const config = keepLayers(parseConfig(raw), opts.numLayers);
-  const ckpt = await openCheckpoint(src);
+  const family = familyOf(config);
+  const opened = await openCheckpoint(src);
+  const ckpt = family.sanitize ? family.sanitize(opened, config) : opened;
   const dtype = chooseDtype(opts.dtype ?? 'auto', ckpt, config);
   const gpu = opts.gpu ?? (await getGpu());
   const maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, config.max_position_embeddings);
