@@ -1,8 +1,8 @@
 // The one row type every bench section produces, and the one table printer: each section's
 // table shows the columns its rows fill in.
 
-/** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative] [--serve]). */
-export type Section = 'dense' | 'moe' | 'speculative' | 'serve';
+/** Which part of the bench a row belongs to (pnpm bench [--dense] [--families] [--moe] [--speculative] [--serve]). */
+export type Section = 'dense' | 'families' | 'moe' | 'speculative' | 'serve';
 
 export interface SpeculativeFigures {
   /** 'self-q4' (the target's weights quantized to q4) or 'first N layers' of the target. */
