@@ -51,6 +51,9 @@ const CASES: Case[] = [
   { tokenizer: 'llama3_1', what: 'system + multi-turn, non-ASCII', messages: SYSTEM_CHAT, opts: { add_generation_prompt: true } },
   { tokenizer: 'llama3_1', what: 'continue_final_message', messages: [SYSTEM_CHAT[1]!, { role: 'assistant', content: 'Tokyo, ' }], opts: { continue_final_message: true } },
   { tokenizer: 'llama2', what: '[INST] template, multi-turn, CJK', messages: SYSTEM_CHAT.slice(1), opts: {}, template: INST_TEMPLATE },
+  // Gemma 3's template folds the system message into the first user turn.
+  { tokenizer: 'gemma3', what: 'system + multi-turn, non-ASCII', messages: SYSTEM_CHAT, opts: { add_generation_prompt: true } },
+  { tokenizer: 'gemma3', what: 'continue_final_message', messages: [SYSTEM_CHAT[1]!, { role: 'assistant', content: 'Tokyo, ' }], opts: { continue_final_message: true } },
 ];
 
 async function render(c: Case): Promise<{ text: string; ids: number[] }> {

@@ -191,6 +191,8 @@ export function parseCommonConfig(raw: RawConfig, family: { attentionBias?: bool
     finalLogitSoftcap: 0,
     ...family.block,
   };
+  if (block.norms !== 'pre' && block.residualScale !== 1)
+    throw new ConfigError(`config.json: a ${String(raw.model_type)} block with norms on its outputs and a residual multiplier is not supported`);
   return {
     model_type: String(raw.model_type),
     architectures: (raw.architectures as string[] | undefined) ?? [],

@@ -133,7 +133,9 @@ export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: numbe
   }
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
-  const perToken = 3 * c.hidden_size + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
+  // A block output on its way to a post-norm or a scaled residual add takes one more row of hidden.
+  const blockOut = c.block.norms !== 'pre' || c.block.residualScale !== 1 ? c.hidden_size : 0;
+  const perToken = 3 * c.hidden_size + blockOut + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
   const activationBytes = 4 * (T * perToken + MAX_LOGIT_ROWS * c.vocab_size);
   return { weightBytes, quantizedBytes, kvBytes, activationBytes, total: weightBytes + kvBytes + activationBytes };
 }

@@ -190,7 +190,7 @@ export class Decoder {
     // (accumulated by the norm) or a scaled add. `out` is what the last linear op writes.
     const residual = (outNorm: GPUBuffer | undefined): { out: GPUBuffer; accumulate: boolean; join: Encodable[] } => {
       if (outNorm) {
-        if (b.residualScale !== 1) throw new Error('a block with post-norms and a residual multiplier is not supported');
+        // parseCommonConfig refuses post-norms together with a residual multiplier.
         return { out: blockOut!, accumulate: false, join: [perToken('norm', createRmsNorm(ctx, blockOut!, outNorm, this.hidden, h, c.rms_norm_eps, { accumulate: true }))] };
       }
       if (b.residualScale !== 1) return { out: blockOut!, accumulate: false, join: [perToken('elementwise', createAdd(ctx, this.hidden, blockOut!, b.residualScale), h)] };

@@ -152,7 +152,10 @@ export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: Pre
     );
   // A tensor the model would not read is a variant we do not handle (a bias, a norm, a layer
   // the config does not describe): refused rather than silently left out.
-  const read = (n: string) => expected.has(n) || (prequant !== undefined && n.endsWith('.g_idx') && expected.has(n.replace(/g_idx$/, 'qweight')));
+  // GPTQ exporters also save a (zero) bias for every quantized layer; as in Transformers, a bias
+  // the architecture does not have is not read.
+  const quantPart = (n: string, part: string) => prequant !== undefined && n.endsWith(`.${part}`) && expected.has(`${n.slice(0, -part.length)}qweight`);
+  const read = (n: string) => expected.has(n) || quantPart(n, 'g_idx') || quantPart(n, 'bias');
   const unexpected = [...ckpt.tensors.keys()].filter((n) => !read(n) && !ignorable(n, c));
   if (unexpected.length)
     throw new UploadError(
