@@ -161,7 +161,8 @@ const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
 export async function loadModel(source: string | FileSource, opts: LoadOptions = {}): Promise<Model> {
   const src = toFileSource(source);
   const raw = await readConfig(src);
-  const config = keepLayers(parseConfig(raw), opts.numLayers);
+  const full = parseConfig(raw);
+  const config = keepLayers(full, opts.numLayers);
   const family = familyOf(config);
   const opened = await openCheckpoint(src);
   const ckpt = family.sanitize ? family.sanitize(opened, config) : opened;
@@ -199,7 +200,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const kernels = new KernelCache(gpu.device);
   gpu.device.pushErrorScope('out-of-memory');
   const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
-  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, { tiles, gluBlock: GLU_BLOCK[variant], kernels });
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, { tiles, gluBlock: GLU_BLOCK[variant], kernels }, full.num_hidden_layers);
   const oom = await gpu.device.popErrorScope();
   if (oom) {
     weights.destroy();

@@ -127,13 +127,19 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
   return out;
 }
 
-/** Checkpoint tensors no model reads: RoPE tables some exporters save, a tied head saved anyway. */
-function ignorable(name: string, c: ModelConfig): boolean {
-  return name.endsWith('.rotary_emb.inv_freq') || (c.tie_word_embeddings && name === LM_HEAD);
+/**
+ * Checkpoint tensors not read: RoPE tables some exporters save, a tied head saved anyway, and
+ * the layers past the first c.num_hidden_layers of a checkpoint of `checkpointLayers` when only
+ * those are loaded (a truncated-layer draft, LoadOptions.numLayers).
+ */
+function ignorable(name: string, c: ModelConfig, checkpointLayers: number): boolean {
+  if (name.endsWith('.rotary_emb.inv_freq') || (c.tie_word_embeddings && name === LM_HEAD)) return true;
+  const layer = /^model\.layers\.(\d+)\./.exec(name);
+  return layer !== null && Number(layer[1]) >= c.num_hidden_layers && Number(layer[1]) < checkpointLayers;
 }
 
 /** Checks names and shapes before anything is uploaded, so a bad checkpoint fails fast. */
-export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: PrequantConfig): Map<string, number[]> {
+export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: PrequantConfig, checkpointLayers = c.num_hidden_layers): Map<string, number[]> {
   const expected = expectedTensors(c);
   // A GPTQ/AWQ layer stores qweight/qzeros/scales(/g_idx) instead of weight; their shapes are
   // checked against the config when the layer is repacked (quant-upload.ts).
@@ -156,7 +162,7 @@ export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: Pre
   // the architecture does not have is not read.
   const quantPart = (n: string, part: string) => prequant !== undefined && n.endsWith(`.${part}`) && expected.has(`${n.slice(0, -part.length)}qweight`);
   const read = (n: string) => expected.has(n) || quantPart(n, 'g_idx') || quantPart(n, 'bias');
-  const unexpected = [...ckpt.tensors.keys()].filter((n) => !read(n) && !ignorable(n, c));
+  const unexpected = [...ckpt.tensors.keys()].filter((n) => !read(n) && !ignorable(n, c, checkpointLayers));
   if (unexpected.length)
     throw new UploadError(
       `checkpoint ${ckpt.source.name} holds ${unexpected.length} tensor(s) a ${c.model_type} model with this config.json does not use, e.g. ${unexpected.slice(0, 3).join(', ')}`,
@@ -182,10 +188,12 @@ export async function loadDecoderWeights(
   onProgress: ((p: LoadProgress) => void) | undefined,
   quant: WeightQuantization,
   layout: WeightLayout,
+  /** Layers the checkpoint holds, when `c` keeps only its first ones (LoadOptions.numLayers). */
+  checkpointLayers = c.num_hidden_layers,
 ): Promise<DecoderWeights> {
   const { tiles } = layout;
   const shapes = expectedTensors(c);
-  const expected = checkCheckpoint(ckpt, c, quant.prequant);
+  const expected = checkCheckpoint(ckpt, c, quant.prequant, checkpointLayers);
   const gIdx = [...expected.keys()].filter((n) => n.endsWith('.qweight')).map((n) => n.replace(/qweight$/, 'g_idx')).filter((n) => ckpt.has(n));
   const progress = new UploadProgress(ckpt, [...expected.keys(), ...gIdx], onProgress ?? (() => {}));
   // Everything held, for destroy(); the linear layers are counted by format at the end.

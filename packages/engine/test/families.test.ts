@@ -193,6 +193,13 @@ describe('bad input', () => {
     await expect(load(dir)).rejects.toThrow(/holds 6 tensor\(s\) a llama model with this config\.json does not use, e\.g\. model\.layers\.0\.self_attn\.q_proj\.bias/);
   });
 
+  it('a layer the config does not describe is refused; the layers a truncated-layer load leaves out are not', async () => {
+    const dir = writeGeneratedModel({ seed: 6, config: { num_hidden_layers: 3 } });
+    expect((await load(dir, { numLayers: 1 })).info.config.num_hidden_layers).toBe(1);
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...json(dir), num_hidden_layers: 2 }));
+    await expect(load(dir)).rejects.toThrow(/does not use, e\.g\. model\.layers\.2\./);
+  });
+
   it('unsupported model types list every supported one; aliases and variants name what they lack', () => {
     expect(() => parseConfig({ model_type: 'falcon' })).toThrow(/unsupported model_type "falcon".*supported: .*gemma2.*gemma3_text.*granite.*mistral.*olmo2.*phi3.*smollm3/);
     const base = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 311 };
