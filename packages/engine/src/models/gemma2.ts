@@ -3,10 +3,9 @@
 // GeGLU with GELU's tanh approximation, embeddings times sqrt(hidden_size), q·k scaled by
 // query_pre_attn_scalar^-0.5, attention scores and final logits soft-capped, and sliding-window
 // layers alternating with full ones (sliding first) where config.json has no layer_types.
-import { type RawConfig, num, parseCommonConfig, positiveInt } from '../config.ts';
+import { type ModelConfig, type RawConfig, num, parseCommonConfig, positiveInt } from '../config.ts';
 import type { Family } from './family.ts';
 import { type LayerTensors, llamaLayerTensors } from './tensors.ts';
-import type { ModelConfig } from '../config.ts';
 
 /** Gemma 2 and 3 prefer hidden_activation (hidden_act is Gemma 1's and may say "gelu"). */
 export function gemmaActivation(raw: RawConfig): RawConfig {
