@@ -27,6 +27,7 @@
 //   COMBINE   one thread per output element.
 //   SINKS     (with SPLIT_*) a learned logit per head joins each row's softmax denominator
 //             (GPT-OSS): split 0 starts from m = sink, l = 1 instead of m = -inf, l = 0.
+//   SOFTCAP   (with SPLIT_*) scores are soft-capped, softcap · tanh(s / softcap) (Gemma 2).
 
 #if KV_WRITE
 struct Params {
@@ -117,6 +118,7 @@ struct Params {
   scale: f32,
   direct: u32,
   accOffset: u32,
+  softcap: f32,
 }
 
 // Largest head dimension (checked on the host).
@@ -146,6 +148,15 @@ fn startML(s: u32, row: u32) -> vec2<f32> {
   if (s == 0u) { return vec2<f32>(sinks[row % p.nHeads], 1.0); }
 #endif
   return vec2<f32>(NEG_BIG, 0.0);
+}
+
+// A scaled q·k as the softmax sees it: soft-capped to softcap · tanh(s / softcap) where set (Gemma 2).
+fn capped(s: f32) -> f32 {
+#if SOFTCAP
+  return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+#else
+  return s;
+#endif
 }
 
 // The first position a query at `pos` attends to.
@@ -213,7 +224,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (; j < stop; j++) {
       var s4 = vec4(0.0);
       for (var d = 0u; d < HD4; d++) { s4 += qv[d] * kCache4[base + d]; }
-      let s = s4.x + s4.y + s4.z + s4.w;
+      let s = capped(s4.x + s4.y + s4.z + s4.w);
       if (s > m) {
         let corr = exp(m - s);
         l *= corr;
@@ -299,6 +310,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             + qv[4u * PL + e] * subgroupBroadcast(v, 4u) + qv[5u * PL + e] * subgroupBroadcast(v, 5u)
             + qv[6u * PL + e] * subgroupBroadcast(v, 6u) + qv[7u * PL + e] * subgroupBroadcast(v, 7u);
       }
+      sc = capped(sc);
       let valid = live && j >= begin && j < end;
       let mNew = select(m, max(m, sc), valid);
       let corr = exp(m - mNew);
@@ -365,6 +377,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       rowAt[lid] = base;
       s = 0.0;
       for (var d = 0u; d < D; d++) { s += qs[d] * kCache[base + d]; }
+      s = capped(s);
     }
     red[lid] = s;
     workgroupBarrier();

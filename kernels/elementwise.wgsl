@@ -1,9 +1,12 @@
 // Elementwise ops on f32 activations, one thread per element.
 //   SILU_MUL  out[r, c] = silu(gate[r, c]) * up[r, c] (the gated MLP). gate and up are read
 //             through a row stride and offset, so they may be two [rows, cols] buffers or
-//             the two halves of one fused [rows, 2 * cols] buffer bound twice.
-//   ADD       a[i] += b[i] (the residual).
+//             the two halves of one fused [rows, 2 * cols] buffer bound twice. With GELU_TANH
+//             the gate goes through GELU's tanh approximation instead (Gemma's GeGLU).
+//   ADD       a[i] += scale * b[i] (the residual; Granite scales what joins it).
 //   COPY      dst[dstOffset + i] = src[srcOffset + i].
+//   SCALE_CAP a[i] = cap * tanh(a[i] * scale / cap), or a[i] * scale when cap is 0 (embedding
+//             multipliers, Granite's logit scaling, Gemma 2's final-logit soft-capping).
 
 #if SILU_MUL
 struct Params {
@@ -18,6 +21,14 @@ struct Params {
 #if ADD
 struct Params {
   count: u32,
+  scale: f32,
+}
+#endif
+#if SCALE_CAP
+struct Params {
+  count: u32,
+  scale: f32,
+  cap: f32,
 }
 #endif
 #if COPY
@@ -45,7 +56,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let c = idx % p.cols;
   let r = idx / p.cols;
   let g = gate[r * p.gateStride + p.gateOffset + c];
+#if GELU_TANH
+  // tanh saturates in f32 well before |x| = 15; clamping keeps exp-based tanh finite.
+  let inner = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+  out[idx] = 0.5 * g * (1.0 + tanh(inner)) * up[r * p.upStride + p.upOffset + c];
+#else
   out[idx] = g / (1.0 + exp(-g)) * up[r * p.upStride + p.upOffset + c];
+#endif
 }
 #endif
 
@@ -57,7 +74,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let idx = gid.x + gid.y * nwg.x * WG;
   if (idx >= p.count) { return; }
-  a[idx] += b[idx];
+  a[idx] += p.scale * b[idx];
+}
+#endif
+
+#if SCALE_CAP
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = gid.x + gid.y * nwg.x * WG;
+  if (idx >= p.count) { return; }
+  let x = a[idx] * p.scale;
+  if (p.cap > 0.0) {
+    a[idx] = p.cap * tanh(clamp(x / p.cap, -15.0, 15.0));
+  } else {
+    a[idx] = x;
+  }
 }
 #endif
 

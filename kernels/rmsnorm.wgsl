@@ -1,5 +1,7 @@
 // RMSNorm over the last dimension: y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w.
 // One workgroup per row; rows may be tokens (hidden norm) or tokens x heads (Qwen3's q/k norm).
+//   ACCUMULATE  y[r, :] += the normed row instead (a norm on a block's output before it joins
+//               the residual: Gemma 2/3's and OLMo 2's post-norms).
 // Bindings: 0 params, 1 x [rows, cols] f32, 2 w [cols] f32, 3 y [rows, cols] f32 (may not alias x).
 
 struct Params {
@@ -35,6 +37,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   }
   let scale = inverseSqrt(partial[0] / f32(p.cols) + p.eps);
   for (var i = lid; i < p.cols; i += WG) {
+#if ACCUMULATE
+    y[base + i] += x[base + i] * scale * w[i];
+#else
     y[base + i] = x[base + i] * scale * w[i];
+#endif
   }
 }

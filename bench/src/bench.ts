@@ -2,9 +2,9 @@
 //
 //   pnpm bench [--dtype bf16,f32,q8,q4] [--quantize q8,q4] [--prompt 128] [--decode 64] [--model DIR]
 //              [--profile] [--compare [--gguf f16,q8_0,q4_0] [--llama vulkan,cpu]]
-//              [--moe [--moe-model DIR,DIR]] [--speculative [--k 4]]
+//              [--families [--family-model DIR,DIR]] [--moe [--moe-model DIR,DIR]] [--speculative [--k 4]]
 //              [--serve [--streams 8] [--prompt-tokens 16] [--new-tokens 48] [--serve-args "FLAGS"]]
-//              [--constrained] [--dense] [--all] [--json]
+//              [--constrained] [--dense] [--families] [--all] [--json]
 //
 // Dense (the default section): prefill and decode tokens/s of a Qwen2.5-0.5B-shaped model
 // (the real config, seeded random weights; or --model DIR) in each format, bytes of weights
@@ -15,6 +15,9 @@
 //   --compare runs llama.cpp (node-llama-cpp) on the same weights, converted to GGUF (by
 //   default in the formats matching --dtype: bf16 → f16, q8 → q8_0, q4 → q4_0), on each
 //   --llama backend, in the same run, with our matching format's speed as a ratio to each.
+// Other families (with the default table, or alone with --families): a Gemma 3 270M-shaped
+//   model and a Phi-3-mini-shaped one (4 of its 32 layers) in bf16 (or the formats --dtype and
+//   --quantize name): the families whose blocks differ most from the dense model's.
 // --moe: the Mixtral- and Qwen3-MoE-shaped bench models (bf16): decode tok/s, bytes read per
 //   token (only the selected experts) next to the resident bytes and what reading every
 //   expert would take.
@@ -29,7 +32,7 @@
 //   passes flags on to serve (e.g. "--parallel 8").
 // --constrained: decode tok/s of the dense model with a JSON-schema constraint against none
 //   (greedy and sampled), the mask's time per token, and the logits row read-back it needs.
-// Naming --moe, --speculative, --constrained or --serve alone runs only those; --dense, --compare, --profile,
+// Naming --families, --moe, --speculative, --constrained or --serve alone runs only those; --dense, --compare, --profile,
 // and --dtype or --quantize without --serve add the dense table back; --all runs everything
 // (with --compare).
 // Each engine is warmed up with the timed shapes, prefill is timed 3 times (the median is shown),

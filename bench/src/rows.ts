@@ -1,8 +1,8 @@
 // The one row type every bench section produces, and the one table printer: each section's
 // table shows the columns its rows fill in.
 
-/** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative] [--serve] [--constrained]). */
-export type Section = 'dense' | 'moe' | 'speculative' | 'serve' | 'constrained';
+/** Which part of the bench a row belongs to (pnpm bench [--dense] [--families] [--moe] [--speculative] [--serve] [--constrained]). */
+export type Section = 'dense' | 'families' | 'moe' | 'speculative' | 'serve' | 'constrained';
 
 /** A JSON-schema constrained decode against the same model's plain decode (pnpm bench --constrained). */
 export interface ConstrainedFigures {

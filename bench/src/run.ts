@@ -10,6 +10,7 @@ import { benchModel, benchPrompt, CORES, folderName, runEngine, type BenchFormat
 import { GGUF_FORMATS, type GgufFormat } from './gguf.ts';
 import { benchGguf, LLAMA_BACKENDS, runLlamaCpp, type LlamaBackend } from './llama-cpp.ts';
 import { moeBenchModels } from './moe-models.ts';
+import { familyBenchModels } from './family-models.ts';
 import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
 import { PREFIX_NEW_TOKENS, runServeLoad, SHARED_PREFIX_TOKENS, type ServeLoadOptions } from './serve-load.ts';
 import { runSpeculative } from './speculative.ts';
@@ -23,12 +24,16 @@ export interface BenchOptions {
   sections: Section[];
   /** Our formats for the dense rows: a dtype, or q8/q4 (linear layers quantized while loading, embeddings and LM head bf16). */
   formats: BenchFormat[];
+  /** Formats of the other families' rows: bf16 unless --dtype/--quantize name formats. */
+  familyFormats: BenchFormat[];
   promptTokens: number;
   decodeTokens: number;
   /** The dense model and the dense speculative target (default: the Qwen2.5-0.5B-shaped bench model). */
   model?: string;
   /** The MoE models (default: the Mixtral- and Qwen3-MoE-shaped bench models); the last is the MoE speculative target. */
   moeModels?: string[];
+  /** The other families' models (default: the Gemma 3 270M- and Phi-3-mini-shaped bench models). */
+  familyModels?: string[];
   profile: boolean;
   /** llama.cpp rows next to the dense ones, in each GGUF format, on each backend. */
   compare: boolean;
@@ -51,8 +56,8 @@ export interface BenchReport {
 }
 
 const DTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8', 'q4'];
-const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
-const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--serve', '--constrained', '--all'];
+const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--family-model', '--gguf', '--llama', '--k', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
+const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--families', '--moe', '--speculative', '--serve', '--constrained', '--all'];
 /** A flag whose value is itself flags (for serve). */
 const PASSED_THROUGH = '--serve-args';
 
@@ -93,13 +98,17 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const formatsNamed = values.has('--dtype') || values.has('--quantize');
   const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || (formatsNamed && !serve);
   const sections: Section[] = [];
-  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative') || switches.has('--constrained') || serve)) sections.push('dense');
+  const onlyOthers = switches.has('--moe') || switches.has('--speculative') || switches.has('--families') || switches.has('--constrained') || serve;
+  if (denseAsked || !onlyOthers) sections.push('dense');
+  // The other families' rows come with the default table, and on their own with --families.
+  if (all || switches.has('--families') || !onlyOthers) sections.push('families');
   if (all || switches.has('--moe')) sections.push('moe');
   if (all || switches.has('--speculative')) sections.push('speculative');
   if (all || switches.has('--constrained')) sections.push('constrained');
   if (serve) sections.push('serve');
   const model = values.get('--model');
   const moeModels = values.has('--moe-model') ? list('--moe-model', '') : undefined;
+  const familyModels = values.has('--family-model') ? list('--family-model', '') : undefined;
   return {
     sections,
     formats: formats as BenchFormat[],
@@ -107,6 +116,8 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     decodeTokens: count('--decode', 64, 1),
     ...(model ? { model } : {}),
     ...(moeModels ? { moeModels } : {}),
+    ...(familyModels ? { familyModels } : {}),
+    familyFormats: (formatsNamed ? formats : ['bf16']) as BenchFormat[],
     profile: switches.has('--profile'),
     compare: all || switches.has('--compare'),
     ggufFormats: ggufFormats as GgufFormat[],
@@ -138,6 +149,9 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     for (const f of o.formats) ours.push(await runEngine(dir, f, { ...engine, section: 'dense', profile: o.profile }));
     report.rows.push(...ours);
     if (o.compare) report.rows.push(...(await runLlamaRows(dir, ours, o, report.skipped)));
+  }
+  if (o.sections.includes('families')) {
+    for (const dir of o.familyModels ?? familyBenchModels()) for (const f of o.familyFormats) report.rows.push(await runEngine(dir, f, { ...engine, section: 'families' }));
   }
   if (o.sections.includes('moe')) {
     for (const dir of moeModels()) report.rows.push(await runEngine(dir, 'bf16', { ...engine, section: 'moe' }));
@@ -184,6 +198,7 @@ async function runLlamaRows(dir: string, ours: BenchRow[], o: BenchOptions, skip
 
 const TITLES: Record<Section, string> = {
   dense: 'Dense',
+  families: 'Other families: Gemma 3 270M-shaped, Phi-3-mini-shaped (4 of 32 layers)',
   moe: 'Mixture of experts (bf16): decode reads only the selected experts',
   speculative: 'Speculative decoding (greedy): plain vs assisted on the same target',
   serve: 'Serving under load: streamed /v1/completions against pnpm serve',
@@ -197,7 +212,7 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
   const lengths = r.rows.some((x) => x.section !== 'serve') ? `; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens` : '';
   out.push(`${describeGpu(r.adapter)}; load average at start ${la}${lengths}.`);
   out.push(`"2-core est." = tokens per CPU-second x ${CORES}; load = 1-minute load average when the row finished.`);
-  for (const s of ['dense', 'moe', 'speculative', 'constrained', 'serve'] as const) {
+  for (const s of ['dense', 'families', 'moe', 'speculative', 'constrained', 'serve'] as const) {
     const rows = r.rows.filter((x) => x.section === s);
     if (!rows.length) continue;
     out.push('', `## ${TITLES[s]}`, '', formatTable(rows));

@@ -10,17 +10,21 @@ import { getGpu } from '@webgpu-chat/engine';
 import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
 import { quantizeBlocks } from '../src/gguf.ts';
 import { QWEN3_MOE_SHAPED, writeMoeModel } from '../src/moe-models.ts';
+import { GEMMA3_270M, PHI3_MINI_4_LAYERS, writeFamilyModel } from '../src/family-models.ts';
 import type { BenchRow } from '../src/rows.ts';
 import { runConstrained } from '../src/constrained.ts';
 import { BenchArgsError, formatReport, parseArgs, runBench } from '../src/run.ts';
 
 describe('bench flags', () => {
   it('run the dense table by default and other sections on request', () => {
-    expect(parseArgs([]).sections).toEqual(['dense']);
+    expect(parseArgs([]).sections).toEqual(['dense', 'families']);
+    expect(parseArgs([]).familyFormats).toEqual(['bf16']);
     expect(parseArgs(['--moe']).sections).toEqual(['moe']);
+    expect(parseArgs(['--families', '--quantize', 'q4']).sections).toEqual(['dense', 'families']);
+    expect(parseArgs(['--families', '--quantize', 'q4']).familyFormats).toEqual(['bf16', 'f32', 'q4']);
     expect(parseArgs(['--speculative', '--dtype', 'q4']).sections).toEqual(['dense', 'speculative']);
     const all = parseArgs(['--all']);
-    expect(all.sections).toEqual(['dense', 'moe', 'speculative', 'constrained', 'serve']);
+    expect(all.sections).toEqual(['dense', 'families', 'moe', 'speculative', 'constrained', 'serve']);
     expect(parseArgs(['--constrained']).sections).toEqual(['constrained']);
     expect(all.compare).toBe(true);
     // llama.cpp's formats follow ours unless named.
@@ -131,5 +135,22 @@ describe('pnpm bench on tiny models', () => {
     const text = formatReport({ adapter: (await getGpu()).info, loadAtStart: [0, 0, 0], rows, skipped: [] }, { promptTokens: 16, decodeTokens: 8, k: 4, serve: parseArgs([]).serve });
     expect(text).toContain('## Constrained decoding');
     expect(text).toContain('| greedy |');
+  });
+
+  it('prints the other families\' rows (Gemma 3- and Phi-3-shaped, Phi-3 with fused projections on disk)', { timeout: 600_000 }, async () => {
+    const small = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 311 };
+    const gemma = join(mkdtempSync(join(tmpdir(), 'wgc-bench-fam-')), 'tiny-gemma3');
+    writeFamilyModel({ ...GEMMA3_270M, ...small, head_dim: 16, layer_types: ['sliding_attention', 'full_attention'] }, gemma);
+    const phi = join(mkdtempSync(join(tmpdir(), 'wgc-bench-fam-')), 'tiny-phi3');
+    writeFamilyModel({ ...PHI3_MINI_4_LAYERS, ...small }, phi);
+    const o = parseArgs(['--families', '--family-model', `${gemma},${phi}`, '--prompt', '6', '--decode', '4']);
+    expect(o.sections).toEqual(['families']);
+    const report = await runBench(o);
+    expect(report.rows.map((r) => [r.section, r.model, r.format])).toEqual([
+      ['families', 'tiny-gemma3', 'bf16'],
+      ['families', 'tiny-phi3', 'bf16'],
+    ]);
+    for (const r of report.rows) expect(Number.isFinite(r.decodeTokensPerSecond) && r.decodeTokensPerSecond! > 0).toBe(true);
+    expect(formatReport(report, o)).toContain('## Other families');
   });
 });

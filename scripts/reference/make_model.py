@@ -37,6 +37,12 @@ FAMILIES = {
         "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32,
         "max_position_embeddings": 131072,
     }),
+    "phi3": ("Phi3Config", {}),
+    "gemma2": ("Gemma2Config", {}),
+    "gemma3_text": ("Gemma3TextConfig", {}),
+    "smollm3": ("SmolLM3Config", {}),
+    "granite": ("GraniteConfig", {}),
+    "olmo2": ("Olmo2Config", {}),
 }
 
 # An odd vocab size catches kernels that assume a multiple of 2/4/64; bos/eos/pad are

@@ -209,7 +209,7 @@ describe('completions on stories260K', () => {
 });
 
 const python = pythonAvailable();
-const FAMILIES: ReferenceFamily[] = ['llama', 'qwen2', 'qwen3', 'mistral'];
+const FAMILIES: ReferenceFamily[] = ['llama', 'qwen2', 'qwen3', 'mistral', 'phi3', 'gemma2', 'gemma3_text', 'smollm3', 'granite', 'olmo2'];
 
 describe.skipIf(!python.ok)('completions logprobs agree with Transformers', () => {
   for (const [i, family] of FAMILIES.entries()) {

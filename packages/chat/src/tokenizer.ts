@@ -1,10 +1,12 @@
 // The model folder's tokenizer: tokenizer.json (the pipeline: normalizer, pre-tokenizer,
-// BPE model, post-processor, decoder) run by @huggingface/tokenizers, plus the special
-// tokens and BOS/EOS policy of tokenizer_config.json.
+// BPE model, post-processor, decoder) run by @huggingface/tokenizers, with the pipeline
+// Transformers 5 builds for Llama- and Gemma-class tokenizers (tokenizer-classes.ts), plus the
+// special tokens and BOS/EOS policy of tokenizer_config.json.
 
 import { Tokenizer } from '@huggingface/tokenizers';
 import type { FileSource } from '@webgpu-chat/engine';
 import { TokenizerLoadError } from './errors.ts';
+import { transformersPipeline } from './tokenizer-classes.ts';
 
 /** The fields of tokenizer_config.json the chat layer reads; the rest is kept as given. */
 export interface TokenizerConfig {
@@ -79,7 +81,7 @@ export class ChatTokenizer {
     const model = tokenizerJson.model as { type?: unknown } | undefined;
     if (!model || typeof model !== 'object') throw new TokenizerLoadError('tokenizer.json has no "model" section');
     try {
-      this.inner = new Tokenizer(tokenizerJson, config);
+      this.inner = new Tokenizer(transformersPipeline(tokenizerJson, config), config);
     } catch (e) {
       throw new TokenizerLoadError(`tokenizer.json could not be loaded: ${(e as Error).message}`);
     }

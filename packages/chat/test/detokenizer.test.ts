@@ -9,6 +9,8 @@ const TEXTS = [
   'Family: 👨‍👩‍👧‍👦, thumbs 👍🏽, flag 🇯🇵, rare 𓂀',
   '  indented\n\n  lines\twith tabs  ',
   'mixed: naïve 東京 😀 end',
+  // Gothic 𐍈 and math 𝔘 are byte-fallback tokens even in Gemma 3's 262k vocabulary.
+  'Gothic 𐍈 and 𝔘',
 ];
 
 describe('streaming detokenizer', () => {

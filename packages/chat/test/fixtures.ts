@@ -13,8 +13,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(join(here, '..', 'package.json'));
 export const repoRoot = resolve(here, '../../..');
 
-export type TokenizerName = 'qwen3' | 'llama3_1' | 'llama2';
-export const TOKENIZERS: TokenizerName[] = ['qwen3', 'llama3_1', 'llama2'];
+export type TokenizerName = 'qwen3' | 'llama3_1' | 'llama2' | 'gemma3';
+export const TOKENIZERS: TokenizerName[] = ['qwen3', 'llama3_1', 'llama2', 'gemma3'];
 
 /** The folder holding the package's original tokenizer.json and tokenizer_config.json. */
 export function tokenizerFolder(name: TokenizerName): string {

@@ -80,6 +80,9 @@ const CASES: Case[] = [
   { tokenizer: 'llama3_1', what: 'Llama 3.1 tools template: tools in the user turn', messages: SYSTEM_CHAT.slice(0, 2), opts: { add_generation_prompt: true, tools: [WEATHER_TOOL, TIME_TOOL] }, template: template('llama3_1-tools') },
   { tokenizer: 'llama3_1', what: 'Llama 3.1 tools template: a call and its result', messages: ONE_CALL_CHAT, opts: { add_generation_prompt: true, tools: [WEATHER_TOOL] }, template: template('llama3_1-tools') },
   { tokenizer: 'llama2', what: 'Mistral v0.3 tools template: a call and its result', messages: ONE_CALL_CHAT, opts: { add_generation_prompt: true, tools: [WEATHER_TOOL, TIME_TOOL] }, template: template('mistral-tools') },
+  // Gemma 3's template folds the system message into the first user turn.
+  { tokenizer: 'gemma3', what: 'system + multi-turn, non-ASCII', messages: SYSTEM_CHAT, opts: { add_generation_prompt: true } },
+  { tokenizer: 'gemma3', what: 'continue_final_message', messages: [SYSTEM_CHAT[1]!, { role: 'assistant', content: 'Tokyo, ' }], opts: { continue_final_message: true } },
 ];
 
 async function render(c: Case): Promise<{ text: string; ids: number[] }> {

@@ -2,6 +2,7 @@
 // that are derived (head_dim, kv heads, per-layer sliding windows) are computed here once.
 
 import type { WeightDtype } from './dtype.ts';
+import type { GateActivation } from './ops/elementwise.ts';
 import { type ParsedRope, parseRopeScaling } from './rope-frequencies.ts';
 
 export class ConfigError extends Error {
@@ -28,11 +29,12 @@ export interface ModelConfig {
   /** o_proj carries a bias too (Llama's attention_bias covers all four). */
   o_proj_bias: boolean;
   mlp_bias: boolean;
-  /** Per-head RMSNorm on q and k before RoPE (Qwen3). */
-  qk_norm: boolean;
-  hidden_act: string;
+  /** How each decoder block is put together on the shared building blocks (transformer.ts). */
+  block: BlockSpec;
   /** Per layer: the sliding window in tokens, or 0 for full attention. */
   layer_windows: number[];
+  /** Per layer: its RoPE (Gemma 3: another base on sliding layers), or null for none (SmolLM3's no_rope_layers). */
+  layer_ropes: (ParsedRope | null)[];
   /** The checkpoint's dtype (torch_dtype / dtype), f32 when absent. */
   dtype: WeightDtype;
   bos_token_id: number | number[] | undefined;
@@ -43,10 +45,39 @@ export interface ModelConfig {
   moe?: MoeConfig;
 }
 
+/**
+ * The block variations a family declares (models/<family>.ts); parseCommonConfig's defaults
+ * are Llama's block.
+ */
+export interface BlockSpec {
+  /**
+   * Where RMSNorms sit: 'pre' (Llama: on the input of attention and of the MLP), 'sandwich'
+   * (Gemma 2/3: on the input and on the output of each, before the residual add), 'post'
+   * (OLMo 2: only on the outputs).
+   */
+  norms: 'pre' | 'sandwich' | 'post';
+  /** Norm weights are stored as w - 1 and applied as (1 + w) (Gemma); 1 is added at load. */
+  normPlusOne: boolean;
+  /** The gate's activation in the gated MLP. */
+  activation: GateActivation;
+  /** RMSNorm on q and k before RoPE: per head (Qwen3, Gemma 3), over the whole projection (OLMo 2), or none. */
+  qkNorm: 'none' | 'head' | 'projection';
+  /** Multiplies the embeddings (Gemma: sqrt(hidden_size); Granite: embedding_multiplier); 1: none. */
+  embeddingScale: number;
+  /** Multiplies each attention and MLP output before it joins the residual (Granite residual_multiplier); 1: none. */
+  residualScale: number;
+  /** Multiplies q·k: 1/sqrt(head_dim) by default (Gemma: query_pre_attn_scalar^-0.5; Granite: attention_multiplier). */
+  attentionScale: number;
+  /** Attention scores become cap · tanh(s / cap) (Gemma 2 attn_logit_softcapping); 0: none. */
+  attentionSoftcap: number;
+  /** Logits are divided by this (Granite logits_scaling); 1: none. */
+  logitsDivisor: number;
+  /** Logits become cap · tanh(x / cap) (Gemma 2 final_logit_softcapping); 0: none. */
+  finalLogitSoftcap: number;
+}
+
 /** How a family's MoE layers route and what their checkpoint holds (see ops/moe.ts). */
 export interface MoeConfig {
-  /** Checkpoint naming: Mixtral's block_sparse_moe.experts.N.w1/w2/w3, Qwen's mlp.experts.N.*_proj, GPT-OSS's stacked mlp.experts.*. */
-  layout: 'mixtral' | 'qwen' | 'gpt_oss';
   num_experts: number;
   num_experts_per_tok: number;
   /** Rows of each expert's gate and up projections. */
@@ -113,17 +144,55 @@ export function parseDtype(v: unknown): WeightDtype {
   }
 }
 
-/** The parts every dense family shares; a family passes what differs. */
-export function parseCommonConfig(raw: RawConfig, family: { attentionBias?: boolean; qkNorm?: boolean }): ModelConfig {
+/** A positive finite number from config.json, or `fallback` when the field is absent or null. */
+export function positive(raw: RawConfig, key: string, fallback: number): number {
+  const v = num(raw, key, fallback);
+  if (!(v > 0)) throw new ConfigError(`config.json: '${key}' must be a positive number, got ${v}`);
+  return v;
+}
+
+/** HF activation names (ACT2FN) → the gated MLP's activation. */
+const ACTIVATIONS: Record<string, GateActivation> = {
+  silu: 'silu',
+  swish: 'silu',
+  gelu_pytorch_tanh: 'gelu_tanh',
+  gelu_new: 'gelu_tanh',
+  gelu_fast: 'gelu_tanh',
+};
+
+/** The gated MLP's activation named by hidden_act (or Gemma's hidden_activation). */
+export function parseActivation(raw: RawConfig): GateActivation {
+  const act = raw.hidden_act ?? raw.hidden_activation ?? 'silu';
+  const known = typeof act === 'string' ? ACTIVATIONS[act] : undefined;
+  if (!known) throw new ConfigError(`config.json: unsupported hidden_act ${JSON.stringify(act)} (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
+  return known;
+}
+
+/** The parts every dense family shares; a family passes what differs (its block variations in `block`). */
+export function parseCommonConfig(raw: RawConfig, family: { attentionBias?: boolean; block?: Partial<BlockSpec>; rope?: ParsedRope }): ModelConfig {
   const hidden = positiveInt(raw, 'hidden_size');
   const heads = positiveInt(raw, 'num_attention_heads');
   const kvHeads = positiveInt(raw, 'num_key_value_heads', heads);
   if (heads % kvHeads !== 0) throw new ConfigError(`config.json: num_attention_heads (${heads}) is not a multiple of num_key_value_heads (${kvHeads})`);
   const headDim = positiveInt(raw, 'head_dim', hidden / heads);
   const layers = positiveInt(raw, 'num_hidden_layers');
-  const act = (raw.hidden_act ?? raw.hidden_activation ?? 'silu') as string;
-  if (act !== 'silu' && act !== 'swish') throw new ConfigError(`config.json: unsupported hidden_act '${act}' (supported: silu)`);
   const llamaBias = raw.attention_bias === true;
+  const rope = family.rope ?? parseRopeScaling(raw);
+  const block: BlockSpec = {
+    norms: 'pre',
+    normPlusOne: false,
+    activation: parseActivation(raw),
+    qkNorm: 'none',
+    embeddingScale: 1,
+    residualScale: 1,
+    attentionScale: 1 / Math.sqrt(headDim),
+    attentionSoftcap: 0,
+    logitsDivisor: 1,
+    finalLogitSoftcap: 0,
+    ...family.block,
+  };
+  if (block.norms !== 'pre' && block.residualScale !== 1)
+    throw new ConfigError(`config.json: a ${String(raw.model_type)} block with norms on its outputs and a residual multiplier is not supported`);
   return {
     model_type: String(raw.model_type),
     architectures: (raw.architectures as string[] | undefined) ?? [],
@@ -135,15 +204,15 @@ export function parseCommonConfig(raw: RawConfig, family: { attentionBias?: bool
     head_dim: headDim,
     vocab_size: positiveInt(raw, 'vocab_size'),
     rms_norm_eps: num(raw, 'rms_norm_eps', 1e-6),
-    rope: parseRopeScaling(raw),
+    rope,
     max_position_embeddings: positiveInt(raw, 'max_position_embeddings', 2048),
     tie_word_embeddings: raw.tie_word_embeddings === true,
     attention_bias: family.attentionBias ?? llamaBias,
     o_proj_bias: family.attentionBias === undefined && llamaBias,
     mlp_bias: raw.mlp_bias === true,
-    qk_norm: family.qkNorm ?? false,
-    hidden_act: 'silu',
+    block,
     layer_windows: layerWindows(raw, layers),
+    layer_ropes: new Array<ParsedRope | null>(layers).fill(rope),
     dtype: parseDtype(raw.torch_dtype ?? raw.dtype),
     bos_token_id: raw.bos_token_id as number | number[] | undefined,
     eos_token_id: raw.eos_token_id as number | number[] | undefined,
@@ -156,7 +225,7 @@ export function parseCommonConfig(raw: RawConfig, family: { attentionBias?: bool
  * use `use_sliding_window` + `max_window_layers` (layers from that index on slide);
  * Mistral slides on every layer when `sliding_window` is set.
  */
-function layerWindows(raw: RawConfig, layers: number): number[] {
+export function layerWindows(raw: RawConfig, layers: number): number[] {
   const window = typeof raw.sliding_window === 'number' ? raw.sliding_window : 0;
   const types = raw.layer_types as string[] | undefined;
   if (Array.isArray(types)) {

@@ -6,7 +6,8 @@ import { type Gpu, getGpu } from './device.ts';
 import { BYTES_PER_ELEMENT, type WeightDtype } from './dtype.ts';
 import { toFileSource } from './files.ts';
 import { KernelCache } from './kernel.ts';
-import { parseConfig } from './models/family.ts';
+import { familyOf, parseConfig } from './models/family.ts';
+import { EMBED } from './models/tensors.ts';
 import type { OpContext } from './ops/context.ts';
 import { type Checkpoint, openCheckpoint } from './safetensors.ts';
 import { ContextOverflowError, DecoderBatch, MAX_LOGIT_ROWS, MAX_STEP_TOKENS } from './batch.ts';
@@ -39,7 +40,7 @@ const SAFETENSORS_DTYPES: Record<string, WeightDtype | undefined> = { F32: 'f32'
 /** 'auto' follows what the checkpoint actually stores (its embedding table), then config.json. */
 function chooseDtype(opt: DtypeOption, ckpt: Checkpoint, c: ModelConfig): WeightDtype {
   if (opt !== 'auto') return opt;
-  const stored = ckpt.has('model.embed_tokens.weight') ? ckpt.get('model.embed_tokens.weight').dtype : undefined;
+  const stored = ckpt.has(EMBED) ? ckpt.get(EMBED).dtype : undefined;
   return (stored && SAFETENSORS_DTYPES[stored]) ?? c.dtype;
 }
 
@@ -96,7 +97,7 @@ function stackedGroups(c: ModelConfig, quant: PlannedQuantization): string[][] {
     const qkv = ['q', 'k', 'v'].map((x) => `${p}self_attn.${x}_proj.weight`);
     if (alike(qkv)) groups.push(qkv);
     const mlp = ['gate', 'up'].map((x) => `${p}mlp.${x}_proj.weight`);
-    if (!isSparseLayer(c, i) && c.intermediate_size % GLU_BLOCK.software === 0 && alike(mlp)) groups.push(mlp);
+    if (!isSparseLayer(c, i) && c.block.activation === 'silu' && c.intermediate_size % GLU_BLOCK.software === 0 && alike(mlp)) groups.push(mlp);
   }
   return groups;
 }
@@ -132,7 +133,9 @@ export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: numbe
   }
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
-  const perToken = 3 * c.hidden_size + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
+  // A block output on its way to a post-norm or a scaled residual add takes one more row of hidden.
+  const blockOut = c.block.norms !== 'pre' || c.block.residualScale !== 1 ? c.hidden_size : 0;
+  const perToken = 3 * c.hidden_size + blockOut + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
   const activationBytes = 4 * (T * perToken + MAX_LOGIT_ROWS * c.vocab_size);
   return { weightBytes, quantizedBytes, kvBytes, activationBytes, total: weightBytes + kvBytes + activationBytes };
 }
@@ -150,7 +153,7 @@ function keepLayers(c: ModelConfig, n: number | undefined): ModelConfig {
   if (n === undefined) return c;
   if (!(Number.isInteger(n) && n >= 1 && n <= c.num_hidden_layers))
     throw new ModelLoadError(`numLayers must be an integer in 1..${c.num_hidden_layers} (the model's layers), got ${n}`);
-  return { ...c, num_hidden_layers: n, layer_windows: c.layer_windows.slice(0, n) };
+  return { ...c, num_hidden_layers: n, layer_windows: c.layer_windows.slice(0, n), layer_ropes: c.layer_ropes.slice(0, n) };
 }
 
 const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
@@ -158,8 +161,11 @@ const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
 export async function loadModel(source: string | FileSource, opts: LoadOptions = {}): Promise<Model> {
   const src = toFileSource(source);
   const raw = await readConfig(src);
-  const config = keepLayers(parseConfig(raw), opts.numLayers);
-  const ckpt = await openCheckpoint(src);
+  const full = parseConfig(raw);
+  const config = keepLayers(full, opts.numLayers);
+  const family = familyOf(config);
+  const opened = await openCheckpoint(src);
+  const ckpt = family.sanitize ? family.sanitize(opened, config) : opened;
   const dtype = chooseDtype(opts.dtype ?? 'auto', ckpt, config);
   const gpu = opts.gpu ?? (await getGpu());
   const maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, config.max_position_embeddings);
@@ -194,7 +200,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const kernels = new KernelCache(gpu.device);
   gpu.device.pushErrorScope('out-of-memory');
   const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
-  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, { tiles, gluBlock: GLU_BLOCK[variant], kernels });
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, { tiles, gluBlock: GLU_BLOCK[variant], kernels }, full.num_hidden_layers);
   const oom = await gpu.device.popErrorScope();
   if (oom) {
     weights.destroy();

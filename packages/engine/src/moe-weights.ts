@@ -4,7 +4,8 @@
 // [E, hidden, 2I] with gate/up interleaved is transposed and de-interleaved, and its MXFP4
 // `*_blocks` / `*_scales` rows are permuted the same way (rows are independent in MXFP4).
 
-import type { ModelConfig, MoeConfig } from './config.ts';
+import type { ModelConfig } from './config.ts';
+import { familyOf } from './models/family.ts';
 import { BYTES_PER_ELEMENT, encode16, f16ToF32, type WeightDtype } from './dtype.ts';
 import type { LinearWeight } from './ops/linear.ts';
 import type { ExpertChunk, ExpertWeights, MoeOptions, MoeWeights } from './ops/moe.ts';
@@ -34,7 +35,9 @@ export function moeOptions(c: ModelConfig, maxTokens: number): MoeOptions {
   };
 }
 
-interface Names {
+/** Checkpoint names of one sparse layer, as its family saves them (models/<family>.ts moeTensors). */
+export interface MoeTensorNames {
+  /** Router weight and optional bias. */
   router: [string, string | undefined];
   /** Per expert (gate, up, down) for per-expert layouts. */
   perExpert?: (e: number) => [string, string, string];
@@ -43,28 +46,10 @@ interface Names {
   shared?: { gate: string; up: string; down: string; gateLogit: string };
 }
 
-function names(i: number, m: MoeConfig): Names {
-  if (m.layout === 'mixtral') {
-    const p = `model.layers.${i}.block_sparse_moe.`;
-    return {
-      router: [`${p}gate.weight`, undefined],
-      perExpert: (e) => [`${p}experts.${e}.w1.weight`, `${p}experts.${e}.w3.weight`, `${p}experts.${e}.w2.weight`],
-    };
-  }
-  const p = `model.layers.${i}.mlp.`;
-  if (m.layout === 'qwen') {
-    return {
-      router: [`${p}gate.weight`, undefined],
-      perExpert: (e) => [`${p}experts.${e}.gate_proj.weight`, `${p}experts.${e}.up_proj.weight`, `${p}experts.${e}.down_proj.weight`],
-      ...(m.shared_expert_intermediate_size > 0
-        ? { shared: { gate: `${p}shared_expert.gate_proj.weight`, up: `${p}shared_expert.up_proj.weight`, down: `${p}shared_expert.down_proj.weight`, gateLogit: `${p}shared_expert_gate.weight` } }
-        : {}),
-    };
-  }
-  return {
-    router: [`${p}router.weight`, `${p}router.bias`],
-    stacked: { gateUp: `${p}experts.gate_up_proj`, down: `${p}experts.down_proj`, gateUpBias: `${p}experts.gate_up_proj_bias`, downBias: `${p}experts.down_proj_bias` },
-  };
+function names(i: number, c: ModelConfig): MoeTensorNames {
+  const f = familyOf(c);
+  if (!f.moeTensors) throw new Error(`model_type ${c.model_type} names no expert tensors`);
+  return f.moeTensors(i, c);
 }
 
 /** Every tensor name layer i's sparse MLP reads, with its shape. */
@@ -73,7 +58,7 @@ export function moeTensorShapes(i: number, c: ModelConfig): Map<string, number[]
   const H = c.hidden_size;
   const I = m.expert_intermediate_size;
   const E = m.num_experts;
-  const n = names(i, m);
+  const n = names(i, c);
   const out = new Map<string, number[]>();
   out.set(n.router[0], [E, H]);
   if (n.router[1]) out.set(n.router[1], [E]);
@@ -122,7 +107,7 @@ export function inactiveExpertBytes(c: ModelConfig, dtype: WeightDtype): number 
   let total = 0;
   for (let i = 0; i < c.num_hidden_layers; i++) {
     if (!m.sparse_layers[i]) continue;
-    const n = names(i, m);
+    const n = names(i, c);
     for (const [name, shape] of moeTensorShapes(i, c)) {
       if (name === n.router[0] || name === n.router[1] || (n.shared && Object.values(n.shared).includes(name))) continue;
       total += plannedTensorBytes(name, shape, dtype);
@@ -234,7 +219,7 @@ export async function loadMoeLayer(
   const H = c.hidden_size;
   const I = m.expert_intermediate_size;
   const E = m.num_experts;
-  const n = names(i, m);
+  const n = names(i, c);
   const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
   const buffers: GPUBuffer[] = [];
   // Progress in source bytes; a stacked tensor is read in E equal parts.

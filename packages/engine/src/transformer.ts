@@ -1,7 +1,9 @@
 // The dense decoder's forward pass, read top to bottom:
-//   embed → per layer (norm, q|k|v, [q/k norm], RoPE, attention over the KV cache,
-//   o_proj + residual, norm, gate|up with SiLU·up, down_proj + residual — or on MoE layers the
-//   routed experts, ops/moe.ts) → norm → LM head.
+//   embed [× scale] → per layer (norm, q|k|v, [q/k norm], [RoPE], attention over the KV cache,
+//   o_proj [→ norm] + residual, norm, gate|up with act·up, down_proj [→ norm] + residual — or on
+//   MoE layers the routed experts, ops/moe.ts) → norm → LM head [→ scale, soft-cap].
+// The bracketed steps and where the norms sit are the block variations a family declares
+// (ModelConfig.block, the norms its checkpoint names: models/tensors.ts).
 // q|k|v and gate|up are one op each where the loader stacked them (fuse.ts). On the GPU variant
 // the norm before each of those and before the LM head runs inside that op (LinearOptions.norm);
 // the software kernels keep it as its own op, since there it is a cheap pass while applying it in
@@ -21,8 +23,9 @@ import { normFolds } from './ops/linear-epilogue.ts';
 import { createRmsNorm } from './ops/norm.ts';
 import { createRope } from './ops/rope.ts';
 import { StepMeta, type StepShape, type TokenRun } from './ops/step-meta.ts';
-import { createSiluMul } from './ops/elementwise.ts';
-import { ropeInvFreq } from './rope-frequencies.ts';
+import { createAdd, createScaleCap, createSiluMul } from './ops/elementwise.ts';
+import { type ParsedRope, type RopeConfig, ropeInvFreq } from './rope-frequencies.ts';
+import type { RopeOp } from './ops/rope.ts';
 import { createMoe, createMoeScratch } from './ops/moe.ts';
 import { moeOptions } from './moe-weights.ts';
 import type { DecoderWeights } from './weights.ts';
@@ -82,6 +85,8 @@ export class Decoder {
   /** Ops referenced from several steps, destroyed once. */
   private readonly owners: { destroy(): void }[] = [];
   private readonly attention: AttentionOp[] = [];
+  /** LongRoPE's ops, whose factors follow the step's sequence length (as HF switches them per forward). */
+  private readonly longRopes: { op: RopeOp; config: RopeConfig; original: number; long: boolean }[] = [];
 
   constructor(
     private readonly ctx: OpContext,
@@ -120,12 +125,16 @@ export class Decoder {
     });
     this.owners.push(this.meta);
     this.blockCopy = buf(kvDim * opts.blockSize, 'kv block copy');
-    this.hidden = buf(T * h, 'hidden'); // [T, hidden]
+    // [T, hidden]; a post-norm block's projections read it directly (OLMo 2), so it may be bound as x.
+    this.hidden = linearInput(T * h, 'hidden');
+    const b = c.block;
+    // [T, hidden] an attention or MLP output on its way to a post-norm or a scaled residual add.
+    const blockOut = b.norms !== 'pre' || b.residualScale !== 1 ? buf(T * h, 'block_out') : undefined;
     const normed = linearInput(T * h, 'normed'); // [T, hidden]
     const qRaw = buf(T * qDim, 'q_raw'); // [T, heads * head_dim] before q_norm
     const kRaw = buf(T * kvDim, 'k_raw'); // [T, kv_heads * head_dim] before k_norm
-    const q = c.qk_norm ? buf(T * qDim, 'q') : qRaw;
-    const k = c.qk_norm ? buf(T * kvDim, 'k') : kRaw;
+    const q = b.qkNorm !== 'none' ? buf(T * qDim, 'q') : qRaw;
+    const k = b.qkNorm !== 'none' ? buf(T * kvDim, 'k') : kRaw;
     const v = buf(T * kvDim, 'v'); // [T, kv_heads * head_dim]
     const attnOut = linearInput(T * qDim, 'attn_out'); // [T, heads * head_dim]
     const stackedMlp = w.layers.every((L) => !L.mlpIn || 'gateUp' in L.mlpIn);
@@ -140,21 +149,30 @@ export class Decoder {
     const perToken = (kind: OpKind, op: { encode(pass: GPUComputePassEncoder, n: number): void; destroy(): void }, rowsPerToken = 1) =>
       stepOp(kind, (pass, { tokens }) => op.encode(pass, tokens * rowsPerToken), () => op.destroy());
 
-    const freqs = ropeInvFreq({
-      headDim: c.head_dim,
-      ropeTheta: c.rope.ropeTheta,
-      ...(c.rope.partialRotaryFactor !== undefined ? { partialRotaryFactor: c.rope.partialRotaryFactor } : {}),
-      scaling: c.rope.scaling,
-      maxPositionEmbeddings: c.max_position_embeddings,
-    });
     const heads = { nHeads: c.num_attention_heads, nKvHeads: c.num_key_value_heads, headDim: c.head_dim };
     const partials = createAttentionPartials(ctx, { nHeads: heads.nHeads, headDim: heads.headDim, maxTokens: T, maxLength: opts.maxBlocks * opts.blockSize });
     this.owned.push(partials.buffer);
 
-    // q and k are the same buffers in every layer, so one RoPE op serves them all.
-    const rope = createRope(ctx, { ...heads, frequencies: freqs }, q, k, this.meta.buffer);
-    const ropeStep = stepOp('rope', (pass, { tokens }) => rope.encode(pass, tokens));
-    this.owners.push(rope);
+    // q and k are the same buffers in every layer, so one RoPE op serves every layer with the same RoPE.
+    const ropeSteps = new Map<ParsedRope, Encodable>();
+    const ropeStep = (r: ParsedRope): Encodable => {
+      const known = ropeSteps.get(r);
+      if (known) return known;
+      const config: RopeConfig = {
+        headDim: c.head_dim,
+        ropeTheta: r.ropeTheta,
+        ...(r.partialRotaryFactor !== undefined ? { partialRotaryFactor: r.partialRotaryFactor } : {}),
+        scaling: r.scaling,
+        maxPositionEmbeddings: c.max_position_embeddings,
+      };
+      const rope = createRope(ctx, { ...heads, frequencies: ropeInvFreq(config) }, q, k, this.meta.buffer);
+      this.owners.push(rope);
+      if (r.scaling.type === 'longrope')
+        this.longRopes.push({ op: rope, config, original: r.scaling.originalMaxPositionEmbeddings ?? c.max_position_embeddings, long: false });
+      const step = stepOp('rope', (pass, { tokens }) => rope.encode(pass, tokens));
+      ropeSteps.set(r, step);
+      return step;
+    };
     // Every MoE layer's scratch activations are the same buffers: layers run one after another.
     const moeScratch = c.moe ? createMoeScratch(ctx.device, moeOptions(c, T)) : undefined;
     if (moeScratch) this.owners.push(moeScratch);
@@ -168,44 +186,83 @@ export class Decoder {
     const force: LinearOptions = opts.batchInvariant ? { force: ctx.variant === 'gpu' ? 'matmul' : 'matvec' } : {};
     const linearOp = (lw: LinearWeight, x: GPUBuffer, y: GPUBuffer | GPUBuffer[], o: LinearOptions) =>
       perToken('linear', createLinear(ctx, lw, x, y, { maxTokens: T, ...o, ...force }));
+    // A block's output joins the residual: added by its last linear op, or through its post-norm
+    // (accumulated by the norm) or a scaled add. `out` is what the last linear op writes.
+    const residual = (outNorm: GPUBuffer | undefined): { out: GPUBuffer; accumulate: boolean; join: Encodable[] } => {
+      if (outNorm) {
+        // parseCommonConfig refuses post-norms together with a residual multiplier.
+        return { out: blockOut!, accumulate: false, join: [perToken('norm', createRmsNorm(ctx, blockOut!, outNorm, this.hidden, h, c.rms_norm_eps, { accumulate: true }))] };
+      }
+      if (b.residualScale !== 1) return { out: blockOut!, accumulate: false, join: [perToken('elementwise', createAdd(ctx, this.hidden, blockOut!, b.residualScale), h)] };
+      return { out: this.hidden, accumulate: true, join: [] };
+    };
     this.body.push(perToken('embedding', createEmbedding(ctx, w.embed, this.ids, this.hidden, { maxTokens: T })));
+    if (b.embeddingScale !== 1) this.body.push(perToken('elementwise', createScaleCap(ctx, this.hidden, { scale: b.embeddingScale }), h));
     w.layers.forEach((L, i) => {
       const a = L.attnIn;
       const attnWeights = 'qkv' in a ? [a.qkv] : [a.q, a.k, a.v];
-      const inA = normedInput(this.body, this.hidden, L.inputNorm, normed, attnWeights);
+      const inA = L.attnNorm ? normedInput(this.body, this.hidden, L.attnNorm, normed, attnWeights) : { x: this.hidden, opts: {} };
       if ('qkv' in a) {
         this.body.push(linearOp(a.qkv, inA.x, [qRaw, kRaw, v], inA.opts));
       } else {
         this.body.push(linearOp(a.q, inA.x, qRaw, inA.opts), linearOp(a.k, inA.x, kRaw, inA.opts), linearOp(a.v, inA.x, v, inA.opts));
       }
-      if (c.qk_norm) {
+      if (b.qkNorm === 'head') {
         this.body.push(perToken('norm', createRmsNorm(ctx, qRaw, L.qNorm!, q, c.head_dim, c.rms_norm_eps), c.num_attention_heads));
         this.body.push(perToken('norm', createRmsNorm(ctx, kRaw, L.kNorm!, k, c.head_dim, c.rms_norm_eps), c.num_key_value_heads));
+      } else if (b.qkNorm === 'projection') {
+        this.body.push(perToken('norm', createRmsNorm(ctx, qRaw, L.qNorm!, q, qDim, c.rms_norm_eps)));
+        this.body.push(perToken('norm', createRmsNorm(ctx, kRaw, L.kNorm!, k, kvDim, c.rms_norm_eps)));
       }
-      this.body.push(ropeStep);
+      const layerRope = c.layer_ropes[i];
+      if (layerRope) this.body.push(ropeStep(layerRope));
       const window = c.layer_windows[i] ?? 0;
-      const attnOpts = { ...heads, numBlocks: opts.numBlocks, ...(window ? { slidingWindow: window } : {}), ...(L.sinks ? { sinks: L.sinks } : {}) };
+      const attnOpts = {
+        ...heads,
+        numBlocks: opts.numBlocks,
+        scale: b.attentionScale,
+        ...(b.attentionSoftcap ? { softcap: b.attentionSoftcap } : {}),
+        ...(window ? { slidingWindow: window } : {}),
+        ...(L.sinks ? { sinks: L.sinks } : {}),
+      };
       const attn = createAttention(ctx, attnOpts, this.meta, q, k, v, attnOut, partials);
       this.attention.push(attn);
       this.body.push(stepOp('attention', (pass, shape) => attn.encode(pass, shape), () => attn.destroy()));
-      this.body.push(linearOp(L.o, attnOut, this.hidden, { accumulate: true }));
+      const afterAttn = residual(L.attnOutNorm);
+      this.body.push(linearOp(L.o, attnOut, afterAttn.out, { accumulate: afterAttn.accumulate }), ...afterAttn.join);
       if (L.moe) {
-        this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.postNorm, normed, h, c.rms_norm_eps)));
+        this.body.push(perToken('norm', createRmsNorm(ctx, this.hidden, L.mlpNorm!, normed, h, c.rms_norm_eps)));
         this.body.push(perToken('linear', createMoe(ctx, L.moe, moeScratch!, normed, this.hidden)));
         return;
       }
       const m = L.mlpIn!;
-      const inM = normedInput(this.body, this.hidden, L.postNorm, normed, 'gateUp' in m ? [m.gateUp] : [m.gate, m.up]);
+      const mlpWeights = 'gateUp' in m ? [m.gateUp] : [m.gate, m.up];
+      const inM = L.mlpNorm ? normedInput(this.body, this.hidden, L.mlpNorm, normed, mlpWeights) : { x: this.hidden, opts: {} };
       if ('gateUp' in m) {
         this.body.push(linearOp(m.gateUp, inM.x, act, inM.opts));
       } else {
         this.body.push(linearOp(m.gate, inM.x, gate!, inM.opts), linearOp(m.up, inM.x, up!, inM.opts));
-        this.body.push(perToken('elementwise', createSiluMul(ctx, c.intermediate_size, { gate: gate!, up: up! }, act)));
+        this.body.push(perToken('elementwise', createSiluMul(ctx, c.intermediate_size, { gate: gate!, up: up! }, act, b.activation)));
       }
-      this.body.push(linearOp(L.down!, act, this.hidden, { accumulate: true }));
+      const afterMlp = residual(L.mlpOutNorm);
+      this.body.push(linearOp(L.down!, act, afterMlp.out, { accumulate: afterMlp.accumulate }), ...afterMlp.join);
     });
     const inH = normedInput(this.head, this.lastHidden, w.norm, this.finalNormed, [w.lmHead]);
     this.head.push(perToken('lm_head', createLinear(ctx, w.lmHead, inH.x, this.logits, { maxTokens: opts.maxLogitRows, ...inH.opts, ...force })));
+    if (b.logitsDivisor !== 1 || b.finalLogitSoftcap)
+      this.head.push(perToken('elementwise', createScaleCap(ctx, this.logits, { scale: 1 / b.logitsDivisor, cap: b.finalLogitSoftcap }), c.vocab_size));
+  }
+
+  /** LongRoPE: short factors while the step's sequences fit the original context, long ones past it (HF's rule, per step). */
+  private updateRopes(runs: readonly TokenRun[]): void {
+    if (this.longRopes.length === 0) return;
+    const seqLen = Math.max(...runs.map((r) => r.position + r.tokens));
+    for (const r of this.longRopes) {
+      const long = seqLen > r.original;
+      if (long === r.long) continue;
+      r.op.setFrequencies(ropeInvFreq(r.config, seqLen));
+      r.long = long;
+    }
   }
 
   /**
@@ -218,6 +275,7 @@ export class Decoder {
     if (logitRows.length > this.opts.maxLogitRows) throw new RangeError(`${logitRows.length} logit rows exceed ${this.opts.maxLogitRows}`);
     if (logitRows.some((r) => !(Number.isInteger(r) && r >= 0 && r < ids.length))) throw new RangeError('logit row outside the step');
     this.ctx.device.queue.writeBuffer(this.ids, 0, ids);
+    this.updateRopes(runs);
     const shape = this.meta.write(runs);
     if (shape.tokens !== ids.length) throw new RangeError(`runs hold ${shape.tokens} tokens, ids ${ids.length}`);
     const run = (ops: Encodable[], s: StepShape) => {

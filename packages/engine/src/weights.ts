@@ -1,8 +1,9 @@
-// Loads a dense decoder's weights onto the GPU, once, in the layout the ops want.
-// Checkpoint fix-ups happen here and nowhere else: the tied LM head reuses the
-// embedding table, rotary_emb.inv_freq and other unused tensors are ignored, and the
-// projections that read the same input are stacked into one weight (fuse.ts): q|k|v, and
-// gate with up.
+// Loads a dense decoder's weights onto the GPU, once, in the layout the ops want. Names come
+// from the model's family (models/<family>.ts: its tensor names by role and its checkpoint
+// fix-ups, applied before this runs); what happens here is the same for every family: the tied
+// LM head reuses the embedding table, rotary_emb.inv_freq is ignored, any other tensor the
+// model does not read is an error, and the projections that read the same input are stacked
+// into one weight (fuse.ts): q|k|v, and gate with up where the epilogue has the activation.
 
 import type { ModelConfig } from './config.ts';
 import type { WeightDtype } from './dtype.ts';
@@ -11,6 +12,10 @@ import type { Checkpoint } from './safetensors.ts';
 import { type GpuTensor, UploadError, UploadProgress, destroyTensor, uploadF32, uploadTensor } from './upload.ts';
 import type { LoadProgress } from './types.ts';
 import { isSparseLayer, loadMoeLayer, moeTensorShapes } from './moe-weights.ts';
+import { layerTensors } from './models/family.ts';
+import { EMBED, FINAL_NORM, LM_HEAD, type LayerTensors, type LinearRole } from './models/tensors.ts';
+import { bufferFrom } from './buffers.ts';
+import { decode16 } from './dtype.ts';
 import type { MoeWeights } from './ops/moe.ts';
 import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat } from './quant.ts';
 import { type QuantUpload, prequantNames, uploadPrequantized, uploadQuantized } from './quant-upload.ts';
@@ -24,14 +29,17 @@ export type AttentionInput = { qkv: LinearWeight } | { q: LinearWeight; k: Linea
 export type MlpInput = { gateUp: LinearWeight } | { gate: LinearWeight; up: LinearWeight };
 
 export interface LayerWeights {
-  inputNorm: GPUBuffer; // [hidden]
+  // RMSNorm weights [hidden] by place (models/tensors.ts LayerTensors), with Gemma's 1 added.
+  attnNorm?: GPUBuffer;
+  attnOutNorm?: GPUBuffer;
+  mlpNorm?: GPUBuffer;
+  mlpOutNorm?: GPUBuffer;
   // q [heads * head_dim, hidden], k and v [kv_heads * head_dim, hidden] (+ bias): qkv stacks them.
   attnIn: AttentionInput;
   o: LinearWeight; // [hidden, heads * head_dim]
-  qNorm?: GPUBuffer; // [head_dim] (Qwen3)
-  kNorm?: GPUBuffer; // [head_dim] (Qwen3)
+  qNorm?: GPUBuffer; // [head_dim] (Qwen3, Gemma 3) or [heads * head_dim] (OLMo 2)
+  kNorm?: GPUBuffer; // [head_dim] or [kv_heads * head_dim]
   sinks?: GPUBuffer; // [heads] attention sink logits (GPT-OSS)
-  postNorm: GPUBuffer; // [hidden]
   // The dense MLP (gate and up [intermediate, hidden], down [hidden, intermediate]), or on
   // sparse layers the mixture of experts (moe-weights.ts).
   mlpIn?: MlpInput;
@@ -83,34 +91,14 @@ function destroyLinear(w: LinearWeight): void {
   w.bias?.destroy();
 }
 
-/** Checkpoint tensor names of one layer, as Transformers saves them. */
-function layerNames(i: number, c: ModelConfig) {
-  const p = `model.layers.${i}.`;
-  const bias = (name: string, has: boolean) => (has ? `${p}${name}.bias` : undefined);
-  return {
-    inputNorm: `${p}input_layernorm.weight`,
-    postNorm: `${p}post_attention_layernorm.weight`,
-    qNorm: c.qk_norm ? `${p}self_attn.q_norm.weight` : undefined,
-    kNorm: c.qk_norm ? `${p}self_attn.k_norm.weight` : undefined,
-    sinks: c.attention_sinks ? `${p}self_attn.sinks` : undefined,
-    linear: Object.fromEntries(Object.entries({
-      q: [`${p}self_attn.q_proj.weight`, bias('self_attn.q_proj', c.attention_bias)],
-      k: [`${p}self_attn.k_proj.weight`, bias('self_attn.k_proj', c.attention_bias)],
-      v: [`${p}self_attn.v_proj.weight`, bias('self_attn.v_proj', c.attention_bias)],
-      o: [`${p}self_attn.o_proj.weight`, bias('self_attn.o_proj', c.o_proj_bias)],
-      gate: [`${p}mlp.gate_proj.weight`, bias('mlp.gate_proj', c.mlp_bias)],
-      up: [`${p}mlp.up_proj.weight`, bias('mlp.up_proj', c.mlp_bias)],
-      down: [`${p}mlp.down_proj.weight`, bias('mlp.down_proj', c.mlp_bias)],
-    }).filter(([key]) => !isSparseLayer(c, i) || !['gate', 'up', 'down'].includes(key))) as Partial<Record<'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down', [string, string | undefined]>>,
-  };
-}
+const NORM_ROLES = ['attnNorm', 'attnOutNorm', 'mlpNorm', 'mlpOutNorm'] as const;
 
 /** Every tensor name the load reads, with the shape config.json implies. */
 export function expectedTensors(c: ModelConfig): Map<string, number[]> {
   const h = c.hidden_size;
   const qDim = c.num_attention_heads * c.head_dim;
   const kvDim = c.num_key_value_heads * c.head_dim;
-  const shapes: Record<string, [number, number]> = {
+  const shapes: Record<LinearRole, [number, number]> = {
     q: [qDim, h],
     k: [kvDim, h],
     v: [kvDim, h],
@@ -119,28 +107,39 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
     up: [c.intermediate_size, h],
     down: [h, c.intermediate_size],
   };
+  const perHead = c.block.qkNorm === 'head';
   const out = new Map<string, number[]>();
-  out.set('model.embed_tokens.weight', [c.vocab_size, h]);
+  out.set(EMBED, [c.vocab_size, h]);
   for (let i = 0; i < c.num_hidden_layers; i++) {
-    const n = layerNames(i, c);
-    out.set(n.inputNorm, [h]);
-    out.set(n.postNorm, [h]);
-    if (n.qNorm) out.set(n.qNorm, [c.head_dim]);
-    if (n.kNorm) out.set(n.kNorm, [c.head_dim]);
+    const n = layerTensors(c, i);
+    for (const role of NORM_ROLES) if (n[role]) out.set(n[role], [h]);
+    if (n.qNorm) out.set(n.qNorm, [perHead ? c.head_dim : qDim]);
+    if (n.kNorm) out.set(n.kNorm, [perHead ? c.head_dim : kvDim]);
     if (n.sinks) out.set(n.sinks, [c.num_attention_heads]);
     if (isSparseLayer(c, i)) for (const [name, shape] of moeTensorShapes(i, c)) out.set(name, shape);
-    for (const [key, [w, b]] of Object.entries(n.linear)) {
-      out.set(w, shapes[key]!);
-      if (b) out.set(b, [shapes[key]![0]]);
+    for (const [role, [w, b]] of Object.entries(n.linear) as [LinearRole, [string, string | undefined]][]) {
+      out.set(w, shapes[role]);
+      if (b) out.set(b, [shapes[role][0]]);
     }
   }
-  out.set('model.norm.weight', [h]);
-  if (!c.tie_word_embeddings) out.set('lm_head.weight', [c.vocab_size, h]);
+  out.set(FINAL_NORM, [h]);
+  if (!c.tie_word_embeddings) out.set(LM_HEAD, [c.vocab_size, h]);
   return out;
 }
 
+/**
+ * Checkpoint tensors not read: RoPE tables some exporters save, a tied head saved anyway, and
+ * the layers past the first c.num_hidden_layers of a checkpoint of `checkpointLayers` when only
+ * those are loaded (a truncated-layer draft, LoadOptions.numLayers).
+ */
+function ignorable(name: string, c: ModelConfig, checkpointLayers: number): boolean {
+  if (name.endsWith('.rotary_emb.inv_freq') || (c.tie_word_embeddings && name === LM_HEAD)) return true;
+  const layer = /^model\.layers\.(\d+)\./.exec(name);
+  return layer !== null && Number(layer[1]) >= c.num_hidden_layers && Number(layer[1]) < checkpointLayers;
+}
+
 /** Checks names and shapes before anything is uploaded, so a bad checkpoint fails fast. */
-export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: PrequantConfig): Map<string, number[]> {
+export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: PrequantConfig, checkpointLayers = c.num_hidden_layers): Map<string, number[]> {
   const expected = expectedTensors(c);
   // A GPTQ/AWQ layer stores qweight/qzeros/scales(/g_idx) instead of weight; their shapes are
   // checked against the config when the layer is repacked (quant-upload.ts).
@@ -152,11 +151,21 @@ export function checkCheckpoint(ckpt: Checkpoint, c: ModelConfig, prequant?: Pre
       for (const n of prequantNames(prefix, prequant)) if (!n.endsWith('.g_idx')) expected.set(n, []);
     }
   }
-  // Some tied checkpoints still store lm_head.weight; it is the same matrix and is not read.
   const missing = [...expected.keys()].filter((n) => !ckpt.has(n));
   if (missing.length)
     throw new UploadError(
       `checkpoint ${ckpt.source.name} lacks ${missing.length} tensor(s) the config needs, e.g. ${missing.slice(0, 3).join(', ')}`,
+    );
+  // A tensor the model would not read is a variant we do not handle (a bias, a norm, a layer
+  // the config does not describe): refused rather than silently left out.
+  // GPTQ exporters also save a (zero) bias for every quantized layer; as in Transformers, a bias
+  // the architecture does not have is not read.
+  const quantPart = (n: string, part: string) => prequant !== undefined && n.endsWith(`.${part}`) && expected.has(`${n.slice(0, -part.length)}qweight`);
+  const read = (n: string) => expected.has(n) || quantPart(n, 'g_idx') || quantPart(n, 'bias');
+  const unexpected = [...ckpt.tensors.keys()].filter((n) => !read(n) && !ignorable(n, c, checkpointLayers));
+  if (unexpected.length)
+    throw new UploadError(
+      `checkpoint ${ckpt.source.name} holds ${unexpected.length} tensor(s) a ${c.model_type} model with this config.json does not use, e.g. ${unexpected.slice(0, 3).join(', ')}`,
     );
   for (const [name, shape] of expected) {
     if (prequant && shape.length === 0) continue;
@@ -179,10 +188,12 @@ export async function loadDecoderWeights(
   onProgress: ((p: LoadProgress) => void) | undefined,
   quant: WeightQuantization,
   layout: WeightLayout,
+  /** Layers the checkpoint holds, when `c` keeps only its first ones (LoadOptions.numLayers). */
+  checkpointLayers = c.num_hidden_layers,
 ): Promise<DecoderWeights> {
   const { tiles } = layout;
   const shapes = expectedTensors(c);
-  const expected = checkCheckpoint(ckpt, c, quant.prequant);
+  const expected = checkCheckpoint(ckpt, c, quant.prequant, checkpointLayers);
   const gIdx = [...expected.keys()].filter((n) => n.endsWith('.qweight')).map((n) => n.replace(/qweight$/, 'g_idx')).filter((n) => ckpt.has(n));
   const progress = new UploadProgress(ckpt, [...expected.keys(), ...gIdx], onProgress ?? (() => {}));
   // Everything held, for destroy(); the linear layers are counted by format at the end.
@@ -226,6 +237,14 @@ export async function loadDecoderWeights(
     small.push(b);
     return b;
   };
+  // RMSNorm weights, applied as (1 + w) by Gemma: the 1 is added here, in f32 as HF does.
+  const norm = async (name: string) => {
+    if (!c.block.normPlusOne) return vector(name);
+    const b = bufferFrom(device, plusOne(ckpt.get(name).dtype, await ckpt.read(name), name), name);
+    progress.add(ckpt.get(name).file, ckpt.get(name).end - ckpt.get(name).start, true);
+    small.push(b);
+    return b;
+  };
   const moeLayer = async (i: number) => {
     const m = await loadMoeLayer(device, ckpt, c, i, dtype, progress);
     small.push(...m.buffers);
@@ -241,24 +260,26 @@ export async function loadDecoderWeights(
   };
   try {
     // A tied table is also the LM head, so it takes the linear layers' layout.
-    const embedT = await matrix('model.embed_tokens.weight', tiles && c.tie_word_embeddings);
+    const embedT = await matrix(EMBED, tiles && c.tie_word_embeddings);
     const layers: LayerWeights[] = [];
     for (let i = 0; i < c.num_hidden_layers; i++) {
-      const n = layerNames(i, c);
-      const lin = {} as Partial<Record<keyof typeof n.linear, LinearWeight>>;
-      for (const [key, [w, b]] of Object.entries(n.linear) as [keyof typeof n.linear, [string, string | undefined]][]) {
+      const n: LayerTensors = layerTensors(c, i);
+      const lin: Partial<Record<LinearRole, LinearWeight>> = {};
+      for (const [key, [w, b]] of Object.entries(n.linear) as [LinearRole, [string, string | undefined]][]) {
         lin[key] = await linear(w, b);
       }
-      const { q, k, v, o, gate, up, down } = lin as Record<keyof typeof n.linear, LinearWeight>;
+      const { q, k, v, o, gate, up, down } = lin as Record<LinearRole, LinearWeight>;
       const qkv = stack([q, k, v], { kind: 'split' }, `model.layers.${i}.self_attn.qkv`);
-      const gateUp = gate && up ? stack([gate, up], { kind: 'glu', block: layout.gluBlock }, `model.layers.${i}.mlp.gate_up`) : undefined;
+      // The stacked op's epilogue applies SiLU; other activations run as their own op on gate and up.
+      const gateUp = gate && up && c.block.activation === 'silu' ? stack([gate, up], { kind: 'glu', block: layout.gluBlock }, `model.layers.${i}.mlp.gate_up`) : undefined;
       linears.push(...loose);
       loose = [];
+      const norms: Partial<Record<(typeof NORM_ROLES)[number], GPUBuffer>> = {};
+      for (const role of NORM_ROLES) if (n[role]) norms[role] = await norm(n[role]);
       layers.push({
-        inputNorm: await vector(n.inputNorm),
-        postNorm: await vector(n.postNorm),
-        ...(n.qNorm ? { qNorm: await vector(n.qNorm) } : {}),
-        ...(n.kNorm ? { kNorm: await vector(n.kNorm) } : {}),
+        ...norms,
+        ...(n.qNorm ? { qNorm: await norm(n.qNorm) } : {}),
+        ...(n.kNorm ? { kNorm: await norm(n.kNorm) } : {}),
         ...(n.sinks ? { sinks: await vector(n.sinks) } : {}),
         ...(isSparseLayer(c, i) ? { moe: await moeLayer(i) } : {}),
         attnIn: qkv ? { qkv } : { q, k, v },
@@ -267,9 +288,9 @@ export async function loadDecoderWeights(
         ...(down ? { down } : {}),
       });
     }
-    const norm = await vector('model.norm.weight');
+    const finalNorm = await norm(FINAL_NORM);
     const embed = asLinear(embedT);
-    const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix('lm_head.weight', tiles));
+    const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix(LM_HEAD, tiles));
     const bytesByFormat: Record<string, number> = {};
     const add = (f: string, n: number) => n && (bytesByFormat[f] = (bytesByFormat[f] ?? 0) + n);
     let quantizedBytes = 0;
@@ -287,7 +308,7 @@ export async function loadDecoderWeights(
       quantized: { bytes: quantizedBytes, denseBytes: denseOfQuantized },
       embed,
       layers,
-      norm,
+      norm: finalNorm,
       lmHead,
       bytes: Object.values(bytesByFormat).reduce((s, n) => s + n, 0),
       destroy() {
@@ -302,4 +323,13 @@ export async function loadDecoderWeights(
     small.forEach((b) => b.destroy());
     throw e;
   }
+}
+
+/** 1 + w in f32 for a norm weight stored as w (Gemma's RMSNorm). */
+function plusOne(dtype: string, bytes: Uint8Array, name: string): Float32Array<ArrayBuffer> {
+  let w: Float32Array;
+  if (dtype === 'F32') w = new Float32Array(bytes.slice().buffer);
+  else if (dtype === 'BF16' || dtype === 'F16') w = decode16(new Uint16Array(bytes.slice().buffer), dtype === 'BF16' ? 'bf16' : 'f16');
+  else throw new UploadError(`norm weight ${name} is ${dtype}; expected F32, BF16 or F16`);
+  return Float32Array.from(w, (x) => 1 + x);
 }

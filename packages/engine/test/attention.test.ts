@@ -46,6 +46,8 @@ class Reference {
     private window = 0,
     /** [nHeads] logits that join each softmax's denominator (GPT-OSS). */
     private sinks?: Float32Array,
+    /** q·k scale (default 1/sqrt(headDim)) and soft-cap (Gemma 2). */
+    private score: { scale?: number; softcap?: number } = {},
   ) {
     this.k = Array.from({ length: s.nKvHeads }, () => new Float64Array(maxContext * s.headDim));
     this.v = Array.from({ length: s.nKvHeads }, () => new Float64Array(maxContext * s.headDim));
@@ -62,7 +64,9 @@ class Reference {
         }
     if (!attend) return undefined;
     const out = new Float64Array(T * nHeads * D);
-    const scale = 1 / Math.sqrt(D);
+    const scale = this.score.scale ?? 1 / Math.sqrt(D);
+    const cap = this.score.softcap ?? 0;
+    const scored = (x: number) => (cap ? cap * Math.tanh((x * scale) / cap) : x * scale);
     for (let t = 0; t < T; t++) {
       const pos = startPos + t;
       const lo = this.window ? Math.max(0, pos - this.window + 1) : 0;
@@ -77,8 +81,8 @@ class Reference {
         for (let j = lo; j <= pos; j++) {
           let s = 0;
           for (let d = 0; d < D; d++) s += q[qb + d]! * K[j * D + d]!;
-          scores[j - lo] = s * scale;
-          m = Math.max(m, s * scale);
+          scores[j - lo] = scored(s);
+          m = Math.max(m, scored(s));
         }
         let sum = sink === undefined ? 0 : Math.exp(sink - m);
         for (let j = 0; j < scores.length; j++) sum += scores[j] = Math.exp(scores[j]! - m);
@@ -106,6 +110,8 @@ interface RunOptions {
   window?: number;
   sinks?: boolean;
   blockSize?: number;
+  scale?: number;
+  softcap?: number;
 }
 
 /**
@@ -138,7 +144,15 @@ async function run(kind: Kind, s: Shape, steps: Run[][], opts: RunOptions = {}):
   const partials = createAttentionPartials(ctx, { nHeads: s.nHeads, headDim: s.headDim, maxTokens: maxT, maxLength: maxContext });
   const op = createAttention(
     ctx,
-    { ...s, numBlocks, ...(opts.window ? { slidingWindow: opts.window } : {}), ...(sinkBuf ? { sinks: sinkBuf } : {}), ...(kind.grouped ? {} : { perRow: true }) },
+    {
+      ...s,
+      numBlocks,
+      ...(opts.window ? { slidingWindow: opts.window } : {}),
+      ...(sinkBuf ? { sinks: sinkBuf } : {}),
+      ...(kind.grouped ? {} : { perRow: true }),
+      ...(opts.scale !== undefined ? { scale: opts.scale } : {}),
+      ...(opts.softcap !== undefined ? { softcap: opts.softcap } : {}),
+    },
     meta,
     q,
     k,
@@ -146,7 +160,8 @@ async function run(kind: Kind, s: Shape, steps: Run[][], opts: RunOptions = {}):
     out,
     partials,
   );
-  const refs = Array.from({ length: nSeqs }, () => new Reference(s, maxContext, opts.window, sinks));
+  const score = { ...(opts.scale !== undefined ? { scale: opts.scale } : {}), ...(opts.softcap !== undefined ? { softcap: opts.softcap } : {}) };
+  const refs = Array.from({ length: nSeqs }, () => new Reference(s, maxContext, opts.window, sinks, score));
   const lengths = new Array<number>(nSeqs).fill(0);
   const blocks = Array.from({ length: nSeqs }, () => [] as number[]);
   let seed = s.nHeads * 1000 + s.headDim;
@@ -274,6 +289,17 @@ for (const kind of KINDS) {
         maxContext: 800,
         sinks: true,
         window: 128,
+      });
+    });
+
+    it('scales q·k and soft-caps the scores (Gemma 2: query_pre_attn_scalar, attn_logit_softcapping), with a window', async ({ skip }) => {
+      await skipUnlessGrouped(skip);
+      // Scores of these inputs reach ±10 and more, so a cap of 3 bends most of them.
+      await run(kind, shapes[0]!, one([[37, 0], [1, 37]]), { scale: 0.4, softcap: 3 });
+      await run(kind, { nHeads: 6, nKvHeads: 2, headDim: 16 }, MIXED, { scale: 0.3, softcap: 2.5, blockSize: 5, window: 9 });
+      await run(kind, { nHeads: 8, nKvHeads: 2, headDim: 48 }, [[{ seq: 0, tokens: 700, check: false }], [{ seq: 0, tokens: 1 }, { seq: 1, tokens: 20 }]], {
+        maxContext: 800,
+        softcap: 1.5,
       });
     });
 

@@ -44,6 +44,43 @@ const CASES: Case[] = [
   { name: 'qwen3, head_dim 32 ≠ hidden/heads, linear scaling, tied', family: 'qwen3', config: { head_dim: 32, tie_word_embeddings: true, rope_scaling: { rope_type: 'linear', factor: 2 } } },
   { name: 'mistral, sliding window 48', family: 'mistral', config: { sliding_window: 48 } },
   { name: 'qwen3, bf16 checkpoint', family: 'qwen3', dtype: 'bfloat16' },
+  // Prompt and greedy tokens cross original_max_position_embeddings, where LongRoPE switches to its long factors.
+  {
+    name: 'phi3, fused qkv/gate_up, longrope, partial rotary 0.75',
+    family: 'phi3',
+    config: {
+      max_position_embeddings: 1024,
+      original_max_position_embeddings: 256,
+      partial_rotary_factor: 0.75,
+      rope_scaling: { rope_type: 'longrope', short_factor: [1.0, 1.1, 1.3, 1.7, 2.0, 2.5], long_factor: [1.0, 1.5, 2.5, 4.0, 6.0, 8.0] },
+    },
+  },
+  { name: 'phi3, sliding window 40, tied, bf16', family: 'phi3', dtype: 'bfloat16', config: { sliding_window: 40, tie_word_embeddings: true, num_key_value_heads: 1 } },
+  // Caps small enough to bite on these weights; 3 layers: sliding, full, sliding.
+  {
+    name: 'gemma2, soft-capping, sliding window 32, query_pre_attn_scalar 24',
+    family: 'gemma2',
+    config: { num_hidden_layers: 3, sliding_window: 32, attn_logit_softcapping: 2.5, final_logit_softcapping: 5.5, query_pre_attn_scalar: 24 },
+  },
+  {
+    name: 'gemma3_text, local:global RoPE with linear scaling on global layers',
+    family: 'gemma3_text',
+    config: {
+      num_hidden_layers: 4,
+      layer_types: ['sliding_attention', 'sliding_attention', 'full_attention', 'sliding_attention'],
+      sliding_window: 40,
+      query_pre_attn_scalar: 32,
+      rope_parameters: { sliding_attention: { rope_type: 'default', rope_theta: 10000 }, full_attention: { rope_type: 'linear', factor: 4, rope_theta: 1000000 } },
+    },
+  },
+  { name: 'smollm3, no RoPE on layer 1', family: 'smollm3', config: { num_hidden_layers: 3, no_rope_layers: [1, 0, 1] } },
+  {
+    name: 'granite, embedding/residual/attention multipliers, logits scaling',
+    family: 'granite',
+    config: { embedding_multiplier: 3.0, residual_multiplier: 0.5, attention_multiplier: 0.1, logits_scaling: 4.0 },
+  },
+  { name: 'olmo2, post-norms, q/k norm over the projection', family: 'olmo2' },
+  { name: 'olmo2, bf16, GQA 4', family: 'olmo2', dtype: 'bfloat16', config: { num_attention_heads: 8, num_key_value_heads: 2, head_dim: 8 } },
 ];
 
 const python = pythonAvailable();

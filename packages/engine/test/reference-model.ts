@@ -90,7 +90,7 @@ export function referenceForward(c: ModelConfig, w: Tensors, tokens: number[]): 
       const q = linear(get(`${p}self_attn.q_proj.weight`), xn, nH * hd, opt(`${p}self_attn.q_proj.bias`));
       const k = linear(get(`${p}self_attn.k_proj.weight`), xn, nKv * hd, opt(`${p}self_attn.k_proj.bias`));
       const v = linear(get(`${p}self_attn.v_proj.weight`), xn, nKv * hd, opt(`${p}self_attn.v_proj.bias`));
-      if (c.qk_norm) {
+      if (c.block.qkNorm === 'head') {
         for (let hh = 0; hh < nH; hh++) q.set(rmsnorm(q.slice(hh * hd, (hh + 1) * hd), get(`${p}self_attn.q_norm.weight`), c.rms_norm_eps), hh * hd);
         for (let hh = 0; hh < nKv; hh++) k.set(rmsnorm(k.slice(hh * hd, (hh + 1) * hd), get(`${p}self_attn.k_norm.weight`), c.rms_norm_eps), hh * hd);
       }

@@ -40,7 +40,8 @@ export class TransformersReferenceError extends Error {
 
 export type ReferenceFamily =
   | 'llama' | 'qwen2' | 'qwen3' | 'mistral'
-  | 'mixtral' | 'qwen2_moe' | 'qwen3_moe' | 'gpt_oss';
+  | 'mixtral' | 'qwen2_moe' | 'qwen3_moe' | 'gpt_oss'
+  | 'phi3' | 'gemma2' | 'gemma3_text' | 'smollm3' | 'granite' | 'olmo2';
 
 export type ReferenceDtype = 'float32' | 'bfloat16' | 'float16';
 

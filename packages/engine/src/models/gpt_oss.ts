@@ -18,7 +18,6 @@ export const gpt_oss: Family = {
       throw new ConfigError(`config.json: gpt_oss quantization_config.quant_method ${JSON.stringify(q.quant_method)} is not supported (supported: mxfp4)`);
     c.moe = checkMoeConfig(
       {
-        layout: 'gpt_oss',
         num_experts: positiveInt(raw, 'num_local_experts'),
         num_experts_per_tok: positiveInt(raw, raw.num_experts_per_tok !== undefined ? 'num_experts_per_tok' : 'experts_per_token'),
         expert_intermediate_size: c.intermediate_size,
@@ -33,5 +32,12 @@ export const gpt_oss: Family = {
       c.num_hidden_layers,
     );
     return c;
+  },
+  moeTensors: (i) => {
+    const p = `model.layers.${i}.mlp.`;
+    return {
+      router: [`${p}router.weight`, `${p}router.bias`],
+      stacked: { gateUp: `${p}experts.gate_up_proj`, down: `${p}experts.down_proj`, gateUpBias: `${p}experts.gate_up_proj_bias`, downBias: `${p}experts.down_proj_bias` },
+    };
   },
 };

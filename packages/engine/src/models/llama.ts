@@ -1,5 +1,6 @@
-// Llama (Llama 2/3.x, SmolLM2, TinyLlama): the plain decoder. attention_bias and
-// mlp_bias are read from the config; Llama 3's rope scaling comes with the config too.
+// Llama (Llama 2/3.x, SmolLM2, TinyLlama; Mistral by alias): the plain decoder, Llama's
+// tensor names (tensors.ts). attention_bias and mlp_bias are read from the config; Llama 3's
+// rope scaling and Mistral's sliding window come with the config too.
 import { parseCommonConfig } from '../config.ts';
 import type { Family } from './family.ts';
 

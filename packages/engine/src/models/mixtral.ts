@@ -10,7 +10,6 @@ export const mixtral: Family = {
     const c = parseCommonConfig(raw, {});
     c.moe = checkMoeConfig(
       {
-        layout: 'mixtral',
         num_experts: positiveInt(raw, 'num_local_experts'),
         num_experts_per_tok: positiveInt(raw, 'num_experts_per_tok'),
         expert_intermediate_size: c.intermediate_size,
@@ -25,5 +24,12 @@ export const mixtral: Family = {
       c.num_hidden_layers,
     );
     return c;
+  },
+  moeTensors: (i) => {
+    const p = `model.layers.${i}.block_sparse_moe.`;
+    return {
+      router: [`${p}gate.weight`, undefined],
+      perExpert: (e) => [`${p}experts.${e}.w1.weight`, `${p}experts.${e}.w3.weight`, `${p}experts.${e}.w2.weight`],
+    };
   },
 };

@@ -4,6 +4,7 @@
 // Other layers keep a dense MLP of intermediate_size.
 import { type ModelConfig, type RawConfig, checkMoeConfig, num, parseCommonConfig, positiveInt } from '../config.ts';
 import type { Family } from './family.ts';
+import type { MoeTensorNames } from '../moe-weights.ts';
 
 /** Which layers are sparse, as Qwen2/3-MoE's decoder layers decide it. */
 export function qwenSparseLayers(raw: RawConfig, layers: number, experts: number): boolean[] {
@@ -17,7 +18,6 @@ export function qwenMoe(raw: RawConfig, c: ModelConfig, sharedExpert: number) {
   const experts = positiveInt(raw, raw.num_experts !== undefined ? 'num_experts' : 'num_local_experts');
   return checkMoeConfig(
     {
-      layout: 'qwen',
       num_experts: experts,
       num_experts_per_tok: positiveInt(raw, 'num_experts_per_tok'),
       expert_intermediate_size: positiveInt(raw, 'moe_intermediate_size'),
@@ -33,6 +33,18 @@ export function qwenMoe(raw: RawConfig, c: ModelConfig, sharedExpert: number) {
   );
 }
 
+/** Qwen2/3-MoE expert names: mlp.experts.N.*_proj, and Qwen2-MoE's shared expert with its gate. */
+export function qwenMoeTensors(i: number, c: ModelConfig): MoeTensorNames {
+  const p = `model.layers.${i}.mlp.`;
+  return {
+    router: [`${p}gate.weight`, undefined],
+    perExpert: (e) => [`${p}experts.${e}.gate_proj.weight`, `${p}experts.${e}.up_proj.weight`, `${p}experts.${e}.down_proj.weight`],
+    ...(c.moe!.shared_expert_intermediate_size > 0
+      ? { shared: { gate: `${p}shared_expert.gate_proj.weight`, up: `${p}shared_expert.up_proj.weight`, down: `${p}shared_expert.down_proj.weight`, gateLogit: `${p}shared_expert_gate.weight` } }
+      : {}),
+  };
+}
+
 export const qwen2_moe: Family = {
   modelTypes: ['qwen2_moe'],
   parseConfig: (raw) => {
@@ -40,4 +52,5 @@ export const qwen2_moe: Family = {
     c.moe = qwenMoe(raw, c, num(raw, 'shared_expert_intermediate_size', 0));
     return c;
   },
+  moeTensors: qwenMoeTensors,
 };

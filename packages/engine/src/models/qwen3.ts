@@ -5,5 +5,5 @@ import type { Family } from './family.ts';
 
 export const qwen3: Family = {
   modelTypes: ['qwen3'],
-  parseConfig: (raw) => parseCommonConfig(raw, { qkNorm: true }),
+  parseConfig: (raw) => parseCommonConfig(raw, { block: { qkNorm: 'head' } }),
 };

@@ -24,6 +24,8 @@ export interface AttentionOptions {
   scale?: number;
   /** Attend only to the last `slidingWindow` positions, the query's own included (HF Mistral/Qwen2). */
   slidingWindow?: number;
+  /** Scores (after `scale`) become softcap · tanh(score / softcap) (Gemma 2's attn_logit_softcapping); 0 or absent: none. */
+  softcap?: number;
   /** [nHeads] f32 logits that join each softmax's denominator and weigh no value (GPT-OSS sinks). */
   sinks?: GPUBuffer;
   /** Software variant: a thread per query row even where subgroups could group them (tests). */
@@ -95,6 +97,10 @@ export function createAttention(
   const { blockSize, maxTokens } = meta.opts;
   const window = opts.slidingWindow ?? 0;
   const scale = opts.scale ?? 1 / Math.sqrt(headDim);
+  const softcap = opts.softcap ?? 0;
+  if (!(Number.isFinite(scale) && scale > 0)) throw new AttentionError(`scale ${scale} must be a positive number`);
+  if (!(Number.isFinite(softcap) && softcap >= 0)) throw new AttentionError(`softcap ${softcap} must be a non-negative number`);
+  const variantDefines = { SINKS: !!opts.sinks, SOFTCAP: softcap > 0 };
   if (!(Number.isInteger(nHeads) && Number.isInteger(nKvHeads) && nKvHeads >= 1 && nHeads % nKvHeads === 0))
     throw new AttentionError(`nHeads (${nHeads}) must be a positive multiple of nKvHeads (${nKvHeads})`);
   if (meta.opts.groupSize !== nHeads / nKvHeads) throw new AttentionError(`step meta groups ${meta.opts.groupSize} query heads per kv head, not ${nHeads / nKvHeads}`);
@@ -134,10 +140,10 @@ export function createAttention(
   // has subgroups of exactly 8 (lavapipe); else a thread per query row.
   const grouped = software && ctx.subgroups && ctx.subgroupSize === 8 && headDim % 8 === 0 && !opts.perRow;
   const attn = grouped
-    ? ctx.kernels.get('attention', { SPLIT_SG: true, SUBGROUPS: true, SINKS: !!opts.sinks }, { PL: headDim / 8 })
+    ? ctx.kernels.get('attention', { SPLIT_SG: true, SUBGROUPS: true, ...variantDefines }, { PL: headDim / 8 })
     : software
-      ? ctx.kernels.get('attention', { SPLIT_SW: true, SINKS: !!opts.sinks }, { WG, HD4: headDim / 4 })
-      : ctx.kernels.get('attention', { SPLIT_GPU: true, SINKS: !!opts.sinks }, { WG });
+      ? ctx.kernels.get('attention', { SPLIT_SW: true, ...variantDefines }, { WG, HD4: headDim / 4 })
+      : ctx.kernels.get('attention', { SPLIT_GPU: true, ...variantDefines }, { WG });
   const attnParams = new ParamsBuffer(dev, attn);
   if (opts.sinks && opts.sinks.size < nHeads * 4) throw new AttentionError(`sinks hold fewer than ${nHeads} f32`);
   const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, meta.buffer, ...(opts.sinks ? [opts.sinks] : [])]);
@@ -159,7 +165,7 @@ export function createAttention(
       const splits = fixed <= policy.maxSplits && rows * fixed <= partialItems ? fixed : Math.max(1, Math.min(policy.maxSplits, fixed, Math.floor(partialItems / rows)));
       const splitLen = splits === fixed ? policy.minSplit : Math.ceil(maxLength / splits);
       const direct = splits === 1 ? 1 : 0;
-      attnParams.set({ tokens, nHeads, nKvHeads, headDim, blockSize, maxTokens, groupBase: meta.groupBase, groups, window, splits, splitLen, scale, direct, accOffset });
+      attnParams.set({ tokens, nHeads, nKvHeads, headDim, blockSize, maxTokens, groupBase: meta.groupBase, groups, window, splits, splitLen, scale, direct, accOffset, softcap });
       const items = rows * splits;
       const workgroups = grouped ? nKvHeads * groups * splits : software ? Math.ceil(items / WG) : items;
       dispatch(pass, attn, attnGroup, ...grid(workgroups, maxDim));

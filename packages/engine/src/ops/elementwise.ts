@@ -1,4 +1,5 @@
-// Elementwise ops (kernels/elementwise.wgsl): the gated-MLP product, residual add, copy.
+// Elementwise ops (kernels/elementwise.wgsl): the gated-MLP product, residual add, copy, and
+// an in-place scale with optional soft-capping.
 
 import { bindGroup, dispatch, grid, type Kernel } from '../kernel.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
@@ -10,14 +11,17 @@ export class ElementwiseError extends Error {
 /** gate and up as two [rows, cols] buffers, or one fused [rows, 2 * cols] buffer with gate in the first half. */
 export type GateUp = { gate: GPUBuffer; up: GPUBuffer } | { gateUp: GPUBuffer };
 
+/** The gate's activation in a gated MLP: SiLU (SwiGLU) or GELU's tanh approximation (GeGLU, HF `gelu_pytorch_tanh`). */
+export type GateActivation = 'silu' | 'gelu_tanh';
+
 export interface SiluMulOp {
-  /** out[0..rows) = silu(gate) * up. */
+  /** out[0..rows) = act(gate) * up. */
   encode(pass: GPUComputePassEncoder, rows: number): void;
   destroy(): void;
 }
 
 export interface AddOp {
-  /** a[0..count) += b[0..count). */
+  /** a[0..count) += scale * b[0..count). */
   encode(pass: GPUComputePassEncoder, count: number): void;
   destroy(): void;
 }
@@ -38,9 +42,15 @@ function checkCount(n: number, max: number, what: string): void {
   if (!(Number.isInteger(n) && n >= 1 && n <= max)) throw new ElementwiseError(`${what} ${n} outside 1..${max}`);
 }
 
+export interface ScaleCapOp {
+  /** a[0..count) = cap · tanh(a · scale / cap), or a · scale without a cap. */
+  encode(pass: GPUComputePassEncoder, count: number): void;
+  destroy(): void;
+}
+
 /** out: [maxRows, cols] f32; maxRows is the most rows that gate, up and out all hold. */
-export function createSiluMul(ctx: OpContext, cols: number, input: GateUp, out: GPUBuffer): SiluMulOp {
-  const kernel = ctx.kernels.get('elementwise', { SILU_MUL: true }, { WG });
+export function createSiluMul(ctx: OpContext, cols: number, input: GateUp, out: GPUBuffer, activation: GateActivation = 'silu'): SiluMulOp {
+  const kernel = ctx.kernels.get('elementwise', { SILU_MUL: true, GELU_TANH: activation === 'gelu_tanh' }, { WG });
   const params = new ParamsBuffer(ctx.device, kernel);
   if (!(Number.isInteger(cols) && cols >= 1)) throw new ElementwiseError(`cols ${cols} must be a positive integer`);
   const fused = 'gateUp' in input;
@@ -60,9 +70,10 @@ export function createSiluMul(ctx: OpContext, cols: number, input: GateUp, out: 
   };
 }
 
-/** a += b elementwise; a and b must be different buffers. */
-export function createAdd(ctx: OpContext, a: GPUBuffer, b: GPUBuffer): AddOp {
+/** a += scale * b elementwise; a and b must be different buffers. */
+export function createAdd(ctx: OpContext, a: GPUBuffer, b: GPUBuffer, scale = 1): AddOp {
   if (a === b) throw new ElementwiseError('add: a and b must be different buffers');
+  if (!Number.isFinite(scale)) throw new ElementwiseError(`add: scale ${scale} must be a finite number`);
   const kernel = ctx.kernels.get('elementwise', { ADD: true }, { WG });
   const params = new ParamsBuffer(ctx.device, kernel);
   const max = Math.floor(Math.min(a.size, b.size) / 4);
@@ -70,7 +81,27 @@ export function createAdd(ctx: OpContext, a: GPUBuffer, b: GPUBuffer): AddOp {
   return {
     encode(pass, count) {
       checkCount(count, max, 'count');
-      params.set({ count });
+      params.set({ count, scale });
+      launch(ctx, pass, kernel, group, count);
+    },
+    destroy: () => params.destroy(),
+  };
+}
+
+/** a = cap · tanh(a · scale / cap) in place (cap 0: a · scale), e.g. scaled embeddings or soft-capped logits. */
+export function createScaleCap(ctx: OpContext, a: GPUBuffer, opts: { scale?: number; cap?: number }): ScaleCapOp {
+  const scale = opts.scale ?? 1;
+  const cap = opts.cap ?? 0;
+  if (!Number.isFinite(scale)) throw new ElementwiseError(`scale ${scale} must be a finite number`);
+  if (!(Number.isFinite(cap) && cap >= 0)) throw new ElementwiseError(`cap ${cap} must be a non-negative number`);
+  const kernel = ctx.kernels.get('elementwise', { SCALE_CAP: true }, { WG });
+  const params = new ParamsBuffer(ctx.device, kernel);
+  const group = bindGroup(ctx.device, kernel, [params.buffer, a]);
+  const max = Math.floor(a.size / 4);
+  return {
+    encode(pass, count) {
+      checkCount(count, max, 'count');
+      params.set({ count, scale, cap });
       launch(ctx, pass, kernel, group, count);
     },
     destroy: () => params.destroy(),
