@@ -53,3 +53,22 @@ export function checkUrl(text: string, base: string): Checked<string> {
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return { ok: false, message: `“${t}” is not an http(s) URL.` };
   return { ok: true, value: u.href.replace(/\/+$/, '') };
 }
+
+/**
+ * The tools field: empty (no tools), or OpenAI's JSON list of {type: "function", function:
+ * {name, ...}}; the engine checks each entry fully when the reply starts.
+ */
+export function checkTools(text: string): Checked<unknown[] | undefined> {
+  const t = text.trim();
+  if (t === '') return { ok: true, value: undefined };
+  let v: unknown;
+  try {
+    v = JSON.parse(t);
+  } catch (e) {
+    return { ok: false, message: `Not JSON: ${(e as Error).message}` };
+  }
+  if (!Array.isArray(v) || v.length === 0) return { ok: false, message: 'Expected a list of tools: [{"type": "function", "function": {"name": ...}}]' };
+  const bad = v.findIndex((x) => typeof x !== 'object' || x === null || (x as { type?: unknown }).type !== 'function' || typeof (x as { function?: { name?: unknown } }).function?.name !== 'string');
+  if (bad >= 0) return { ok: false, message: `Tool ${bad + 1} must be {"type": "function", "function": {"name": ...}}.` };
+  return { ok: true, value: v };
+}

@@ -2,9 +2,9 @@
 // worker.ts; this file checks what the user typed, sends Requests and renders Replies
 // (protocol.ts).
 
-import type { GenerationConfig, GenerationStats, Message } from '@webgpu-chat/chat';
+import type { GenerationConfig, GenerationStats, Message, ResponseFormat, ToolCallMessage } from '@webgpu-chat/chat';
 import type { DtypeOption, LoadProgress } from '@webgpu-chat/engine';
-import { checkNumber, checkRepoId, checkUrl, type Checked, type NumberRule } from './fields.ts';
+import { checkNumber, checkRepoId, checkTools, checkUrl, type Checked, type NumberRule } from './fields.ts';
 import knownModels from './known-models.json';
 import { MessageList, type StreamingReply } from './messages.ts';
 import type { CacheEntry, DraftOption, FileRead, GpuSummary, LoadedModel, ModelSpec, Quantize, Reply, Request, StopReason } from './protocol.ts';
@@ -29,7 +29,9 @@ let model: LoadedModel | undefined;
 let history: Message[] = [];
 let picked: { name: string; files: { path: string; blob: Blob }[] } | undefined;
 /** The reply being generated. Replies of other ids (dropped by New chat) are ignored. */
-let current: { id: number; reply: StreamingReply; maxNewTokens: number } | undefined;
+let current: { id: number; reply: StreamingReply; maxNewTokens: number; calls: ToolCallMessage[] } | undefined;
+/** Calls of the last reply still waiting for a result: the next messages answer them, in order. */
+let pendingCalls: ToolCallMessage[] = [];
 let nextId = 1;
 const messages = new MessageList($('scroller'), $<HTMLOListElement>('messages'));
 
@@ -388,6 +390,8 @@ function newChat(): void {
   if (current) send({ type: 'stop', id: current.id });
   current = undefined;
   history = [];
+  pendingCalls = [];
+  showPendingCall();
   messages.clear();
   if (model) setStatus(`Ready: ${model.name}`, 'loaded');
   refreshButtons();
@@ -419,20 +423,52 @@ $('composer').addEventListener('submit', (ev) => {
   if (!model || current || loading || !text.trim()) return;
   clearError();
   const config = generationConfig();
-  if (!config) {
-    focusInvalid(Object.keys(RULES));
+  const tools = toolsField();
+  if (!config || tools === null) {
+    focusInvalid([...Object.keys(RULES), 'tools']);
     return;
   }
   promptBox.value = '';
-  history.push({ role: 'user', content: text });
-  messages.addUser(text);
+  const call = pendingCalls.shift();
+  if (call) {
+    // A tool's result, for the oldest call still waiting.
+    history.push({ role: 'tool', content: text, tool_call_id: call.id, name: call.function.name });
+    messages.addUser(text, `Result of ${call.function.name}`);
+    showPendingCall();
+    if (pendingCalls.length) return;
+  } else {
+    history.push({ role: 'user', content: text });
+    messages.addUser(text);
+  }
   const speaker = model.name.split('/').pop() ?? 'Model';
-  current = { id: nextId++, reply: messages.addAssistant(speaker), maxNewTokens: config.max_new_tokens! };
+  current = { id: nextId++, reply: messages.addAssistant(speaker), maxNewTokens: config.max_new_tokens!, calls: [] };
   setStatus('Thinking…', 'thinking');
   refreshButtons();
   const system = $<HTMLTextAreaElement>('system').value.trim();
-  send({ type: 'generate', id: current.id, messages: system ? [{ role: 'system', content: system }, ...history] : [...history], config });
+  const responseFormat: ResponseFormat | undefined = input('json_mode').checked ? { type: 'json_object' } : undefined;
+  send({
+    type: 'generate',
+    id: current.id,
+    messages: system ? [{ role: 'system', content: system }, ...history] : [...history],
+    config,
+    ...(tools ? { tools } : {}),
+    ...(responseFormat ? { responseFormat } : {}),
+  });
 });
+
+/** The tools field, checked: undefined when empty, null (with a message beside it) when malformed. */
+function toolsField(): unknown[] | undefined | null {
+  const r = checkTools($<HTMLTextAreaElement>('tools').value);
+  return mark('tools', r) ? r.value : null;
+}
+$('tools').addEventListener('change', () => toolsField());
+
+/** The composer says whose result the next message is, while calls wait. */
+function showPendingCall(): void {
+  const next = pendingCalls[0];
+  promptBox.placeholder = next ? `Result of ${next.function.name}(${String(next.function.arguments)})` : 'Message (Enter sends, Shift+Enter new line, Esc stops)';
+  $('prompt-label').textContent = next ? `Result of the tool call ${next.function.name}` : 'Message';
+}
 
 promptBox.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
@@ -449,8 +485,10 @@ function onToken(id: number, delta: string, tokenId: number | null): void {
 
 function onDone(id: number, stats: GenerationStats, why: StopReason): void {
   if (current?.id !== id) return;
-  const { reply } = current;
-  history.push({ role: 'assistant', content: reply.text });
+  const { reply, calls } = current;
+  history.push({ role: 'assistant', content: reply.text, ...(calls.length ? { tool_calls: calls } : {}) });
+  pendingCalls = [...calls];
+  showPendingCall();
   const s = document.createElement('small');
   s.className = 'stats muted';
   s.dataset.tokensPerSecond = stats.decodeTokensPerSecond.toFixed(2);
@@ -531,6 +569,16 @@ worker.onmessage = (ev: MessageEvent<Reply>) => {
       return refreshButtons();
     case 'token':
       return onToken(r.id, r.delta, r.tokenId);
+    case 'reasoning':
+      if (current?.id === r.id) current.reply.reason(r.delta);
+      return;
+    case 'tool-call':
+      if (current?.id === r.id) {
+        const call: ToolCallMessage = { id: `call_${current.id}_${current.calls.length}`, type: 'function', function: r.call };
+        current.calls.push(call);
+        current.reply.toolCall(r.call.name, r.call.arguments);
+      }
+      return;
     case 'done':
       return onDone(r.id, r.stats, r.stopReason);
     case 'cache':

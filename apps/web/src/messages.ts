@@ -11,6 +11,10 @@ export interface StreamingReply {
   readonly el: HTMLElement;
   readonly text: string;
   append(delta: string, tokenId: number | null): void;
+  /** Thinking the model wrote: shown folded, above the answer. */
+  reason(delta: string): void;
+  /** A tool call the model made: its function and arguments. */
+  toolCall(name: string, args: string): void;
   /** Ends the reply with its footer (stats, stop reason). */
   finish(footer: HTMLElement): void;
 }
@@ -45,8 +49,8 @@ export class MessageList {
     this.autoTop = 0;
   }
 
-  addUser(text: string): void {
-    const { li, body } = this.message('user', 'You');
+  addUser(text: string, speaker = 'You'): void {
+    const { li, body } = this.message('user', speaker);
     body.textContent = text;
     this.follow = true;
     this.scrollToEnd();
@@ -61,6 +65,14 @@ export class MessageList {
     this.scrollToEnd();
     let text = '';
     const ids: number[] = [];
+    // Reasoning and tool calls sit beside the answer's Markdown, which is re-rendered as it grows.
+    const answer = document.createElement('div');
+    let reasoning: HTMLPreElement | undefined;
+    const calls = document.createElement('div');
+    const show = () => {
+      body.querySelector('.typing')?.remove();
+      if (!answer.isConnected) body.append(answer, calls);
+    };
     return {
       el: li,
       get text() {
@@ -70,11 +82,38 @@ export class MessageList {
         text += delta;
         if (tokenId !== null) ids.push(tokenId);
         li.dataset.tokenIds = ids.join(',');
-        if (text) renderInto(body, text);
+        if (text) {
+          show();
+          renderInto(answer, text);
+        }
+        if (this.following()) this.scrollToEnd();
+      },
+      reason: (delta) => {
+        show();
+        if (!reasoning) {
+          const details = document.createElement('details');
+          details.className = 'reasoning';
+          const summary = document.createElement('summary');
+          summary.textContent = 'Reasoning';
+          reasoning = document.createElement('pre');
+          details.append(summary, reasoning);
+          body.insertBefore(details, answer);
+        }
+        reasoning.textContent += delta;
+        if (this.following()) this.scrollToEnd();
+      },
+      toolCall: (name, args) => {
+        show();
+        const call = document.createElement('p');
+        call.className = 'tool-call';
+        const code = document.createElement('code');
+        code.textContent = `${name}(${args})`;
+        call.append('Tool call: ', code);
+        calls.append(call);
         if (this.following()) this.scrollToEnd();
       },
       finish: (footer) => {
-        if (!text) body.replaceChildren();
+        body.querySelector('.typing')?.remove();
         body.setAttribute('aria-busy', 'false');
         body.removeAttribute('aria-live');
         li.append(footer);

@@ -1,7 +1,7 @@
 // The typed messages between the page (main.ts) and the engine's worker (worker.ts).
 // One operation runs at a time; every reply names the operation it belongs to.
 
-import type { GenerationConfig, GenerationStats, Message } from '@webgpu-chat/chat';
+import type { GenerationConfig, GenerationStats, Message, ParsedToolCall, ResponseFormat } from '@webgpu-chat/chat';
 import type { DeviceInfo, DtypeOption, LoadProgress } from '@webgpu-chat/engine';
 
 /** Load-time quantization of the linear layers (LoadOptions.quantize). */
@@ -27,7 +27,8 @@ export type Request =
   | { type: 'gpu' }
   | { type: 'load'; model: ModelSpec; dtype: DtypeOption; maxContext: number; useCache: boolean; quantize?: Quantize; draft?: DraftOption }
   /** `id` names the reply in every Reply it causes; the page ignores replies of a reply it has dropped. */
-  | { type: 'generate'; id: number; messages: Message[]; config: GenerationConfig }
+  /** `tools`: OpenAI's list, rendered by the chat template, the reply's calls parsed; `responseFormat`: JSON mode. */
+  | { type: 'generate'; id: number; messages: Message[]; config: GenerationConfig; tools?: unknown[]; responseFormat?: ResponseFormat }
   | { type: 'stop'; id: number }
   | { type: 'cache-list' }
   | { type: 'cache-clear' };
@@ -72,7 +73,11 @@ export type Reply =
   /** The weights are on the GPU; the kernels are compiled by a one-token warm-up reply next. */
   | { type: 'compiling' }
   | { type: 'loaded'; model: LoadedModel; files: FileRead[]; cacheError?: string }
+  /** `delta`: the reply's text (its content, where reasoning and tool calls are split out). */
   | { type: 'token'; id: number; delta: string; tokenId: number | null }
+  /** Thinking the model wrote before its answer (<think> blocks, harmony's analysis channel). */
+  | { type: 'reasoning'; id: number; delta: string }
+  | { type: 'tool-call'; id: number; call: ParsedToolCall }
   | { type: 'done'; id: number; stats: GenerationStats; stopReason: StopReason }
   | { type: 'cache'; entries: CacheEntry[] }
   /** `id`: the reply that failed (op 'generate'); `kept`: after a failed load, the model still in use. */

@@ -3,7 +3,7 @@
 // Loads and replies run one at a time, in the order asked: a reply starts after the last
 // has ended, and a load stops the running reply first.
 
-import { eosIds, pipeline, PLAIN_FALLBACK, resolveGenerationConfig, type TextGenerationPipeline } from '@webgpu-chat/chat';
+import { eosIds, pipeline, PLAIN_FALLBACK, resolveGenerationConfig, type ReplyPiece, type TextGenerationPipeline } from '@webgpu-chat/chat';
 import { blobSource, describeGpu, getGpu, type FileSource } from '@webgpu-chat/engine';
 import { cacheApiStore, cachingSource, groupByFolder, type CachingSource } from './cache.ts';
 import { modelUrlSource, requireConfig } from './model-url-source.ts';
@@ -153,11 +153,26 @@ async function generate(req: Extract<Request, { type: 'generate' }>): Promise<vo
   try {
     const cfg = resolveGenerationConfig(chat.generationConfig, req.config);
     let last: number | null = null;
-    const assisted = draft ? { assistant_model: draft } : {};
-    for await (const ev of chat.stream(req.messages, { ...req.config, ...assisted, signal: stopper.signal })) {
+    // A constrained reply (JSON mode) decodes without the draft, whose proposals the mask would overrule.
+    const assisted = draft && !req.responseFormat ? { assistant_model: draft } : {};
+    const options = { ...req.config, ...assisted, ...(req.tools ? { tools: req.tools } : {}), ...(req.responseFormat ? { response_format: req.responseFormat } : {}), signal: stopper.signal };
+    // Reasoning and tool calls are split from the answer wherever the model's format marks them.
+    const parser = chat.replyParser(chat.renderPrompt(req.messages, options).text, (req.tools?.length ?? 0) > 0);
+    const forward = (pieces: ReplyPiece[], tokenId: number | null) => {
+      let text = '';
+      for (const p of pieces) {
+        if (p.kind === 'content') text += p.text;
+        else if (p.kind === 'reasoning') send({ type: 'reasoning', id: req.id, delta: p.text });
+        else send({ type: 'tool-call', id: req.id, call: p.call });
+      }
+      send({ type: 'token', id: req.id, delta: text, tokenId });
+    };
+    for await (const ev of chat.stream(req.messages, options)) {
       if (ev.tokenId !== null) last = ev.tokenId;
-      send({ type: 'token', id: req.id, delta: ev.delta, tokenId: ev.tokenId });
+      if (parser) forward(parser.push(ev.delta), ev.tokenId);
+      else send({ type: 'token', id: req.id, delta: ev.delta, tokenId: ev.tokenId });
     }
+    if (parser) forward(parser.end(), null);
     const stats = chat.lastStats;
     if (stats) send({ type: 'done', id: req.id, stats, stopReason: stopReason(stats, last, eosIds(cfg.eos_token_id, chat.tokenizer), cfg.max_new_tokens) });
   } finally {

@@ -72,13 +72,14 @@ function testMounts(): Plugin {
  * The greedy reply's token ids under Node (Dawn on lavapipe), as the page's worker asks for
  * them: optionally with q8 linear layers and a self-q4 draft (the page's load settings).
  */
-async function nodeReference(opts: { quantize?: 'q8'; selfQ4Draft?: boolean } = {}): Promise<{ ids: number[]; promptTokens: number }> {
+async function nodeReference(opts: { quantize?: 'q8'; selfQ4Draft?: boolean; jsonMode?: boolean } = {}): Promise<{ ids: number[]; promptTokens: number }> {
   const pipe = await pipeline('text-generation', MODEL, { templateFallback: 'plain', ...(opts.quantize ? { quantize: opts.quantize } : {}) });
   const draft = opts.selfQ4Draft ? await pipeline('text-generation', MODEL, { templateFallback: 'plain', quantize: 'q4' }) : undefined;
   try {
     const ids: number[] = [];
     const assisted = draft ? { assistant_model: draft } : {};
-    for await (const ev of pipe.stream([{ role: 'user', content: PROMPT }], { do_sample: false, max_new_tokens: MAX_NEW_TOKENS, ...assisted })) {
+    const format = opts.jsonMode ? { response_format: { type: 'json_object' as const } } : {};
+    for await (const ev of pipe.stream([{ role: 'user', content: PROMPT }], { do_sample: false, max_new_tokens: MAX_NEW_TOKENS, ...assisted, ...format })) {
       if (ev.tokenId !== null) ids.push(ev.tokenId);
     }
     if (draft) expect(pipe.lastStats?.speculative?.steps).toBeGreaterThan(0);
@@ -437,6 +438,33 @@ describe('demo page in Chromium', () => {
     await ask();
     await readReply();
   }, 120_000);
+
+  it('JSON mode holds the reply to JSON as under Node; tools are checked, and refused by a model without a chat template', async ({ skip }) => {
+    if (skipReason) skip(skipReason);
+    await ensureModel();
+    const ref = await nodeReference({ jsonMode: true });
+    await page.click('#new-chat');
+    await setSettings({ do_sample: false, max_new_tokens: MAX_NEW_TOKENS });
+    await page.setChecked('#json_mode', true);
+    await ask();
+    const r = await readReply();
+    expect(r.ids).toEqual(ref.ids);
+    expect(r.text.trimStart().startsWith('{')).toBe(true);
+    await page.setChecked('#json_mode', false);
+
+    await page.click('#new-chat');
+    await page.fill('#tools', '{"not": "a list"}');
+    await ask();
+    expect(await page.textContent('#tools-error')).toMatch(/^Expected a list of tools/);
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('tools');
+    expect(await page.locator('.msg').count()).toBe(0);
+    await page.fill('#tools', JSON.stringify([{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: {} } } }]));
+    await ask();
+    await lastReply().and(page.locator('[data-done=true]')).waitFor({ timeout: 60_000 });
+    expect(await page.textContent('#error')).toMatch(/has no chat template, so it cannot be offered tools/);
+    await page.fill('#tools', '');
+    expect(await audit()).toEqual([]);
+  }, 180_000);
 
   it('at 390 px: one column, no sideways scroll, settings behind a button, replies followed unless the reader scrolls up', async ({ skip }) => {
     if (skipReason) skip(skipReason);

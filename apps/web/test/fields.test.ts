@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkNumber, checkRepoId, checkUrl } from '../src/fields.ts';
+import { checkNumber, checkRepoId, checkTools, checkUrl } from '../src/fields.ts';
 
 describe('checkNumber', () => {
   it('accepts decimal numbers within the rule', () => {
@@ -33,5 +33,18 @@ describe('checkRepoId and checkUrl', () => {
     expect(checkUrl('models/x/', 'http://127.0.0.1:5173/')).toEqual({ ok: true, value: 'http://127.0.0.1:5173/models/x' });
     expect(checkUrl('file:///tmp/x', 'http://127.0.0.1/').ok).toBe(false);
     expect(checkUrl('', 'http://127.0.0.1/').ok).toBe(false);
+  });
+});
+
+describe('checkTools', () => {
+  it('takes nothing, or a list of function tools', () => {
+    expect(checkTools('  ')).toEqual({ ok: true, value: undefined });
+    const tools = [{ type: 'function', function: { name: 'f' } }];
+    expect(checkTools(JSON.stringify(tools))).toEqual({ ok: true, value: tools });
+  });
+  it('names what is wrong', () => {
+    expect(checkTools('[{').ok).toBe(false);
+    expect(checkTools('[]')).toMatchObject({ ok: false, message: expect.stringMatching(/^Expected a list of tools/) });
+    expect(checkTools('[{"type": "function"}]')).toEqual({ ok: false, message: 'Tool 1 must be {"type": "function", "function": {"name": ...}}.' });
   });
 });
