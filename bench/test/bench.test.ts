@@ -6,7 +6,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
+import { writeGeneratedModel } from '@webgpu-chat/engine/testing';
 import { quantizeBlocks } from '../src/gguf.ts';
 import { QWEN3_MOE_SHAPED, writeMoeModel } from '../src/moe-models.ts';
 import type { BenchRow } from '../src/rows.ts';
