@@ -24,18 +24,7 @@
 // 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only),
 // 6 and 7 the other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
-struct Params {
-  K: u32,
-  rows: u32,
-  colOffset: u32,
-  N: u32,
-  n0: u32,  // SPLIT: columns of the first output
-  n1: u32,  // SPLIT: columns of the second
-  eps: f32, // NORM
-  tokenBase: u32, // software: the dispatch's first token
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+#include linear_io
 
 #if W16
 #if VEC
@@ -71,10 +60,6 @@ var<private> sgLane: u32;
 #endif
 #endif
 
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#if BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
 #if NORM
 #if VEC
 @group(0) @binding(8) var<storage, read> gamma: array<vec4<f32>>;

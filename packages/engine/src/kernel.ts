@@ -76,8 +76,9 @@ export function paramsLayout(src: string, struct = 'Params'): ParamsLayout {
   const m = new RegExp(`struct\\s+${struct}\\s*\\{([^}]*)\\}`).exec(src);
   if (!m) throw new KernelError(`no struct ${struct} in kernel source`);
   const fields = m[1]!
+    .replace(/\/\/.*$/gm, '')
     .split(/[,;\n]/)
-    .map((s) => s.replace(/\/\/.*$/, '').trim())
+    .map((s) => s.trim())
     .filter(Boolean)
     .map((s) => {
       const f = /^(\w+)\s*:\s*(u32|i32|f32)$/.exec(s);

@@ -24,7 +24,7 @@ describe('kernel preprocessor', () => {
 });
 
 describe('params layout', () => {
-  const layout = paramsLayout('struct Params {\n  rows: u32,\n  eps: f32, // comment\n  shift: i32,\n}');
+  const layout = paramsLayout('struct Params {\n  rows: u32,\n  eps: f32, // a comment, with commas, in it\n  shift: i32,\n}');
   it('is read from the WGSL struct and packed in declaration order', () => {
     expect(layout.fields.map((f) => f.name)).toEqual(['rows', 'eps', 'shift']);
     expect(layout.byteSize).toBe(16);

@@ -1,9 +1,11 @@
 // Weight formats of the linear op: what one format's kernels need, as one descriptor, so every
 // format shares the op's build, dispatch and encode path (ops/linear.ts). A format names its
-// kernels' defines and constants (the WGSL side is one dequantisation snippet each: unpack16 for
-// bf16/f16, quant_q8 and quant_q4), its extra bindings and params, the bytes a chunk stores, the
-// x paths its kernels can take, and an optional prepass over x (GPTQ act-order's column gather).
-// A new format is one more descriptor here plus its snippet.
+// kernel families and their defines and constants (the WGSL side is one dequantisation snippet
+// each: kernels/unpack16.wgsl for bf16/f16, dequant_q8.wgsl and dequant_q4.wgsl), its bindings
+// beyond x and the outputs, its groups per row, the bytes a chunk stores, the x paths its kernels
+// can take, and an optional prepass over x (GPTQ act-order's column gather). A new quantized
+// format (a k-quant, fp8, MXFP4 for dense layers) is one descriptor here plus one dequant snippet
+// the q kernels include under its define.
 
 import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
 import type { Constants, Defines } from '../kernel.ts';
@@ -36,8 +38,8 @@ export interface WeightFormat {
   /** Defines and override constants of every kernel of the format. */
   defines: Defines;
   constants: Constants;
-  /** Params its kernels read besides the shared ones (K, rows, colOffset, tokens, ...). */
-  params: Record<string, number>;
+  /** Quantization groups per row (Params.groups of kernels/linear_io.wgsl; 0 for dense formats). */
+  groups: number;
   /** Values of a row of x the matvec reads: K, or K padded to whole quantization groups. */
   xSpan: number;
   /** Software x paths: subgroup broadcasts and (matvec) the uniform window, as far as the weight allows. */
@@ -45,8 +47,12 @@ export interface WeightFormat {
   uniformX: XPath;
   /** Whether the software matvec can run several tokens a dispatch without subgroup x. */
   matvecTokens: XPath;
-  /** Defines a shape adds (the dense kernels' vector loads). */
-  shapeDefines(shape: 'matvec' | 'matmul', gpu: boolean, subgroupX: boolean): Defines;
+  /**
+   * Defines a shape's kernels take from the format and the x path: the dense kernels' vector loads,
+   * and the dense matmul's x path (its entry points share one set of bindings per path; matmul_q's
+   * entry points take theirs by name).
+   */
+  shapeDefines(shape: 'matvec' | 'matmul', path: { gpu: boolean; sgx: boolean; xu: boolean }): Defines;
   /** A chunk's bindings: the weight (binding 1) and any more (scales, binding 5). */
   bindings(c: WeightChunk): GPUBindGroupEntry[];
   prepass?(ctx: OpContext, x: GPUBuffer, maxTokens: number): Prepass;
@@ -110,12 +116,12 @@ function denseFormat(w: LinearWeight, what: string): CheckedFormat {
     families: { matvec: 'matvec', matmul: 'matmul' },
     defines: weightDefines(w.dtype),
     constants: {},
-    params: {},
+    groups: 0,
     xSpan: K,
     subgroupX: { ok: vec8, needs: 'K % 8 == 0' },
     uniformX: { ok: vec8 && K * 4 <= UNIFORM_X_BYTES, needs: 'K % 8 == 0, K <= 16384' },
     matvecTokens: { ok: true, needs: '' },
-    shapeDefines: (shape, gpu, sgx) => ({ VEC: shape === 'matvec' ? vec8 : K % 4 === 0 && !gpu && !sgx }),
+    shapeDefines: (shape, { gpu, sgx, xu }) => (shape === 'matvec' ? { VEC: vec8 } : { VEC: K % 4 === 0 && !gpu && !sgx, XU: xu, SGX: sgx }),
     bindings: (c) => [{ binding: 1, resource: { buffer: c.buffer, size: storedBytes(w, c) } }],
     checkChunk(c, i) {
       const bytes = storedBytes(w, c);
@@ -126,7 +132,7 @@ function denseFormat(w: LinearWeight, what: string): CheckedFormat {
 
 /**
  * q8 / q4 in src/quant.ts's layout (words and per-group scale words; load-time quantization and
- * the GPTQ / AWQ repacks alike), dequantized inside the kernels (kernels/quant_q8.wgsl, quant_q4.wgsl).
+ * the GPTQ / AWQ repacks alike), dequantized inside the kernels (kernels/dequant_q8.wgsl, dequant_q4.wgsl).
  */
 function quantFormat(w: LinearWeight, what: string): CheckedFormat {
   const q = w.quant!;
@@ -140,7 +146,7 @@ function quantFormat(w: LinearWeight, what: string): CheckedFormat {
     families: { matvec: 'matvec_q', matmul: 'matmul_q' },
     defines: { Q4: q.format === 'q4', TAIL: K % q.groupSize !== 0 },
     constants: { G: q.groupSize },
-    params: { groups },
+    groups,
     xSpan: span,
     subgroupX: { ok: true, needs: 'nothing more of the weight' },
     uniformX: { ok: span * 4 <= UNIFORM_X_BYTES, needs: `K padded to groups (${span}) <= 16384` },

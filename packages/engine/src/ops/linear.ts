@@ -117,15 +117,17 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
   const build = (shape: 'matvec' | 'matmul', tb = 1, mvXu = xu): Dispatch[] => {
     let defines: Defines;
     let constants: Constants;
+    let entry = 'main';
     if (shape === 'matvec') {
       const sgxt = sgx && tb > 4 && K % 4 === 0;
-      defines = { ...common, ...format.shapeDefines(shape, gpu, sgx), XU: mvXu, SGX: sgx && !sgxt, SGXT: sgxt, SUBGROUPS: sgx };
+      defines = { ...common, ...format.shapeDefines(shape, { gpu, sgx, xu: mvXu }), XU: mvXu, SGX: sgx && !sgxt, SGXT: sgxt, SUBGROUPS: sgx };
       constants = { ...format.constants, ...epilogue.constants, ...(gpu ? matvecGpu : { WG: MATVEC_SOFTWARE_WG, ...(tb > 1 ? { TB: tb } : {}) }) };
     } else {
-      defines = { ...common, ...format.shapeDefines(shape, gpu, mmSgx), XU: mmXu, SGX: mmSgx, SUBGROUPS: mmSgx };
+      defines = { ...common, ...format.shapeDefines(shape, { gpu, sgx: mmSgx, xu: mmXu }), SUBGROUPS: mmSgx };
       constants = { ...format.constants, ...epilogue.constants, ...(gpu ? {} : { WG: MATMUL_SOFTWARE_WG }) };
+      entry = gpu ? 'tile' : mmSgx ? 'sgx' : mmXu ? 'xu' : 'rows';
     }
-    const kernel = ctx.kernels.get(format.families[shape], defines, constants);
+    const kernel = ctx.kernels.get(format.families[shape], defines, constants, entry);
     const dispatch = (c: WeightChunk, xResource: GPUBufferBinding): Dispatch => {
       const params = new ParamsBuffer(ctx.device, kernel);
       const entries: GPUBindGroupEntry[] = [
@@ -165,8 +167,9 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
     if (!ds) multi.set(key, (ds = build('matvec', tb, xu && ((t0 + tb - 1) * K + format.xSpan) * 4 <= UNIFORM_X_BYTES)));
     return ds;
   };
-  const run = (pass: GPUComputePassEncoder, d: Dispatch, params: Record<string, number>, x: number, y = 1) => {
-    d.params.set({ K, rows: d.rows, colOffset: d.rowStart, ...format.params, ...epilogue.params, ...params });
+  // Every linear kernel has the same Params (kernels/linear_io.wgsl).
+  const run = (pass: GPUComputePassEncoder, d: Dispatch, step: { tokens: number; tokenBase: number; xBase: number }, x: number, y = 1) => {
+    d.params.set({ K, rows: d.rows, colOffset: d.rowStart, groups: format.groups, ...step, ...epilogue.params });
     pass.setPipeline(d.kernel.pipeline);
     pass.setBindGroup(0, d.group);
     pass.dispatchWorkgroups(x, y);
@@ -185,7 +188,7 @@ export function createLinear(ctx: OpContext, w: LinearWeight, x: GPUBuffer, y: L
         for (let t0 = 0; t0 < tokens; t0 += MATVEC_MAX_TOKENS) {
           for (const d of matvecAt(Math.min(MATVEC_MAX_TOKENS, tokens - t0), t0)) {
             const groups = gpu ? Math.ceil(d.rows / matvecGpu.RPW) : Math.ceil(d.rows / 4 / MATVEC_SOFTWARE_WG);
-            run(pass, d, { tokenBase: t0 }, ...grid(groups, maxDim));
+            run(pass, d, { tokens, tokenBase: t0, xBase: 0 }, ...grid(groups, maxDim));
           }
         }
         return;
