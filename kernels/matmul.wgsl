@@ -46,19 +46,7 @@
 #endif
 #endif
 
-#if SGX
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#else
-#if XU
-@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
-#else
-#if VEC
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-#else
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
-#endif
-#endif
+#include linear_x
 #if NORM
 @group(0) @binding(8) var<storage, read> gamma: array<f32>;
 #endif

@@ -182,9 +182,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   finishRows(lid, (wg.x + wg.y * nwg.x) * RPW, acc, ss);
 }
 #else
-override WG: u32 = 64u;
-override TB: u32 = 1u; // tokens per thread
-const TMAX = 8u;       // the most TB may be
+#include matvec_threads
 
 #include quant_rows
 
@@ -312,24 +310,8 @@ fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, xt: u32, acc: ptr<f
   }
 }
 
-@compute @workgroup_size(WG)
-fn main(
-  @builtin(global_invocation_id) gid: vec3<u32>,
-  @builtin(num_workgroups) nwg: vec3<u32>,
-#if SUBGROUPS
-  @builtin(subgroup_invocation_id) lane: u32,
-#endif
-) {
-  let thread = gid.x + gid.y * nwg.x * WG;
-  let r0 = thread * 4u;
-#if SUBGROUPS
-  // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
-#if SGX
-  sgLane = lane;
-#endif
-#else
-  if (r0 >= p.rows) { return; }
-#endif
+// The thread's four rows, group by group.
+fn accumulate(thread: u32, r0: u32, lane: u32, acc: ptr<function, array<vec4<f32>, TMAX>>) {
 #if SGXT
   let xt = (p.tokenBase + min(lane, TB - 1u)) * (p.K / 4u);
 #else
@@ -338,15 +320,11 @@ fn main(
   let wr = rowUnits(thread, p.groups * (G / EPV));
   let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
-  var acc: array<vec4<f32>, TMAX>;
   for (var g = 0u; g < full; g++) {
-    group(g, wr, sr, false, xt, &acc);
+    group(g, wr, sr, false, xt, acc);
   }
 #if TAIL
-  group(full, wr, sr, true, xt, &acc);
+  group(full, wr, sr, true, xt, acc);
 #endif
-  for (var t = 0u; t < TB; t++) {
-    store4(p.tokenBase + t, r0, acc[t]);
-  }
 }
 #endif
