@@ -59,7 +59,7 @@ export interface WeightFormat {
 }
 
 /** Bytes a chunk of `elements` weights occupies (16-bit formats padded to whole u32s). */
-export function chunkBytes(dtype: WeightDtype, elements: number): number {
+function chunkBytes(dtype: WeightDtype, elements: number): number {
   return dtype === 'f32' ? elements * 4 : Math.ceil(elements / 2) * 4;
 }
 

@@ -17,7 +17,7 @@ import { UNIFORM_X_BYTES, weightFormat } from './linear-formats.ts';
 import { type LinearOp, type LinearOptions, type LinearOutput, type LinearWeight, type WeightChunk, LinearError } from './linear-types.ts';
 
 export { LinearError, type LinearOp, type LinearOptions, type LinearOutput, type LinearWeight, type WeightChunk } from './linear-types.ts';
-export { checkWeight, chunkBytes, storedBytes, storedRows, weightDefines } from './linear-formats.ts';
+export { checkWeight, storedBytes, storedRows, weightDefines } from './linear-formats.ts';
 
 const MATVEC_SOFTWARE_WG = 64;
 /**
