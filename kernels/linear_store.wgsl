@@ -1,7 +1,6 @@
 // Snippet (#include linear_store): the epilogue of a linear layer, shared by matvec, matmul and their
-// quantized twins. The including file provides p.colOffset (the chunk's first row in the weight),
-// p.rows (the chunk's rows), p.N (the weight's rows), p.n0 and p.n1 (SPLIT), y and, under BIAS,
-// bias [N]. Output column c (a row of the weight) of token t:
+// quantized twins. It reads p, y and bias as kernels/linear_io.wgsl declares them. Output column c
+// (a row of the weight) of token t:
 //   y[t * N + c] (+)= v + bias[c]
 // SPLIT (a stacked q|k|v weight, src/fuse.ts): columns [0, n0) go to y [tokens, n0], [n0, n0 + n1)
 // to y1 [tokens, n1] and the rest to y2 [tokens, N - n0 - n1] (bindings 6 and 7).

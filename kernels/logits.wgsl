@@ -6,20 +6,22 @@
 // order-preserving u32, lo = 0xffffff - index. Keys are distinct, larger key = larger logit then
 // lower index, so exactly k elements have a key >= the k-th largest key, found 8 bits at a time.
 // The selection only looks at keys >= floorHi, a lower bound of the k-th largest: each thread of
-// STATS takes the max of a disjoint subset, so when at least k threads saw elements, at least k
-// elements are >= the smallest of those maxima. PREFILTER lists the indices of keys >= floorHi;
+// stats takes the max of a disjoint subset, so when at least k threads saw elements, at least k
+// elements are >= the smallest of those maxima. prefilter lists the indices of keys >= floorHi;
 // when they fit in FILT_CAP, the selection passes run over that list instead of the whole row.
-// Each pass is one pipeline, chosen by define:
-//   STATS   workgroup b over [b*blockLen, (b+1)*blockLen): max, its first index, sum exp(x - max),
+// Each pass is one entry point (one pipeline), in the order they run:
+//   stats   workgroup b over [b*blockLen, (b+1)*blockLen): max, its first index, sum exp(x - max),
 //           smallest per-thread max -> blocks[b]
-//   REDUCE  one workgroup: combines blocks -> res[0..2]; resets the selection state, sets floorHi
-//   PREFILTER appends the indices of keys >= floorHi to filt (counting past FILT_CAP)
-//   HIST    (override D = digit 0..6) histogram of digit D of the keys whose higher digits equal the prefix so far
-//   SCAN    (D) one thread: picks the bucket holding the k-th largest key, extends the prefix
-//   COMPACT appends the k elements whose key >= the selected key to cand (in any order)
-//   SORT    one workgroup: bitonic sort of the k candidates -> res ids and logits
-// Bindings (each pass declares the ones it uses): 0 params, 1 logits f32, 2 blocks, 3 res u32,
-// 4 sel (selection state and histograms), 5 cand [256] (key hi, index), 6 filt [FILT_CAP] indices.
+//   reduce  one workgroup: combines blocks -> res[0..2]; resets the selection state, sets floorHi
+//   prefilter appends the indices of keys >= floorHi to filt (counting past FILT_CAP)
+//   hist    (override D = digit 0..6) histogram of digit D of the keys whose higher digits equal the prefix so far
+//   scan    (D) one thread: picks the bucket holding the k-th largest key, extends the prefix
+//   compact appends the k elements whose key >= the selected key to cand (in any order)
+//   sort    one workgroup: bitonic sort of the k candidates -> res ids and logits
+// Bindings (each pass uses its own subset; auto layouts keep only those): 0 params, 1 logits f32,
+// 2 blocks, 3 res u32, 4 sel (selection state and histograms), 5 cand [256] (key hi, index),
+// 6 filt [FILT_CAP] indices. A binding a pass writes and another reads is declared twice, once
+// per access mode.
 
 struct Params {
   vocab: u32,
@@ -50,12 +52,23 @@ const NONE = 0xffffffffu;
 const MAXK = 256u;
 const FILT_CAP = 16384u;
 
+override WG: u32 = 64u; // workgroup size of prefilter, hist and compact
+override D: u32 = 0u;   // hist and scan: the digit, 0..6
+
 @group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> blocksOut: array<Block>; // stats
+@group(0) @binding(2) var<storage, read> blocks: array<Block>;          // reduce
+@group(0) @binding(3) var<storage, read_write> res: array<u32>;
+@group(0) @binding(4) var<storage, read_write> sel: Sel;
+@group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>, MAXK>;
+@group(0) @binding(6) var<storage, read_write> filtOut: array<u32, FILT_CAP>; // prefilter
+@group(0) @binding(6) var<storage, read> filt: array<u32, FILT_CAP>;          // hist, compact
 
 // The lowest finite f32: x >= LOWEST is false only for -inf (and NaN). A -inf constant cannot be written in WGSL.
 const LOWEST = -0x1.fffffep+127f;
 const HIGHEST = 0x1.fffffep+127f;
-const SWG = 64u; // STATS workgroup size
+const SWG = 64u; // stats workgroup size
 
 // Running (max, first index of max, sum of exp(x - max)) and its merge; -inf entries add nothing.
 struct Stat {
@@ -86,14 +99,11 @@ fn key_lo(i: u32) -> u32 {
   return 0xffffffu - i;
 }
 
-#if STATS
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(2) var<storage, read_write> blocks: array<Block>;
-var<workgroup> wst: array<Stat, SWG>;
-var<workgroup> wmin: array<f32, SWG>;
+var<workgroup> statsSt: array<Stat, SWG>;
+var<workgroup> statsMin: array<f32, SWG>;
 
 @compute @workgroup_size(SWG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let b = wg.x + wg.y * nwg.x;
   let start = b * p.blockLen;
   let end = min(start + p.blockLen, p.vocab);
@@ -107,36 +117,31 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       st.s += exp(v - st.m);
     }
   }
-  wst[lid] = st;
-  wmin[lid] = select(HIGHEST, st.m, st.idx != NONE);
+  statsSt[lid] = st;
+  statsMin[lid] = select(HIGHEST, st.m, st.idx != NONE);
   workgroupBarrier();
   for (var h = SWG / 2u; h > 0u; h >>= 1u) {
     if (lid < h) {
-      wst[lid] = merge(wst[lid], wst[lid + h]);
-      wmin[lid] = min(wmin[lid], wmin[lid + h]);
+      statsSt[lid] = merge(statsSt[lid], statsSt[lid + h]);
+      statsMin[lid] = min(statsMin[lid], statsMin[lid + h]);
     }
     workgroupBarrier();
   }
   if (lid == 0u && b < p.numBlocks) {
-    let r = wst[0];
-    blocks[b] = Block(r.m, r.idx, r.s, wmin[0]);
+    let r = statsSt[0];
+    blocksOut[b] = Block(r.m, r.idx, r.s, statsMin[0]);
   }
 }
-#endif
 
-#if REDUCE
-@group(0) @binding(2) var<storage, read> blocks: array<Block>;
-@group(0) @binding(3) var<storage, read_write> res: array<u32>;
-@group(0) @binding(4) var<storage, read_write> sel: Sel;
 var<workgroup> wst: array<Stat, 256>;
 var<workgroup> wmin: array<f32, 256>;
 var<workgroup> wcount: array<u32, 256>;
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn reduce(@builtin(local_invocation_index) lid: u32) {
   var st = Stat(LOWEST, NONE, 0.0);
   var tmin = HIGHEST;
-  var threads = 0u; // STATS threads that saw at least one element
+  var threads = 0u; // stats threads that saw at least one element
   for (var b = lid; b < p.numBlocks; b += 256u) {
     let x = blocks[b];
     st = merge(st, Stat(x.m, x.idx, x.s));
@@ -169,37 +174,23 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     atomicStore(&sel.filtered, 0u);
   }
 }
-#endif
-
-#if PREFILTER
-override WG: u32 = 64u;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sel: Sel;
-@group(0) @binding(6) var<storage, read_write> filt: array<u32, FILT_CAP>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn prefilter(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let floor = sel.floorHi;
   for (var i = gid.x + gid.y * nwg.x * WG; i < p.vocab; i += nwg.x * nwg.y * WG) {
     if (key_hi(logits[p.rowOffset + i]) >= floor) {
       let slot = atomicAdd(&sel.filtered, 1u);
-      if (slot < FILT_CAP) { filt[slot] = i; }
+      if (slot < FILT_CAP) { filtOut[slot] = i; }
     }
   }
 }
-#endif
 
-#if HIST
-override WG: u32 = 64u;
-override D: u32 = 0u;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sel: Sel;
-@group(0) @binding(6) var<storage, read> filt: array<u32, FILT_CAP>;
-var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> digitHist: array<atomic<u32>, 256>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  for (var i = lid; i < 256u; i += WG) { atomicStore(&hist[i], 0u); }
+fn hist(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  for (var i = lid; i < 256u; i += WG) { atomicStore(&digitHist[i], 0u); }
   workgroupBarrier();
   let ph = sel.prefixHi;
   let pl = sel.prefixLo;
@@ -227,22 +218,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (hi < floor || (hi & maskHi) != ph || (lo & maskLo) != pl) { continue; }
     var digit: u32;
     if (d < 4u) { digit = (hi >> ((24u - 8u * d) & 31u)) & 255u; } else { digit = (lo >> ((16u - 8u * (d - 4u)) & 31u)) & 255u; }
-    atomicAdd(&hist[digit], 1u);
+    atomicAdd(&digitHist[digit], 1u);
   }
   workgroupBarrier();
   for (var i = lid; i < 256u; i += WG) {
-    let c = atomicLoad(&hist[i]);
+    let c = atomicLoad(&digitHist[i]);
     if (c > 0u) { atomicAdd(&sel.hist[d * 256u + i], c); }
   }
 }
-#endif
-
-#if SCAN
-override D: u32 = 0u;
-@group(0) @binding(4) var<storage, read_write> sel: Sel;
 
 @compute @workgroup_size(1)
-fn main() {
+fn scan() {
   let d = D;
   var need = sel.kRem;
   var b = 255u;
@@ -259,17 +245,9 @@ fn main() {
     sel.prefixLo |= b << ((16u - 8u * (d - 4u)) & 31u);
   }
 }
-#endif
-
-#if COMPACT
-override WG: u32 = 64u;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sel: Sel;
-@group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>, MAXK>;
-@group(0) @binding(6) var<storage, read> filt: array<u32, FILT_CAP>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn compact(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let ph = sel.prefixHi;
   let pl = sel.prefixLo;
   let nf = atomicLoad(&sel.filtered);
@@ -285,12 +263,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
   }
 }
-#endif
 
-#if SORT
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(3) var<storage, read_write> res: array<u32>;
-@group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>, MAXK>;
 var<workgroup> keys: array<vec2<u32>, MAXK>; // (key hi, key lo)
 
 fn greater(a: vec2<u32>, b: vec2<u32>) -> bool {
@@ -298,7 +271,7 @@ fn greater(a: vec2<u32>, b: vec2<u32>) -> bool {
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn sort(@builtin(local_invocation_index) lid: u32) {
   let c = cand[lid];
   // (0, 0) sorts below every real key (key hi 0 would be a NaN pattern).
   keys[lid] = select(vec2<u32>(0u, 0u), vec2<u32>(c.x, key_lo(c.y)), lid < p.k);
@@ -324,4 +297,3 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     res[4u + p.k + lid] = bitcast<u32>(logits[p.rowOffset + id]);
   }
 }
-#endif

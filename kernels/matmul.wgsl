@@ -3,6 +3,8 @@
 // x is [tokens, K] f32, y is [tokens, N] f32 (row stride N, this chunk writes columns
 // colOffset .. colOffset + rows). W is laid out as in matvec.wgsl: the chunk's rows, row-major
 // [rows, K], f32 or bf16/f16 packed two per u32 from the chunk's own element 0.
+// Entry points, one per shape (ops/linear.ts picks it as for matmul_q.wgsl; here the defines below
+// also choose the bindings): tile (GPU), sgx (SGX), xu (XU), rows (the rest).
 // Defines: WBF16 / WF16 (both imply W16; neither = f32), VEC (K % 4 == 0: four weights per load;
 // software shape only, the GPU tiles load single elements),
 // BIAS, ACC (y += rather than y =), SPLIT, GLU (kernels/linear_store.wgsl), GPU (64x64 output
@@ -20,20 +22,7 @@
 // tokenBase), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 6 and 7 the other outputs (SPLIT),
 // 8 gamma [K] f32 (NORM).
 
-struct Params {
-  K: u32,
-  rows: u32,
-  colOffset: u32,
-  N: u32,
-  tokens: u32,
-  tokenBase: u32, // XU: the group's first token
-  xBase: u32,     // XU: where token tokenBase starts in the x window (in vec4s)
-  n0: u32,  // SPLIT: columns of the first output
-  n1: u32,  // SPLIT: columns of the second
-  eps: f32, // NORM (GPU)
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+#include linear_io
 
 #if SGX
 #if W16
@@ -57,23 +46,7 @@ struct Params {
 #endif
 #endif
 
-#if SGX
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#else
-#if XU
-@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
-#else
-#if VEC
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-#else
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
-#endif
-#endif
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#if BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
+#include linear_x
 #if NORM
 @group(0) @binding(8) var<storage, read> gamma: array<f32>;
 #endif
@@ -155,7 +128,7 @@ override WG: u32 = 64u;
 // all; threads past the last row keep running (clamped rows, no stores) so their subgroup stays
 // whole.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn sgx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let thread = gid.x;
   let r0 = thread * 4u;
   let last = p.rows - 1u;
@@ -310,7 +283,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
 #if XU
 // 4 rows x 16 tokens per thread in named accumulators (a<j>: token tokenBase + j, rows r0..r3).
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn xu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let thread = gid.x + gid.y * nwg.x * WG;
   let r0 = thread * 4u;
   if (r0 >= p.rows) { return; }
@@ -415,7 +388,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 // registers (a private array indexed in a loop goes through memory, and eight k per step spills).
 // Tokens come from workgroup_id so x's addresses are uniform across the workgroup.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+fn rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let r0 = gid.x * 4u;
   let t0 = wg.y * 4u;
   if (r0 >= p.rows || t0 >= p.tokens) { return; }

@@ -2,109 +2,64 @@
 // quantized W:
 //   y[t, colOffset + r] (+)= sum_k x[t, k] * W[r, k] (+ bias[colOffset + r])   t < tokens, r < rows.
 // x is [tokens, K] f32, y is [tokens, N] f32 (row stride N). W and its scales are laid out as in
-// matvec_q.wgsl (src/quant.ts): rows padded to `groups` groups of G columns; Q4: 8 nibbles per
-// word, scale word pack2x16float(s, z), w = (q - z) * s; else q8: 4 int8 per word, scale word the
-// f32 bits of s. Weights are never expanded to a full-precision buffer; f32 arithmetic only (see
-// matvec_q.wgsl for why no shader-f16 variant).
+// src/quant.ts: rows padded to `groups` groups of G columns; the format (Q4, else q8) is one
+// dequantisation snippet (kernels/dequant.wgsl). Weights are never expanded to
+// a full-precision buffer; f32 arithmetic only (see matvec_q.wgsl for why no shader-f16 variant).
+// Four kernels, one per way of reading x, chosen by entry point (ops/linear.ts):
+//   tile  GPU: 64x64 output tiles through workgroup memory, weights dequantized into the tile
+//         (kernels/matmul_tile.wgsl, with NORM as there).
+//   sgx   software, subgroups of exactly 8 (SUBGROUPS): 4 rows x 16 tokens per thread, x read from
+//         storage through subgroup broadcasts (kernels/subgroup_x.wgsl: lane l loads x[t, k + l]
+//         and hands it to the other seven, one gather per eight columns instead of eight); tokens
+//         from workgroup_id.y, one dispatch for all tokens; any K, the partial last group masked.
+//   xu    software, K % 4 == 0, K <= 1020: 4 rows x 16 tokens per thread, x read through a 64 KiB
+//         uniform window holding those 16 tokens, one dispatch per group of 16 tokens; each weight
+//         word is dequantized once and serves 16 tokens. On lavapipe a storage load in a loop is a
+//         per-lane scalar loop while a uniform load is one vector gather (see matmul.wgsl).
+//   rows  software, any K: 4 rows x 4 tokens per thread, x from storage; each weight word serves
+//         4 tokens and each x load 4 rows, and each group's raw sums are scaled once.
+// The 16 accumulators of sgx and xu are named, not an array: lavapipe keeps them in registers.
 // Defines: Q4 (else q8), TAIL (K % G != 0: x masked to k < K in the last group), BIAS, ACC,
-// SPLIT, GLU (kernels/linear_store.wgsl), GPU (64x64 output tiles through workgroup memory,
-// weights dequantized into the tile, kernels/matmul_tile.wgsl, with NORM as there; else each
-// thread computes 4 rows x 4 tokens, so each weight word serves 4 tokens and each x load 4 rows,
-// and each group's integer sums are scaled once),
-// XU (software, K % 4 == 0, K <= 1020: 4 rows x 16 tokens per thread, x read through a 64 KiB
-// uniform window holding those 16 tokens, one dispatch per group of 16 tokens; each weight word is
-// dequantized once and serves 16 tokens. On lavapipe a storage load in a loop is a per-lane scalar
-// loop while a uniform load is one vector gather, see matmul.wgsl),
-// SGX (software, subgroups of exactly 8: 4 rows x 16 tokens per thread as for XU, but x read from
-// storage through subgroup broadcasts, kernels/subgroup_x.wgsl: lane l loads x[t, k + l] and
-// hands it to the other seven, one gather per eight columns instead of eight; tokens from
-// workgroup_id.y, one dispatch for all tokens; any K, the partial last group masked),
-// TILED (software: W and scales in row tiles as for matvec_q.wgsl, src/tiles.ts; a unit is one
-// vec4<u32> of W, one scale word of the scales; rows padded with zeros to whole tiles).
-// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (XU: the same words as u32;
-// TILED: tiled), 2 x [tokens, K] f32 (XU: the window starting at or before token tokenBase, as
-// vec4s), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled),
-// 6 and 7 the other outputs (SPLIT), 8 gamma [K] f32 (NORM).
+// SPLIT, GLU (kernels/linear_store.wgsl), NORM (tile), SUBGROUPS (sgx is compiled), TILED
+// (software: W and scales in row tiles, src/tiles.ts; a unit is one vec4<u32> of W, one scale word
+// of the scales; rows padded with zeros to whole tiles, kernels/quant_rows.wgsl).
+// Bindings: 0 params, 1 W chunk [rows, groups * G / EPV] vec4<u32> (xu: the same words as u32),
+// 2 x [tokens, K] f32 (xu: the window starting at or before token tokenBase, as vec4s), 3 y
+// [tokens, N] f32, 4 bias [N] f32 (BIAS), 5 scales [rows, groups] u32, 6 and 7 the other outputs
+// (SPLIT), 8 gamma [K] f32 (NORM).
 
-struct Params {
-  K: u32,
-  rows: u32,
-  colOffset: u32,
-  N: u32,
-  tokens: u32,
-  groups: u32,
-  tokenBase: u32, // XU: the group's first token
-  xBase: u32,     // XU: where token tokenBase starts in the x window (in vec4s)
-  n0: u32,  // SPLIT: columns of the first output
-  n1: u32,  // SPLIT: columns of the second
-  eps: f32, // NORM (GPU)
-}
+#include linear_io
 
-override G: u32 = 32u; // weights per group: a multiple of 32
+override G: u32 = 32u;  // weights per group: a multiple of 32
+override WG: u32 = 64u; // software workgroup size
 
-@group(0) @binding(0) var<uniform> p: Params;
-#if XU
-@group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
-#else
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> wq: array<u32>;                // xu
 @group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
-#if SGX
-var<private> sgLane: u32; // the thread's subgroup_invocation_id
-#include subgroup_x
-#endif
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#if BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
+@group(0) @binding(2) var<uniform> xw: array<vec4<f32>, 4096>;          // xu
+@group(0) @binding(5) var<storage, read> sc: array<u32>;
 #if NORM
 @group(0) @binding(8) var<storage, read> gamma: array<f32>;
 #endif
-@group(0) @binding(5) var<storage, read> sc: array<u32>;
 
-#if Q4
-const EPV = 32u; // weights per vec4<u32>
-const EPW = 8u;  // weights per u32
-#else
-const EPV = 16u;
-const EPW = 4u;
-#endif
-
+#include dequant
 #include linear_store
+#include quant_rows
 
-#if GPU
+// ---- tile (GPU) ----
+
 // Element (r, k) of the chunk, dequantized.
 fn weight(r: u32, k: u32) -> f32 {
   let e = r * p.groups * G + k;
-  let word = w[e / EPV][(e % EPV) / EPW];
-  let sw = sc[r * p.groups + k / G];
-#if Q4
-  let sz = unpack2x16float(sw);
-  return (f32((word >> (4u * (e % 8u))) & 15u) - sz.y) * sz.x;
-#else
-  return f32((bitcast<i32>(word) << (24u - 8u * (e % 4u))) >> 24u) * bitcast<f32>(sw);
-#endif
+  return weightAt(w[e / EPV][(e % EPV) / EPW], e, sc[r * p.groups + k / G]);
 }
 
 #include matmul_tile
-#else
-override WG: u32 = 64u;
 
-#include quant_rows
+// ---- sgx and xu: 4 rows x 16 tokens ----
 
-#if Q4
-fn nib(v: u32, sh: vec4<u32>) -> vec4<f32> {
-  return vec4<f32>((vec4<u32>(v) >> sh) & vec4<u32>(15u));
-}
-#else
-fn byt(v: u32) -> vec4<f32> {
-  return vec4<f32>((vec4<i32>(bitcast<i32>(v)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-#endif
-
-// XU and SGX: accumulators of 16 tokens (a<j>: the thread's token j, rows r0..r3) and where each
-// token's x starts (XU: in the window, vec4s; SGX: in x, f32s). Named fields, not arrays: lavapipe keeps them in registers.
+// Accumulators of 16 tokens (a<j>: the thread's token j, rows r0..r3) and where each token's x
+// starts (xu: in the window, vec4s; sgx: in x, f32s).
 struct Acc {
   a0: vec4<f32>,
   a1: vec4<f32>,
@@ -147,85 +102,62 @@ fn d4(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, xv: vec4<f32>)
   return vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
 }
 
-#if SGX
-// Scale and zero point (q8: 0) of a scale word.
-fn sz(word: u32) -> vec2<f32> {
-#if Q4
-  return unpack2x16float(word);
-#else
-  return vec2<f32>(bitcast<f32>(word), 0.0);
-#endif
-}
-
-// Weights 0..3 and 4..7 of the eight at a step, dequantized: q8 takes one word for each half,
-// q4 both halves from one word.
-fn deqLo(q: u32, s: vec2<f32>) -> vec4<f32> {
-#if Q4
-  return (nib(q, vec4<u32>(0u, 4u, 8u, 12u)) - s.y) * s.x;
-#else
-  return byt(q) * s.x;
-#endif
-}
-
-fn deqHi(q: u32, s: vec2<f32>) -> vec4<f32> {
-#if Q4
-  return (nib(q, vec4<u32>(16u, 20u, 24u, 28u)) - s.y) * s.x;
-#else
-  return byt(q) * s.x;
-#endif
-}
+// ---- sgx ----
+#if SUBGROUPS
+var<private> sgLane: u32; // the thread's subgroup_invocation_id
+#include subgroup_x
 
 // x[o + k + lane], zero from column K on when masked (the last group's padding meets it, and past
 // K lies the next token or the end of x).
-fn xs(o: u32, k: u32, masked: bool) -> f32 {
+fn xsg(o: u32, k: u32, masked: bool) -> f32 {
   let i = k + sgLane;
   return select(x[o + min(i, p.K - 1u)], 0.0, masked && i >= p.K);
 }
 
-// Columns k .. k + 8 of the 4 rows (words ql for weights 0..3 and qh for 4..7, one per row; scales
-// sa..sd) times the 16 tokens, each token's eight x loaded by the lanes and broadcast. Weights
-// 0..3, then 4..7: fewer live registers than all eight at once.
-fn oct(k: u32, ql: vec4<u32>, qh: vec4<u32>, sa: vec2<f32>, sb: vec2<f32>, sc4: vec2<f32>, sd: vec2<f32>, o: Offs, masked: bool, a: ptr<function, Acc>) {
-  var wa = deqLo(ql.x, sa);
-  var wb = deqLo(ql.y, sb);
-  var wc = deqLo(ql.z, sc4);
-  var wd = deqLo(ql.w, sd);
-  let x0 = xs(o.o0, k, masked);
+// Columns k .. k + 8 of the 4 rows (weights 8m .. 8m + 8 of their units ua..ud; scales sa..sd)
+// times the 16 tokens, each token's eight x loaded by the lanes and broadcast. Weights 0..3, then
+// 4..7: fewer live registers than all eight at once.
+fn oct(k: u32, m: u32, ua: vec4<u32>, ub: vec4<u32>, uc: vec4<u32>, ud: vec4<u32>, sa: vec2<f32>, sb: vec2<f32>, sc4: vec2<f32>, sd: vec2<f32>, o: Offs, masked: bool, a: ptr<function, Acc>) {
+  var wa = deq4(qlo(ua, m), sa);
+  var wb = deq4(qlo(ub, m), sb);
+  var wc = deq4(qlo(uc, m), sc4);
+  var wd = deq4(qlo(ud, m), sd);
+  let x0 = xsg(o.o0, k, masked);
   (*a).a0 += d4(wa, wb, wc, wd, bcastLo(x0));
-  let x1 = xs(o.o1, k, masked);
+  let x1 = xsg(o.o1, k, masked);
   (*a).a1 += d4(wa, wb, wc, wd, bcastLo(x1));
-  let x2 = xs(o.o2, k, masked);
+  let x2 = xsg(o.o2, k, masked);
   (*a).a2 += d4(wa, wb, wc, wd, bcastLo(x2));
-  let x3 = xs(o.o3, k, masked);
+  let x3 = xsg(o.o3, k, masked);
   (*a).a3 += d4(wa, wb, wc, wd, bcastLo(x3));
-  let x4 = xs(o.o4, k, masked);
+  let x4 = xsg(o.o4, k, masked);
   (*a).a4 += d4(wa, wb, wc, wd, bcastLo(x4));
-  let x5 = xs(o.o5, k, masked);
+  let x5 = xsg(o.o5, k, masked);
   (*a).a5 += d4(wa, wb, wc, wd, bcastLo(x5));
-  let x6 = xs(o.o6, k, masked);
+  let x6 = xsg(o.o6, k, masked);
   (*a).a6 += d4(wa, wb, wc, wd, bcastLo(x6));
-  let x7 = xs(o.o7, k, masked);
+  let x7 = xsg(o.o7, k, masked);
   (*a).a7 += d4(wa, wb, wc, wd, bcastLo(x7));
-  let x8 = xs(o.o8, k, masked);
+  let x8 = xsg(o.o8, k, masked);
   (*a).a8 += d4(wa, wb, wc, wd, bcastLo(x8));
-  let x9 = xs(o.o9, k, masked);
+  let x9 = xsg(o.o9, k, masked);
   (*a).a9 += d4(wa, wb, wc, wd, bcastLo(x9));
-  let x10 = xs(o.o10, k, masked);
+  let x10 = xsg(o.o10, k, masked);
   (*a).a10 += d4(wa, wb, wc, wd, bcastLo(x10));
-  let x11 = xs(o.o11, k, masked);
+  let x11 = xsg(o.o11, k, masked);
   (*a).a11 += d4(wa, wb, wc, wd, bcastLo(x11));
-  let x12 = xs(o.o12, k, masked);
+  let x12 = xsg(o.o12, k, masked);
   (*a).a12 += d4(wa, wb, wc, wd, bcastLo(x12));
-  let x13 = xs(o.o13, k, masked);
+  let x13 = xsg(o.o13, k, masked);
   (*a).a13 += d4(wa, wb, wc, wd, bcastLo(x13));
-  let x14 = xs(o.o14, k, masked);
+  let x14 = xsg(o.o14, k, masked);
   (*a).a14 += d4(wa, wb, wc, wd, bcastLo(x14));
-  let x15 = xs(o.o15, k, masked);
+  let x15 = xsg(o.o15, k, masked);
   (*a).a15 += d4(wa, wb, wc, wd, bcastLo(x15));
-  wa = deqHi(qh.x, sa);
-  wb = deqHi(qh.y, sb);
-  wc = deqHi(qh.z, sc4);
-  wd = deqHi(qh.w, sd);
+  wa = deq4(qhi(ua, m), sa);
+  wb = deq4(qhi(ub, m), sb);
+  wc = deq4(qhi(uc, m), sc4);
+  wd = deq4(qhi(ud, m), sd);
   (*a).a0 += d4(wa, wb, wc, wd, bcastHi(x0));
   (*a).a1 += d4(wa, wb, wc, wd, bcastHi(x1));
   (*a).a2 += d4(wa, wb, wc, wd, bcastHi(x2));
@@ -248,10 +180,10 @@ fn oct(k: u32, ql: vec4<u32>, qh: vec4<u32>, sa: vec2<f32>, sb: vec2<f32>, sc4: 
 // last group), only the vec4s of W that reach below K are read.
 fn groupX(g: u32, wr: vec4<u32>, sr: vec4<u32>, o: Offs, masked: bool, a: ptr<function, Acc>) {
   let si = sr + vec4<u32>(g * NEXT);
-  let sa = sz(sc[si.x]);
-  let sb = sz(sc[si.y]);
-  let sc4 = sz(sc[si.z]);
-  let sd = sz(sc[si.w]);
+  let sa = scaleZero(sc[si.x]);
+  let sb = scaleZero(sc[si.y]);
+  let sc4 = scaleZero(sc[si.z]);
+  let sd = scaleZero(sc[si.w]);
   let vpg = G / EPV;
   let base = wr + vec4<u32>(g * vpg * NEXT);
   var n = vpg;
@@ -263,18 +195,9 @@ fn groupX(g: u32, wr: vec4<u32>, sr: vec4<u32>, o: Offs, masked: bool, a: ptr<fu
     let qb = w[base.y + u];
     let qc = w[base.z + u];
     let qd = w[base.w + u];
-#if Q4
-    for (var j = 0u; j < 4u; j++) {
-      let q = vec4<u32>(qa[j], qb[j], qc[j], qd[j]);
-      oct(k + 8u * j, q, q, sa, sb, sc4, sd, o, masked, a);
+    for (var m = 0u; m < EPV / 8u; m++) {
+      oct(k + 8u * m, m, qa, qb, qc, qd, sa, sb, sc4, sd, o, masked, a);
     }
-#else
-    for (var j = 0u; j < 2u; j++) {
-      let q0 = vec4<u32>(qa[2u * j], qb[2u * j], qc[2u * j], qd[2u * j]);
-      let q1 = vec4<u32>(qa[2u * j + 1u], qb[2u * j + 1u], qc[2u * j + 1u], qd[2u * j + 1u]);
-      oct(k + 8u * j, q0, q1, sa, sb, sc4, sd, o, masked, a);
-    }
-#endif
   }
 }
 
@@ -282,7 +205,7 @@ fn groupX(g: u32, wr: vec4<u32>, sr: vec4<u32>, o: Offs, masked: bool, a: ptr<fu
 // so one dispatch covers them all; threads past the last row keep running (clamped rows, no
 // stores) so their subgroup stays whole.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn sgx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   sgLane = lane;
   let thread = gid.x;
   let r0 = thread * 4u;
@@ -333,35 +256,37 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   if (14u < n) { store4(t0 + 14u, r0, a.a14); }
   if (15u < n) { store4(t0 + 15u, r0, a.a15); }
 }
-#else
-#if XU
+#endif
+
+// ---- xu ----
+
 // Dequantized weights of rows r0..r3 at columns 4c .. 4c + 4, times the 16 tokens.
-fn quad(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, c: u32, o: Offs, a: ptr<function, Acc>) {
-  (*a).a0 += d4(wa, wb, wc, wd, x[o.o0 + c]);
-  (*a).a1 += d4(wa, wb, wc, wd, x[o.o1 + c]);
-  (*a).a2 += d4(wa, wb, wc, wd, x[o.o2 + c]);
-  (*a).a3 += d4(wa, wb, wc, wd, x[o.o3 + c]);
-  (*a).a4 += d4(wa, wb, wc, wd, x[o.o4 + c]);
-  (*a).a5 += d4(wa, wb, wc, wd, x[o.o5 + c]);
-  (*a).a6 += d4(wa, wb, wc, wd, x[o.o6 + c]);
-  (*a).a7 += d4(wa, wb, wc, wd, x[o.o7 + c]);
-  (*a).a8 += d4(wa, wb, wc, wd, x[o.o8 + c]);
-  (*a).a9 += d4(wa, wb, wc, wd, x[o.o9 + c]);
-  (*a).a10 += d4(wa, wb, wc, wd, x[o.o10 + c]);
-  (*a).a11 += d4(wa, wb, wc, wd, x[o.o11 + c]);
-  (*a).a12 += d4(wa, wb, wc, wd, x[o.o12 + c]);
-  (*a).a13 += d4(wa, wb, wc, wd, x[o.o13 + c]);
-  (*a).a14 += d4(wa, wb, wc, wd, x[o.o14 + c]);
-  (*a).a15 += d4(wa, wb, wc, wd, x[o.o15 + c]);
+fn quad16(wa: vec4<f32>, wb: vec4<f32>, wc: vec4<f32>, wd: vec4<f32>, c: u32, o: Offs, a: ptr<function, Acc>) {
+  (*a).a0 += d4(wa, wb, wc, wd, xw[o.o0 + c]);
+  (*a).a1 += d4(wa, wb, wc, wd, xw[o.o1 + c]);
+  (*a).a2 += d4(wa, wb, wc, wd, xw[o.o2 + c]);
+  (*a).a3 += d4(wa, wb, wc, wd, xw[o.o3 + c]);
+  (*a).a4 += d4(wa, wb, wc, wd, xw[o.o4 + c]);
+  (*a).a5 += d4(wa, wb, wc, wd, xw[o.o5 + c]);
+  (*a).a6 += d4(wa, wb, wc, wd, xw[o.o6 + c]);
+  (*a).a7 += d4(wa, wb, wc, wd, xw[o.o7 + c]);
+  (*a).a8 += d4(wa, wb, wc, wd, xw[o.o8 + c]);
+  (*a).a9 += d4(wa, wb, wc, wd, xw[o.o9 + c]);
+  (*a).a10 += d4(wa, wb, wc, wd, xw[o.o10 + c]);
+  (*a).a11 += d4(wa, wb, wc, wd, xw[o.o11 + c]);
+  (*a).a12 += d4(wa, wb, wc, wd, xw[o.o12 + c]);
+  (*a).a13 += d4(wa, wb, wc, wd, xw[o.o13 + c]);
+  (*a).a14 += d4(wa, wb, wc, wd, xw[o.o14 + c]);
+  (*a).a15 += d4(wa, wb, wc, wd, xw[o.o15 + c]);
 }
 
 // Index in w (u32s) of word e of the row whose W starts at vec4 `base`.
-fn wq(base: u32, e: u32) -> u32 {
+fn wordAt(base: u32, e: u32) -> u32 {
   return 4u * (base + NEXT * (e / 4u)) + (e & 3u);
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn xu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let thread = gid.x + gid.y * nwg.x * WG;
   let r0 = thread * 4u;
   if (r0 >= p.rows) { return; }
@@ -391,37 +316,27 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var a: Acc;
   for (var g = 0u; g < p.groups; g++) {
     let si = sr + vec4<u32>(g * NEXT);
-    let sa = sc[si.x];
-    let sb = sc[si.y];
-    let scc = sc[si.z];
-    let sd = sc[si.w];
+    let sa = scaleZero(sc[si.x]);
+    let sb = scaleZero(sc[si.y]);
+    let scc = scaleZero(sc[si.z]);
+    let sd = scaleZero(sc[si.w]);
     let k0 = g * G;
     // The last group may be partial (TAIL): its words past K hold padding, and x there is the next token.
     let words = (min(p.K - k0, G) + EPW - 1u) / EPW;
-#if Q4
-    let za = unpack2x16float(sa);
-    let zb = unpack2x16float(sb);
-    let zc = unpack2x16float(scc);
-    let zd = unpack2x16float(sd);
-    let lo = vec4<u32>(0u, 4u, 8u, 12u);
-    let hi = vec4<u32>(16u, 20u, 24u, 28u);
-#endif
     for (var j = 0u; j < words; j++) {
       let e = g * wpg + j;
-      let qa = w[wq(wr.x, e)];
-      let qb = w[wq(wr.y, e)];
-      let qc = w[wq(wr.z, e)];
-      let qd = w[wq(wr.w, e)];
+      let qa = wq[wordAt(wr.x, e)];
+      let qb = wq[wordAt(wr.y, e)];
+      let qc = wq[wordAt(wr.z, e)];
+      let qd = wq[wordAt(wr.w, e)];
       let k = k0 + j * EPW;
-#if Q4
-      quad((nib(qa, lo) - za.y) * za.x, (nib(qb, lo) - zb.y) * zb.x, (nib(qc, lo) - zc.y) * zc.x, (nib(qd, lo) - zd.y) * zd.x, k / 4u, o, &a);
+      quad16(deq4(rawQuad(qa, 0u), sa), deq4(rawQuad(qb, 0u), sb), deq4(rawQuad(qc, 0u), scc), deq4(rawQuad(qd, 0u), sd), k / 4u, o, &a);
+      if (EPW == 8u) {
 #if TAIL
-      if (k + 4u >= p.K) { break; }
+        if (k + 4u >= p.K) { break; }
 #endif
-      quad((nib(qa, hi) - za.y) * za.x, (nib(qb, hi) - zb.y) * zb.x, (nib(qc, hi) - zc.y) * zc.x, (nib(qd, hi) - zd.y) * zd.x, k / 4u + 1u, o, &a);
-#else
-      quad(byt(qa) * bitcast<f32>(sa), byt(qb) * bitcast<f32>(sb), byt(qc) * bitcast<f32>(scc), byt(qd) * bitcast<f32>(sd), k / 4u, o, &a);
-#endif
+        quad16(deq4(rawQuad(qa, 1u), sa), deq4(rawQuad(qb, 1u), sb), deq4(rawQuad(qc, 1u), scc), deq4(rawQuad(qd, 1u), sd), k / 4u + 1u, o, &a);
+      }
     }
   }
   let t = p.tokenBase;
@@ -442,7 +357,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (14u < n) { store4(t + 14u, r0, a.a14); }
   if (15u < n) { store4(t + 15u, r0, a.a15); }
 }
-#else
+
+// ---- rows ----
+
 // Per group: d<i> = integer dot products of token t<i> with rows r0..r3, s = x sums per token.
 struct Sums {
   d0: vec4<f32>, d1: vec4<f32>, d2: vec4<f32>, d3: vec4<f32>,
@@ -460,12 +377,10 @@ fn x4(t: u32, k: u32, masked: bool) -> vec4<f32> {
 #if Q4
 // One word per row (q.x .. q.w for rows r0..r3): 8 weights from column k.
 fn word(q: vec4<u32>, k: u32, t: vec4<u32>, masked: bool, a: ptr<function, Sums>) {
-  let lo = vec4<u32>(0u, 4u, 8u, 12u);
-  let hi = vec4<u32>(16u, 20u, 24u, 28u);
-  let wa0 = nib(q.x, lo); let wa1 = nib(q.x, hi);
-  let wb0 = nib(q.y, lo); let wb1 = nib(q.y, hi);
-  let wc0 = nib(q.z, lo); let wc1 = nib(q.z, hi);
-  let wd0 = nib(q.w, lo); let wd1 = nib(q.w, hi);
+  let wa0 = rawQuad(q.x, 0u); let wa1 = rawQuad(q.x, 1u);
+  let wb0 = rawQuad(q.y, 0u); let wb1 = rawQuad(q.y, 1u);
+  let wc0 = rawQuad(q.z, 0u); let wc1 = rawQuad(q.z, 1u);
+  let wd0 = rawQuad(q.w, 0u); let wd1 = rawQuad(q.w, 1u);
   var x0 = x4(t.x, k, masked); var x1 = x4(t.x, k + 4u, masked);
   (*a).d0 += vec4<f32>(dot(wa0, x0) + dot(wa1, x1), dot(wb0, x0) + dot(wb1, x1), dot(wc0, x0) + dot(wc1, x1), dot(wd0, x0) + dot(wd1, x1));
   var s = vec4<f32>(0.0);
@@ -481,22 +396,13 @@ fn word(q: vec4<u32>, k: u32, t: vec4<u32>, masked: bool, a: ptr<function, Sums>
   s.w = dot(x0 + x1, vec4<f32>(1.0));
   (*a).s += s;
 }
-
-// Per row: s * (d - z * sum x), for one token's d and x sum.
-fn deq4(d: vec4<f32>, xs: f32, words: vec4<u32>) -> vec4<f32> {
-  let a = unpack2x16float(words.x);
-  let b = unpack2x16float(words.y);
-  let c = unpack2x16float(words.z);
-  let e = unpack2x16float(words.w);
-  return vec4<f32>(a.x, b.x, c.x, e.x) * (d - vec4<f32>(a.y, b.y, c.y, e.y) * xs);
-}
 #else
 // One word per row (q.x .. q.w for rows r0..r3): 4 weights from column k.
 fn word(q: vec4<u32>, k: u32, t: vec4<u32>, masked: bool, a: ptr<function, Sums>) {
-  let wa = byt(q.x);
-  let wb = byt(q.y);
-  let wc = byt(q.z);
-  let wd = byt(q.w);
+  let wa = rawQuad(q.x, 0u);
+  let wb = rawQuad(q.y, 0u);
+  let wc = rawQuad(q.z, 0u);
+  let wd = rawQuad(q.w, 0u);
   var xv = x4(t.x, k, masked);
   (*a).d0 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
   xv = x4(t.y, k, masked);
@@ -505,10 +411,6 @@ fn word(q: vec4<u32>, k: u32, t: vec4<u32>, masked: bool, a: ptr<function, Sums>
   (*a).d2 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
   xv = x4(t.w, k, masked);
   (*a).d3 += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
-}
-
-fn deq4(d: vec4<f32>, xs: f32, words: vec4<u32>) -> vec4<f32> {
-  return bitcast<vec4<f32>>(words) * d;
 }
 #endif
 
@@ -532,15 +434,16 @@ fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, t: vec4<u32>, masked: bool, acc: 
   }
   let si = sr + vec4<u32>(g * NEXT);
   let words = vec4<u32>(sc[si.x], sc[si.y], sc[si.z], sc[si.w]);
-  (*acc)[0] += deq4(a.d0, a.s.x, words);
-  (*acc)[1] += deq4(a.d1, a.s.y, words);
-  (*acc)[2] += deq4(a.d2, a.s.z, words);
-  (*acc)[3] += deq4(a.d3, a.s.w, words);
+  (*acc)[0] += groupSum4(a.d0, a.s.x, words);
+  (*acc)[1] += groupSum4(a.d1, a.s.y, words);
+  (*acc)[2] += groupSum4(a.d2, a.s.z, words);
+  (*acc)[3] += groupSum4(a.d3, a.s.w, words);
 }
 
-// Tokens come from workgroup_id so x's addresses are uniform across the workgroup.
+// 4 rows x 4 tokens per thread, x from storage, each group's raw sums scaled once. Tokens come
+// from workgroup_id so x's addresses are uniform across the workgroup.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+fn rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let r0 = gid.x * 4u;
   let t0 = wg.y * 4u;
   if (r0 >= p.rows || t0 >= p.tokens) { return; }
@@ -561,6 +464,3 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
     store4(t[i], r0, acc[i]);
   }
 }
-#endif
-#endif
-#endif

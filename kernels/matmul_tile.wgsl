@@ -1,6 +1,6 @@
-// Snippet (#include matmul_tile): the GPU shape of a prefill matmul, shared by matmul.wgsl and
-// matmul_q.wgsl. 64 x 64 output tiles (rows x tokens) through workgroup memory. The including
-// file provides p (K, rows, tokens, colOffset, eps), x [tokens, K] f32, `fn weight(r, k) -> f32`
+// Snippet (#include matmul_tile): the GPU shape of a prefill matmul, entry point `tile`, shared
+// by matmul.wgsl and matmul_q.wgsl. 64 x 64 output tiles (rows x tokens) through workgroup memory.
+// The including file provides p (K, rows, tokens, colOffset, eps), x [tokens, K] f32, `fn weight(r, k) -> f32`
 // (element (r, k) of the chunk, dequantized or unpacked), the linear_store epilogue and, under
 // NORM, gamma [K] f32: x is then the residual stream and each token's RMSNorm is applied here
 // (x * gamma on the way into the tile, 1 / sqrt(mean(x^2) + eps) on the way out).
@@ -15,7 +15,7 @@ var<workgroup> xs: array<f32, 1024>; // [BT][BK]
 
 // 256 threads as 16 x 16, each computing 4 rows x 4 tokens of the 64 x 64 tile.
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn tile(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let rowBase = wg.x * BM;
   let tokBase = wg.y * BT;
   let tr = lid % 16u;

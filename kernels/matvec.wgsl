@@ -24,18 +24,7 @@
 // 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only),
 // 6 and 7 the other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
-struct Params {
-  K: u32,
-  rows: u32,
-  colOffset: u32,
-  N: u32,
-  n0: u32,  // SPLIT: columns of the first output
-  n1: u32,  // SPLIT: columns of the second
-  eps: f32, // NORM
-  tokenBase: u32, // software: the dispatch's first token
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+#include linear_io
 
 #if W16
 #if VEC
@@ -51,30 +40,11 @@ struct Params {
 #endif
 #endif
 
+#include linear_x
 #if SGX
-@group(0) @binding(2) var<storage, read> x: array<f32>;
 var<private> sgLane: u32;
-#else
-#if SGXT
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-#else
-#if XU
-// Uniform arrays need 16-byte elements; 4096 vec4 = the 64 KiB uniform binding limit.
-@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
-#else
-#if VEC
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-#else
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
-#endif
-#endif
 #endif
 
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#if BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
 #if NORM
 #if VEC
 @group(0) @binding(8) var<storage, read> gamma: array<vec4<f32>>;
@@ -154,9 +124,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   finishRows(lid, (wg.x + wg.y * nwg.x) * RPW, s, ss);
 }
 #else
-override WG: u32 = 64u;
-override TB: u32 = 1u; // tokens per thread
-const TMAX = 8u;       // the most TB may be
+#include matvec_threads
 
 #if VEC
 // Eight weights of four rows times eight values of x.
@@ -167,26 +135,8 @@ fn rows4(q0: Oct, q1: Oct, q2: Oct, q3: Oct, xv: Oct) -> vec4<f32> {
 
 // Four rows per thread: x is loaded once for four rows (+45-60% on lavapipe); TB tokens per
 // thread: each weight load serves TB tokens.
-@compute @workgroup_size(WG)
-fn main(
-  @builtin(global_invocation_id) gid: vec3<u32>,
-  @builtin(num_workgroups) nwg: vec3<u32>,
-#if SUBGROUPS
-  @builtin(subgroup_invocation_id) lane: u32,
-#endif
-) {
-  let thread = gid.x + gid.y * nwg.x * WG;
-  let r0 = thread * 4u;
-#if SUBGROUPS
-  // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
-#if SGX
-  sgLane = lane;
-#endif
-#else
-  if (r0 >= p.rows) { return; }
-#endif
+fn accumulate(thread: u32, r0: u32, lane: u32, acc: ptr<function, array<vec4<f32>, TMAX>>) {
   let last = p.rows - 1u;
-  var acc: array<vec4<f32>, TMAX>;
 #if SGXT
   let xt = (p.tokenBase + min(lane, TB - 1u)) * (p.K / 4u);
 #endif
@@ -202,17 +152,17 @@ fn main(
 #if SGXT
     let xa = x[xt + 2u * c];
     let xb = x[xt + 2u * c + 1u];
-    acc[0] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 0u), subgroupBroadcast(xb, 0u)));
-    acc[1] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 1u), subgroupBroadcast(xb, 1u)));
-    if (TB > 2u) { acc[2] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 2u), subgroupBroadcast(xb, 2u))); }
-    if (TB > 3u) { acc[3] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 3u), subgroupBroadcast(xb, 3u))); }
-    if (TB > 4u) { acc[4] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 4u), subgroupBroadcast(xb, 4u))); }
-    if (TB > 5u) { acc[5] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 5u), subgroupBroadcast(xb, 5u))); }
-    if (TB > 6u) { acc[6] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 6u), subgroupBroadcast(xb, 6u))); }
-    if (TB > 7u) { acc[7] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 7u), subgroupBroadcast(xb, 7u))); }
+    (*acc)[0] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 0u), subgroupBroadcast(xb, 0u)));
+    (*acc)[1] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 1u), subgroupBroadcast(xb, 1u)));
+    if (TB > 2u) { (*acc)[2] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 2u), subgroupBroadcast(xb, 2u))); }
+    if (TB > 3u) { (*acc)[3] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 3u), subgroupBroadcast(xb, 3u))); }
+    if (TB > 4u) { (*acc)[4] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 4u), subgroupBroadcast(xb, 4u))); }
+    if (TB > 5u) { (*acc)[5] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 5u), subgroupBroadcast(xb, 5u))); }
+    if (TB > 6u) { (*acc)[6] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 6u), subgroupBroadcast(xb, 6u))); }
+    if (TB > 7u) { (*acc)[7] += rows4(q0, q1, q2, q3, Oct(subgroupBroadcast(xa, 7u), subgroupBroadcast(xb, 7u))); }
 #else
     for (var t = 0u; t < TB; t++) {
-      acc[t] += rows4(q0, q1, q2, q3, x8(t, c));
+      (*acc)[t] += rows4(q0, q1, q2, q3, x8(t, c));
     }
 #endif
   }
@@ -224,12 +174,9 @@ fn main(
   for (var k = 0u; k < K; k++) {
     let wk = vec4<f32>(w1(r0 * K + k), w1(r1 * K + k), w1(r2 * K + k), w1(r3 * K + k));
     for (var t = 0u; t < TB; t++) {
-      acc[t] += wk * x[(p.tokenBase + t) * K + k];
+      (*acc)[t] += wk * x[(p.tokenBase + t) * K + k];
     }
   }
 #endif
-  for (var t = 0u; t < TB; t++) {
-    store4(p.tokenBase + t, r0, acc[t]);
-  }
 }
 #endif

@@ -6,7 +6,8 @@
 // a group is G / EPV vec4<u32> loads. Q8: 16 int8 per vec4<u32> (element k in byte k % 4 of word
 // k / 4), scale word = f32 bits of s, w = q * s. Else q4: 32 nibbles per vec4<u32> (element k in
 // bits 4 (k % 8) of word k / 8), scale word = pack2x16float(s, z), w = (q - z) * s, computed as
-// s * (sum q x - z * sum x) so the zero point costs one multiply per group.
+// s * (sum q x - z * sum x) so the zero point costs one multiply per group. Each format's
+// dequantisation is one snippet (kernels/dequant.wgsl), shared with matmul_q.wgsl.
 // Each group's integer dot product is summed in f32 and scaled once: no shader-f16 is needed (f16
 // partial sums would overflow on outlier activations: 127 * |x| * 32), and scales are decoded with
 // the core unpack2x16float, so this one path serves adapters with and without shader-f16.
@@ -28,21 +29,10 @@
 // f32 (XU: tokenBase 0, one token), 3 y [tokens, N] f32, 4 bias [N] f32 (BIAS only), 5 scales [rows, groups] u32 (TILED: tiled), 6 and 7 the
 // other outputs (SPLIT), 8 gamma [K] f32 (NORM).
 
-struct Params {
-  K: u32,
-  rows: u32,
-  colOffset: u32,
-  groups: u32,
-  N: u32,
-  n0: u32,  // SPLIT: columns of the first output
-  n1: u32,  // SPLIT: columns of the second
-  eps: f32, // NORM
-  tokenBase: u32, // software: the dispatch's first token
-}
+#include linear_io
 
 override G: u32 = 32u; // weights per group: a multiple of 32
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 #if SGX
 @group(0) @binding(2) var<storage, read> x: array<f32>;
@@ -63,18 +53,16 @@ fn xs(b: u32, k: u32, masked: bool) -> f32 {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 #endif
 #endif
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#if BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
 @group(0) @binding(5) var<storage, read> sc: array<u32>;
 #if NORM
 @group(0) @binding(8) var<storage, read> gamma: array<vec4<f32>>;
 #endif
 
-#if Q4
-const EPV = 32u; // weights per vec4<u32>
+#include dequant
 
+// A unit (vec4<u32>) of W times x: EPV values of x, their sums (zero points) and under NORM their
+// products with gamma and sums of squares.
+#if Q4
 // x[k .. k + 32)
 struct XV {
   a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
@@ -95,15 +83,9 @@ fn xvm(b: u32, k: u32) -> XV {
 }
 #endif
 
-fn nib(v: u32, sh: vec4<u32>) -> vec4<f32> {
-  return vec4<f32>((vec4<u32>(v) >> sh) & vec4<u32>(15u));
-}
-
 fn dotw(q: vec4<u32>, v: XV) -> f32 {
-  let lo = vec4<u32>(0u, 4u, 8u, 12u);
-  let hi = vec4<u32>(16u, 20u, 24u, 28u);
-  return dot(nib(q.x, lo), v.a) + dot(nib(q.x, hi), v.b) + dot(nib(q.y, lo), v.c) + dot(nib(q.y, hi), v.d)
-       + dot(nib(q.z, lo), v.e) + dot(nib(q.z, hi), v.f) + dot(nib(q.w, lo), v.g) + dot(nib(q.w, hi), v.h);
+  return dot(qlo(q, 0u), v.a) + dot(qhi(q, 0u), v.b) + dot(qlo(q, 1u), v.c) + dot(qhi(q, 1u), v.d)
+       + dot(qlo(q, 2u), v.e) + dot(qhi(q, 2u), v.f) + dot(qlo(q, 3u), v.g) + dot(qhi(q, 3u), v.h);
 }
 
 fn xsum(v: XV) -> f32 {
@@ -122,15 +104,7 @@ fn xsq(v: XV) -> f32 {
   return dot(v.a, v.a) + dot(v.b, v.b) + dot(v.c, v.c) + dot(v.d, v.d) + dot(v.e, v.e) + dot(v.f, v.f) + dot(v.g, v.g) + dot(v.h, v.h);
 }
 #endif
-
-// Group result from the integer dot d, the group's x sum and its scale word.
-fn deq(d: f32, s: f32, word: u32) -> f32 {
-  let sz = unpack2x16float(word);
-  return sz.x * (d - sz.y * s);
-}
 #else
-const EPV = 16u;
-
 struct XV {
   a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>,
 }
@@ -148,12 +122,8 @@ fn xvm(b: u32, k: u32) -> XV {
 }
 #endif
 
-fn byt(v: u32) -> vec4<f32> {
-  return vec4<f32>((vec4<i32>(bitcast<i32>(v)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-
 fn dotw(q: vec4<u32>, v: XV) -> f32 {
-  return dot(byt(q.x), v.a) + dot(byt(q.y), v.b) + dot(byt(q.z), v.c) + dot(byt(q.w), v.d);
+  return dot(qlo(q, 0u), v.a) + dot(qhi(q, 0u), v.b) + dot(qlo(q, 1u), v.c) + dot(qhi(q, 1u), v.d);
 }
 
 fn xsum(v: XV) -> f32 {
@@ -170,10 +140,6 @@ fn xsq(v: XV) -> f32 {
   return dot(v.a, v.a) + dot(v.b, v.b) + dot(v.c, v.c) + dot(v.d, v.d);
 }
 #endif
-
-fn deq(d: f32, s: f32, word: u32) -> f32 {
-  return bitcast<f32>(word) * d;
-}
 #endif
 
 // x[k .. k + 4) with elements at or past K zeroed (they meet the zero padding of the last group,
@@ -211,14 +177,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       d += dotw(w[(rr * p.groups + g) * vpg + v], xx);
       s += xsum(xx);
     }
-    acc += deq(d, s, sc[rr * p.groups + g]);
+    acc += groupSum(d, s, sc[rr * p.groups + g]);
   }
   finishRows(lid, (wg.x + wg.y * nwg.x) * RPW, acc, ss);
 }
 #else
-override WG: u32 = 64u;
-override TB: u32 = 1u; // tokens per thread
-const TMAX = 8u;       // the most TB may be
+#include matvec_threads
 
 #include quant_rows
 
@@ -228,20 +192,12 @@ struct O8 {
   b: vec4<f32>,
 }
 
-#if Q4
-const OPU = 4u; // eights of weights per vec4<u32>: one word each
+const OPU = EPV / 8u; // eights of weights per vec4<u32>
 
-// Weights 8m .. 8m + 8 of the vec4 q (word m).
+// Raw weights 8m .. 8m + 8 of the unit q.
 fn w8q(q: vec4<u32>, m: u32) -> O8 {
-  return O8(nib(q[m], vec4<u32>(0u, 4u, 8u, 12u)), nib(q[m], vec4<u32>(16u, 20u, 24u, 28u)));
+  return O8(qlo(q, m), qhi(q, m));
 }
-#else
-const OPU = 2u; // two words each
-
-fn w8q(q: vec4<u32>, m: u32) -> O8 {
-  return O8(byt(q[2u * m]), byt(q[2u * m + 1u]));
-}
-#endif
 
 // x[k .. k + 8) of the token whose row starts at b (SGX: element; else vec4), zero from K on when
 // masked.
@@ -265,13 +221,10 @@ fn rows4q(u0: O8, u1: O8, u2: O8, u3: O8, v: O8) -> vec4<f32> {
   return vec4<f32>(dot8q(u0, v), dot8q(u1, v), dot8q(u2, v), dot8q(u3, v));
 }
 
-// The sum of eight values of x (q4's zero points; q8 has none).
+// The sum of eight values of x (for zero points).
 fn xsum8(v: O8) -> f32 {
-#if Q4
-  return dot(v.a + v.b, vec4<f32>(1.0));
-#else
+  if (ZERO_POINTS) { return dot(v.a + v.b, vec4<f32>(1.0)); }
   return 0.0;
-#endif
 }
 
 // Group g of 4 rows whose W starts at vec4 wr and scales at word sr, for TB tokens, eight weights
@@ -353,28 +306,12 @@ fn group(g: u32, wr: vec4<u32>, sr: vec4<u32>, masked: bool, xt: u32, acc: ptr<f
   let s2 = sc[si.z];
   let s3 = sc[si.w];
   for (var t = 0u; t < TB; t++) {
-    (*acc)[t] += vec4<f32>(deq(d[t].x, s[t], s0), deq(d[t].y, s[t], s1), deq(d[t].z, s[t], s2), deq(d[t].w, s[t], s3));
+    (*acc)[t] += vec4<f32>(groupSum(d[t].x, s[t], s0), groupSum(d[t].y, s[t], s1), groupSum(d[t].z, s[t], s2), groupSum(d[t].w, s[t], s3));
   }
 }
 
-@compute @workgroup_size(WG)
-fn main(
-  @builtin(global_invocation_id) gid: vec3<u32>,
-  @builtin(num_workgroups) nwg: vec3<u32>,
-#if SUBGROUPS
-  @builtin(subgroup_invocation_id) lane: u32,
-#endif
-) {
-  let thread = gid.x + gid.y * nwg.x * WG;
-  let r0 = thread * 4u;
-#if SUBGROUPS
-  // Threads past the last row keep running (clamped rows, no stores) so the subgroup stays whole.
-#if SGX
-  sgLane = lane;
-#endif
-#else
-  if (r0 >= p.rows) { return; }
-#endif
+// The thread's four rows, group by group.
+fn accumulate(thread: u32, r0: u32, lane: u32, acc: ptr<function, array<vec4<f32>, TMAX>>) {
 #if SGXT
   let xt = (p.tokenBase + min(lane, TB - 1u)) * (p.K / 4u);
 #else
@@ -383,15 +320,11 @@ fn main(
   let wr = rowUnits(thread, p.groups * (G / EPV));
   let sr = rowUnits(thread, p.groups);
   let full = p.K / G;
-  var acc: array<vec4<f32>, TMAX>;
   for (var g = 0u; g < full; g++) {
-    group(g, wr, sr, false, xt, &acc);
+    group(g, wr, sr, false, xt, acc);
   }
 #if TAIL
-  group(full, wr, sr, true, xt, &acc);
+  group(full, wr, sr, true, xt, acc);
 #endif
-  for (var t = 0u; t < TB; t++) {
-    store4(p.tokenBase + t, r0, acc[t]);
-  }
 }
 #endif

@@ -11,7 +11,7 @@
 
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
-import { writeSafetensors, type TensorToWrite } from '../packages/engine/src/safetensors-writer.ts';
+import { writeSafetensors, type TensorToWrite } from '@webgpu-chat/engine/internal';
 
 export class ConvertError extends Error {
   override name = 'ConvertError';

@@ -10,7 +10,8 @@
 
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { getGpu, loadModel, StepProfiler, type Batch, type Sequence } from '@webgpu-chat/engine';
+import { getGpu, loadModel, type Batch, type Sequence } from '@webgpu-chat/engine';
+import { StepProfiler } from '@webgpu-chat/engine/internal';
 import { benchModel, benchPrompt, timed } from './engine-run.ts';
 
 const { values: a } = parseArgs({

@@ -10,7 +10,7 @@
 import { loadavg } from 'node:os';
 import { dirname } from 'node:path';
 import { directorySource, getGpu, loadModel } from '@webgpu-chat/engine';
-import { ChatTokenizer, compileConstraint, eosIds, Generator, resolveGenerationConfig, type CompiledConstraint, type GenerationResult, type JsonSchema, type ResolvedGenerationConfig } from '../../packages/chat/src/index.ts';
+import { ChatTokenizer, compileConstraint, eosIds, Generator, resolveGenerationConfig, type CompiledConstraint, type GenerationResult, type JsonSchema, type ResolvedGenerationConfig } from '@webgpu-chat/chat';
 import { benchPrompt, engineName, folderName } from './engine-run.ts';
 import { qwenTokenizerJson } from './llama-cpp.ts';
 import type { BenchRow } from './rows.ts';

@@ -4,10 +4,9 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { describeGpu, getGpu, loadModel, StepProfiler, type Gpu, type Session, type WeightDtype } from '@webgpu-chat/engine';
-import { inactiveExpertBytes } from '../../packages/engine/src/moe-weights.ts';
-import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
-import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
+import { describeGpu, getGpu, loadModel, type Gpu, type Session } from '@webgpu-chat/engine';
+import { StepProfiler, type WeightDtype, inactiveExpertBytes } from '@webgpu-chat/engine/internal';
+import { writeGeneratedModel, REPO_ROOT } from '@webgpu-chat/engine/testing';
 import type { BenchRow, Section } from './rows.ts';
 
 /** Cores the tokens-per-CPU-second figures are scaled to (this machine's). */

@@ -6,10 +6,8 @@
 // the ones the engine's family file expects (expectedTensors), with Phi-3's projections fused.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseConfig } from '../../packages/engine/src/models/family.ts';
-import { writeSafetensors, type TensorToWrite } from '../../packages/engine/src/safetensors-writer.ts';
-import { expectedTensors } from '../../packages/engine/src/weights.ts';
-import { rng } from '../../packages/engine/test/harness.ts';
+import { expectedTensors, parseConfig, writeSafetensors, type TensorToWrite } from '@webgpu-chat/engine/internal';
+import { rng } from '@webgpu-chat/engine/testing';
 import { BENCH_CACHE } from './engine-run.ts';
 
 /** google/gemma-3-270m's config.json (the fields the engine reads). */

@@ -14,8 +14,7 @@
 //         j + 16 in its high nibble; x = d * (nibble - 8), d = (the value of largest |x|) / -8.
 
 import { closeSync, openSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../packages/engine/src/dtype.ts';
-import { parseHeader, type TensorInfo } from '../../packages/engine/src/safetensors.ts';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, parseHeader, type TensorInfo } from '@webgpu-chat/engine/internal';
 
 export type GgufFormat = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
 export const GGUF_FORMATS: readonly GgufFormat[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];

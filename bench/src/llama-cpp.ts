@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'no
 import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
-import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
+import { REPO_ROOT } from '@webgpu-chat/engine/testing';
 import { BENCH_CACHE, folderName, medianRun, PREFILL_RUNS } from './engine-run.ts';
 import { writeQwen2Gguf, type GgufFormat, type GgufSummary } from './gguf.ts';
 import type { BenchRow } from './rows.ts';

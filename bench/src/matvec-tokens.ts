@@ -8,9 +8,8 @@
 
 import { parseArgs } from 'node:util';
 import { getGpu } from '@webgpu-chat/engine';
-import { storageUsage } from '../../packages/engine/src/buffers.ts';
-import { createLinear } from '../../packages/engine/src/ops/linear.ts';
-import { makeQuantWeight, makeWeight, opContext } from '../../packages/engine/test/weights-helper.ts';
+import { storageUsage, createLinear } from '@webgpu-chat/engine/internal';
+import { makeQuantWeight, makeWeight, opContext } from '@webgpu-chat/engine/testing';
 
 const { values: a } = parseArgs({
   options: { format: { type: 'string', default: 'bf16' }, rows: { type: 'string', default: '4864' }, cols: { type: 'string', default: '896' } },

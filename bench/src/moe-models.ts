@@ -5,8 +5,8 @@
 
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeSafetensors, type TensorToWrite } from '../../packages/engine/src/safetensors-writer.ts';
-import { rng } from '../../packages/engine/test/harness.ts';
+import { writeSafetensors, type TensorToWrite } from '@webgpu-chat/engine/internal';
+import { rng } from '@webgpu-chat/engine/testing';
 import { BENCH_CACHE } from './engine-run.ts';
 
 /** Mixtral-8x7B's layout (8 experts, top-2, GQA 4:1) at a quarter of its width and 4 layers. */

@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { describeGpu, getGpu, type DeviceInfo } from '@webgpu-chat/engine';
-import { BUNDLED_MODEL } from '../../packages/engine/test/paths.ts';
+import { BUNDLED_MODEL } from '@webgpu-chat/engine/testing';
 import { benchModel, benchPrompt, CORES, folderName, runEngine, type BenchFormat } from './engine-run.ts';
 import { GGUF_FORMATS, type GgufFormat } from './gguf.ts';
 import { benchGguf, LLAMA_BACKENDS, runLlamaCpp, type LlamaBackend } from './llama-cpp.ts';

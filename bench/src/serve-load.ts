@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { getGpu } from '@webgpu-chat/engine';
-import { REPO_ROOT } from '../../packages/engine/test/paths.ts';
+import { REPO_ROOT } from '@webgpu-chat/engine/testing';
 import { benchPrompt, engineName, folderName, isQuantize, type BenchFormat } from './engine-run.ts';
 import type { BenchRow, ServeFigures, Spread } from './rows.ts';
 import { idTokenizerJson } from './speculative.ts';

@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { directorySource, getGpu, loadModel, type Model } from '@webgpu-chat/engine';
-import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationResult, type ResolvedGenerationConfig } from '../../packages/chat/src/index.ts';
+import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationResult, type ResolvedGenerationConfig } from '@webgpu-chat/chat';
 import { benchPrompt, engineName, folderName } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
 

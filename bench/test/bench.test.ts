@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { getGpu } from '@webgpu-chat/engine';
-import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
+import { writeGeneratedModel } from '@webgpu-chat/engine/testing';
 import { quantizeBlocks } from '../src/gguf.ts';
 import { QWEN3_MOE_SHAPED, writeMoeModel } from '../src/moe-models.ts';
 import { GEMMA3_270M, PHI3_MINI_4_LAYERS, writeFamilyModel } from '../src/family-models.ts';

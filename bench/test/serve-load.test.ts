@@ -3,8 +3,7 @@
 // against a real serve on the bundled stories260K, and on a generated model without a
 // tokenizer (as the bench's own). No speed is asserted.
 import { describe, expect, it } from 'vitest';
-import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
-import { BUNDLED_MODEL } from '../../packages/engine/test/paths.ts';
+import { writeGeneratedModel, BUNDLED_MODEL } from '@webgpu-chat/engine/testing';
 import type { BenchRow } from '../src/rows.ts';
 import { formatReport, parseArgs, runBench } from '../src/run.ts';
 import { requestResult, spread, type Received } from '../src/serve-load.ts';

@@ -12,7 +12,7 @@ import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';
 import { postJsonTo } from './http-client.ts';
-import { makeReferenceModel, pythonAvailable, referenceLogits, type ReferenceFamily } from '../../../packages/engine/test/transformers-reference.ts';
+import { makeReferenceModel, pythonAvailable, referenceLogits, type ReferenceFamily } from '@webgpu-chat/engine/testing';
 
 const MODEL = 'stories260K';
 const GREEDY_20 = ', there was a little girl named Lily. She loved to play outsid';

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';
-import { REPO_ROOT } from '../../../packages/engine/test/paths.ts';
+import { REPO_ROOT } from '@webgpu-chat/engine/testing';
 
 const PYTHON = process.env.REFERENCE_PYTHON ?? join(REPO_ROOT, '.venv', 'bin', 'python');
 const SCRIPT = join(REPO_ROOT, 'scripts', 'lm-eval', 'run_task.py');

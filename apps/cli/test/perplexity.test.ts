@@ -10,8 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadModel, type Model } from '@webgpu-chat/engine';
 import { bundledModelPath } from '../src/args.ts';
 import { parsePerplexityArgs, slidingPerplexity } from '../src/perplexity.ts';
-import { makeReferenceModel, pythonAvailable, referenceLogits } from '../../../packages/engine/test/transformers-reference.ts';
-import { testGpu } from '../../../packages/engine/test/harness.ts';
+import { makeReferenceModel, pythonAvailable, referenceLogits, testGpu } from '@webgpu-chat/engine/testing';
 
 const run = promisify(execFile);
 const models: Model[] = [];

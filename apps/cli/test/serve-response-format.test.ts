@@ -3,7 +3,7 @@
 // several choices; and the 400s for formats and schemas the server cannot honour.
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SCHEMAS } from '../../../packages/chat/test/schemas.ts';
+import { SCHEMAS } from '@webgpu-chat/chat/testing';
 import { bundledModelPath } from '../src/args.ts';
 import { loadLocalModel, type LoadedModel } from '../src/backend.ts';
 import { startChatServer, type ChatServer } from '../src/server.ts';

@@ -3,11 +3,10 @@
 // chat template, read by the official OpenAI client. The replies are what Qwen3 writes when
 // it calls tools; the tests check what comes out of the wire (tool_calls, reasoning_content,
 // deltas, finish reasons, the prompt the tools render into) and the 400s.
-import { readFileSync } from 'node:fs';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatTemplates, createTextGenerationPipeline, type ChatTokenizer, type Message, type TextGenerationPipeline } from '@webgpu-chat/chat';
-import { FakeBatch, fakeModel, loadTokenizer, type TokenizerName } from '@webgpu-chat/chat/testing';
+import { FakeBatch, fakeModel, loadTokenizer, testTemplate, type TokenizerName } from '@webgpu-chat/chat/testing';
 import { startChatServer, type ChatServer } from '../src/server.ts';
 import { postJsonTo } from './http-client.ts';
 
@@ -207,7 +206,6 @@ async function scriptedServer(tokenizer: TokenizerName, template: string) {
   };
 }
 
-const templateFile = (name: string) => readFileSync(new URL(`../../../packages/chat/test/templates/${name}.jinja`, import.meta.url), 'utf8');
 
 /** A harmony-style template (GPT-OSS's channels and recipients), small enough to read. */
 const HARMONY_TEMPLATE =
@@ -217,8 +215,8 @@ const HARMONY_TEMPLATE =
 
 const FAMILIES = [
   { syntax: 'Hermes / Qwen', tokenizer: 'qwen3', template: () => String(ChatTemplates.fromConfig(tok.config).templates.default), reply: 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>', content: 'Let me look.', reasoning: '' },
-  { syntax: 'Llama 3.1 JSON', tokenizer: 'llama3_1', template: () => templateFile('llama3_1-tools'), reply: '{"name": "get_weather", "parameters": {"city": "Zürich"}}', content: '', reasoning: '' },
-  { syntax: 'Mistral [TOOL_CALLS]', tokenizer: 'llama2', template: () => templateFile('mistral-tools'), reply: '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich"}}]', content: '', reasoning: '' },
+  { syntax: 'Llama 3.1 JSON', tokenizer: 'llama3_1', template: () => testTemplate('llama3_1-tools'), reply: '{"name": "get_weather", "parameters": {"city": "Zürich"}}', content: '', reasoning: '' },
+  { syntax: 'Mistral [TOOL_CALLS]', tokenizer: 'llama2', template: () => testTemplate('mistral-tools'), reply: '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich"}}]', content: '', reasoning: '' },
   {
     syntax: 'GPT-OSS harmony',
     tokenizer: 'qwen3',

@@ -1,7 +1,8 @@
 // A TEST DOUBLE of the engine's Batch: "logits" are a deterministic function of a sequence's
 // cached tokens, so tests of the generation loop check the loop (scheduling, EOS, stop
 // strings, budgets, aborts, prefix reuse, block accounting), not a model.
-import { KvCacheFullError, type Batch, type Gpu, type Model, type ModelConfig, type RowScore, type Sequence, type StepItem, type TopK } from '@webgpu-chat/engine';
+import { KvCacheFullError, type Batch, type Gpu, type Model, type RowScore, type Sequence, type StepItem, type TopK } from '@webgpu-chat/engine';
+import type { ModelConfig } from '@webgpu-chat/engine/internal';
 
 /** Next-token rule of the fake model: the favourite token after a cached sequence. */
 export type Rule = (cached: readonly number[]) => number;

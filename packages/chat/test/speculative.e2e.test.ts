@@ -5,11 +5,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadModel, ModelLoadError, directorySource, openCheckpoint, type Model, type Session } from '@webgpu-chat/engine';
-import { parseConfig } from '../../engine/src/models/family.ts';
-import { writeGeneratedModel } from '../../engine/test/generated-model.ts';
-import { expectClose, testGpu } from '../../engine/test/harness.ts';
-import { readTensors, referenceForward } from '../../engine/test/reference-model.ts';
+import { loadModel, ModelLoadError, directorySource, type Model, type Session } from '@webgpu-chat/engine';
+import { openCheckpoint, parseConfig } from '@webgpu-chat/engine/internal';
+import { writeGeneratedModel, expectClose, testGpu, readTensors, referenceForward } from '@webgpu-chat/engine/testing';
 import {
   Assistant,
   ChatTokenizer,

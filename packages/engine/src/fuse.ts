@@ -10,8 +10,7 @@
 import { storageUsage } from './buffers.ts';
 import { BYTES_PER_ELEMENT } from './dtype.ts';
 import { type KernelCache, grid, packParams } from './kernel.ts';
-import { type LinearWeight, type WeightChunk, storedBytes } from './ops/linear.ts';
-import { quantStoredRows } from './ops/linear-quant.ts';
+import { type LinearWeight, type WeightChunk, storedBytes, storedRows } from './ops/linear.ts';
 import { groupsPerRow, rowWords } from './quant.ts';
 import { TILE_ROWS } from './tiles.ts';
 
@@ -114,7 +113,7 @@ export function stackWeights(
     const span = { rowStart: r, rows: Math.min(perChunk, rows - r) };
     const what = `[rows ${r}..${r + span.rows})`;
     if (quant) {
-      const stored = quantStoredRows(shape, span);
+      const stored = storedRows(shape, span);
       chunks.push({
         ...span,
         buffer: buffer(stored * rowWords(quant, a.cols) * 4, what),

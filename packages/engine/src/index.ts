@@ -1,14 +1,11 @@
-export * from './types.ts';
-export * from './device.ts';
-export * from './dtype.ts';
-export * from './buffers.ts';
-export * from './kernel.ts';
-export * from './config.ts';
-export { supportedModelTypes } from './models/family.ts';
-export { loadModel, planMemory, ModelLoadError, ContextOverflowError, type MemoryPlan } from './model.ts';
+// The engine's public surface: load a model from a folder of files, run sessions and batches on
+// it, and the errors and types of that. Everything else (kernels, ops, loaders, formats) is
+// internal; bench and tests reach it through '@webgpu-chat/engine/internal' (src/internal.ts),
+// and the test helpers through '@webgpu-chat/engine/testing' (test/testing.ts).
+
+export { loadModel, ModelLoadError, ContextOverflowError } from './model.ts';
+export { getGpu, describeGpu, type Gpu, type DeviceInfo } from './device.ts';
 export { directorySource, urlSource, blobSource, toFileSource, FileSourceError } from './files.ts';
-export { openCheckpoint, SafetensorsError, type Checkpoint, type TensorInfo } from './safetensors.ts';
-export { writeSafetensors } from './safetensors-writer.ts';
 export { KvCacheFullError, BatchError } from './batch.ts';
-export { StepProfiler, type OpKind } from './profiler.ts';
-export { scoreTokens, ScoringError, MAX_SCORE_ROWS, MAX_SCORE_TOP_K, type ScoreOptions, type TokenScore } from './scoring.ts';
+export { scoreTokens } from './scoring.ts';
+export type { Model, ModelInfo, Session, Batch, Sequence, StepItem, RowScore, TopK, LoadOptions, LoadProgress, DtypeOption, FileSource } from './types.ts';

@@ -1,6 +1,7 @@
 // Compiles the WGSL kernel families in kernels/ into pipelines, one per variant key.
 //
-// A family is one .wgsl file. Variants are chosen by defines (`#if NAME` / `#else` /
+// A family is one .wgsl file holding one or more kernels, each a named `@compute` entry point
+// (`main` where the file has one). Variants are chosen by defines (`#if NAME` / `#else` /
 // `#endif`, for types and code paths) and WGSL `override` constants (for sizes);
 // `#include NAME` pastes a shared snippet (kernels/NAME.wgsl, e.g. the 16-bit weight
 // unpacking several families use); nothing else rewrites the source. Each file declares its uniform as
@@ -75,8 +76,9 @@ export function paramsLayout(src: string, struct = 'Params'): ParamsLayout {
   const m = new RegExp(`struct\\s+${struct}\\s*\\{([^}]*)\\}`).exec(src);
   if (!m) throw new KernelError(`no struct ${struct} in kernel source`);
   const fields = m[1]!
+    .replace(/\/\/.*$/gm, '')
     .split(/[,;\n]/)
-    .map((s) => s.replace(/\/\/.*$/, '').trim())
+    .map((s) => s.trim())
     .filter(Boolean)
     .map((s) => {
       const f = /^(\w+)\s*:\s*(u32|i32|f32)$/.exec(s);
@@ -105,6 +107,11 @@ export function packParams(layout: ParamsLayout, values: Record<string, number>)
   return buf;
 }
 
+/** The names of the `@compute` entry points in a kernel's (preprocessed) source, in order. */
+export function entryPoints(src: string): string[] {
+  return [...src.matchAll(/@compute\b[^;{]*?\bfn\s+(\w+)/g)].map((m) => m[1]!);
+}
+
 export interface Kernel {
   pipeline: GPUComputePipeline;
   layout: ParamsLayout | undefined;
@@ -112,15 +119,25 @@ export interface Kernel {
   key: string;
 }
 
-/** Pipelines compiled lazily and cached by (family, defines, constants). */
+interface Module {
+  module: GPUShaderModule;
+  layout: ParamsLayout | undefined;
+  entries: string[];
+}
+
+/**
+ * Pipelines compiled lazily and cached by (family, defines, entry point, constants). The entry
+ * points of one (family, defines) share one shader module.
+ */
 export class KernelCache {
   private cache = new Map<string, Kernel>();
+  private modules = new Map<string, Module>();
   constructor(
     readonly device: GPUDevice,
     private readonly baseDefines: Defines = {},
   ) {}
 
-  get(family: string, defines: Defines = {}, constants: Constants = {}): Kernel {
+  get(family: string, defines: Defines = {}, constants: Constants = {}, entry = 'main'): Kernel {
     const all = { ...this.baseDefines, ...defines };
     const defKey = Object.keys(all)
       .filter((k) => all[k])
@@ -130,23 +147,37 @@ export class KernelCache {
       .sort()
       .map((k) => `${k}=${constants[k]}`)
       .join(',');
-    const key = `${family}|${defKey}|${constKey}`;
+    const moduleKey = `${family}|${defKey}`;
+    const key = `${family}${entry === 'main' ? '' : `.${entry}`}|${defKey}|${constKey}`;
     let k = this.cache.get(key);
     if (!k) {
-      let code = preprocess(kernelSource(family), all);
-      if (all.F16) code = `enable f16;\n${code}`;
-      if (all.SUBGROUPS) code = `enable subgroups;\n${code}`;
-      const module = this.device.createShaderModule({ code, label: key });
+      const m = this.module(moduleKey, family, all);
+      if (!m.entries.includes(entry)) {
+        throw new KernelError(`kernel family '${family}' has no entry point '${entry}' with these defines (has: ${m.entries.join(', ') || 'none'})`);
+      }
       const pipeline = this.device.createComputePipeline({
         layout: 'auto',
-        compute: { module, entryPoint: 'main', constants },
+        compute: { module: m.module, entryPoint: entry, constants },
         label: key,
       });
-      const layout = /struct\s+Params\s*\{/.test(code) ? paramsLayout(code) : undefined;
-      k = { pipeline, layout, family, key };
+      k = { pipeline, layout: m.layout, family, key };
       this.cache.set(key, k);
     }
     return k;
+  }
+
+  private module(key: string, family: string, defines: Defines): Module {
+    let m = this.modules.get(key);
+    if (!m) {
+      let code = preprocess(kernelSource(family), defines);
+      if (defines.F16) code = `enable f16;\n${code}`;
+      if (defines.SUBGROUPS) code = `enable subgroups;\n${code}`;
+      const module = this.device.createShaderModule({ code, label: key });
+      const layout = /struct\s+Params\s*\{/.test(code) ? paramsLayout(code) : undefined;
+      m = { module, layout, entries: entryPoints(code) };
+      this.modules.set(key, m);
+    }
+    return m;
   }
 }
 

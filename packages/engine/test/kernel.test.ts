@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { packParams, paramsLayout, preprocess } from '../src/kernel.ts';
+import { entryPoints, packParams, paramsLayout, preprocess } from '../src/kernel.ts';
+import { kernels, testGpu } from './harness.ts';
 
 describe('kernel preprocessor', () => {
   const src = ['a', '#if X', 'x', '#if !Y', 'x-not-y', '#else', 'x-y', '#endif', '#else', 'not-x', '#endif', 'b'].join('\n');
@@ -23,7 +24,7 @@ describe('kernel preprocessor', () => {
 });
 
 describe('params layout', () => {
-  const layout = paramsLayout('struct Params {\n  rows: u32,\n  eps: f32, // comment\n  shift: i32,\n}');
+  const layout = paramsLayout('struct Params {\n  rows: u32,\n  eps: f32, // a comment, with commas, in it\n  shift: i32,\n}');
   it('is read from the WGSL struct and packed in declaration order', () => {
     expect(layout.fields.map((f) => f.name)).toEqual(['rows', 'eps', 'shift']);
     expect(layout.byteSize).toBe(16);
@@ -34,5 +35,20 @@ describe('params layout', () => {
     expect(() => packParams(layout, { rows: 1, eps: 0 })).toThrow(/missing param 'shift'/);
     expect(() => packParams(layout, { rows: 1, eps: 0, shift: 0, extra: 1 })).toThrow(/unknown param 'extra'/);
     expect(() => packParams(layout, { rows: -1, eps: 0, shift: 0 })).toThrow(/not a u32/);
+  });
+});
+
+describe('named entry points', () => {
+  it('are read from the source in order, whatever the attributes between @compute and fn', () => {
+    const src = '@compute @workgroup_size(64)\nfn stats(@builtin(local_invocation_index) l: u32) {}\nfn helper() {}\n@compute @workgroup_size(WG, 1)\nfn scan() {}';
+    expect(entryPoints(src)).toEqual(['stats', 'scan']);
+  });
+  it('key the cache apart, and an unknown one is named with those the file has', async () => {
+    const cache = kernels(await testGpu());
+    const stats = cache.get('logits', {}, {}, 'stats');
+    const sort = cache.get('logits', {}, {}, 'sort');
+    expect(stats.key).not.toBe(sort.key);
+    expect(cache.get('logits', {}, {}, 'stats')).toBe(stats);
+    expect(() => cache.get('logits', {}, {}, 'main')).toThrow(/'logits' has no entry point 'main'.*has: stats, reduce, prefilter, hist, scan, compact, sort/);
   });
 });

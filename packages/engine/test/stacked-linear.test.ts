@@ -9,9 +9,8 @@ import { bufferFrom, readF32, storageUsage } from '../src/buffers.ts';
 import { roundTo, type WeightDtype } from '../src/dtype.ts';
 import { stackRefusal, stackWeights, type Stacking } from '../src/fuse.ts';
 import type { Variant } from '../src/ops/context.ts';
-import { createLinear, LinearError, type LinearWeight } from '../src/ops/linear.ts';
+import { createLinear, LinearError, storedRows, type LinearWeight } from '../src/ops/linear.ts';
 import { GLU_BLOCK } from '../src/ops/linear-epilogue.ts';
-import { quantStoredRows } from '../src/ops/linear-quant.ts';
 import { groupsPerRow, rowWords } from '../src/quant.ts';
 import { expectClose, kernels, randomArray, rmsNormRef, testGpu } from './harness.ts';
 import { aloneAndTogether, makeQuantWeight, makeWeight, opContext } from './weights-helper.ts';
@@ -180,8 +179,8 @@ describe('stacked linear weights and their epilogues', () => {
     expect(w.rows).toBe(75);
     expect(w.split).toEqual([37, 19, 19]);
     const c = w.chunks[0]!;
-    expect(c.buffer.size).toBe(quantStoredRows(w, c) * rowWords(w.quant!, 72) * 4);
-    expect(c.scales!.size).toBe(quantStoredRows(w, c) * groupsPerRow(w.quant!, 72) * 4);
+    expect(c.buffer.size).toBe(storedRows(w, c) * rowWords(w.quant!, 72) * 4);
+    expect(c.scales!.size).toBe(storedRows(w, c) * groupsPerRow(w.quant!, 72) * 4);
   });
 
   it('refuses what cannot be stacked, and epilogues that cannot combine', async () => {

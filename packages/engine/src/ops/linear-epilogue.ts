@@ -4,8 +4,7 @@
 // (the RMSNorm that precedes the layer, applied inside the kernel to the residual stream).
 
 import type { Constants, Defines } from '../kernel.ts';
-import type { LinearOptions, LinearWeight } from './linear.ts';
-import { LinearError } from './linear.ts';
+import { type LinearOptions, type LinearOutput, type LinearWeight, LinearError } from './linear-types.ts';
 
 /** Rows per gate (then up) block of a fused gate/up weight, by kernel variant (src/fuse.ts). */
 export const GLU_BLOCK = { software: 2, gpu: 16 } as const;
@@ -29,9 +28,6 @@ export interface Epilogue {
   /** The GPU matvec's threads per row and rows per workgroup. */
   matvecGpu: { TPR: number; RPW: number };
 }
-
-/** The outputs of `w` for up to maxTokens tokens: one buffer, or one per part of a stacked weight. */
-export type LinearOutput = GPUBuffer | readonly GPUBuffer[];
 
 export function linearEpilogue(w: LinearWeight, y: LinearOutput, opts: LinearOptions, maxTokens: number, gpu: boolean): Epilogue {
   const N = w.rows;

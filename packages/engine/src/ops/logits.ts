@@ -74,7 +74,7 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   if (logits.size < vocab * 4) throw new LogitsError(`logits: buffer has ${logits.size} bytes, needs ${vocab * 4}`);
   const { device } = ctx;
   // Few, long blocks on a CPU adapter (each block pays workgroup barriers); more on a GPU for parallelism.
-  // At least 4 elements per STATS thread, so its per-thread maxima make a tight top-k floor.
+  // At least 4 elements per stats thread, so its per-thread maxima make a tight top-k floor.
   const blockLen = ctx.variant === 'software' ? 8192 : 4 * STATS_WG;
   const numBlocks = Math.ceil(vocab / blockLen);
   const blockGrid = grid(numBlocks, ctx.limits.maxComputeWorkgroupsPerDimension);
@@ -88,10 +88,10 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   const filt = storage(FILT_CAP * 4, 'logits prefiltered indices');
   const staging = device.createBuffer({ size: RES_WORDS * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'logits readback' });
 
-  const k = (name: string, constants: Record<string, number> = {}) => ctx.kernels.get('logits', { [name]: true }, constants);
-  const stats = k('STATS');
+  const k = (entry: string, constants: Record<string, number> = {}) => ctx.kernels.get('logits', {}, constants, entry);
+  const stats = k('stats');
   const params = new ParamsBuffer(device, stats);
-  // Binding 0 is the params uniform, for every pass but SCAN (auto layouts drop unused bindings).
+  // Binding 0 is the params uniform, for every pass but scan (auto layouts drop unused bindings).
   // encodeRows binds its own uniform, written only by copies, so `params`' cache stays true.
   const rowsUniform = device.createBuffer({ size: stats.layout!.byteSize, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: 'logits rows params' });
   const bindPass = (uniform: GPUBuffer) => (kernel: Kernel, buffers: [number, GPUBuffer][], usesParams = true) => {
@@ -107,14 +107,14 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
     const pass = bindPass(uniform);
     return {
       stats: pass(stats, [[1, logits], [2, blocks]]),
-      reduce: pass(k('REDUCE'), [[2, blocks], [3, res], [4, sel]]),
+      reduce: pass(k('reduce'), [[2, blocks], [3, res], [4, sel]]),
       digits: Array.from({ length: DIGITS }, (_, d) => ({
-        hist: pass(k('HIST', { WG, D: d }), [[1, logits], [4, sel], [6, filt]]),
-        scan: pass(k('SCAN', { D: d }), [[4, sel]], false),
+        hist: pass(k('hist', { WG, D: d }), [[1, logits], [4, sel], [6, filt]]),
+        scan: pass(k('scan', { D: d }), [[4, sel]], false),
       })),
-      prefilter: pass(k('PREFILTER', { WG }), [[1, logits], [4, sel], [6, filt]]),
-      compact: pass(k('COMPACT', { WG }), [[1, logits], [4, sel], [5, cand], [6, filt]]),
-      sort: pass(k('SORT'), [[1, logits], [3, res], [5, cand]]),
+      prefilter: pass(k('prefilter', { WG }), [[1, logits], [4, sel], [6, filt]]),
+      compact: pass(k('compact', { WG }), [[1, logits], [4, sel], [5, cand], [6, filt]]),
+      sort: pass(k('sort'), [[1, logits], [3, res], [5, cand]]),
     };
   };
   type Passes = ReturnType<typeof makePasses>;
