@@ -172,6 +172,8 @@ export interface ServeArgs {
   corsOrigins: string[];
   /** Seconds running requests get to finish after SIGTERM/SIGINT. */
   shutdownTimeout: number;
+  /** Seconds a response_format or forced tool-call schema may take to compile (400 beyond). */
+  constraintTimeout: number;
   help: boolean;
 }
 
@@ -182,6 +184,8 @@ export const MAX_PARALLEL = 64;
 
 /** Seconds a SIGTERM gives running requests, under the 30 s a container runtime waits before SIGKILL. */
 export const DEFAULT_SHUTDOWN_TIMEOUT = 20;
+/** Seconds a schema may take to compile on serve before the request is refused. */
+export const DEFAULT_CONSTRAINT_TIMEOUT = 30;
 
 const GEN_HELP = GENERATION_FLAGS.map((k) => `  ${(k + '=').padEnd(22)}${KIND_TEXT[FLAG_KINDS[k]]}`).join('\n');
 
@@ -263,6 +267,8 @@ ${MODEL_OPTIONS_HELP}
                          (default none: pages on other sites are refused)
   --shutdown-timeout S   on SIGTERM/SIGINT, seconds running requests get to finish
                          (default ${DEFAULT_SHUTDOWN_TIMEOUT}); queued ones get 503 at once
+  --constraint-timeout S seconds a response_format or forced tool-call schema may take to
+                         compile before the request gets 400 (default ${DEFAULT_CONSTRAINT_TIMEOUT})
   -h, --help             this help
 `;
 
@@ -403,7 +409,7 @@ function corsOrigins(raw: string | undefined): string[] {
 }
 
 export function parseServeArgs(argv: readonly string[]): ServeArgs {
-  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, help: false };
+  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, constraintTimeout: DEFAULT_CONSTRAINT_TIMEOUT, help: false };
   for (const [a, value] of tokens(argv)) {
     switch (a) {
       case '-h':
@@ -434,6 +440,9 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         break;
       case '--shutdown-timeout':
         out.shutdownTimeout = intOption('--shutdown-timeout', value(), 0);
+        break;
+      case '--constraint-timeout':
+        out.constraintTimeout = intOption('--constraint-timeout', value(), 1);
         break;
       default:
         if (loadOption(a, value, out)) break;

@@ -36,6 +36,7 @@ async function main(argv: string[]): Promise<number> {
     host: args.host,
     port: args.port,
     maxQueue: args.maxQueue,
+    constraintTimeoutMs: args.constraintTimeout * 1000,
     corsOrigins: args.corsOrigins,
     onRequestDone: logRequest,
     ...(args.apiKey !== undefined ? { apiKey: args.apiKey } : {}),
