@@ -64,7 +64,7 @@ class Thread {
     };
     this.worker.on('error', (e) => lost(e.message));
     this.worker.on('exit', (code) => lost(`exit code ${code}`));
-    // An idle worker must not keep the process alive.
+    // An idle worker must not keep the process alive; one with work waited on must.
     this.worker.unref();
   }
 
@@ -76,6 +76,7 @@ class Thread {
   call(request: Request & { id: number }, transfer: ArrayBuffer[] = [], timeout?: Job['timeout']): Promise<Reply> {
     if (this.ended) return Promise.reject(this.ended);
     const answer = new Promise<Reply>((resolve, reject) => this.jobs.set(request.id, { resolve, reject, ...(timeout ? { timeout } : {}) }));
+    if (this.jobs.size === 1) this.worker.ref();
     this.worker.postMessage(request, transfer);
     return answer;
   }
@@ -92,7 +93,7 @@ class Thread {
       if (job.timeout) job.timeout.timer = setTimeout(() => this.abandon(m.id, job), job.timeout.ms);
       return;
     }
-    this.jobs.delete(m.id);
+    this.settled(m.id);
     clearTimeout(job.timeout?.timer);
     if (m.error) job.reject(errorOf(m.error));
     else job.resolve(m);
@@ -101,9 +102,14 @@ class Thread {
   /** A compile past its limit: it fails with a 400 and the worker, still busy with it, is ended. */
   private abandon(id: number, job: Job): void {
     const { ms, param } = job.timeout!;
-    this.jobs.delete(id);
+    this.settled(id);
     job.reject(invalid(`The JSON schema took over ${ms / 1000} s to compile and was abandoned; bound it more loosely (each character of a maxLength or maxItems bound adds states to compile) or simplify it`, param, 'schema_too_complex'));
     this.end(unavailable(`The constrained-decoding worker was restarted after another request's schema took over ${ms / 1000} s to compile; retry the request.`, 'constraint_worker_restarted'));
+  }
+
+  private settled(id: number): void {
+    this.jobs.delete(id);
+    if (this.jobs.size === 0) this.worker.unref();
   }
 
   /** Ends the worker: every job waiting on it fails with `e`. */
