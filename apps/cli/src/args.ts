@@ -174,6 +174,8 @@ export interface ServeArgs {
   shutdownTimeout: number;
   /** Seconds a response_format or forced tool-call schema may take to compile (400 beyond). */
   constraintTimeout: number;
+  /** Worker threads for constrained decoding. */
+  constraintWorkers: number;
   help: boolean;
 }
 
@@ -186,6 +188,8 @@ export const MAX_PARALLEL = 64;
 export const DEFAULT_SHUTDOWN_TIMEOUT = 20;
 /** Seconds a schema may take to compile on serve before the request is refused. */
 export const DEFAULT_CONSTRAINT_TIMEOUT = 30;
+/** Worker threads serve compiles and masks constraints in (each holds the tokenizer and XGrammar's tables). */
+export const DEFAULT_CONSTRAINT_WORKERS = 2;
 
 const GEN_HELP = GENERATION_FLAGS.map((k) => `  ${(k + '=').padEnd(22)}${KIND_TEXT[FLAG_KINDS[k]]}`).join('\n');
 
@@ -269,6 +273,8 @@ ${MODEL_OPTIONS_HELP}
                          (default ${DEFAULT_SHUTDOWN_TIMEOUT}); queued ones get 503 at once
   --constraint-timeout S seconds a response_format or forced tool-call schema may take to
                          compile before the request gets 400 (default ${DEFAULT_CONSTRAINT_TIMEOUT})
+  --constraint-workers N worker threads schemas compile and mask in (default ${DEFAULT_CONSTRAINT_WORKERS});
+                         a compile goes to one no other request is using
   -h, --help             this help
 `;
 
@@ -409,7 +415,7 @@ function corsOrigins(raw: string | undefined): string[] {
 }
 
 export function parseServeArgs(argv: readonly string[]): ServeArgs {
-  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, constraintTimeout: DEFAULT_CONSTRAINT_TIMEOUT, help: false };
+  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, constraintTimeout: DEFAULT_CONSTRAINT_TIMEOUT, constraintWorkers: DEFAULT_CONSTRAINT_WORKERS, help: false };
   for (const [a, value] of tokens(argv)) {
     switch (a) {
       case '-h':
@@ -443,6 +449,9 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         break;
       case '--constraint-timeout':
         out.constraintTimeout = intOption('--constraint-timeout', value(), 1);
+        break;
+      case '--constraint-workers':
+        out.constraintWorkers = intOption('--constraint-workers', value(), 1);
         break;
       default:
         if (loadOption(a, value, out)) break;

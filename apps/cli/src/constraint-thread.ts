@@ -4,16 +4,15 @@
 // a worker thread (constraint-worker.mjs) behind the chat package's CompiledConstraint and
 // ConstraintMatcher: a mask sends the logits row there and back (transferred, not copied),
 // an accept is a message in order behind it, and `done` is known here from the ids the last
-// mask said would end the output. A compile that runs past its limit is a 400 and the worker
-// is ended (WebAssembly cannot be interrupted); the requests whose matchers lived there fail
-// with a 503 and the next compile starts a fresh worker.
+// mask said would end the output. A worker busy compiling cannot mask, and a stalled mask
+// stalls the whole batch, so a compile goes to a worker holding no other live constraint
+// (up to `maxWorkers` of them; past that, the least loaded). A compile that runs past its
+// limit is a 400 and its worker is ended (WebAssembly cannot be interrupted); any other
+// request whose matchers lived there fails with a 503.
 
 import { Worker } from 'node:worker_threads';
 import { ConstraintError, type ChatTokenizer, type CompiledConstraint, type ConstraintMatcher, type ConstraintSpec } from '@webgpu-chat/chat';
 import { ApiError, invalid, unavailable } from './http.ts';
-
-/** A compile may run this long before it is abandoned (serve's --constraint-timeout). */
-export const DEFAULT_COMPILE_TIMEOUT_MS = 30_000;
 
 interface WorkerFailure {
   name: string;
@@ -52,16 +51,15 @@ class Thread {
   private nextId = 0;
   /** Set once the worker is gone; every later call fails with it. */
   ended: Error | undefined;
+  /** Constraints compiling or compiled here and not yet disposed. */
+  load = 0;
 
-  constructor(tokenizer: ChatTokenizer, vocabSize: number, onEnd: (t: Thread) => void) {
+  constructor(tokenizer: ChatTokenizer, vocabSize: number) {
     this.worker = new Worker(new URL('./constraint-worker.mjs', import.meta.url), {
       workerData: { tokenizerJson: tokenizer.tokenizerJson, config: tokenizer.config, vocabSize },
     });
     this.worker.on('message', (m: Reply) => this.reply(m));
-    const lost = (why: string) => {
-      this.end(unavailable(`The constrained-decoding worker stopped (${why}); retry the request.`, 'constraint_worker_failed'));
-      onEnd(this);
-    };
+    const lost = (why: string) => this.end(unavailable(`The constrained-decoding worker stopped (${why}); retry the request.`, 'constraint_worker_failed'));
     this.worker.on('error', (e) => lost(e.message));
     this.worker.on('exit', (code) => lost(`exit code ${code}`));
     // An idle worker must not keep the process alive; one with work waited on must.
@@ -128,13 +126,15 @@ class Thread {
 export interface ConstraintThreadOptions {
   /** A compile past this many milliseconds is a 400 and restarts the worker. */
   compileTimeoutMs: number;
-  /** Compiles that may wait for the worker; more get 503. */
+  /** Compiles that may wait for a worker; more get 503. */
   maxPending: number;
+  /** Most workers at once. */
+  maxWorkers: number;
 }
 
 /** Compiles serve's constraints in a worker thread; their matchers run there too. */
 export class ConstraintThread {
-  private thread: Thread | undefined;
+  private threads: Thread[] = [];
   /** Compiles sent and not yet answered. */
   private compiling = 0;
 
@@ -147,29 +147,37 @@ export class ConstraintThread {
   /** Compiles `spec` in the worker; a ConstraintError names a keyword it refuses, an ApiError a limit (`param` named). */
   async compile(spec: ConstraintSpec, param: string): Promise<CompiledConstraint> {
     if (this.compiling > this.opts.maxPending) throw unavailable(`The server is busy: ${this.compiling} schemas are being compiled. Retry later.`, 'server_overloaded');
-    const t = this.start();
+    const t = this.pick();
     const id = t.newId();
     this.compiling++;
+    t.load++;
     try {
       await t.call({ op: 'compile', id, spec }, [], { ms: this.opts.compileTimeoutMs, param });
+    } catch (e) {
+      t.load--;
+      throw e;
     } finally {
       this.compiling--;
     }
     return new RemoteConstraint(t, id, spec, this.vocabSize);
   }
 
-  private start(): Thread {
-    if (!this.thread || this.thread.ended) {
-      this.thread = new Thread(this.tokenizer, this.vocabSize, (t) => {
-        if (this.thread === t) this.thread = undefined;
-      });
+  /** A worker with no live constraint, a new one while there are fewer than maxWorkers, else the least loaded. */
+  private pick(): Thread {
+    this.threads = this.threads.filter((t) => !t.ended);
+    const idle = this.threads.find((t) => t.load === 0);
+    if (idle) return idle;
+    if (this.threads.length < this.opts.maxWorkers) {
+      const t = new Thread(this.tokenizer, this.vocabSize);
+      this.threads.push(t);
+      return t;
     }
-    return this.thread;
+    return this.threads.reduce((a, b) => (b.load < a.load ? b : a));
   }
 
   close(): void {
-    this.thread?.end(new ApiError(503, 'The server is shutting down', 'server_error', null, 'server_shutting_down'));
-    this.thread = undefined;
+    for (const t of this.threads) t.end(new ApiError(503, 'The server is shutting down', 'server_error', null, 'server_shutting_down'));
+    this.threads = [];
   }
 }
 
@@ -193,6 +201,7 @@ class RemoteConstraint implements CompiledConstraint {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.thread.load--;
     this.thread.post({ op: 'dispose-constraint', constraint: this.id });
   }
 }

@@ -37,6 +37,7 @@ async function main(argv: string[]): Promise<number> {
     port: args.port,
     maxQueue: args.maxQueue,
     constraintTimeoutMs: args.constraintTimeout * 1000,
+    constraintWorkers: args.constraintWorkers,
     corsOrigins: args.corsOrigins,
     onRequestDone: logRequest,
     ...(args.apiKey !== undefined ? { apiKey: args.apiKey } : {}),

@@ -19,7 +19,8 @@ import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AssistantModel, Generation, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
 import { TokenLevelApi, type Outcome, type Track } from './completions.ts';
-import { ConstraintThread, DEFAULT_COMPILE_TIMEOUT_MS } from './constraint-thread.ts';
+import { DEFAULT_CONSTRAINT_TIMEOUT, DEFAULT_CONSTRAINT_WORKERS } from './args.ts';
+import { ConstraintThread } from './constraint-thread.ts';
 import { PromptEncoder } from './encoder.ts';
 import { ApiError, checkMethod, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
 import { ServerMetrics } from './metrics.ts';
@@ -57,6 +58,8 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** A response_format or forced tool call whose schema compiles longer than this is a 400 (default 30 s). */
   constraintTimeoutMs?: number;
+  /** Worker threads constraints compile and mask in (default 2): a compile goes to one no other request is using. */
+  constraintWorkers?: number;
   /** Browser origins allowed to call (CORS); '*' for any. None by default. */
   corsOrigins?: readonly string[];
   /** Called for each finished request (tests, logs). */
@@ -285,7 +288,11 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       served = m;
       encoder = new PromptEncoder(m.model.tokenizer, maxQueue);
       constraints?.close();
-      const thread = new ConstraintThread(m.model.tokenizer, m.model.model.info.vocabSize, { compileTimeoutMs: opts.constraintTimeoutMs ?? DEFAULT_COMPILE_TIMEOUT_MS, maxPending: maxQueue });
+      const thread = new ConstraintThread(m.model.tokenizer, m.model.model.info.vocabSize, {
+        compileTimeoutMs: opts.constraintTimeoutMs ?? DEFAULT_CONSTRAINT_TIMEOUT * 1000,
+        maxPending: maxQueue,
+        maxWorkers: opts.constraintWorkers ?? DEFAULT_CONSTRAINT_WORKERS,
+      });
       constraints = thread;
       api = new TokenLevelApi(m.model, opts.modelId, (spec, param) => thread.compile(spec, param));
       m.model.generator.onToken = (kind, seconds) => metrics.observeToken(kind, seconds);

@@ -109,9 +109,9 @@ describe('parseChatArgs', () => {
 
 describe('parseServeArgs', () => {
   it('defaults to loopback and reads the options', () => {
-    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: 8, maxQueue: 16, corsOrigins: [], shutdownTimeout: 20, constraintTimeout: 30, help: false });
+    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: 8, maxQueue: 16, corsOrigins: [], shutdownTimeout: 20, constraintTimeout: 30, constraintWorkers: 2, help: false });
     expect(
-      parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--parallel', '3', '--dtype', 'bf16', '--cors-origins', 'https://a.example, http://localhost:5173', '--shutdown-timeout', '5', '--constraint-timeout', '7']),
+      parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--parallel', '3', '--dtype', 'bf16', '--cors-origins', 'https://a.example, http://localhost:5173', '--shutdown-timeout', '5', '--constraint-timeout', '7', '--constraint-workers', '3']),
     ).toEqual({
       model: 'm',
       dtype: 'bf16',
@@ -123,6 +123,7 @@ describe('parseServeArgs', () => {
       corsOrigins: ['https://a.example', 'http://localhost:5173'],
       shutdownTimeout: 5,
       constraintTimeout: 7,
+      constraintWorkers: 3,
       help: false,
     });
     expect(parseServeArgs(['--cors-origins', '*']).corsOrigins).toEqual(['*']);

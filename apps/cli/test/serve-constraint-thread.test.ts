@@ -124,7 +124,7 @@ describe('ConstraintThread', () => {
   const firstDifference = (a: Float32Array, b: Float32Array) => (a.length !== b.length ? 0 : a.findIndex((x, i) => !Object.is(x, b[i])));
 
   it('masks as the in-thread engine does, step by step, and knows when the output is done', async () => {
-    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 30_000, maxPending: 4 });
+    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 30_000, maxPending: 4, maxWorkers: 2 });
     try {
       const spec = { schema: SMALL, prefix: '<tool_call>\n', suffix: '\n</tool_call>' };
       const [remote, local] = await Promise.all([thread.compile(spec, 'p'), compileConstraint(spec, tok, tok.vocabSize)]);
@@ -155,14 +155,43 @@ describe('ConstraintThread', () => {
     }
   });
 
-  it('a timed-out compile fails the matchers that lived in the worker with a 503; the next compile works', async () => {
-    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 500, maxPending: 4 });
+  /** A schema that compiles for seconds (maxLength 60: ~5 s on this vocabulary). */
+  const slowSpec = { schema: { type: 'object', properties: { s: { type: 'string', maxLength: 60 } } } };
+
+  it('a live matcher keeps masking while another schema compiles on a second worker; a timeout there leaves it alone', async () => {
+    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 1500, maxPending: 4, maxWorkers: 2 });
     try {
       const c = await thread.compile({ schema: SMALL }, 'p');
       const m = await c.matcher([tok.eos!.id]);
       await m.mask(base());
-      const slow = thread.compile({ schema: { type: 'object', properties: { s: { type: 'string', maxLength: 60 } } } }, 'response_format');
-      await expect(slow).rejects.toMatchObject({ status: 400, code: 'schema_too_complex', param: 'response_format' });
+      const slow = thread.compile(slowSpec, 'response_format').catch((e: unknown) => e);
+      // Give the second worker time to start and begin the compile.
+      await new Promise((r) => setTimeout(r, 1000));
+      let slowestMs = 0;
+      for (let i = 0; i < 10; i++) {
+        const t0 = performance.now();
+        const row = base();
+        await m.mask(row);
+        slowestMs = Math.max(slowestMs, performance.now() - t0);
+        m.accept(argmax(row));
+      }
+      expect(slowestMs).toBeLessThan(500);
+      expect(await slow).toMatchObject({ status: 400, code: 'schema_too_complex', param: 'response_format' });
+      const row = base();
+      await m.mask(row);
+      expect(row.some((x) => x === -Infinity)).toBe(true);
+    } finally {
+      thread.close();
+    }
+  });
+
+  it('with one worker, a timed-out compile fails the matchers that lived there with a 503; the next compile works', async () => {
+    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 500, maxPending: 4, maxWorkers: 1 });
+    try {
+      const c = await thread.compile({ schema: SMALL }, 'p');
+      const m = await c.matcher([tok.eos!.id]);
+      await m.mask(base());
+      await expect(thread.compile(slowSpec, 'response_format')).rejects.toMatchObject({ status: 400, code: 'schema_too_complex', param: 'response_format' });
       const failed = await m.mask(base()).catch((e: unknown) => e);
       expect(failed).toBeInstanceOf(ApiError);
       expect(failed).toMatchObject({ status: 503, code: 'constraint_worker_restarted' });
@@ -177,7 +206,7 @@ describe('ConstraintThread', () => {
   });
 
   it('a full compile queue is a 503', async () => {
-    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 30_000, maxPending: 0 });
+    const thread = new ConstraintThread(tok, tok.vocabSize, { compileTimeoutMs: 30_000, maxPending: 0, maxWorkers: 2 });
     try {
       const first = thread.compile({ schema: SMALL }, 'p');
       const second = thread.compile({ schema: SMALL }, 'p');
