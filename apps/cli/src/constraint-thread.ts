@@ -2,7 +2,7 @@
 // WebAssembly, and a hostile one (length-bounded strings cost ~0.1 s per character of bound
 // on a 151K vocabulary) would freeze every client, /health included. So the engine runs in
 // a worker thread (constraint-worker.mjs) behind the chat package's CompiledConstraint and
-// ConstraintMatcher: a mask sends the logits row there and back (transferred, not copied),
+// ConstraintMatcher: a mask copies the logits row into a buffer transferred there and back,
 // an accept is a message in order behind it, and `done` is known here from the ids the last
 // mask said would end the output. A worker busy compiling cannot mask, and a stalled mask
 // stalls the whole batch, so a compile goes to a worker holding no other live constraint
