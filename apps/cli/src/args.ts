@@ -172,6 +172,10 @@ export interface ServeArgs {
   corsOrigins: string[];
   /** Seconds running requests get to finish after SIGTERM/SIGINT. */
   shutdownTimeout: number;
+  /** Seconds a response_format or forced tool-call schema may take to compile (400 beyond). */
+  constraintTimeout: number;
+  /** Worker threads for constrained decoding. */
+  constraintWorkers: number;
   help: boolean;
 }
 
@@ -182,6 +186,10 @@ export const MAX_PARALLEL = 64;
 
 /** Seconds a SIGTERM gives running requests, under the 30 s a container runtime waits before SIGKILL. */
 export const DEFAULT_SHUTDOWN_TIMEOUT = 20;
+/** Seconds a schema may take to compile on serve before the request is refused. */
+export const DEFAULT_CONSTRAINT_TIMEOUT = 30;
+/** Worker threads serve compiles and masks constraints in (each holds the tokenizer and XGrammar's tables). */
+export const DEFAULT_CONSTRAINT_WORKERS = 2;
 
 const GEN_HELP = GENERATION_FLAGS.map((k) => `  ${(k + '=').padEnd(22)}${KIND_TEXT[FLAG_KINDS[k]]}`).join('\n');
 
@@ -263,6 +271,10 @@ ${MODEL_OPTIONS_HELP}
                          (default none: pages on other sites are refused)
   --shutdown-timeout S   on SIGTERM/SIGINT, seconds running requests get to finish
                          (default ${DEFAULT_SHUTDOWN_TIMEOUT}); queued ones get 503 at once
+  --constraint-timeout S seconds a response_format or forced tool-call schema may take to
+                         compile before the request gets 400 (default ${DEFAULT_CONSTRAINT_TIMEOUT})
+  --constraint-workers N worker threads schemas compile and mask in (default ${DEFAULT_CONSTRAINT_WORKERS});
+                         a compile goes to one no other request is using
   -h, --help             this help
 `;
 
@@ -403,7 +415,7 @@ function corsOrigins(raw: string | undefined): string[] {
 }
 
 export function parseServeArgs(argv: readonly string[]): ServeArgs {
-  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, help: false };
+  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, constraintTimeout: DEFAULT_CONSTRAINT_TIMEOUT, constraintWorkers: DEFAULT_CONSTRAINT_WORKERS, help: false };
   for (const [a, value] of tokens(argv)) {
     switch (a) {
       case '-h':
@@ -434,6 +446,12 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         break;
       case '--shutdown-timeout':
         out.shutdownTimeout = intOption('--shutdown-timeout', value(), 0);
+        break;
+      case '--constraint-timeout':
+        out.constraintTimeout = intOption('--constraint-timeout', value(), 1);
+        break;
+      case '--constraint-workers':
+        out.constraintWorkers = intOption('--constraint-workers', value(), 1);
         break;
       default:
         if (loadOption(a, value, out)) break;

@@ -30,7 +30,7 @@ import {
 } from '@webgpu-chat/chat';
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
-import { compileRequestConstraint } from './response-format.ts';
+import { compileRequestConstraint, inThreadCompiler, type ConstraintCompiler } from './response-format.ts';
 import { COMPLETION_FIELDS, MAX_CHOICES, checkContext, checkFields, num, parsePenalties, parseSamplingFields, type ChatRequest, type Penalties } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
@@ -155,6 +155,8 @@ export class TokenLevelApi {
   constructor(
     readonly tm: TextGenerationPipeline,
     readonly modelId: string,
+    /** Where response_format and forced tool calls compile (serve: a worker thread). */
+    private readonly compileConstraint: ConstraintCompiler = inThreadCompiler(tm),
   ) {
     this.vocabSize = tm.model.info.vocabSize;
     this.maxContext = tm.maxContext;
@@ -463,7 +465,7 @@ export class TokenLevelApi {
    */
   async chat(request: ChatRequest, prompt: ChatPrompt, res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
     // Compiled before any byte is sent, so a schema the engine refuses is a plain 400.
-    const constraint = prompt.constraint ? await compileRequestConstraint(prompt.constraint.spec, this.tm, prompt.constraint.param) : undefined;
+    const constraint = prompt.constraint ? await compileRequestConstraint(prompt.constraint.spec, this.compileConstraint, prompt.constraint.param) : undefined;
     try {
       return await this.chatChoices(request, prompt, res, signal, track, assistant, constraint);
     } finally {

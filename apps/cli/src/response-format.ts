@@ -45,10 +45,19 @@ export function parseResponseFormat(value: unknown): ConstraintSpec | undefined 
   return { schema: js.schema };
 }
 
-/** Compiles a request's constraint for the served model (a ConstraintError becomes a 400 naming `param`). */
-export async function compileRequestConstraint(spec: ConstraintSpec, pipe: TextGenerationPipeline, param: string): Promise<CompiledConstraint> {
+/** Compiles a constraint for the served model; errors naming a limit (ApiError) carry `param`. */
+export type ConstraintCompiler = (spec: ConstraintSpec, param: string) => Promise<CompiledConstraint>;
+
+/** The engine on the caller's thread (serve runs it in a worker: constraint-thread.ts). */
+export const inThreadCompiler =
+  (pipe: TextGenerationPipeline): ConstraintCompiler =>
+  (spec) =>
+    compileConstraint(spec, pipe.tokenizer, pipe.model.info.vocabSize);
+
+/** Compiles a request's constraint (a ConstraintError becomes a 400 naming `param`). */
+export async function compileRequestConstraint(spec: ConstraintSpec, compile: ConstraintCompiler, param: string): Promise<CompiledConstraint> {
   try {
-    return await compileConstraint(spec, pipe.tokenizer, pipe.model.info.vocabSize);
+    return await compile(spec, param);
   } catch (e) {
     if (e instanceof ConstraintError) throw refused(e, param);
     throw e;

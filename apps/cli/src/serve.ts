@@ -36,6 +36,8 @@ async function main(argv: string[]): Promise<number> {
     host: args.host,
     port: args.port,
     maxQueue: args.maxQueue,
+    constraintTimeoutMs: args.constraintTimeout * 1000,
+    constraintWorkers: args.constraintWorkers,
     corsOrigins: args.corsOrigins,
     onRequestDone: logRequest,
     ...(args.apiKey !== undefined ? { apiKey: args.apiKey } : {}),

@@ -10,7 +10,8 @@
 // decodes up to --parallel requests together (continuous batching); more wait there, up to
 // maxQueue (503 beyond). A client that disconnects aborts its generation, which leaves the
 // batch at the next step. Prompts are tokenized before they are submitted, long ones off the
-// event loop (encoder.ts). shutdown() drains: it stops accepting, answers requests not yet in
+// event loop (encoder.ts), and response_format / forced tool-call schemas compile and mask in a
+// worker thread (constraint-thread.ts). shutdown() drains: it stops accepting, answers requests not yet in
 // the batch with 503, and gives running ones a grace period.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -18,6 +19,8 @@ import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AssistantModel, Generation, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
 import { TokenLevelApi, type Outcome, type Track } from './completions.ts';
+import { DEFAULT_CONSTRAINT_TIMEOUT, DEFAULT_CONSTRAINT_WORKERS } from './args.ts';
+import { ConstraintThread } from './constraint-thread.ts';
 import { PromptEncoder } from './encoder.ts';
 import { ApiError, checkMethod, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
 import { ServerMetrics } from './metrics.ts';
@@ -53,6 +56,10 @@ export interface ServerOptions {
   maxQueue?: number;
   /** Request bodies above this many bytes get 413. */
   maxBodyBytes?: number;
+  /** A response_format or forced tool call whose schema compiles longer than this is a 400 (default 30 s). */
+  constraintTimeoutMs?: number;
+  /** Worker threads constraints compile and mask in (default 2): a compile goes to one no other request is using. */
+  constraintWorkers?: number;
   /** Browser origins allowed to call (CORS); '*' for any. None by default. */
   corsOrigins?: readonly string[];
   /** Called for each finished request (tests, logs). */
@@ -89,6 +96,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   let served: ServedModelInfo | undefined;
   let api: TokenLevelApi | undefined;
   let encoder: PromptEncoder | undefined;
+  let constraints: ConstraintThread | undefined;
   let draining = false;
   /**
    * Requests being served (tokenizing, waiting or generating) and their generations once
@@ -266,6 +274,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
       while (active.size > 0) await new Promise((r) => setTimeout(r, 10));
       clearTimeout(deadline);
       encoder?.close();
+      constraints?.close();
       server.closeAllConnections();
     }
     await closed;
@@ -278,7 +287,14 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     setModel: (m) => {
       served = m;
       encoder = new PromptEncoder(m.model.tokenizer, maxQueue);
-      api = new TokenLevelApi(m.model, opts.modelId);
+      constraints?.close();
+      const thread = new ConstraintThread(m.model.tokenizer, m.model.model.info.vocabSize, {
+        compileTimeoutMs: opts.constraintTimeoutMs ?? DEFAULT_CONSTRAINT_TIMEOUT * 1000,
+        maxPending: maxQueue,
+        maxWorkers: opts.constraintWorkers ?? DEFAULT_CONSTRAINT_WORKERS,
+      });
+      constraints = thread;
+      api = new TokenLevelApi(m.model, opts.modelId, (spec, param) => thread.compile(spec, param));
       m.model.generator.onToken = (kind, seconds) => metrics.observeToken(kind, seconds);
     },
     shutdown,

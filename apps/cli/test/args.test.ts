@@ -109,9 +109,9 @@ describe('parseChatArgs', () => {
 
 describe('parseServeArgs', () => {
   it('defaults to loopback and reads the options', () => {
-    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: 8, maxQueue: 16, corsOrigins: [], shutdownTimeout: 20, help: false });
+    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: 8, maxQueue: 16, corsOrigins: [], shutdownTimeout: 20, constraintTimeout: 30, constraintWorkers: 2, help: false });
     expect(
-      parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--parallel', '3', '--dtype', 'bf16', '--cors-origins', 'https://a.example, http://localhost:5173', '--shutdown-timeout', '5']),
+      parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--parallel', '3', '--dtype', 'bf16', '--cors-origins', 'https://a.example, http://localhost:5173', '--shutdown-timeout', '5', '--constraint-timeout', '7', '--constraint-workers', '3']),
     ).toEqual({
       model: 'm',
       dtype: 'bf16',
@@ -122,6 +122,8 @@ describe('parseServeArgs', () => {
       maxQueue: 2,
       corsOrigins: ['https://a.example', 'http://localhost:5173'],
       shutdownTimeout: 5,
+      constraintTimeout: 7,
+      constraintWorkers: 3,
       help: false,
     });
     expect(parseServeArgs(['--cors-origins', '*']).corsOrigins).toEqual(['*']);
@@ -129,6 +131,7 @@ describe('parseServeArgs', () => {
     expect(() => parseServeArgs(['--parallel', '65'])).toThrow(/--parallel expects 1..64/);
     expect(() => parseServeArgs(['--cors-origins', 'page.example/path'])).toThrow(/--cors-origins: 'page.example\/path' is not an origin/);
     expect(() => parseServeArgs(['--port', '70000'])).toThrow(/--port expects 0..65535/);
+    expect(() => parseServeArgs(['--constraint-timeout', '0'])).toThrow(/--constraint-timeout expects an integer >= 1/);
     expect(parseServeArgs(['m', '--quantize', 'q8', '--draft', 'org/draft'])).toMatchObject({ model: 'm', quantize: 'q8', draft: 'org/draft' });
     expect(() => parseServeArgs(['--draft', 'none'])).toThrow(/--draft expects/);
   });

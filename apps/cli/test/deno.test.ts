@@ -52,6 +52,10 @@ describe.skipIf(!existsSync(DENO))('Node and Deno', () => {
     const d = JSON.parse(deno.stdout) as { ids: number[]; text: string };
     expect(d).toEqual(JSON.parse(node.stdout));
     expect(JSON.parse(d.text)).toMatchObject({ ok: expect.any(Boolean), n: expect.any(Number) });
+    // serve's worker thread for the engine starts under Deno and walks the same tokens.
+    const worker = await denoRun([join(ROOT, 'apps/cli/test/constraint-thread-deno.ts')]);
+    expect(worker.code, worker.stderr).toBe(0);
+    expect(JSON.parse(worker.stdout)).toEqual(d);
   });
 
   it('chat --json runs under Deno', async (ctx) => {

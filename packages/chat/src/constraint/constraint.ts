@@ -47,6 +47,11 @@ export interface ConstraintMatcher {
   accept(id: number): void;
   /** An EOS was accepted after the value and the suffix. */
   readonly done: boolean;
+  /**
+   * The ids that would complete the output if accepted next (after the value and the
+   * suffix), so a matcher run elsewhere (serve's worker) can know `done` without a round trip.
+   */
+  readonly endingIds: readonly number[];
   dispose(): void;
 }
 
@@ -146,6 +151,11 @@ class Matcher implements ConstraintMatcher {
 
   get done(): boolean {
     return this.phase === 'done';
+  }
+
+  get endingIds(): readonly number[] {
+    if (this.phase === 'eos' || (this.phase === 'json' && this.suffix.length === 0)) return this.eos;
+    return [];
   }
 
   async mask(logits: Float32Array): Promise<void> {
