@@ -2,8 +2,8 @@
 // the slowest /health answer while a heavy schema (three maxLength-100 strings) compiles,
 // with the engine on the event loop (as before constraint-thread.ts) and in the worker, and
 // the time of one mask on the 151K Qwen3 vocabulary in-thread and through the worker.
-import { ChatTemplates, compileConstraint, createTextGenerationPipeline, type ConstraintSpec } from '../../packages/chat/src/index.ts';
-import { FakeBatch, fakeModel, loadTokenizer } from '../../packages/chat/test/testing.ts';
+import { ChatTemplates, compileConstraint, createTextGenerationPipeline, type ConstraintSpec } from '@webgpu-chat/chat';
+import { FakeBatch, fakeModel, loadTokenizer } from '@webgpu-chat/chat/testing';
 import { ConstraintThread } from '../../apps/cli/src/constraint-thread.ts';
 import { startChatServer } from '../../apps/cli/src/server.ts';
 import { BENCH_SCHEMA } from './constrained.ts';
