@@ -14,7 +14,7 @@ const quiet = { log: () => {} };
 
 async function reply(session: ChatSession, prompt = PROMPT): Promise<string> {
   let text = '';
-  await session.reply(prompt, (t) => (text += t), new AbortController().signal);
+  await session.reply(prompt, (p) => (text += p.kind === 'content' ? p.text : ''), new AbortController().signal);
   return text;
 }
 
