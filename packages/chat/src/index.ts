@@ -8,3 +8,5 @@ export * from './stopping.ts';
 export * from './generate.ts';
 export * from './pipeline.ts';
 export * from './speculative.ts';
+export * from './draft-length.ts';
+export * from './prompt-lookup.ts';

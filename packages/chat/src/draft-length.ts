@@ -1,0 +1,155 @@
+// How long a draft should be, from what things cost here rather than a fixed schedule.
+//
+// A verification step over K drafted tokens plus one costs c(K + 1) one-token steps, measured
+// on this adapter as the loop runs (StepCosts); a draft model adds d per drafted token (its
+// own measured step time over the target's; 0 for prompt lookup). With a per-token acceptance
+// rate a, a draft of K yields (1 - a^(K+1)) / (1 - a) tokens on average, so it pays when
+//   gain(K) = (1 - a^(K+1)) / (1 - a) / (c(K + 1) + K d)  >  1  (plain decoding's rate).
+// The planner drafts the K with the best gain; when no K pays it pauses drafting, then probes
+// with one draft to see whether the acceptance rate changed, pausing twice as long each time
+// the probe does not pay. When no K could pay even if every drafted token were accepted (a
+// draft model that costs about what the model does, on an adapter where verifying K tokens
+// costs nearly K steps), it does not probe at all: a model draft's probe would also have to
+// catch its cache up on every token decoded while paused.
+
+/** Weight of a new timing in a step size's running mean: the machine's load drifts. */
+const COST_SMOOTHING = 0.3;
+/**
+ * Before a step size has been timed, each token beyond the first is assumed to cost this
+ * fraction of a one-token step: optimistic, so longer steps get tried and then measured.
+ */
+const PRIOR_EXTRA_TOKEN_COST = 0.1;
+
+/** Running means of the loop's decode step times, by the number of tokens a step ran. */
+export class StepCosts {
+  private readonly ms = new Map<number, number>();
+
+  /** Records that a decode step over `tokens` tokens took `ms` milliseconds. */
+  observe(tokens: number, ms: number): void {
+    if (!(Number.isInteger(tokens) && tokens >= 1 && Number.isFinite(ms) && ms > 0)) return;
+    const old = this.ms.get(tokens);
+    this.ms.set(tokens, old === undefined ? ms : old + COST_SMOOTHING * (ms - old));
+  }
+
+  /** Step sizes timed so far and their mean milliseconds, smallest first. */
+  get timed(): [number, number][] {
+    return [...this.ms.entries()].sort((a, b) => a[0] - b[0]);
+  }
+
+  /**
+   * Estimated milliseconds of a step over n tokens: its own mean, else interpolated between
+   * the nearest timed sizes, else extended along the line through the smallest and largest
+   * (or the prior's slope when one size is timed). Undefined before any step was timed.
+   */
+  estimate(n: number): number | undefined {
+    const own = this.ms.get(n);
+    if (own !== undefined) return own;
+    const known = this.timed;
+    if (known.length === 0) return undefined;
+    const prior = (k: number) => 1 + PRIOR_EXTRA_TOKEN_COST * (k - 1);
+    const below = known.filter(([k]) => k < n).at(-1);
+    const above = known.find(([k]) => k > n);
+    if (below && above) return below[1] + ((above[1] - below[1]) * (n - below[0])) / (above[0] - below[0]);
+    if (above) return (above[1] * prior(n)) / prior(above[0]);
+    const [first, last] = [known[0]!, known.at(-1)!];
+    if (first[0] === last[0]) return (last[1] * prior(n)) / prior(last[0]);
+    const slope = Math.max(0, (last[1] - first[1]) / (last[0] - first[0]));
+    return last[1] + slope * (n - last[0]);
+  }
+
+  /** A step over n tokens in one-token steps (the prior's ratio before anything was timed). */
+  relative(n: number): number {
+    const one = this.estimate(1);
+    const many = this.estimate(n);
+    return one !== undefined && many !== undefined ? many / one : 1 + PRIOR_EXTRA_TOKEN_COST * (n - 1);
+  }
+}
+
+/** Expected tokens from a draft of k at per-token acceptance a: the accepted run plus the model's own token. */
+export function expectedTokens(k: number, a: number): number {
+  return a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a);
+}
+
+/** The acceptance rate the planner starts from, as if it had seen this many drafted tokens. */
+const PRIOR_ACCEPTANCE = 0.5;
+const PRIOR_TRIALS = 2;
+/** Each verification scales the evidence so far by this: acceptance changes along a reply (a copied span, then free text). */
+const ACCEPTANCE_DECAY = 0.75;
+/** Steps drafting pauses after the first unprofitable estimate; it doubles up to the most. */
+const MIN_PAUSE = 4;
+const MAX_PAUSE = 64;
+
+/** Acceptance and pause state that can outlive one generation (a draft model's, across calls). */
+export interface PlannerState {
+  accepted: number;
+  trials: number;
+}
+
+export class DraftLengthPlanner {
+  private accepted: number;
+  private trials: number;
+  private pauseLeft = 0;
+  private pauseLength = MIN_PAUSE;
+  private probing = false;
+
+  constructor(
+    private readonly costs: StepCosts,
+    start: PlannerState = { accepted: PRIOR_ACCEPTANCE * PRIOR_TRIALS, trials: PRIOR_TRIALS },
+  ) {
+    this.accepted = start.accepted;
+    this.trials = start.trials;
+  }
+
+  /** The per-token acceptance rate drafts have shown lately. */
+  get acceptance(): number {
+    return this.trials > 0 ? this.accepted / this.trials : PRIOR_ACCEPTANCE;
+  }
+
+  get state(): PlannerState {
+    return { accepted: this.accepted, trials: this.trials };
+  }
+
+  /** Tokens per one-token step's time a draft of k gives, with `draftCost` per drafted token (in one-token steps). */
+  gain(k: number, draftCost = 0): number {
+    return expectedTokens(k, this.acceptance) / (this.costs.relative(k + 1) + k * draftCost);
+  }
+
+  /**
+   * The draft length for the next step, 0..maxK (0: decode one token without a draft).
+   * `draftCost`: what drafting one token costs, in one-token steps of the model.
+   */
+  next(maxK: number, draftCost = 0): number {
+    if (maxK <= 0 || !this.couldPay(maxK, draftCost)) return 0;
+    if (this.pauseLeft > 0) {
+      if (--this.pauseLeft === 0) this.probing = true;
+      return 0;
+    }
+    let best = 1;
+    for (let k = 2; k <= maxK; k++) if (this.gain(k, draftCost) > this.gain(best, draftCost)) best = k;
+    if (this.probing || this.gain(best, draftCost) > 1) return best;
+    // This step is the pause's first.
+    this.pauseLeft = this.pauseLength - 1;
+    this.probing = this.pauseLeft === 0;
+    this.pauseLength = Math.min(2 * this.pauseLength, MAX_PAUSE);
+    return 0;
+  }
+
+  /** Whether some draft of at most maxK would pay if every drafted token were accepted. */
+  couldPay(maxK: number, draftCost = 0): boolean {
+    for (let k = 1; k <= maxK; k++) if ((k + 1) / (this.costs.relative(k + 1) + k * draftCost) > 1) return true;
+    return false;
+  }
+
+  /** A verification kept `accepted` of `drafted` tokens. */
+  observe(drafted: number, accepted: number, draftCost = 0): void {
+    if (drafted <= 0) return;
+    this.accepted = ACCEPTANCE_DECAY * this.accepted + accepted;
+    // The tokens checked: every accepted one and the first rejected, if any.
+    this.trials = ACCEPTANCE_DECAY * this.trials + accepted + (accepted < drafted ? 1 : 0);
+    if (this.probing) {
+      this.probing = false;
+      // A probe that pays ends the back-off; one that does not leaves it for the next pause.
+      if (this.gain(drafted, draftCost) > 1) this.pauseLength = MIN_PAUSE;
+    }
+  }
+}
