@@ -2,14 +2,16 @@
 // table shows the columns its rows fill in.
 
 /** Which part of the bench a row belongs to (pnpm bench [--dense] [--moe] [--speculative] [--serve]). */
-export type Section = 'dense' | 'moe' | 'speculative' | 'serve';
+export type Section = 'dense' | 'moe' | 'speculative' | 'lookup' | 'serve';
 
 export interface SpeculativeFigures {
+  /** --lookup rows: an input-grounded prompt (the reply repeats part of it) or an open-ended one. */
+  task?: 'grounded' | 'open';
   /** 'self-q4' (the target's weights quantized to q4) or 'first N layers' of the target. */
   draft: string;
   /** Bytes of weights one draft step reads. */
   draftBytesPerToken: number;
-  /** The draft length the heuristic schedule starts from. */
+  /** The longest draft (num_assistant_tokens, or prompt_lookup_num_tokens): the 'measured' schedule chooses each length up to it. */
   numAssistantTokens: number;
   /** Plain greedy decoding of the same target, prompts and token budget. */
   plainDecodeTokensPerSecond: number;
@@ -112,6 +114,7 @@ const COLUMNS: Column[] = [
   { header: 'engine', cell: (r) => r.engine },
   { header: 'model', cell: (r) => r.model },
   { header: 'format', cell: (r) => r.format },
+  { header: 'task', cell: (r) => r.speculative?.task },
   { header: 'draft', cell: (r) => r.speculative?.draft },
   { header: 'phase', cell: (r) => r.serve?.phase },
   { header: 'requests', cell: (r) => r.serve?.requests.toString() },

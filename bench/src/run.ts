@@ -12,6 +12,7 @@ import { benchGguf, LLAMA_BACKENDS, runLlamaCpp, type LlamaBackend } from './lla
 import { moeBenchModels } from './moe-models.ts';
 import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
 import { PREFIX_NEW_TOKENS, runServeLoad, SHARED_PREFIX_TOKENS, type ServeLoadOptions } from './serve-load.ts';
+import { runLookup } from './lookup.ts';
 import { runSpeculative } from './speculative.ts';
 
 export class BenchArgsError extends Error {
@@ -33,8 +34,10 @@ export interface BenchOptions {
   compare: boolean;
   ggufFormats: GgufFormat[];
   llamaBackends: LlamaBackend[];
-  /** num_assistant_tokens the speculative rows start from. */
+  /** num_assistant_tokens of the speculative rows: the longest draft. */
   k: number;
+  /** prompt_lookup_num_tokens of the --lookup rows. */
+  lookupTokens: number;
   /** The load run against serve, once per format (on the dense model). */
   serve: ServeLoadOptions & { formats: BenchFormat[] };
   json: boolean;
@@ -50,8 +53,8 @@ export interface BenchReport {
 }
 
 const DTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8', 'q4'];
-const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
-const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--serve', '--all'];
+const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--gguf', '--llama', '--k', '--lookup-tokens', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
+const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--moe', '--speculative', '--lookup', '--serve', '--all'];
 /** A flag whose value is itself flags (for serve). */
 const PASSED_THROUGH = '--serve-args';
 
@@ -92,9 +95,10 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const formatsNamed = values.has('--dtype') || values.has('--quantize');
   const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || (formatsNamed && !serve);
   const sections: Section[] = [];
-  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative') || serve)) sections.push('dense');
+  if (denseAsked || !(switches.has('--moe') || switches.has('--speculative') || switches.has('--lookup') || serve)) sections.push('dense');
   if (all || switches.has('--moe')) sections.push('moe');
   if (all || switches.has('--speculative')) sections.push('speculative');
+  if (all || switches.has('--lookup')) sections.push('lookup');
   if (serve) sections.push('serve');
   const model = values.get('--model');
   const moeModels = values.has('--moe-model') ? list('--moe-model', '') : undefined;
@@ -110,6 +114,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     ggufFormats: ggufFormats as GgufFormat[],
     llamaBackends: llamaBackends as LlamaBackend[],
     k: count('--k', 4, 1),
+    lookupTokens: count('--lookup-tokens', 10, 1),
     serve: {
       formats: (formatsNamed ? formats : ['bf16']) as BenchFormat[],
       streams: count('--streams', 8, 1),
@@ -145,6 +150,10 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
     const targets = [denseModel(), ...stories, moeModels().at(-1)!];
     report.rows.push(...(await runSpeculative({ targets, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, k: o.k })));
+  }
+  if (o.sections.includes('lookup')) {
+    const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
+    report.rows.push(...(await runLookup({ targets: [...stories, denseModel()], decodeTokens: o.decodeTokens, lookupTokens: o.lookupTokens, k: o.k })));
   }
   if (o.sections.includes('serve')) {
     for (const f of o.serve.formats) report.rows.push(...(await runServeLoad(denseModel(), f, o.serve)));
@@ -183,24 +192,31 @@ const TITLES: Record<Section, string> = {
   dense: 'Dense',
   moe: 'Mixture of experts (bf16): decode reads only the selected experts',
   speculative: 'Speculative decoding (greedy): plain vs assisted on the same target',
+  lookup: 'Speculative decoding by task (greedy): plain vs prompt lookup vs self-q4, input-grounded and open-ended prompts',
   serve: 'Serving under load: streamed /v1/completions against pnpm serve',
 };
 
 /** The printed report: one table per section, then the step profiles and what was skipped. */
-export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k' | 'serve'>): string {
+export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k' | 'lookupTokens' | 'serve'>): string {
   const out: string[] = [];
   const la = r.loadAtStart.map((x) => x.toFixed(2)).join(', ');
   const lengths = r.rows.some((x) => x.section !== 'serve') ? `; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens` : '';
   out.push(`${describeGpu(r.adapter)}; load average at start ${la}${lengths}.`);
   out.push(`"2-core est." = tokens per CPU-second x ${CORES}; load = 1-minute load average when the row finished.`);
-  for (const s of ['dense', 'moe', 'speculative', 'serve'] as const) {
+  for (const s of ['dense', 'moe', 'speculative', 'lookup', 'serve'] as const) {
     const rows = r.rows.filter((x) => x.section === s);
     if (!rows.length) continue;
     out.push('', `## ${TITLES[s]}`, '', formatTable(rows));
     if (s === 'speculative')
       out.push(
         '',
-        `Speculative: prompts of at most 32 tokens, already cached when timing starts; K starts at ${o.k} (heuristic schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
+        `Speculative: prompts of at most 32 tokens, already cached when timing starts; drafts of up to ${o.k} tokens, each length chosen from measured step costs and the running acceptance (the 'measured' schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
+      );
+    if (s === 'lookup')
+      out.push(
+        '',
+        `By task: grounded = the prompt holds an opening, the target's own greedy reply to it and the opening again, so the reply repeats text of its prompt; open = other openings. ` +
+          `Prompts cached when timing starts; prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task.`,
       );
     if (s === 'serve') {
       const extra = o.serve.serveArgs.length ? ` (with ${o.serve.serveArgs.join(' ')})` : '';

@@ -31,7 +31,7 @@ export interface SpeculativeOptions {
   promptTokens: number;
   /** Token budget of each run (EOS can end one earlier, the same way in both paths). */
   decodeTokens: number;
-  /** num_assistant_tokens the heuristic schedule starts from. */
+  /** num_assistant_tokens: the longest draft the 'measured' schedule chooses. */
   k: number;
 }
 
@@ -78,7 +78,7 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
       { name: 'self-q4', load: () => loadModel(dir, { gpu, maxContext, dtype: target.info.dtype, quantize: 'q4' }) },
       { name: `first ${layers} of ${target.info.config.num_hidden_layers} layers`, load: () => loadModel(dir, { gpu, maxContext, numLayers: layers }) },
     ];
-    const cfg = resolveGenerationConfig({ max_new_tokens: o.decodeTokens, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'heuristic_transient' });
+    const cfg = resolveGenerationConfig({ max_new_tokens: o.decodeTokens, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'measured' });
     const first = resolveGenerationConfig({ max_new_tokens: 1 });
     const warm = resolveGenerationConfig({ max_new_tokens: 8, num_assistant_tokens: o.k });
     /** Every prompt, each timed from the cached prompt; with `assistant`, assisted. */

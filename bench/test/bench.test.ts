@@ -18,7 +18,7 @@ describe('bench flags', () => {
     expect(parseArgs(['--moe']).sections).toEqual(['moe']);
     expect(parseArgs(['--speculative', '--dtype', 'q4']).sections).toEqual(['dense', 'speculative']);
     const all = parseArgs(['--all']);
-    expect(all.sections).toEqual(['dense', 'moe', 'speculative', 'serve']);
+    expect(all.sections).toEqual(['dense', 'moe', 'speculative', 'lookup', 'serve']);
     expect(all.compare).toBe(true);
     // llama.cpp's formats follow ours unless named.
     expect(parseArgs(['--dtype', 'f32,bf16,q8,q4', '--compare']).ggufFormats).toEqual(['f16', 'q8_0', 'q4_0']);

@@ -16,7 +16,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { AssistantModel, Generation, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
+import type { AssistantModel, Generation, GenerationConfig, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
 import { TokenLevelApi, type Outcome, type Track } from './completions.ts';
 import { PromptEncoder } from './encoder.ts';
 import { ApiError, checkMethod, errorFromGeneration, guardAccess, invalid, isLoopbackAddress, readJsonBody, sendError, sendJson, unavailable } from './http.ts';
@@ -28,10 +28,12 @@ export interface ServedModelInfo {
   /** Extra fields for /health (dtype, adapter, max_context, quantization, ...). */
   health?: Record<string, unknown>;
   /**
-   * A draft model every chat completion without logprobs is decoded with (speculative
-   * decoding; greedy output is unchanged). Token-level routes decode with the model alone.
+   * A draft model every chat and text completion is decoded with (speculative decoding;
+   * greedy output is unchanged), unless the request turns prompt lookup on.
    */
   assistant?: AssistantModel;
+  /** Generation flags under every request's own (serve --prompt-lookup-num-tokens). */
+  defaults?: GenerationConfig;
 }
 
 /** What onRequestDone hears about a finished request. */
@@ -156,12 +158,11 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   async function textCompletions(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJsonBody(req, maxBody);
     const m = model();
-    return serveRequest(
-      res,
-      'cmpl',
-      () => m.api.parseCompletionRequest(body, m.encoder),
-      (request, signal, track) => m.api.completions(request, res, signal, track),
-    );
+    const prepare = async () => {
+      const request = await m.api.parseCompletionRequest(body, m.encoder);
+      return { request, assistant: await assistantOf(m.served) };
+    };
+    return serveRequest(res, 'cmpl', prepare, (p, signal, track) => m.api.completions(p.request, res, signal, track, p.assistant));
   }
 
   async function completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -170,11 +171,13 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     const prepare = async () => {
       const ids = await m.api.chatIds(request, m.encoder);
       checkContext(ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
-      const assistant = m.served.assistant !== undefined ? await m.served.model.assistant(m.served.assistant) : undefined;
-      return { ids, assistant };
+      return { ids, assistant: await assistantOf(m.served) };
     };
     return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.ids, res, signal, track, p.assistant));
   }
+
+  /** The served draft model, bound to the pipeline (loaded on first use). */
+  const assistantOf = (s: ServedModelInfo) => (s.assistant !== undefined ? s.model.assistant(s.assistant) : Promise.resolve(undefined));
 
   const GET = ['GET', 'HEAD'];
   const POST = ['POST'];
@@ -277,7 +280,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     setModel: (m) => {
       served = m;
       encoder = new PromptEncoder(m.model.tokenizer, maxQueue);
-      api = new TokenLevelApi(m.model, opts.modelId);
+      api = new TokenLevelApi(m.model, opts.modelId, m.defaults);
       m.model.generator.onToken = (kind, seconds) => metrics.observeToken(kind, seconds);
     },
     shutdown,

@@ -3,7 +3,7 @@
 
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Message } from '@webgpu-chat/chat';
-import { formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
+import { checkOneDrafter, formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
 import { formatAcceptance, type ChatBackend, type TurnStats } from './backend.ts';
 
 export const COMMANDS_HELP = `Commands:
@@ -12,7 +12,8 @@ export const COMMANDS_HELP = `Commands:
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
   !set key=value ...     change generation flags (e.g. !set do_sample=true temperature=0.7),
-                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT}
+                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT};
+                         prompt_lookup_num_tokens=10 drafts from the conversation itself (0: off)
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
   !exit                  leave (also Ctrl-D). Ctrl-C stops the current reply.`;
@@ -156,6 +157,7 @@ export class ChatSession {
         const { draft, rest: pairs } = takeDraftPairs(rest.split(/\s+/));
         // Flags are checked before a draft is loaded, so a typo costs no load.
         const flags = parseGenerationFlags(pairs, this.flags);
+        checkOneDrafter(draft ?? this.backend.draftSpec, flags.prompt_lookup_num_tokens);
         const lines: string[] = [];
         if (draft !== undefined) {
           if (!this.backend.setDraft) throw new UsageError('this chat cannot change the draft model');

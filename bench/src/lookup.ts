@@ -1,0 +1,138 @@
+// The speculative-by-task rows of pnpm bench (--lookup): when drafting pays. Each target runs
+// an input-grounded task (the prompt holds the text the reply repeats) and an open-ended one,
+// decoded plainly, with prompt lookup and with a self-q4 draft, greedy, every drafter on the
+// 'measured' schedule (draft lengths from the loop's measured step costs).
+//
+// Input-grounded: the target's own greedy reply R to an opening O is put in the prompt as a
+// text to continue, O + R + O, so the reply repeats R (a summary or edit that copies its
+// input). Open-ended: other openings, nothing to copy from but the reply itself.
+// stories260K (a trained model) is prompted with text; a target without a tokenizer (the
+// dense bench model, random weights) with id prompts.
+
+import { existsSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { directorySource, getGpu, loadModel } from '@webgpu-chat/engine';
+import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationConfig, type GenerationResult } from '../../packages/chat/src/index.ts';
+import { benchPrompt, engineName, folderName } from './engine-run.ts';
+import type { BenchRow } from './rows.ts';
+import { idTokenizer } from './speculative.ts';
+
+export interface LookupOptions {
+  targets: string[];
+  /** Tokens each run decodes (EOS can end one earlier, the same way in every path). */
+  decodeTokens: number;
+  /** prompt_lookup_num_tokens: the longest lookup draft. */
+  lookupTokens: number;
+  /** num_assistant_tokens: the longest self-q4 draft. */
+  k: number;
+}
+
+/** Openings for a target with a tokenizer: the first makes the grounded prompt, the others the open-ended runs. */
+const TEXT_OPENINGS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park. They'];
+/** Id openings for one without. */
+const ID_OPENING_TOKENS = 16;
+
+type Task = 'grounded' | 'open';
+
+export async function runLookup(o: LookupOptions): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  for (const dir of o.targets) rows.push(...(await runTarget(dir, o)));
+  return rows;
+}
+
+async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
+  const gpu = await getGpu();
+  const hasTokenizer = existsSync(join(dir, 'tokenizer.json'));
+  // The grounded prompt holds an opening and a reply twice; the run adds another reply.
+  const maxContext = 3 * (o.decodeTokens + 32) + 16;
+  const target = await loadModel(dir, { gpu, maxContext });
+  const rows: BenchRow[] = [];
+  try {
+    const V = target.info.vocabSize;
+    const tokenizer = hasTokenizer ? await ChatTokenizer.load(directorySource(dir)) : idTokenizer(V);
+    const openings = hasTokenizer ? TEXT_OPENINGS.map((t) => tokenizer.encode(t)) : [0, 1, 2].map((salt) => benchPrompt(ID_OPENING_TOKENS, V, salt));
+    const batch = target.createBatch({ maxSequences: 4, maxContext, kvTokens: 2 * maxContext });
+    const gen = new Generator(batch, tokenizer, V, { maxParallel: 1 });
+    const run = (p: number[], c: GenerationConfig, assistant?: Assistant): Promise<GenerationResult> => gen.generate({ promptIds: p, config: resolveGenerationConfig(c), assistant }).result;
+
+    const base: GenerationConfig = { max_new_tokens: o.decodeTokens, num_assistant_tokens_schedule: 'measured' };
+    const opening = openings[0]!;
+    const reply = (await run(opening, base)).tokenIds;
+    const continuation = hasTokenizer ? tokenizer.encode(TEXT_OPENINGS[0]!, { addSpecialTokens: false }) : opening;
+    const prompts: Record<Task, number[][]> = { grounded: [[...opening, ...reply, ...continuation]], open: openings.slice(1) };
+
+    /** Every prompt of a task, each timed from the cached prompt (a one-token call caches it). */
+    const measure = async (task: Task, c: GenerationConfig, assistant?: Assistant) => {
+      await run(prompts[task][0]!.slice(0, 8), { ...c, max_new_tokens: 8 }, assistant); // compiles what this path uses
+      const runs: GenerationResult[] = [];
+      for (const p of prompts[task]) {
+        await run(p, { max_new_tokens: 1 }, assistant);
+        runs.push(await run(p, c, assistant));
+      }
+      const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);
+      const seconds = runs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000;
+      return { runs, tokens, tokensPerSecond: tokens / seconds };
+    };
+
+    const q4 = await loadModel(dir, { gpu, maxContext, dtype: target.info.dtype, quantize: 'q4' });
+    const assistant = Assistant.open({ model: target, maxContext, tokenizer }, { model: q4 });
+    try {
+      for (const task of ['grounded', 'open'] as const) {
+        const plain = await measure(task, base);
+        const drafters = [
+          { name: `prompt lookup (${o.lookupTokens})`, bytes: 0, spec: () => measure(task, { ...base, prompt_lookup_num_tokens: o.lookupTokens }) },
+          { name: 'self-q4', bytes: q4.info.bytesPerToken, spec: () => measure(task, { ...base, num_assistant_tokens: o.k }, assistant) },
+        ];
+        rows.push(row(task, 'none (plain)', 0, plain, plain));
+        for (const d of drafters) rows.push(row(task, d.name, d.bytes, await d.spec(), plain));
+      }
+    } finally {
+      assistant.dispose();
+      q4.dispose();
+      gen.dispose();
+      batch.dispose();
+    }
+  } finally {
+    target.dispose();
+  }
+  return rows;
+
+  function row(task: Task, draft: string, draftBytes: number, spec: Measured, plain: Measured): BenchRow {
+    const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
+    const drafted = sum((r) => r.stats.speculative?.draftedTokens ?? 0);
+    const accepted = sum((r) => r.stats.speculative?.acceptedTokens ?? 0);
+    const steps = sum((r) => r.stats.speculative?.steps ?? 0);
+    return {
+      section: 'lookup',
+      engine: engineName(gpu),
+      model: folderName(dir),
+      format: target.info.dtype,
+      promptTokens: spec.runs[0]!.stats.promptTokens,
+      decodeTokens: spec.tokens,
+      decodeTokensPerSecond: spec.tokensPerSecond,
+      weightBytes: target.info.weightBytes,
+      bytesPerToken: target.info.bytesPerToken,
+      load: loadavg()[0]!,
+      speculative: {
+        task,
+        draft,
+        draftBytesPerToken: draftBytes,
+        numAssistantTokens: draft.startsWith('prompt lookup') ? o.lookupTokens : o.k,
+        plainDecodeTokensPerSecond: plain.tokensPerSecond,
+        speedup: spec.tokensPerSecond / plain.tokensPerSecond,
+        acceptanceRate: drafted ? accepted / drafted : 0,
+        meanAcceptedTokens: steps ? accepted / steps : 0,
+        steps,
+        identicalToPlain: spec.runs.every((r, i) => r.tokenIds.join() === plain.runs[i]!.tokenIds.join()),
+      },
+    };
+  }
+}
+
+interface Measured {
+  runs: GenerationResult[];
+  tokens: number;
+  tokensPerSecond: number;
+}
+
