@@ -65,7 +65,7 @@ describe('pnpm bench on tiny models', () => {
       { ...QWEN3_MOE_SHAPED, hidden_size: 64, intermediate_size: 96, moe_intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16, num_experts: 8, num_experts_per_tok: 2, vocab_size: 311 },
       moe,
     );
-    const o = parseArgs(['--model', dense, '--moe-model', moe, '--dtype', 'f32,q4', '--prompt', '6', '--decode', '4', '--moe', '--speculative', '--json']);
+    const o = parseArgs(['--model', dense, '--moe-model', moe, '--dtype', 'f32,q4', '--prompt', '6', '--decode', '4', '--moe', '--speculative', '--lookup', '--json']);
     const report = await runBench(o);
     // What --json prints survives a round trip.
     const json = JSON.parse(JSON.stringify(report)) as typeof report;
@@ -110,8 +110,21 @@ describe('pnpm bench on tiny models', () => {
       expect(r.decodeTokens).toBe(8);
     }
 
+    const lookup = rows('lookup');
+    expect(lookup.map((r) => [r.speculative!.task, r.speculative!.draft])).toEqual(
+      (['grounded', 'open'] as const).flatMap((task) => [
+        [task, 'none (plain)'],
+        [task, 'prompt lookup (10)'],
+        [task, 'self-q4'],
+      ]),
+    );
+    for (const r of lookup) {
+      expect(r.speculative!.identicalToPlain).toBe(true);
+      positive(r.decodeTokensPerSecond);
+    }
+
     const text = formatReport(report, o);
-    for (const heading of ['## Dense', '## Mixture of experts', '## Speculative decoding']) expect(text).toContain(heading);
+    for (const heading of ['## Dense', '## Mixture of experts', '## Speculative decoding', '## Speculative decoding by task']) expect(text).toContain(heading);
     expect(text).toContain('| self-q4 |');
   });
 });

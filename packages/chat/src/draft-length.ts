@@ -7,10 +7,9 @@
 //   gain(K) = (1 - a^(K+1)) / (1 - a) / (c(K + 1) + K d)  >  1  (plain decoding's rate).
 // The planner drafts the K with the best gain; when no K pays it pauses drafting, then probes
 // with one draft to see whether the acceptance rate changed, pausing twice as long each time
-// the probe does not pay. When no K could pay even if every drafted token were accepted (a
-// draft model that costs about what the model does, on an adapter where verifying K tokens
-// costs nearly K steps), it does not probe at all: a model draft's probe would also have to
-// catch its cache up on every token decoded while paused.
+// the probe does not pay. A draft model's pause lasts the rest of the generation, and its
+// probes come at the start of later ones (skipping 1, 2, 4, ... calls): a probe within a
+// generation would first have to catch the draft's cache up on every token decoded since.
 
 /** Weight of a new timing in a step size's running mean: the machine's load drifts. */
 const COST_SMOOTHING = 0.3;
@@ -20,20 +19,44 @@ const COST_SMOOTHING = 0.3;
  */
 const PRIOR_EXTRA_TOKEN_COST = 0.1;
 
+/** A timing moves a running mean by at most this factor either way: a stall (GC, another process) is not a new cost. */
+const MAX_COST_STEP = 2;
+
+/**
+ * A running mean of one kind of step's milliseconds. The first timing is not counted (that
+ * step compiles the kernels it uses), and a timing moves the mean by at most MAX_COST_STEP.
+ */
+export class RunningCost {
+  private seen = false;
+  private mean: number | undefined;
+
+  get ms(): number | undefined {
+    return this.mean;
+  }
+
+  observe(ms: number): void {
+    if (!(Number.isFinite(ms) && ms > 0)) return;
+    if (!this.seen) return void (this.seen = true);
+    const old = this.mean;
+    this.mean = old === undefined ? ms : old + COST_SMOOTHING * (Math.min(Math.max(ms, old / MAX_COST_STEP), old * MAX_COST_STEP) - old);
+  }
+}
+
 /** Running means of the loop's decode step times, by the number of tokens a step ran. */
 export class StepCosts {
-  private readonly ms = new Map<number, number>();
+  private readonly costs = new Map<number, RunningCost>();
 
   /** Records that a decode step over `tokens` tokens took `ms` milliseconds. */
   observe(tokens: number, ms: number): void {
-    if (!(Number.isInteger(tokens) && tokens >= 1 && Number.isFinite(ms) && ms > 0)) return;
-    const old = this.ms.get(tokens);
-    this.ms.set(tokens, old === undefined ? ms : old + COST_SMOOTHING * (ms - old));
+    if (!(Number.isInteger(tokens) && tokens >= 1)) return;
+    let c = this.costs.get(tokens);
+    if (!c) this.costs.set(tokens, (c = new RunningCost()));
+    c.observe(ms);
   }
 
   /** Step sizes timed so far and their mean milliseconds, smallest first. */
   get timed(): [number, number][] {
-    return [...this.ms.entries()].sort((a, b) => a[0] - b[0]);
+    return [...this.costs.entries()].flatMap(([n, c]): [number, number][] => (c.ms === undefined ? [] : [[n, c.ms]])).sort((a, b) => a[0] - b[0]);
   }
 
   /**
@@ -42,7 +65,7 @@ export class StepCosts {
    * (or the prior's slope when one size is timed). Undefined before any step was timed.
    */
   estimate(n: number): number | undefined {
-    const own = this.ms.get(n);
+    const own = this.costs.get(n)?.ms;
     if (own !== undefined) return own;
     const known = this.timed;
     if (known.length === 0) return undefined;
@@ -85,19 +108,39 @@ export interface PlannerState {
   trials: number;
 }
 
+export interface PlannerOptions {
+  /** Acceptance evidence to start from (a draft model's, carried between calls). */
+  start?: PlannerState;
+  /**
+   * A pause lasts the rest of the generation (a draft model's: its probe would have to catch
+   * its cache up on every token decoded while paused; the Assistant backs off across calls).
+   */
+  pauseForGood?: boolean;
+  /** Start paused (a call the Assistant's back-off skips). */
+  paused?: boolean;
+  /** The first draft is a probe: drafted whatever the estimate says. */
+  probeFirst?: boolean;
+  /** Hears each pause, and each probe's outcome. */
+  onPause?: () => void;
+  onProbe?: (paid: boolean) => void;
+}
+
 export class DraftLengthPlanner {
   private accepted: number;
   private trials: number;
-  private pauseLeft = 0;
+  private pauseLeft: number;
   private pauseLength = MIN_PAUSE;
-  private probing = false;
+  private probing: boolean;
 
   constructor(
     private readonly costs: StepCosts,
-    start: PlannerState = { accepted: PRIOR_ACCEPTANCE * PRIOR_TRIALS, trials: PRIOR_TRIALS },
+    private readonly opts: PlannerOptions = {},
   ) {
+    const start = opts.start ?? { accepted: PRIOR_ACCEPTANCE * PRIOR_TRIALS, trials: PRIOR_TRIALS };
     this.accepted = start.accepted;
     this.trials = start.trials;
+    this.pauseLeft = opts.paused ? Infinity : 0;
+    this.probing = opts.probeFirst === true;
   }
 
   /** The per-token acceptance rate drafts have shown lately. */
@@ -119,7 +162,7 @@ export class DraftLengthPlanner {
    * `draftCost`: what drafting one token costs, in one-token steps of the model.
    */
   next(maxK: number, draftCost = 0): number {
-    if (maxK <= 0 || !this.couldPay(maxK, draftCost)) return 0;
+    if (maxK <= 0) return 0;
     if (this.pauseLeft > 0) {
       if (--this.pauseLeft === 0) this.probing = true;
       return 0;
@@ -128,16 +171,11 @@ export class DraftLengthPlanner {
     for (let k = 2; k <= maxK; k++) if (this.gain(k, draftCost) > this.gain(best, draftCost)) best = k;
     if (this.probing || this.gain(best, draftCost) > 1) return best;
     // This step is the pause's first.
-    this.pauseLeft = this.pauseLength - 1;
+    this.pauseLeft = this.opts.pauseForGood ? Infinity : this.pauseLength - 1;
     this.probing = this.pauseLeft === 0;
     this.pauseLength = Math.min(2 * this.pauseLength, MAX_PAUSE);
+    this.opts.onPause?.();
     return 0;
-  }
-
-  /** Whether some draft of at most maxK would pay if every drafted token were accepted. */
-  couldPay(maxK: number, draftCost = 0): boolean {
-    for (let k = 1; k <= maxK; k++) if ((k + 1) / (this.costs.relative(k + 1) + k * draftCost) > 1) return true;
-    return false;
   }
 
   /** A verification kept `accepted` of `drafted` tokens. */
@@ -149,7 +187,9 @@ export class DraftLengthPlanner {
     if (this.probing) {
       this.probing = false;
       // A probe that pays ends the back-off; one that does not leaves it for the next pause.
-      if (this.gain(drafted, draftCost) > 1) this.pauseLength = MIN_PAUSE;
+      const paid = this.gain(drafted, draftCost) > 1;
+      if (paid) this.pauseLength = MIN_PAUSE;
+      this.opts.onProbe?.(paid);
     }
   }
 }

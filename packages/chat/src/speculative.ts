@@ -13,7 +13,7 @@
 // so the output equals the target's own greedy output.
 
 import type { Model, Session } from '@webgpu-chat/engine';
-import { DraftLengthPlanner, type PlannerState, type StepCosts } from './draft-length.ts';
+import { DraftLengthPlanner, RunningCost, type PlannerState, type StepCosts } from './draft-length.ts';
 import { commonPrefixLength, type TokenSource } from './generate.ts';
 import {
   applyRepetitionPenalty,
@@ -212,8 +212,12 @@ export class Assistant {
   private carried: { start: number; k: number } | undefined;
   /** The 'measured' schedule's acceptance evidence, carried between calls. */
   plannerState: PlannerState | undefined;
-  /** Milliseconds the draft takes per drafted token (a forward of one or two tokens and its read), a running mean. */
-  draftTokenMs: number | undefined;
+  /** The 'measured' schedule's back-off across calls: calls still to decode without drafting, the next back-off, and whether the next call probes. */
+  private readonly backoff = { skip: 0, length: 1, probe: false };
+  /** Milliseconds the draft takes per drafted token (a forward of one or two tokens and its read). */
+  readonly draftTokenCost = new RunningCost();
+  /** Milliseconds per token of the draft catching up on a sequence (prompts, tokens decoded without it). */
+  readonly catchUpTokenCost = new RunningCost();
   private disposed = false;
 
   private constructor(
@@ -252,8 +256,50 @@ export class Assistant {
     let k = start;
     if (cfg.num_assistant_tokens_schedule === 'heuristic' && this.carried?.start === start) k = this.carried.k;
     const carry = cfg.num_assistant_tokens_schedule === 'heuristic' ? (reached: number) => (this.carried = { start, k: reached }) : undefined;
-    const planner = cfg.num_assistant_tokens_schedule === 'measured' ? new DraftLengthPlanner(costs, this.plannerState) : undefined;
-    return new SpeculativeSource(this, cfg, rng, vocabSize, k, carry, planner && { planner, costs });
+    const measured = cfg.num_assistant_tokens_schedule === 'measured' ? { costs, plannerFor: (sequence: readonly number[]) => this.measuredPlanner(costs, sequence) } : undefined;
+    return new SpeculativeSource(this, cfg, rng, vocabSize, k, carry, measured);
+  }
+
+  /** What catching the draft's cache up on `sequence` costs, in the target's one-token steps (0 before it was timed). */
+  private catchUpCost(sequence: readonly number[], costs: StepCosts): number {
+    const tokens = sequence.length - commonPrefixLength(this.cached, sequence);
+    const perToken = this.catchUpTokenCost.ms;
+    const one = costs.estimate(1);
+    return perToken !== undefined && one !== undefined ? (tokens * perToken) / one : 0;
+  }
+
+  /**
+   * The 'measured' schedule's planner for one call over `sequence`. A pause lasts the rest of
+   * the call; after one, the next 1 (then 2, 4, ... up to MAX_SKIPPED_CALLS while probes keep
+   * failing) calls decode without drafting (so the draft does not even read their prompts),
+   * then the first call whose sequence the draft can catch up on cheaply probes with one draft.
+   */
+  private measuredPlanner(costs: StepCosts, sequence: readonly number[]): DraftLengthPlanner {
+    const b = this.backoff;
+    let paused = false;
+    let probe = false;
+    if (b.skip > 0) {
+      b.skip--;
+      paused = true;
+    } else if (b.probe) {
+      probe = this.catchUpCost(sequence, costs) <= MAX_PROBE_CATCH_UP;
+      paused = !probe;
+      if (probe) b.probe = false;
+    }
+    return new DraftLengthPlanner(costs, {
+      ...(this.plannerState ? { start: this.plannerState } : {}),
+      pauseForGood: true,
+      paused,
+      probeFirst: probe,
+      onPause: () => {
+        b.skip = b.length;
+        b.length = Math.min(2 * b.length, MAX_SKIPPED_CALLS);
+        b.probe = true;
+      },
+      onProbe: (paid) => {
+        if (paid) b.length = 1;
+      },
+    });
   }
 
   /**
@@ -268,11 +314,7 @@ export class Assistant {
     return sequence.length - same;
   }
 
-  /** Records a drafted token's time (a forward of a token or two and its read). */
-  observeDraftToken(ms: number): void {
-    const old = this.draftTokenMs;
-    this.draftTokenMs = old === undefined ? ms : old + DRAFT_COST_SMOOTHING * (ms - old);
-  }
+
 
   rollBack(length: number): void {
     this.session.truncate(length);
@@ -286,8 +328,10 @@ export class Assistant {
   }
 }
 
-/** Weight of a new timing in the draft's running mean per drafted token. */
-const DRAFT_COST_SMOOTHING = 0.3;
+/** The most calls the 'measured' schedule skips between probes of a draft model that does not pay. */
+const MAX_SKIPPED_CALLS = 16;
+/** A probe waits for a call whose sequence the draft catches up on in at most this many of the model's one-token steps. */
+const MAX_PROBE_CATCH_UP = 2;
 
 /**
  * Draft K, verify them in the sequence's next step, keep the accepted prefix and one
@@ -315,30 +359,34 @@ class SpeculativeSource implements TokenSource {
     /** Where a 'heuristic' schedule keeps k for the next call. */
     private readonly carry: ((k: number) => void) | undefined,
     /** The 'measured' schedule: k is then the longest draft, and the planner picks each one's length. */
-    private readonly measured: { planner: DraftLengthPlanner; costs: StepCosts } | undefined,
+    private readonly measured: { costs: StepCosts; plannerFor: (sequence: readonly number[]) => DraftLengthPlanner } | undefined,
   ) {}
+
+  /** The 'measured' schedule's planner, made at the first step (it looks at the sequence). */
+  private planner: DraftLengthPlanner | undefined;
 
   /** A drafted token's cost in the target's one-token steps, once both have been timed. */
   private draftCost(): number | undefined {
     const one = this.measured?.costs.estimate(1);
-    const ms = this.draft.draftTokenMs;
+    const ms = this.draft.draftTokenCost.ms;
     return one !== undefined && ms !== undefined ? ms / one : undefined;
   }
 
   /** The most tokens the next draft may hold (it may stop earlier, unsure). */
-  private draftLength(max: number): number {
+  private draftLength(sequence: readonly number[], max: number): number {
     // K drafted + 1 model token never exceed what the loop still wants, which also keeps
     // both caches inside their context (the loop's budget accounts for it).
     const most = Math.max(0, Math.min(this.k, max - 1));
-    if (!this.measured) return most;
+    if (!this.measured || most === 0) return most;
+    this.planner ??= this.measured.plannerFor(sequence);
     const cost = this.draftCost();
     // One token first, which times the draft without staking a long draft on a guess.
-    return cost === undefined ? Math.min(1, most) : this.measured.planner.next(most, cost);
+    return cost === undefined ? Math.min(1, most) : this.planner.next(most, cost);
   }
 
   async plan(sequence: readonly number[], max: number): Promise<{ tokens: number[]; logits: 'all' }> {
     const { cfg, rng, vocabSize } = this;
-    const K = (this.lastK = this.draftLength(max));
+    const K = (this.lastK = this.draftLength(sequence, max));
     const threshold = cfg.assistant_confidence_threshold;
     this.drafted = [];
     this.q = [];
@@ -347,8 +395,10 @@ class SpeculativeSource implements TokenSource {
       const t0 = performance.now();
       const ran = this.draft.advance(prefix);
       const { dist, confidence } = await draftDistributionAt(this.draft.session, cfg, vocabSize, prefix, threshold > 0);
-      // A draft step over more tokens is catching up on the prompt: not a drafted token's cost.
-      if (ran <= 2) this.draft.observeDraftToken(performance.now() - t0);
+      // A draft step over more tokens is catching up on the sequence: not a drafted token's cost.
+      const ms = performance.now() - t0;
+      if (ran <= 2) this.draft.draftTokenCost.observe(ms);
+      else this.draft.catchUpTokenCost.observe(ms / ran);
       const token = draw(dist, rng);
       this.q.push(dist);
       this.drafted.push(token);
@@ -368,9 +418,9 @@ class SpeculativeSource implements TokenSource {
       this.steps++;
       this.draftedTotal += K;
       this.acceptedTotal += verdict.accepted;
-      if (this.measured) {
-        this.measured.planner.observe(K, verdict.accepted, this.draftCost());
-        this.draft.plannerState = this.measured.planner.state;
+      if (this.planner) {
+        this.planner.observe(K, verdict.accepted, this.draftCost());
+        this.draft.plannerState = this.planner.state;
       } else if (cfg.num_assistant_tokens_schedule !== 'constant') {
         this.k = nextNumAssistantTokens(this.k, K, verdict.accepted);
         this.carry?.(this.k);

@@ -70,20 +70,26 @@ print(json.dumps(out))`;
 });
 
 describe('StepCosts and DraftLengthPlanner', () => {
-  it('estimates untimed step sizes from the timed ones', () => {
+  it('estimates untimed step sizes from the timed ones; a first step (compiling) and stalls count little', () => {
     const c = new StepCosts();
     expect(c.estimate(3)).toBeUndefined();
     expect(c.relative(3)).toBeCloseTo(1.2);
+    c.observe(1, 500); // the first step of a size compiles its kernels: not counted
+    expect(c.estimate(1)).toBeUndefined();
     c.observe(1, 10);
     expect(c.estimate(1)).toBe(10);
     expect(c.estimate(3)).toBeCloseTo(12); // the prior's slope from the one timed size
+    c.observe(5, 1);
     c.observe(5, 30);
     expect(c.estimate(3)).toBeCloseTo(20); // between 1 and 5
     expect(c.estimate(9)).toBeCloseTo(50); // along the line through them
     expect(c.relative(5)).toBeCloseTo(3);
     c.observe(5, 40); // a running mean
     expect(c.estimate(5)).toBeCloseTo(33);
+    c.observe(5, 1e6); // a stall moves it as a doubling would
+    expect(c.estimate(5)).toBeCloseTo(33 + 0.3 * 33);
     c.observe(0, 5);
+    c.observe(2, 5);
     c.observe(2, Number.NaN);
     expect(c.timed.map(([n]) => n)).toEqual([1, 5]);
   });
@@ -97,7 +103,7 @@ describe('StepCosts and DraftLengthPlanner', () => {
   /** Steps that cost `perToken` one-token steps per extra token. */
   const linear = (perToken: number) => {
     const c = new StepCosts();
-    for (let n = 1; n <= 16; n++) c.observe(n, 10 * (1 + perToken * (n - 1)));
+    for (let n = 1; n <= 16; n++) for (let i = 0; i < 2; i++) c.observe(n, 10 * (1 + perToken * (n - 1)));
     return c;
   };
 
@@ -129,13 +135,22 @@ describe('StepCosts and DraftLengthPlanner', () => {
     expect(p.next(8)).toBeGreaterThan(1);
   });
 
-  it('never drafts when no length could pay even with every token accepted', () => {
-    const p = new DraftLengthPlanner(linear(0.1));
-    for (let i = 0; i < 10; i++) p.observe(4, 4);
-    expect(p.next(8, 0)).toBeGreaterThan(0);
-    // A draft token costing as much as a model step: (K + 1) / (c(K + 1) + K) < 1 for every K.
-    expect(p.couldPay(8, 1)).toBe(false);
-    expect(Array.from({ length: 100 }, () => p.next(8, 1)).every((k) => k === 0)).toBe(true);
+  it("a model draft's pause lasts the call; a later call starts paused or with a probe", () => {
+    const costs = linear(0.1);
+    const events: string[] = [];
+    const hooks = { onPause: () => events.push('pause'), onProbe: (paid: boolean) => events.push(paid ? 'paid' : 'failed') };
+    const bad = { accepted: 0.1, trials: 10 };
+    const p = new DraftLengthPlanner(costs, { start: bad, pauseForGood: true, ...hooks });
+    expect(Array.from({ length: 100 }, () => p.next(8, 0.5)).every((k) => k === 0)).toBe(true);
+    expect(events).toEqual(['pause']);
+    const skipped = new DraftLengthPlanner(costs, { start: { accepted: 10, trials: 10 }, paused: true, pauseForGood: true });
+    expect(skipped.next(8)).toBe(0);
+    const probe = new DraftLengthPlanner(costs, { start: bad, probeFirst: true, pauseForGood: true, ...hooks });
+    const k = probe.next(8, 0.5);
+    expect(k).toBeGreaterThan(0);
+    probe.observe(k, 0, 0.5);
+    expect(probe.next(8, 0.5)).toBe(0);
+    expect(events).toEqual(['pause', 'failed', 'pause']);
   });
 });
 
