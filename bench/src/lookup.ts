@@ -3,9 +3,11 @@
 // decoded plainly, with prompt lookup and with a self-q4 draft, greedy, every drafter on the
 // 'measured' schedule (draft lengths from the loop's measured step costs).
 //
-// Input-grounded: the target's own greedy reply R to an opening O is put in the prompt as a
-// text to continue, O + R + O, so the reply repeats R (a summary or edit that copies its
-// input). Open-ended: other openings, nothing to copy from but the reply itself.
+// Input-grounded: the target's own greedy reply R to an opening O is put in the prompt twice
+// as a text to continue, O + R + O + R + O, so the reply repeats R (a summary or edit that
+// copies its input). Open-ended: other openings, nothing to copy from but the reply itself.
+// Every run is timed in steady state: after a run of the same prompt and settings, so the
+// loop has measured the step sizes that path uses (as a long-running server has).
 // stories260K (a trained model) is prompted with text; a target without a tokenizer (the
 // dense bench model, random weights) with id prompts.
 
@@ -44,8 +46,8 @@ export async function runLookup(o: LookupOptions): Promise<BenchRow[]> {
 async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
   const gpu = await getGpu();
   const hasTokenizer = existsSync(join(dir, 'tokenizer.json'));
-  // The grounded prompt holds an opening and a reply twice; the run adds another reply.
-  const maxContext = 3 * (o.decodeTokens + 32) + 16;
+  // The grounded prompt holds an opening and a reply twice and the opening again; the run adds another reply.
+  const maxContext = 4 * (o.decodeTokens + 32) + 16;
   const target = await loadModel(dir, { gpu, maxContext });
   const rows: BenchRow[] = [];
   try {
@@ -60,14 +62,13 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
     const opening = openings[0]!;
     const reply = (await run(opening, base)).tokenIds;
     const continuation = hasTokenizer ? tokenizer.encode(TEXT_OPENINGS[0]!, { addSpecialTokens: false }) : opening;
-    const prompts: Record<Task, number[][]> = { grounded: [[...opening, ...reply, ...continuation]], open: openings.slice(1) };
+    const prompts: Record<Task, number[][]> = { grounded: [[...opening, ...reply, ...continuation, ...reply, ...continuation]], open: openings.slice(1) };
 
-    /** Every prompt of a task, each timed from the cached prompt (a one-token call caches it). */
+    /** Every prompt of a task, each timed from the cached prompt, after an untimed run of the same. */
     const measure = async (task: Task, c: GenerationConfig, assistant?: Assistant) => {
-      await run(prompts[task][0]!.slice(0, 8), { ...c, max_new_tokens: 8 }, assistant); // compiles what this path uses
       const runs: GenerationResult[] = [];
       for (const p of prompts[task]) {
-        await run(p, { max_new_tokens: 1 }, assistant);
+        await run(p, c, assistant);
         runs.push(await run(p, c, assistant));
       }
       const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);

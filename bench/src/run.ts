@@ -215,8 +215,8 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
     if (s === 'lookup')
       out.push(
         '',
-        `By task: grounded = the prompt holds an opening, the target's own greedy reply to it and the opening again, so the reply repeats text of its prompt; open = other openings. ` +
-          `Prompts cached when timing starts; prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task.`,
+        `By task: grounded = the prompt holds an opening and the target's own greedy reply to it, twice, then the opening again, so the reply repeats text of its prompt; open = other openings. ` +
+          `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured); prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task.`,
       );
     if (s === 'serve') {
       const extra = o.serve.serveArgs.length ? ` (with ${o.serve.serveArgs.join(' ')})` : '';

@@ -6,9 +6,10 @@
 // It drives packages/chat's Generator and Assistant on token ids, so a folder needs
 // no tokenizer: one with a tokenizer.json (stories260K) is prompted with text through it;
 // others get id prompts and a stand-in tokenizer of one token per id (the loop only
-// detokenizes with it). Decode speed: tokens of a run ÷ its time, where every run starts
-// with the prompt already cached (a first call of one token fills both caches), so plain
-// and assisted runs time the same work: from the last prompt token to the budget.
+// detokenizes with it). Decode speed: tokens of a run ÷ its time, where every timed run
+// follows an untimed run of the same prompt and settings (the prompt is cached, the loop has
+// measured the step sizes the path uses), so plain and assisted runs time the same work: from
+// the last prompt token to the budget.
 
 import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -79,14 +80,11 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
       { name: `first ${layers} of ${target.info.config.num_hidden_layers} layers`, load: () => loadModel(dir, { gpu, maxContext, numLayers: layers }) },
     ];
     const cfg = resolveGenerationConfig({ max_new_tokens: o.decodeTokens, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'measured' });
-    const first = resolveGenerationConfig({ max_new_tokens: 1 });
-    const warm = resolveGenerationConfig({ max_new_tokens: 8, num_assistant_tokens: o.k });
-    /** Every prompt, each timed from the cached prompt; with `assistant`, assisted. */
+    /** Every prompt, each timed from the cached prompt after an untimed run of the same (which compiles and measures what the path uses); with `assistant`, assisted. */
     const measure = async (assistant?: Assistant) => {
-      await run(prompts[0]!, warm, assistant); // compiles the pipelines this path uses
       const runs: GenerationResult[] = [];
       for (const p of prompts) {
-        await run(p, first, assistant);
+        await run(p, cfg, assistant);
         runs.push(await run(p, cfg, assistant));
       }
       const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);
