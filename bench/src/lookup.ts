@@ -9,14 +9,19 @@
 // Every run is timed in steady state: after a run of the same prompt and settings, so the
 // loop has measured the step sizes that path uses (as a long-running server has).
 // stories260K (a trained model) is prompted with text; a target without a tokenizer (the
-// dense bench model, random weights) with id prompts.
+// dense bench model, random weights) with id prompts. Neither copies much: the trained model
+// is tiny and the random one drifts. markovModel() is the dense model's shape made to copy:
+// its attention output is zero and its LM head untied, so each token is a fixed function of
+// the one before, and a text of the prompt that starts where the reply stands is reproduced
+// exactly (the cost of every step is the dense model's: the same shapes and kernels).
 
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { directorySource, getGpu, loadModel } from '@webgpu-chat/engine';
 import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationConfig, type GenerationResult } from '../../packages/chat/src/index.ts';
-import { benchPrompt, engineName, folderName } from './engine-run.ts';
+import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
+import { BENCH_CACHE, benchPrompt, engineName, folderName, QWEN25_05B } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
 import { idTokenizer } from './speculative.ts';
 
@@ -36,6 +41,38 @@ const TEXT_OPENINGS = ['Once upon a time', 'The little dog', 'Lily and Ben went 
 const ID_OPENING_TOKENS = 16;
 
 type Task = 'grounded' | 'open';
+
+/** The Qwen2.5-0.5B-shaped folder that copies (see the file's head), written on first use. */
+export function markovModel(): string {
+  const dir = join(BENCH_CACHE, 'qwen2.5-0.5b-shaped-markov-bf16');
+  const file = join(dir, 'model.safetensors');
+  if (existsSync(file)) return dir;
+  mkdirSync(dir, { recursive: true });
+  process.stderr.write(`bench: writing a Qwen2.5-0.5B-shaped model with zero attention output and an untied head to ${dir} (once)\n`);
+  writeGeneratedModel({ modelType: 'qwen2', dtype: 'bfloat16', seed: 2, scale: 0.02, config: { ...QWEN25_05B, tie_word_embeddings: false }, dir });
+  zeroTensors(file, /self_attn\.o_proj\.weight$/);
+  return dir;
+}
+
+/** Overwrites the data of every tensor whose name matches with zeros, in place. */
+function zeroTensors(file: string, name: RegExp): void {
+  const fd = openSync(file, 'r+');
+  try {
+    const len = Buffer.alloc(8);
+    readSync(fd, len, 0, 8, 0);
+    const headerLength = Number(len.readBigUInt64LE());
+    const header = Buffer.alloc(headerLength);
+    readSync(fd, header, 0, headerLength, 8);
+    const tensors = JSON.parse(header.toString('utf8')) as Record<string, { data_offsets?: [number, number] }>;
+    for (const [key, t] of Object.entries(tensors)) {
+      if (!name.test(key) || !t.data_offsets) continue;
+      const [start, end] = t.data_offsets;
+      writeSync(fd, Buffer.alloc(end - start), 0, end - start, 8 + headerLength + start);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export async function runLookup(o: LookupOptions): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];

@@ -12,7 +12,7 @@ import { benchGguf, LLAMA_BACKENDS, runLlamaCpp, type LlamaBackend } from './lla
 import { moeBenchModels } from './moe-models.ts';
 import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
 import { PREFIX_NEW_TOKENS, runServeLoad, SHARED_PREFIX_TOKENS, type ServeLoadOptions } from './serve-load.ts';
-import { runLookup } from './lookup.ts';
+import { markovModel, runLookup } from './lookup.ts';
 import { runSpeculative } from './speculative.ts';
 
 export class BenchArgsError extends Error {
@@ -153,7 +153,8 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   }
   if (o.sections.includes('lookup')) {
     const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
-    report.rows.push(...(await runLookup({ targets: [...stories, denseModel()], decodeTokens: o.decodeTokens, lookupTokens: o.lookupTokens, k: o.k })));
+    const dense = o.model ? [o.model] : [benchModel(), markovModel()];
+    report.rows.push(...(await runLookup({ targets: [...stories, ...dense], decodeTokens: o.decodeTokens, lookupTokens: o.lookupTokens, k: o.k })));
   }
   if (o.sections.includes('serve')) {
     for (const f of o.serve.formats) report.rows.push(...(await runServeLoad(denseModel(), f, o.serve)));
@@ -215,7 +216,7 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
     if (s === 'lookup')
       out.push(
         '',
-        `By task: grounded = the prompt holds an opening and the target's own greedy reply to it, twice, then the opening again, so the reply repeats text of its prompt; open = other openings. ` +
+        `By task (qwen2.5-0.5b-shaped-markov: the dense model's shape with zero attention output and an untied head, so each token is a fixed function of the one before and the reply reproduces text of its prompt). grounded = the prompt holds an opening and the target's own greedy reply to it, twice, then the opening again, so the reply repeats text of its prompt; open = other openings. ` +
           `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured); prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task.`,
       );
     if (s === 'serve') {

@@ -60,9 +60,12 @@ export class StepCosts {
   }
 
   /**
-   * Estimated milliseconds of a step over n tokens: its own mean, else interpolated between
-   * the nearest timed sizes, else extended along the line through the smallest and largest
-   * (or the prior's slope when one size is timed). Undefined before any step was timed.
+   * Estimated milliseconds of a step over n tokens: its own mean once timed. An untimed size
+   * is estimated optimistically, so that it gets tried and timed: from the nearest smaller
+   * timed size along the prior's slope (but no more than the interpolation to the nearest
+   * larger one), since costs can jump between sizes (a software adapter runs steps of more
+   * than 8 rows on another kernel) and a straight line would hide the cheap sizes below a
+   * jump. Undefined before any step was timed.
    */
   estimate(n: number): number | undefined {
     const own = this.costs.get(n)?.ms;
@@ -72,12 +75,9 @@ export class StepCosts {
     const prior = (k: number) => 1 + PRIOR_EXTRA_TOKEN_COST * (k - 1);
     const below = known.filter(([k]) => k < n).at(-1);
     const above = known.find(([k]) => k > n);
-    if (below && above) return below[1] + ((above[1] - below[1]) * (n - below[0])) / (above[0] - below[0]);
-    if (above) return (above[1] * prior(n)) / prior(above[0]);
-    const [first, last] = [known[0]!, known.at(-1)!];
-    if (first[0] === last[0]) return (last[1] * prior(n)) / prior(last[0]);
-    const slope = Math.max(0, (last[1] - first[1]) / (last[0] - first[0]));
-    return last[1] + slope * (n - last[0]);
+    if (!below) return (above![1] * prior(n)) / prior(above![0]);
+    const hopeful = (below[1] * prior(n)) / prior(below[0]);
+    return above ? Math.min(hopeful, below[1] + ((above[1] - below[1]) * (n - below[0])) / (above[0] - below[0])) : hopeful;
   }
 
   /** A step over n tokens in one-token steps (the prior's ratio before anything was timed). */

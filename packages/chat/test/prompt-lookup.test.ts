@@ -81,17 +81,24 @@ describe('StepCosts and DraftLengthPlanner', () => {
     expect(c.estimate(3)).toBeCloseTo(12); // the prior's slope from the one timed size
     c.observe(5, 1);
     c.observe(5, 30);
-    expect(c.estimate(3)).toBeCloseTo(20); // between 1 and 5
-    expect(c.estimate(9)).toBeCloseTo(50); // along the line through them
+    expect(c.estimate(3)).toBeCloseTo(12); // hopeful: from 1 along the prior's slope
+    expect(c.estimate(9)).toBeCloseTo((30 * 1.8) / 1.4); // from 5 along the prior's slope
     expect(c.relative(5)).toBeCloseTo(3);
     c.observe(5, 40); // a running mean
     expect(c.estimate(5)).toBeCloseTo(33);
     c.observe(5, 1e6); // a stall moves it as a doubling would
     expect(c.estimate(5)).toBeCloseTo(33 + 0.3 * 33);
     c.observe(0, 5);
-    c.observe(2, 5);
-    c.observe(2, Number.NaN);
+    c.observe(3, 5);
+    c.observe(3, Number.NaN);
     expect(c.timed.map(([n]) => n)).toEqual([1, 5]);
+
+    // Costs that jump past 8 tokens: sizes below the jump are not priced along the line to it.
+    const j = new StepCosts();
+    for (const [n, ms] of [[1, 10], [8, 16], [11, 60]] as const) for (let i = 0; i < 2; i++) j.observe(n, ms);
+    expect(j.estimate(4)).toBeCloseTo(10 + (6 * 3) / 7); // the line from 1 to 8 is below the hopeful guess
+    expect(j.estimate(9)).toBeCloseTo((16 * 1.8) / 1.7); // hopeful from 8, far below the line to 11
+    expect(j.estimate(12)).toBeCloseTo((60 * 2.1) / 2.0);
   });
 
   it('expected tokens of a draft: the accepted run plus the model\'s own', () => {
