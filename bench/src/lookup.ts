@@ -7,7 +7,9 @@
 // as a text to continue, O + R + O + R + O, so the reply repeats R (a summary or edit that
 // copies its input). Open-ended: other openings, nothing to copy from but the reply itself.
 // Every run is timed in steady state: after a run of the same prompt and settings, so the
-// loop has measured the step sizes that path uses (as a long-running server has).
+// loop has measured the step sizes that path uses (as a long-running server has). The timed
+// runs of plain decoding and the drafters take turns, prompt by prompt, ROUNDS times, so a
+// drift in the machine's load (other processes share its cores) weighs on all of them alike.
 // stories260K (a trained model) is prompted with text; a target without a tokenizer (the
 // dense bench model, random weights) with id prompts. Neither copies much: the trained model
 // is tiny and the random one drifts. markovModel() is the dense model's shape made to copy:
@@ -41,6 +43,8 @@ const TEXT_OPENINGS = ['Once upon a time', 'The little dog', 'Lily and Ben went 
 const ID_OPENING_TOKENS = 16;
 
 type Task = 'grounded' | 'open';
+/** Timed runs of each prompt and drafter, taken in turns. */
+const ROUNDS = 2;
 
 /** The Qwen2.5-0.5B-shaped folder that copies (see the file's head), written on first use. */
 export function markovModel(): string {
@@ -101,29 +105,24 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
     const continuation = hasTokenizer ? tokenizer.encode(TEXT_OPENINGS[0]!, { addSpecialTokens: false }) : opening;
     const prompts: Record<Task, number[][]> = { grounded: [[...opening, ...reply, ...continuation, ...reply, ...continuation]], open: openings.slice(1) };
 
-    /** Every prompt of a task, each timed from the cached prompt, after an untimed run of the same. */
-    const measure = async (task: Task, c: GenerationConfig, assistant?: Assistant) => {
-      const runs: GenerationResult[] = [];
-      for (const p of prompts[task]) {
-        await run(p, c, assistant);
-        runs.push(await run(p, c, assistant));
-      }
-      const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);
-      const seconds = runs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000;
-      return { runs, tokens, tokensPerSecond: tokens / seconds };
-    };
-
     const q4 = await loadModel(dir, { gpu, maxContext, dtype: target.info.dtype, quantize: 'q4' });
     const assistant = Assistant.open({ model: target, maxContext, tokenizer }, { model: q4 });
+    const drafters: { name: string; bytes: number; config: GenerationConfig; assistant?: Assistant }[] = [
+      { name: 'none (plain)', bytes: 0, config: base },
+      { name: `prompt lookup (${o.lookupTokens})`, bytes: 0, config: { ...base, prompt_lookup_num_tokens: o.lookupTokens } },
+      { name: 'self-q4', bytes: q4.info.bytesPerToken, config: { ...base, num_assistant_tokens: o.k }, assistant },
+    ];
     try {
       for (const task of ['grounded', 'open'] as const) {
-        const plain = await measure(task, base);
-        const drafters = [
-          { name: `prompt lookup (${o.lookupTokens})`, bytes: 0, spec: () => measure(task, { ...base, prompt_lookup_num_tokens: o.lookupTokens }) },
-          { name: 'self-q4', bytes: q4.info.bytesPerToken, spec: () => measure(task, { ...base, num_assistant_tokens: o.k }, assistant) },
-        ];
-        rows.push(row(task, 'none (plain)', 0, plain, plain));
-        for (const d of drafters) rows.push(row(task, d.name, d.bytes, await d.spec(), plain));
+        // An untimed run of each (compiles, caches the prompt, measures step costs), then the timed ones in turns.
+        for (const p of prompts[task]) for (const d of drafters) await run(p, d.config, d.assistant);
+        const runs = drafters.map((): GenerationResult[] => []);
+        for (let r = 0; r < ROUNDS; r++) for (const p of prompts[task]) for (const [i, d] of drafters.entries()) runs[i]!.push(await run(p, d.config, d.assistant));
+        const measured = runs.map((rs): Measured => {
+          const tokens = rs.reduce((s, x) => s + x.stats.newTokens, 0);
+          return { runs: rs, tokens, tokensPerSecond: tokens / (rs.reduce((s, x) => s + x.stats.totalMs, 0) / 1000) };
+        });
+        drafters.forEach((d, i) => rows.push(row(task, d.name, d.bytes, measured[i]!, measured[0]!)));
       }
     } finally {
       assistant.dispose();
