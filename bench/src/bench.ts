@@ -2,7 +2,7 @@
 //
 //   pnpm bench [--dtype bf16,f32,q8,q4] [--quantize q8,q4] [--prompt 128] [--decode 64] [--model DIR]
 //              [--profile] [--compare [--gguf f16,q8_0,q4_0] [--llama vulkan,cpu]]
-//              [--families [--family-model DIR,DIR]] [--moe [--moe-model DIR,DIR]] [--speculative [--k 4]]
+//              [--families [--family-model DIR,DIR]] [--moe [--moe-model DIR,DIR]] [--speculative [--k 4]] [--lookup [--lookup-tokens 10]]
 //              [--serve [--streams 8] [--prompt-tokens 16] [--new-tokens 48] [--serve-args "FLAGS"]]
 //              [--constrained] [--dense] [--families] [--all] [--json]
 //
@@ -24,6 +24,9 @@
 // --speculative: plain vs assisted greedy decoding on the dense model, stories260K (when
 //   bundled and no --model) and the Qwen3-MoE-shaped model, each with a self-q4 draft and a
 //   truncated-layer copy: acceptance rate and mean accepted tokens per step.
+// --lookup: plain vs prompt lookup vs self-q4 on an input-grounded prompt (the reply repeats
+//   text of the prompt) and open-ended ones, on stories260K, the dense model and the dense
+//   shape made to copy (bench/src/lookup.ts): tokens/s, acceptance, accepted per step.
 // --serve: a load run against `pnpm serve` on the dense model (bf16 unless --dtype/--quantize
 //   name formats), as vLLM's `bench serve`: --streams streamed greedy requests of id prompts
 //   one after another, then all at once (output tok/s, TTFT and per-token ITL p50/p90, the
@@ -32,7 +35,7 @@
 //   passes flags on to serve (e.g. "--parallel 8").
 // --constrained: decode tok/s of the dense model with a JSON-schema constraint against none
 //   (greedy and sampled), the mask's time per token, and the logits row read-back it needs.
-// Naming --families, --moe, --speculative, --constrained or --serve alone runs only those; --dense, --compare, --profile,
+// Naming --families, --moe, --speculative, --lookup, --constrained or --serve alone runs only those; --dense, --compare, --profile,
 // and --dtype or --quantize without --serve add the dense table back; --all runs everything
 // (with --compare).
 // Each engine is warmed up with the timed shapes, prefill is timed 3 times (the median is shown),

@@ -1,8 +1,8 @@
 // The one row type every bench section produces, and the one table printer: each section's
 // table shows the columns its rows fill in.
 
-/** Which part of the bench a row belongs to (pnpm bench [--dense] [--families] [--moe] [--speculative] [--serve] [--constrained]). */
-export type Section = 'dense' | 'families' | 'moe' | 'speculative' | 'serve' | 'constrained';
+/** Which part of the bench a row belongs to (pnpm bench [--dense] [--families] [--moe] [--speculative] [--lookup] [--constrained] [--serve]). */
+export type Section = 'dense' | 'families' | 'moe' | 'speculative' | 'lookup' | 'constrained' | 'serve';
 
 /** A JSON-schema constrained decode against the same model's plain decode (pnpm bench --constrained). */
 export interface ConstrainedFigures {
@@ -22,11 +22,13 @@ export interface ConstrainedFigures {
 }
 
 export interface SpeculativeFigures {
+  /** --lookup rows: an input-grounded prompt (the reply repeats part of it) or an open-ended one. */
+  task?: 'grounded' | 'open';
   /** 'self-q4' (the target's weights quantized to q4) or 'first N layers' of the target. */
   draft: string;
   /** Bytes of weights one draft step reads. */
   draftBytesPerToken: number;
-  /** The draft length the heuristic schedule starts from. */
+  /** The longest draft (num_assistant_tokens, or prompt_lookup_num_tokens): the 'measured' schedule chooses each length up to it. */
   numAssistantTokens: number;
   /** Plain greedy decoding of the same target, prompts and token budget. */
   plainDecodeTokensPerSecond: number;
@@ -130,6 +132,7 @@ const COLUMNS: Column[] = [
   { header: 'engine', cell: (r) => r.engine },
   { header: 'model', cell: (r) => r.model },
   { header: 'format', cell: (r) => r.format },
+  { header: 'task', cell: (r) => r.speculative?.task },
   { header: 'draft', cell: (r) => r.speculative?.draft },
   { header: 'phase', cell: (r) => r.serve?.phase },
   { header: 'requests', cell: (r) => r.serve?.requests.toString() },

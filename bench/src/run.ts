@@ -13,6 +13,7 @@ import { moeBenchModels } from './moe-models.ts';
 import { familyBenchModels } from './family-models.ts';
 import { formatProfile, formatTable, type BenchRow, type Section } from './rows.ts';
 import { PREFIX_NEW_TOKENS, runServeLoad, SHARED_PREFIX_TOKENS, type ServeLoadOptions } from './serve-load.ts';
+import { markovModel, runLookup } from './lookup.ts';
 import { runSpeculative } from './speculative.ts';
 import { runConstrained } from './constrained.ts';
 
@@ -39,8 +40,10 @@ export interface BenchOptions {
   compare: boolean;
   ggufFormats: GgufFormat[];
   llamaBackends: LlamaBackend[];
-  /** num_assistant_tokens the speculative rows start from. */
+  /** num_assistant_tokens of the speculative rows: the longest draft. */
   k: number;
+  /** prompt_lookup_num_tokens of the --lookup rows. */
+  lookupTokens: number;
   /** The load run against serve, once per format (on the dense model). */
   serve: ServeLoadOptions & { formats: BenchFormat[] };
   json: boolean;
@@ -56,8 +59,8 @@ export interface BenchReport {
 }
 
 const DTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8', 'q4'];
-const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--family-model', '--gguf', '--llama', '--k', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
-const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--families', '--moe', '--speculative', '--serve', '--constrained', '--all'];
+const VALUE_FLAGS = ['--dtype', '--quantize', '--prompt', '--decode', '--model', '--moe-model', '--family-model', '--gguf', '--llama', '--k', '--lookup-tokens', '--streams', '--prompt-tokens', '--new-tokens', '--serve-args'];
+const SWITCHES = ['--json', '--profile', '--compare', '--dense', '--families', '--moe', '--speculative', '--lookup', '--serve', '--constrained', '--all'];
 /** A flag whose value is itself flags (for serve). */
 const PASSED_THROUGH = '--serve-args';
 
@@ -98,12 +101,13 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const formatsNamed = values.has('--dtype') || values.has('--quantize');
   const denseAsked = all || switches.has('--dense') || switches.has('--compare') || switches.has('--profile') || (formatsNamed && !serve);
   const sections: Section[] = [];
-  const onlyOthers = switches.has('--moe') || switches.has('--speculative') || switches.has('--families') || switches.has('--constrained') || serve;
+  const onlyOthers = switches.has('--moe') || switches.has('--speculative') || switches.has('--families') || switches.has('--lookup') || switches.has('--constrained') || serve;
   if (denseAsked || !onlyOthers) sections.push('dense');
   // The other families' rows come with the default table, and on their own with --families.
   if (all || switches.has('--families') || !onlyOthers) sections.push('families');
   if (all || switches.has('--moe')) sections.push('moe');
   if (all || switches.has('--speculative')) sections.push('speculative');
+  if (all || switches.has('--lookup')) sections.push('lookup');
   if (all || switches.has('--constrained')) sections.push('constrained');
   if (serve) sections.push('serve');
   const model = values.get('--model');
@@ -123,6 +127,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     ggufFormats: ggufFormats as GgufFormat[],
     llamaBackends: llamaBackends as LlamaBackend[],
     k: count('--k', 4, 1),
+    lookupTokens: count('--lookup-tokens', 10, 1),
     serve: {
       formats: (formatsNamed ? formats : ['bf16']) as BenchFormat[],
       streams: count('--streams', 8, 1),
@@ -161,6 +166,11 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
     const targets = [denseModel(), ...stories, moeModels().at(-1)!];
     report.rows.push(...(await runSpeculative({ targets, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, k: o.k })));
+  }
+  if (o.sections.includes('lookup')) {
+    const stories = !o.model && existsSync(join(BUNDLED_MODEL, 'model.safetensors')) ? [BUNDLED_MODEL] : [];
+    const dense = o.model ? [o.model] : [benchModel(), markovModel()];
+    report.rows.push(...(await runLookup({ targets: [...stories, ...dense], decodeTokens: o.decodeTokens, lookupTokens: o.lookupTokens, k: o.k })));
   }
   if (o.sections.includes('constrained')) report.rows.push(...(await runConstrained({ dir: denseModel(), decodeTokens: o.decodeTokens })));
   if (o.sections.includes('serve')) {
@@ -201,25 +211,32 @@ const TITLES: Record<Section, string> = {
   families: 'Other families: Gemma 3 270M-shaped, Phi-3-mini-shaped (4 of 32 layers)',
   moe: 'Mixture of experts (bf16): decode reads only the selected experts',
   speculative: 'Speculative decoding (greedy): plain vs assisted on the same target',
+  lookup: 'Speculative decoding by task (greedy): plain vs prompt lookup vs self-q4, input-grounded and open-ended prompts',
   serve: 'Serving under load: streamed /v1/completions against pnpm serve',
   constrained: 'Constrained decoding: a JSON schema against none, same model and prompt',
 };
 
 /** The printed report: one table per section, then the step profiles and what was skipped. */
-export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k' | 'serve'>): string {
+export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens' | 'decodeTokens' | 'k' | 'lookupTokens' | 'serve'>): string {
   const out: string[] = [];
   const la = r.loadAtStart.map((x) => x.toFixed(2)).join(', ');
   const lengths = r.rows.some((x) => x.section !== 'serve') ? `; ${o.promptTokens}-token prompt, ${o.decodeTokens} decoded tokens` : '';
   out.push(`${describeGpu(r.adapter)}; load average at start ${la}${lengths}.`);
   out.push(`"2-core est." = tokens per CPU-second x ${CORES}; load = 1-minute load average when the row finished.`);
-  for (const s of ['dense', 'families', 'moe', 'speculative', 'constrained', 'serve'] as const) {
+  for (const s of ['dense', 'families', 'moe', 'speculative', 'lookup', 'constrained', 'serve'] as const) {
     const rows = r.rows.filter((x) => x.section === s);
     if (!rows.length) continue;
     out.push('', `## ${TITLES[s]}`, '', formatTable(rows));
     if (s === 'speculative')
       out.push(
         '',
-        `Speculative: prompts of at most 32 tokens, already cached when timing starts; K starts at ${o.k} (heuristic schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
+        `Speculative: prompts of at most 32 tokens, already cached when timing starts; drafts of up to ${o.k} tokens, each length chosen from measured step costs and the running acceptance (the 'measured' schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft.`,
+      );
+    if (s === 'lookup')
+      out.push(
+        '',
+        `By task (qwen2.5-0.5b-shaped-markov: the dense model's shape with zero attention output and an untied head, so each token is a fixed function of the one before and the reply reproduces text of its prompt). grounded = the prompt holds an opening and the target's own greedy reply to it, twice, then the opening again, so the reply repeats text of its prompt; open = other openings. ` +
+          `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured), plain and drafters in turns, each prompt twice; prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task.`,
       );
     if (s === 'constrained')
       out.push(

@@ -6,9 +6,10 @@
 // It drives packages/chat's Generator and Assistant on token ids, so a folder needs
 // no tokenizer: one with a tokenizer.json (stories260K) is prompted with text through it;
 // others get id prompts and a stand-in tokenizer of one token per id (the loop only
-// detokenizes with it). Decode speed: tokens of a run ÷ its time, where every run starts
-// with the prompt already cached (a first call of one token fills both caches), so plain
-// and assisted runs time the same work: from the last prompt token to the budget.
+// detokenizes with it). Decode speed: tokens of a run ÷ its time, where every timed run
+// follows an untimed run of the same prompt and settings (the prompt is cached, the loop has
+// measured the step sizes the path uses), so plain and assisted runs time the same work: from
+// the last prompt token to the budget; plain and assisted runs take turns.
 
 import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -31,7 +32,7 @@ export interface SpeculativeOptions {
   promptTokens: number;
   /** Token budget of each run (EOS can end one earlier, the same way in both paths). */
   decodeTokens: number;
-  /** num_assistant_tokens the heuristic schedule starts from. */
+  /** num_assistant_tokens: the longest draft the 'measured' schedule chooses. */
   k: number;
 }
 
@@ -78,28 +79,32 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
       { name: 'self-q4', load: () => loadModel(dir, { gpu, maxContext, dtype: target.info.dtype, quantize: 'q4' }) },
       { name: `first ${layers} of ${target.info.config.num_hidden_layers} layers`, load: () => loadModel(dir, { gpu, maxContext, numLayers: layers }) },
     ];
-    const cfg = resolveGenerationConfig({ max_new_tokens: o.decodeTokens, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'heuristic_transient' });
-    const first = resolveGenerationConfig({ max_new_tokens: 1 });
-    const warm = resolveGenerationConfig({ max_new_tokens: 8, num_assistant_tokens: o.k });
-    /** Every prompt, each timed from the cached prompt; with `assistant`, assisted. */
-    const measure = async (assistant?: Assistant) => {
-      await run(prompts[0]!, warm, assistant); // compiles the pipelines this path uses
-      const runs: GenerationResult[] = [];
+    const cfg = resolveGenerationConfig({ max_new_tokens: o.decodeTokens, num_assistant_tokens: o.k, num_assistant_tokens_schedule: 'measured' });
+    /**
+     * Every prompt plain and assisted, each timed from the cached prompt after an untimed run
+     * of the same (which compiles and measures what the path uses); plain and assisted runs
+     * take turns, so a drift in the machine's load weighs on both alike.
+     */
+    const measure = async (assistant: Assistant) => {
+      const runs = { plain: [] as GenerationResult[], spec: [] as GenerationResult[] };
       for (const p of prompts) {
-        await run(p, first, assistant);
-        runs.push(await run(p, cfg, assistant));
+        await run(p, cfg);
+        await run(p, cfg, assistant);
+        runs.plain.push(await run(p, cfg));
+        runs.spec.push(await run(p, cfg, assistant));
       }
-      const tokens = runs.reduce((s, r) => s + r.stats.newTokens, 0);
-      const seconds = runs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000;
-      return { runs, tokens, tokensPerSecond: tokens / seconds };
+      const speed = (rs: GenerationResult[]) => {
+        const tokens = rs.reduce((s, r) => s + r.stats.newTokens, 0);
+        return { runs: rs, tokens, tokensPerSecond: tokens / (rs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000) };
+      };
+      return { plain: speed(runs.plain), spec: speed(runs.spec) };
     };
 
-    const plain = await measure();
     for (const d of drafts) {
       const draft = await d.load();
       const assistant = Assistant.open({ model: target, maxContext, tokenizer }, { model: draft });
       try {
-        const spec = await measure(assistant);
+        const { plain, spec } = await measure(assistant);
         const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
         const drafted = sum((r) => r.stats.speculative!.draftedTokens);
         const accepted = sum((r) => r.stats.speculative!.acceptedTokens);

@@ -24,7 +24,7 @@ describe('bench flags', () => {
     expect(parseArgs(['--families', '--quantize', 'q4']).familyFormats).toEqual(['bf16', 'f32', 'q4']);
     expect(parseArgs(['--speculative', '--dtype', 'q4']).sections).toEqual(['dense', 'speculative']);
     const all = parseArgs(['--all']);
-    expect(all.sections).toEqual(['dense', 'families', 'moe', 'speculative', 'constrained', 'serve']);
+    expect(all.sections).toEqual(['dense', 'families', 'moe', 'speculative', 'lookup', 'constrained', 'serve']);
     expect(parseArgs(['--constrained']).sections).toEqual(['constrained']);
     expect(all.compare).toBe(true);
     // llama.cpp's formats follow ours unless named.
@@ -72,7 +72,7 @@ describe('pnpm bench on tiny models', () => {
       { ...QWEN3_MOE_SHAPED, hidden_size: 64, intermediate_size: 96, moe_intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16, num_experts: 8, num_experts_per_tok: 2, vocab_size: 311 },
       moe,
     );
-    const o = parseArgs(['--model', dense, '--moe-model', moe, '--dtype', 'f32,q4', '--prompt', '6', '--decode', '4', '--moe', '--speculative', '--json']);
+    const o = parseArgs(['--model', dense, '--moe-model', moe, '--dtype', 'f32,q4', '--prompt', '6', '--decode', '4', '--moe', '--speculative', '--lookup', '--json']);
     const report = await runBench(o);
     // What --json prints survives a round trip.
     const json = JSON.parse(JSON.stringify(report)) as typeof report;
@@ -117,8 +117,21 @@ describe('pnpm bench on tiny models', () => {
       expect(r.decodeTokens).toBe(8);
     }
 
+    const lookup = rows('lookup');
+    expect(lookup.map((r) => [r.speculative!.task, r.speculative!.draft])).toEqual(
+      (['grounded', 'open'] as const).flatMap((task) => [
+        [task, 'none (plain)'],
+        [task, 'prompt lookup (10)'],
+        [task, 'self-q4'],
+      ]),
+    );
+    for (const r of lookup) {
+      expect(r.speculative!.identicalToPlain).toBe(true);
+      positive(r.decodeTokensPerSecond);
+    }
+
     const text = formatReport(report, o);
-    for (const heading of ['## Dense', '## Mixture of experts', '## Speculative decoding']) expect(text).toContain(heading);
+    for (const heading of ['## Dense', '## Mixture of experts', '## Speculative decoding', '## Speculative decoding by task']) expect(text).toContain(heading);
     expect(text).toContain('| self-q4 |');
   });
 
@@ -132,7 +145,7 @@ describe('pnpm bench on tiny models', () => {
       for (const v of [r.decodeTokensPerSecond, c.plainDecodeTokensPerSecond, c.maskMs, c.rowReadMs, c.plainReadMs, c.compileMs]) expect(Number.isFinite(v) && v > 0, String(v)).toBe(true);
       expect(c.replies).toBeGreaterThanOrEqual(1);
     }
-    const text = formatReport({ adapter: (await getGpu()).info, loadAtStart: [0, 0, 0], rows, skipped: [] }, { promptTokens: 16, decodeTokens: 8, k: 4, serve: parseArgs([]).serve });
+    const text = formatReport({ adapter: (await getGpu()).info, loadAtStart: [0, 0, 0], rows, skipped: [] }, { promptTokens: 16, decodeTokens: 8, k: 4, lookupTokens: 10, serve: parseArgs([]).serve });
     expect(text).toContain('## Constrained decoding');
     expect(text).toContain('| greedy |');
   });

@@ -16,7 +16,7 @@ describe('bench --serve flags', () => {
     const q = parseArgs(['--serve', '--dtype', 'f32', '--quantize', 'q4', '--streams', '3', '--serve-args', '--parallel 8  --max-queue 4']);
     expect(q.sections).toEqual(['serve']);
     expect(q.serve).toMatchObject({ formats: ['f32', 'q4'], streams: 3, serveArgs: ['--parallel', '8', '--max-queue', '4'] });
-    expect(parseArgs(['--all']).sections).toEqual(['dense', 'families', 'moe', 'speculative', 'constrained', 'serve']);
+    expect(parseArgs(['--all']).sections).toEqual(['dense', 'families', 'moe', 'speculative', 'lookup', 'constrained', 'serve']);
     expect(() => parseArgs(['--serve', '--new-tokens', '1'])).toThrow(/--new-tokens must be an integer >= 2/);
     expect(() => parseArgs(['--serve', '--streams', '--new-tokens'])).toThrow(/--streams needs a value/);
   });

@@ -3,7 +3,7 @@
 // grammar is small and the errors have to name the valid keys.
 
 import { fileURLToPath } from 'node:url';
-import { MAX_NUM_ASSISTANT_TOKENS, TOOL_CALL_FORMATS, type AssistantTokensSchedule, type GenerationConfig, type ToolCallFormat } from '@webgpu-chat/chat';
+import { ASSISTANT_TOKENS_SCHEDULES, MAX_MATCHING_NGRAM_SIZE, MAX_NUM_ASSISTANT_TOKENS, TOOL_CALL_FORMATS, type AssistantTokensSchedule, type GenerationConfig, type ToolCallFormat } from '@webgpu-chat/chat';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -21,8 +21,8 @@ export const SELF_Q4 = 'self-q4';
 export const NO_DRAFT = 'none';
 
 /** The generation flags a user may set, with the check each value must pass. */
-type FlagKind = 'boolean' | 'count' | 'nonNegativeInt' | 'nonNegative' | 'unit' | 'positive' | 'draftLength' | 'schedule';
-const SCHEDULES: readonly AssistantTokensSchedule[] = ['constant', 'heuristic', 'heuristic_transient'];
+type FlagKind = 'boolean' | 'count' | 'nonNegativeInt' | 'nonNegative' | 'unit' | 'positive' | 'draftLength' | 'lookupLength' | 'ngram' | 'schedule';
+const SCHEDULES = ASSISTANT_TOKENS_SCHEDULES;
 const FLAG_KINDS = {
   do_sample: 'boolean',
   max_new_tokens: 'count',
@@ -34,6 +34,9 @@ const FLAG_KINDS = {
   seed: 'nonNegativeInt',
   num_assistant_tokens: 'draftLength',
   num_assistant_tokens_schedule: 'schedule',
+  assistant_confidence_threshold: 'unit',
+  prompt_lookup_num_tokens: 'lookupLength',
+  max_matching_ngram_size: 'ngram',
 } as const satisfies Record<string, FlagKind>;
 
 export type GenerationFlag = keyof typeof FLAG_KINDS;
@@ -48,6 +51,8 @@ const KIND_TEXT: Record<FlagKind, string> = {
   unit: 'a number in [0, 1]',
   positive: 'a number > 0',
   draftLength: `an integer in 1..${MAX_NUM_ASSISTANT_TOKENS}`,
+  lookupLength: `an integer in 0..${MAX_NUM_ASSISTANT_TOKENS} (0: off)`,
+  ngram: `an integer in 1..${MAX_MATCHING_NGRAM_SIZE}`,
   schedule: SCHEDULES.join(', '),
 };
 
@@ -72,13 +77,15 @@ function parseFlagValue(key: GenerationFlag, raw: string): boolean | number | st
   }
   if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw.trim())) throw bad();
   const v = Number(raw);
-  const integer = kind === 'count' || kind === 'nonNegativeInt' || kind === 'draftLength';
+  const integer = kind === 'count' || kind === 'nonNegativeInt' || kind === 'draftLength' || kind === 'lookupLength' || kind === 'ngram';
   if (!Number.isFinite(v) || (integer && !Number.isSafeInteger(v))) throw bad();
   if (kind === 'count' && v < 1) throw bad();
   if ((kind === 'nonNegativeInt' || kind === 'nonNegative') && v < 0) throw bad();
   if (kind === 'unit' && (v < 0 || v > 1)) throw bad();
   if (kind === 'positive' && v <= 0) throw bad();
   if (kind === 'draftLength' && (v < 1 || v > MAX_NUM_ASSISTANT_TOKENS)) throw bad();
+  if (kind === 'lookupLength' && (v < 0 || v > MAX_NUM_ASSISTANT_TOKENS)) throw bad();
+  if (kind === 'ngram' && (v < 1 || v > MAX_MATCHING_NGRAM_SIZE)) throw bad();
   return v;
 }
 
@@ -115,6 +122,16 @@ export function takeDraftPairs(pairs: readonly string[]): { draft?: string; rest
     if (!draft) throw new UsageError(`draft needs a value: ${DRAFT_TEXT}`);
   }
   return draft === undefined ? { rest } : { draft, rest };
+}
+
+/**
+ * A draft model and prompt lookup are two drafters for one step: a UsageError naming both
+ * when both are on.
+ */
+export function checkOneDrafter(draft: string | undefined, lookupTokens: number | undefined): void {
+  if (draft !== undefined && draft !== NO_DRAFT && (lookupTokens ?? 0) > 0) {
+    throw new UsageError(`draft=${draft} and prompt_lookup_num_tokens=${lookupTokens} cannot both be on: prompt lookup drafts from the text itself (set prompt_lookup_num_tokens=0 or draft=${NO_DRAFT})`);
+  }
 }
 
 /** The flags as `key=value` text, in the order of GENERATION_FLAGS. */
@@ -157,9 +174,11 @@ export interface ServeArgs {
   model?: string;
   dtype: Dtype;
   quantize?: Quantize;
-  /** A draft model every chat completion is decoded with (a folder, Hub id or 'self-q4'). */
+  /** A draft model every completion is decoded with (a folder, Hub id or 'self-q4'). */
   draft?: string;
   toolCallParser?: ToolCallFormat;
+  /** Prompt lookup for every completion that does not set its own (--prompt-lookup-num-tokens, --max-matching-ngram-size). */
+  lookup?: Pick<GenerationConfig, 'prompt_lookup_num_tokens' | 'max_matching_ngram_size'>;
   host: string;
   port: number;
   apiKey?: string;
@@ -214,8 +233,10 @@ org/name@revision), downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACH
 HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE are honoured). Without MODEL the bundled
 story model models/stories260K is used.
 
-Generation flags (Transformers GenerationConfig names; num_assistant_tokens and
-num_assistant_tokens_schedule apply with a draft):
+Generation flags (Transformers GenerationConfig names; num_assistant_tokens,
+num_assistant_tokens_schedule and assistant_confidence_threshold apply with a draft;
+prompt_lookup_num_tokens=N drafts up to N tokens copied from earlier in the conversation,
+and cannot be combined with a draft model):
 ${GEN_HELP}
   draft=                 ${DRAFT_TEXT} (as --draft)
 
@@ -240,7 +261,8 @@ In-session commands:
   !clear                 start a new conversation
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
-  !set key=value ...     change generation flags, or the draft (draft=MODEL|${SELF_Q4}|${NO_DRAFT}),
+  !set key=value ...     change generation flags (prompt_lookup_num_tokens=10 turns prompt lookup
+                         on, =0 off), the draft (draft=MODEL|${SELF_Q4}|${NO_DRAFT}),
                          or the reply format (response_format=json|text|FILE)
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
   !system TEXT           set the system prompt (empty to remove it)
@@ -257,8 +279,14 @@ it is loaded before /health reports ok.
 
 Options:
 ${MODEL_OPTIONS_HELP}
-                         (the draft decodes every chat completion without logprobs;
-                         its acceptance goes to the log line of each request)
+                         (the draft decodes every chat and text completion; its
+                         acceptance goes to the log line of each request)
+  --prompt-lookup-num-tokens N
+                         prompt lookup for every completion that does not set its own
+                         prompt_lookup_num_tokens: drafts of up to N tokens (1..${MAX_NUM_ASSISTANT_TOKENS}) copied
+                         from earlier in the prompt or reply; not with --draft
+  --max-matching-ngram-size N
+                         prompt lookup's longest matched n-gram (1..${MAX_MATCHING_NGRAM_SIZE}, default 2)
   --host HOST            address to bind (default 127.0.0.1)
   --port N               port (default 8000; 0 picks a free one)
   --api-key KEY          require "Authorization: Bearer KEY"
@@ -399,6 +427,7 @@ export function parseChatArgs(argv: readonly string[]): ChatArgs {
   if (draft !== undefined && draft !== NO_DRAFT) out.draft = draft;
   else if (draft === NO_DRAFT) delete out.draft;
   out.generation = parseGenerationFlags(rest);
+  checkOneDrafter(out.draft, out.generation.prompt_lookup_num_tokens);
   return out;
 }
 
@@ -453,6 +482,18 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
       case '--constraint-workers':
         out.constraintWorkers = intOption('--constraint-workers', value(), 1);
         break;
+      case '--prompt-lookup-num-tokens': {
+        const v = intOption(a, value(), 1);
+        if (v > MAX_NUM_ASSISTANT_TOKENS) throw new UsageError(`${a} expects 1..${MAX_NUM_ASSISTANT_TOKENS}, got ${v}`);
+        out.lookup = { ...out.lookup, prompt_lookup_num_tokens: v };
+        break;
+      }
+      case '--max-matching-ngram-size': {
+        const v = intOption(a, value(), 1);
+        if (v > MAX_MATCHING_NGRAM_SIZE) throw new UsageError(`${a} expects 1..${MAX_MATCHING_NGRAM_SIZE}, got ${v}`);
+        out.lookup = { ...out.lookup, max_matching_ngram_size: v };
+        break;
+      }
       default:
         if (loadOption(a, value, out)) break;
         if (a.startsWith('-')) throw new UsageError(`unknown option '${a}'. Run 'serve --help' for the options.`);
@@ -460,5 +501,7 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         else throw new UsageError(`unexpected argument '${a}': MODEL is already '${out.model}'`);
     }
   }
+  if (out.lookup && out.lookup.prompt_lookup_num_tokens === undefined) throw new UsageError('--max-matching-ngram-size needs --prompt-lookup-num-tokens');
+  if (out.draft !== undefined && out.lookup) throw new UsageError('--draft and --prompt-lookup-num-tokens cannot both be on: prompt lookup drafts from the text itself, without a draft model');
   return out;
 }

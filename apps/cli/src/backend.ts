@@ -57,6 +57,8 @@ export interface ChatBackend {
    */
   stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, opts?: ReplyOptions): AsyncIterable<ReplyPiece>;
   readonly lastTurn: TurnStats | undefined;
+  /** The in-process draft model's name (a folder, Hub id or 'self-q4'), when one is loaded. */
+  readonly draftSpec?: string | undefined;
   status(): Promise<BackendStatus>;
   /**
    * Loads `spec` (a folder, Hub id or 'self-q4') as the draft, or drops the draft for
@@ -237,6 +239,10 @@ export class LocalBackend implements ChatBackend {
     return this.last;
   }
 
+  get draftSpec(): string | undefined {
+    return this.loaded.draft?.spec;
+  }
+
   async *stream(messages: Message[], flags: GenerationFlags, signal: AbortSignal, opts: ReplyOptions = {}): AsyncIterable<ReplyPiece> {
     const { pipe } = this.loaded;
     this.last = undefined;
@@ -336,7 +342,19 @@ export function flagsToRequest(flags: GenerationFlags): Record<string, unknown> 
   if (flags.do_sample === false) req.temperature = 0;
   else if (flags.temperature !== undefined) req.temperature = flags.temperature;
   else if (flags.do_sample === true) req.temperature = 1;
-  for (const k of ['top_p', 'top_k', 'min_p', 'seed', 'repetition_penalty', 'num_assistant_tokens', 'num_assistant_tokens_schedule'] as const) if (flags[k] !== undefined) req[k] = flags[k];
+  const passed = [
+    'top_p',
+    'top_k',
+    'min_p',
+    'seed',
+    'repetition_penalty',
+    'num_assistant_tokens',
+    'num_assistant_tokens_schedule',
+    'assistant_confidence_threshold',
+    'prompt_lookup_num_tokens',
+    'max_matching_ngram_size',
+  ] as const;
+  for (const k of passed) if (flags[k] !== undefined) req[k] = flags[k];
   return req;
 }
 

@@ -31,7 +31,7 @@ import {
 import type { PromptEncoder } from './encoder.ts';
 import { ApiError, EventStream, endStreamWithError, invalid, sendJson } from './http.ts';
 import { compileRequestConstraint, inThreadCompiler, type ConstraintCompiler } from './response-format.ts';
-import { COMPLETION_FIELDS, MAX_CHOICES, checkContext, checkFields, num, parsePenalties, parseSamplingFields, type ChatRequest, type Penalties } from './requests.ts';
+import { COMPLETION_FIELDS, MAX_CHOICES, checkContext, checkFields, num, parseDraftFields, parsePenalties, parseSamplingFields, type ChatRequest, type Penalties } from './requests.ts';
 
 /** Tokens of context a token's text is decoded after (see pieceText). */
 const PIECE_CONTEXT = 8;
@@ -127,12 +127,14 @@ const isIdList = (x: unknown): x is number[] => Array.isArray(x) && x.length > 0
 
 /**
  * OpenAI's logit_bias and presence/frequency penalties as a logits processor (penalties count
- * the reply's tokens, not the prompt's), or the draft when there is none: a draft verifies
- * against the model's own rows, which a processor would change.
+ * the reply's tokens, not the prompt's), or the draft model when there is none: a draft model
+ * verifies against the model's own rows, which a processor would change (prompt lookup
+ * applies the processor to the rows it verifies, so it keeps working with one). A request
+ * with prompt lookup on decodes without the draft model.
  */
-function penaltyProcessing(spec: ChoiceSpec, promptLength: number): Pick<GenerationRequest, 'logitsProcessor' | 'assistant'> {
+function penaltyProcessing(spec: ChoiceSpec, promptLength: number, lookup: boolean): Pick<GenerationRequest, 'logitsProcessor' | 'assistant'> {
   const { logitBias, presence, frequency } = spec.penalties;
-  if (logitBias.size === 0 && presence === 0 && frequency === 0) return { assistant: spec.assistant };
+  if (logitBias.size === 0 && presence === 0 && frequency === 0) return { assistant: lookup ? undefined : spec.assistant };
   const processor: LogitsProcessor = (logits, previous) => {
     for (const [id, bias] of logitBias) logits[id] = logits[id]! + bias;
     if (presence === 0 && frequency === 0) return;
@@ -151,15 +153,23 @@ function usageOf(promptTokens: number, completionTokens: number, cachedTokens: n
 export class TokenLevelApi {
   readonly vocabSize: number;
   readonly maxContext: number;
+  private readonly compileConstraint: ConstraintCompiler;
+  private readonly defaults: GenerationConfig;
 
   constructor(
     readonly tm: TextGenerationPipeline,
     readonly modelId: string,
-    /** Where response_format and forced tool calls compile (serve: a worker thread). */
-    private readonly compileConstraint: ConstraintCompiler = inThreadCompiler(tm),
+    opts: {
+      /** Where response_format and forced tool calls compile (serve: a worker thread). */
+      compile?: ConstraintCompiler;
+      /** Generation flags under each request's own (the server's prompt lookup default). */
+      defaults?: GenerationConfig;
+    } = {},
   ) {
     this.vocabSize = tm.model.info.vocabSize;
     this.maxContext = tm.maxContext;
+    this.compileConstraint = opts.compile ?? inThreadCompiler(tm);
+    this.defaults = opts.defaults ?? {};
   }
 
   private checkModel(b: Record<string, unknown>): void {
@@ -214,7 +224,7 @@ export class TokenLevelApi {
     if (b.suffix !== undefined && b.suffix !== null) throw invalid("'suffix' is not supported", 'suffix', 'unsupported_value');
     const so = b.stream_options;
     if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalid("'stream_options' must be an object", 'stream_options');
-    const config = parseSamplingFields(b);
+    const config = { ...parseSamplingFields(b), ...parseDraftFields(b) };
     const prompts: number[][] = [];
     for (const [i, x] of raw.entries()) {
       const param = raw.length > 1 ? `prompt[${i}]` : 'prompt';
@@ -261,10 +271,11 @@ export class TokenLevelApi {
   private async *choice(spec: ChoiceSpec, signal: AbortSignal, track: Track): AsyncGenerator<ChoiceStep, ChoiceOutcome> {
     const { ids } = spec;
     const wantScores = spec.echo && spec.logprobs !== null;
+    const config = resolveGenerationConfig(this.tm.generationConfig, this.defaults, spec.config, { max_new_tokens: spec.maxTokens });
     const gen = track(
       this.tm.generator.generate({
         promptIds: ids,
-        config: resolveGenerationConfig(this.tm.generationConfig, spec.config, { max_new_tokens: spec.maxTokens }),
+        config,
         signal,
         logprobs: spec.logprobs ?? undefined,
         promptLogprobs: wantScores ? spec.logprobs! : undefined,
@@ -272,7 +283,7 @@ export class TokenLevelApi {
         continuesPrompt: spec.continueText,
         keepSpecialTokens: spec.keepSpecialTokens,
         constraint: spec.constraint,
-        ...penaltyProcessing(spec, ids.length),
+        ...penaltyProcessing(spec, ids.length, config.prompt_lookup_num_tokens > 0),
       }),
     );
     if (spec.echo) {
@@ -363,12 +374,12 @@ export class TokenLevelApi {
     return { value: { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: offsets }, offset };
   }
 
-  /** Serves a parsed /v1/completions request: every prompt's n choices run together. */
-  async completions(req: CompletionRequest, res: ServerResponse, signal: AbortSignal, track: Track): Promise<Outcome> {
+  /** Serves a parsed /v1/completions request: every prompt's n choices run together, decoded with `assistant` when the server has a draft. */
+  async completions(req: CompletionRequest, res: ServerResponse, signal: AbortSignal, track: Track, assistant?: Assistant): Promise<Outcome> {
     const id = `cmpl-${randomBytes(12).toString('hex')}`;
     const base = { id, object: 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelId };
     const promptTokens = req.prompts.reduce((a, p) => a + p.length, 0);
-    const specs = req.prompts.flatMap((ids) => Array.from({ length: req.n }, (_, i) => ({ ...req, ids, config: TokenLevelApi.nth(req.config, i), continueText: true })));
+    const specs = req.prompts.flatMap((ids) => Array.from({ length: req.n }, (_, i) => ({ ...req, ids, config: TokenLevelApi.nth(req.config, i), continueText: true, assistant })));
     const choices = specs.map((s) => ({
       text: '',
       offset: 0,

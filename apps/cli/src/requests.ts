@@ -1,7 +1,7 @@
 // Request bodies of the OpenAI routes, validated into generation flags (400 naming the
 // offending field), and the one rule for prompts that don't fit the context.
 
-import { MAX_LOGPROBS, MAX_NUM_ASSISTANT_TOKENS, validateToolChoice, validateTools, type ConstraintSpec, type GenerationConfig, type Message, type ToolChoice, type ToolDefinition } from '@webgpu-chat/chat';
+import { ASSISTANT_TOKENS_SCHEDULES, MAX_LOGPROBS, MAX_MATCHING_NGRAM_SIZE, MAX_NUM_ASSISTANT_TOKENS, validateToolChoice, validateTools, type AssistantTokensSchedule, type ConstraintSpec, type GenerationConfig, type Message, type ToolChoice, type ToolDefinition } from '@webgpu-chat/chat';
 import { ApiError, invalid } from './http.ts';
 import { parseResponseFormat } from './response-format.ts';
 
@@ -21,14 +21,15 @@ const MESSAGE_FIELDS: ReadonlySet<string> = new Set(['role', 'content', 'name', 
 const NEUTRAL_FIELDS = ['user', 'metadata', 'store', 'service_tier', 'safety_identifier', 'prompt_cache_key'];
 /** Sampling fields both routes honour (OpenAI's, and vLLM's top_k, min_p, repetition_penalty). */
 const SAMPLING_FIELDS = ['model', 'max_tokens', 'n', 'stream', 'stream_options', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'logprobs', 'logit_bias', 'presence_penalty', 'frequency_penalty'];
+/** Not OpenAI's: speculative decoding's settings (Transformers' names), on both routes (parseDraftFields). */
+const DRAFT_FIELDS = ['num_assistant_tokens', 'num_assistant_tokens_schedule', 'assistant_confidence_threshold', 'prompt_lookup_num_tokens', 'max_matching_ngram_size'];
 export const CHAT_FIELDS: ReadonlySet<string> = new Set([
   ...NEUTRAL_FIELDS,
   ...SAMPLING_FIELDS,
   'messages',
   'max_completion_tokens',
   'top_logprobs',
-  'num_assistant_tokens',
-  'num_assistant_tokens_schedule',
+  ...DRAFT_FIELDS,
   'tools',
   'tool_choice',
   'parallel_tool_calls',
@@ -39,7 +40,7 @@ export const CHAT_FIELDS: ReadonlySet<string> = new Set([
   // Passed to templates that read it (GPT-OSS's); refused for others.
   'reasoning_effort',
 ]);
-export const COMPLETION_FIELDS: ReadonlySet<string> = new Set([...NEUTRAL_FIELDS, ...SAMPLING_FIELDS, 'prompt', 'echo', 'best_of', 'suffix', 'ignore_eos', 'return_token_ids', 'return_tokens_as_token_ids']);
+export const COMPLETION_FIELDS: ReadonlySet<string> = new Set([...NEUTRAL_FIELDS, ...SAMPLING_FIELDS, ...DRAFT_FIELDS, 'prompt', 'echo', 'best_of', 'suffix', 'ignore_eos', 'return_token_ids', 'return_tokens_as_token_ids']);
 
 /** OpenAI fields this server knows but does not do: a 400 naming the field beats a 200 that ignored it. */
 const NOT_SUPPORTED: Record<string, string> = {
@@ -194,17 +195,7 @@ export function parseChatRequest(body: unknown, modelId: string): ChatRequest {
   const topLogprobs = num(b, 'top_logprobs', 0, MAX_LOGPROBS, true);
   if (topLogprobs !== undefined && b.logprobs !== true) throw invalid("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
 
-  const config = parseSamplingFields(b);
-  // Not OpenAI's: the draft length of speculative decoding, when the server has a draft.
-  const draftLength = num(b, 'num_assistant_tokens', 1, MAX_NUM_ASSISTANT_TOKENS, true);
-  if (draftLength !== undefined) config.num_assistant_tokens = draftLength;
-  const schedule = b.num_assistant_tokens_schedule;
-  if (schedule !== undefined && schedule !== null) {
-    if (schedule !== 'constant' && schedule !== 'heuristic' && schedule !== 'heuristic_transient') {
-      throw invalid("'num_assistant_tokens_schedule' must be one of constant, heuristic, heuristic_transient", 'num_assistant_tokens_schedule');
-    }
-    config.num_assistant_tokens_schedule = schedule;
-  }
+  const config = { ...parseSamplingFields(b), ...parseDraftFields(b) };
   const maxTokens = num(b, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ?? num(b, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true);
   if (maxTokens !== undefined) config.max_new_tokens = maxTokens;
   const kw = b.chat_template_kwargs;
@@ -242,6 +233,32 @@ function parseTools(b: Record<string, unknown>): Pick<ChatRequest, 'tools' | 'to
   const choice = b.tool_choice;
   const toolChoice = choice === undefined || choice === null ? (tools.length ? 'auto' : 'none') : checked('tool_choice', () => validateToolChoice(choice, tools));
   return { tools, toolChoice, parallelToolCalls: b.parallel_tool_calls !== false };
+}
+
+/**
+ * Speculative decoding's fields (Transformers' names, not OpenAI's): a draft model's length,
+ * schedule and confidence threshold (used when the server has --draft), and prompt lookup,
+ * which a request may turn on (prompt_lookup_num_tokens > 0: it then replaces the server's
+ * draft model for that request) or off (0) whatever the server's default.
+ */
+export function parseDraftFields(b: Record<string, unknown>): GenerationConfig {
+  const config: GenerationConfig = {};
+  const draftLength = num(b, 'num_assistant_tokens', 1, MAX_NUM_ASSISTANT_TOKENS, true);
+  if (draftLength !== undefined) config.num_assistant_tokens = draftLength;
+  const schedule = b.num_assistant_tokens_schedule;
+  if (schedule !== undefined && schedule !== null) {
+    if (!ASSISTANT_TOKENS_SCHEDULES.includes(schedule as AssistantTokensSchedule)) {
+      throw invalid(`'num_assistant_tokens_schedule' must be one of ${ASSISTANT_TOKENS_SCHEDULES.join(', ')}`, 'num_assistant_tokens_schedule');
+    }
+    config.num_assistant_tokens_schedule = schedule as AssistantTokensSchedule;
+  }
+  const threshold = num(b, 'assistant_confidence_threshold', 0, 1);
+  if (threshold !== undefined) config.assistant_confidence_threshold = threshold;
+  const lookup = num(b, 'prompt_lookup_num_tokens', 0, MAX_NUM_ASSISTANT_TOKENS, true);
+  if (lookup !== undefined) config.prompt_lookup_num_tokens = lookup;
+  const ngram = num(b, 'max_matching_ngram_size', 1, MAX_MATCHING_NGRAM_SIZE, true);
+  if (ngram !== undefined) config.max_matching_ngram_size = ngram;
+  return config;
 }
 
 /** temperature, top_p, top_k, min_p, repetition_penalty, seed and stop of a request, validated, as generation flags. */

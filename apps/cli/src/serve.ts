@@ -72,11 +72,13 @@ async function main(argv: string[]): Promise<number> {
     ...(args.toolCallParser ? { toolCallParser: args.toolCallParser } : {}),
   });
   const info = loaded.pipe.model.info;
-  srv.setModel({ model: loaded.pipe, health: healthFields(loaded), ...(loaded.draft ? { assistant: loaded.draft.pipe } : {}) });
+  const health = { ...healthFields(loaded), ...(args.lookup ? { prompt_lookup: args.lookup } : {}) };
+  srv.setModel({ model: loaded.pipe, health, ...(loaded.draft ? { assistant: loaded.draft.pipe } : {}), ...(args.lookup ? { defaults: args.lookup } : {}) });
   const weights = describeQuantization(info.quantization) ? `${info.dtype}, linear layers ${describeQuantization(info.quantization)}` : info.dtype;
   process.stderr.write(
     `serve: ${loaded.modelId} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s (${weights}, ${loaded.maxContext} tokens of context, ${args.parallel} requests at once` +
       `${loaded.draft ? `; draft ${loaded.draft.spec}` : ''}` +
+      `${args.lookup ? `; prompt lookup of up to ${args.lookup.prompt_lookup_num_tokens} tokens` : ''}` +
       `${loaded.plainTemplate ? '; no chat template: messages are joined as plain text' : ''}) at ${srv.url}/v1\n`,
   );
   return new Promise<number>(() => {});

@@ -17,7 +17,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { AssistantModel, Generation, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
+import type { AssistantModel, Generation, GenerationConfig, GenerationStats, GeneratorStats, TextGenerationPipeline } from '@webgpu-chat/chat';
 import { TokenLevelApi, type Outcome, type Track } from './completions.ts';
 import { DEFAULT_CONSTRAINT_TIMEOUT, DEFAULT_CONSTRAINT_WORKERS } from './args.ts';
 import { ConstraintThread } from './constraint-thread.ts';
@@ -31,10 +31,12 @@ export interface ServedModelInfo {
   /** Extra fields for /health (dtype, adapter, max_context, quantization, ...). */
   health?: Record<string, unknown>;
   /**
-   * A draft model every chat completion without logprobs is decoded with (speculative
-   * decoding; greedy output is unchanged). Token-level routes decode with the model alone.
+   * A draft model every chat and text completion is decoded with (speculative decoding;
+   * greedy output is unchanged), unless the request turns prompt lookup on.
    */
   assistant?: AssistantModel;
+  /** Generation flags under every request's own (serve --prompt-lookup-num-tokens). */
+  defaults?: GenerationConfig;
 }
 
 /** What onRequestDone hears about a finished request. */
@@ -164,12 +166,11 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
   async function textCompletions(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJsonBody(req, maxBody);
     const m = model();
-    return serveRequest(
-      res,
-      'cmpl',
-      () => m.api.parseCompletionRequest(body, m.encoder),
-      (request, signal, track) => m.api.completions(request, res, signal, track),
-    );
+    const prepare = async () => {
+      const request = await m.api.parseCompletionRequest(body, m.encoder);
+      return { request, assistant: await assistantOf(m.served) };
+    };
+    return serveRequest(res, 'cmpl', prepare, (p, signal, track) => m.api.completions(p.request, res, signal, track, p.assistant));
   }
 
   async function completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -178,12 +179,14 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
     const prepare = async () => {
       const prompt = await m.api.chatPrompt(request, m.encoder);
       checkContext(prompt.ids.length, request.config.max_new_tokens, m.api.maxContext, 'messages');
-      // A constrained reply decodes without the draft, whose proposals the mask would overrule.
-      const assistant = m.served.assistant !== undefined && !request.responseFormat ? await m.served.model.assistant(m.served.assistant) : undefined;
-      return { prompt, assistant };
+      // A constrained reply (response_format, a required tool call) decodes without the draft, whose proposals the mask would overrule.
+      return { prompt, assistant: prompt.constraint ? undefined : await assistantOf(m.served) };
     };
     return serveRequest(res, 'chatcmpl', prepare, (p, signal, track) => m.api.chat(request, p.prompt, res, signal, track, p.assistant));
   }
+
+  /** The served draft model, bound to the pipeline (loaded on first use). */
+  const assistantOf = (s: ServedModelInfo) => (s.assistant !== undefined ? s.model.assistant(s.assistant) : Promise.resolve(undefined));
 
   const GET = ['GET', 'HEAD'];
   const POST = ['POST'];
@@ -294,7 +297,7 @@ export async function startChatServer(opts: ServerOptions): Promise<ChatServer> 
         maxWorkers: opts.constraintWorkers ?? DEFAULT_CONSTRAINT_WORKERS,
       });
       constraints = thread;
-      api = new TokenLevelApi(m.model, opts.modelId, (spec, param) => thread.compile(spec, param));
+      api = new TokenLevelApi(m.model, opts.modelId, { compile: (spec, param) => thread.compile(spec, param), defaults: m.defaults ?? {} });
       m.model.generator.onToken = (kind, seconds) => metrics.observeToken(kind, seconds);
     },
     shutdown,

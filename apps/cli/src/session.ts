@@ -3,7 +3,7 @@
 
 import { readFile, writeFile } from 'node:fs/promises';
 import { toolCallMessage, type Message, type ReplyPiece, type ResponseFormat, type ToolCallMessage, type ToolDefinition } from '@webgpu-chat/chat';
-import { formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
+import { checkOneDrafter, formatGenerationFlags, NO_DRAFT, parseGenerationFlags, SELF_Q4, takeDraftPairs, UsageError, type GenerationFlags } from './args.ts';
 import { formatAcceptance, type ChatBackend, type TurnStats } from './backend.ts';
 import { formatResponseFormat, parseResponseFormatSetting, takeResponseFormatPair } from './chat-format.ts';
 
@@ -13,7 +13,8 @@ export const COMMANDS_HELP = `Commands:
   !save [PATH]           save the conversation and settings as JSON
   !load PATH             load a conversation saved with !save
   !set key=value ...     change generation flags (e.g. !set do_sample=true temperature=0.7),
-                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT},
+                         or the draft model: draft=MODEL, draft=${SELF_Q4}, draft=${NO_DRAFT};
+                         prompt_lookup_num_tokens=10 drafts from the conversation itself (0: off);
                          or the reply format: response_format=json (any JSON object),
                          response_format=FILE (a JSON schema), response_format=text
   !status                model, dtype, quantization, draft, adapter, context used, last turn's speed
@@ -182,6 +183,7 @@ export class ChatSession {
         const { draft, rest: pairs } = takeDraftPairs(format.rest);
         // Flags and the format are checked before a draft is loaded, so a typo costs no load.
         const flags = parseGenerationFlags(pairs, this.flags);
+        checkOneDrafter(draft ?? this.backend.draftSpec, flags.prompt_lookup_num_tokens);
         const responseFormat = format.value === undefined ? this.responseFormat : await parseResponseFormatSetting(format.value);
         const lines: string[] = [];
         if (draft !== undefined) {

@@ -95,11 +95,33 @@ describe('parseChatArgs', () => {
     expect(() => parseGenerationFlags(['nope=1'])).toThrow(/draft \(a model folder or Hub id sharing the tokenizer, self-q4, or none\)/);
   });
 
+  it('reads prompt lookup flags, refuses bad sizes and a draft model beside them', () => {
+    expect(parseChatArgs(['m', 'prompt_lookup_num_tokens=10', 'max_matching_ngram_size=3', 'assistant_confidence_threshold=0.2', 'num_assistant_tokens_schedule=measured']).generation).toEqual({
+      prompt_lookup_num_tokens: 10,
+      max_matching_ngram_size: 3,
+      assistant_confidence_threshold: 0.2,
+      num_assistant_tokens_schedule: 'measured',
+    });
+    expect(parseGenerationFlags(['prompt_lookup_num_tokens=0'])).toEqual({ prompt_lookup_num_tokens: 0 });
+    for (const bad of ['-1', '2.5', '64', 'ten']) expect(() => parseGenerationFlags([`prompt_lookup_num_tokens=${bad}`])).toThrow(/prompt_lookup_num_tokens: expected an integer in 0\.\.63 \(0: off\)/);
+    for (const bad of ['0', '1.5', '33']) expect(() => parseGenerationFlags([`max_matching_ngram_size=${bad}`])).toThrow(/max_matching_ngram_size: expected an integer in 1\.\.32/);
+    expect(() => parseGenerationFlags(['assistant_confidence_threshold=1.5'])).toThrow(/assistant_confidence_threshold: expected a number in \[0, 1\]/);
+    expect(() => parseChatArgs(['m', '--draft', 'self-q4', 'prompt_lookup_num_tokens=5'])).toThrow(/draft=self-q4 and prompt_lookup_num_tokens=5 cannot both be on/);
+    expect(parseChatArgs(['m', '--draft', 'self-q4', 'prompt_lookup_num_tokens=0']).draft).toBe('self-q4');
+
+    expect(parseServeArgs(['m', '--prompt-lookup-num-tokens', '10', '--max-matching-ngram-size=3']).lookup).toEqual({ prompt_lookup_num_tokens: 10, max_matching_ngram_size: 3 });
+    expect(parseServeArgs(['m']).lookup).toBeUndefined();
+    expect(() => parseServeArgs(['m', '--prompt-lookup-num-tokens', '0'])).toThrow(/--prompt-lookup-num-tokens expects an integer >= 1, got '0'/);
+    expect(() => parseServeArgs(['m', '--prompt-lookup-num-tokens', '64'])).toThrow(/--prompt-lookup-num-tokens expects 1..63, got 64/);
+    expect(() => parseServeArgs(['m', '--max-matching-ngram-size', '2'])).toThrow(/--max-matching-ngram-size needs --prompt-lookup-num-tokens/);
+    expect(() => parseServeArgs(['m', '--draft', 'self-q4', '--prompt-lookup-num-tokens', '8'])).toThrow(/--draft and --prompt-lookup-num-tokens cannot both be on/);
+  });
+
   it('help lists every flag, option and command', () => {
     for (const k of [...GENERATION_FLAGS, 'draft=', '--system', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-context', '--json', '--json-schema FILE', 'response_format=json|text|FILE', '--url', '--prompt', '--help', '!help', '!clear', '!save', '!load', '!set', '!status', '!system', '!exit']) {
       expect(CHAT_HELP).toContain(k);
     }
-    for (const k of ['--host', '--port', '--api-key', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-queue', '/v1/completions', '/tokenize']) expect(SERVE_HELP).toContain(k);
+    for (const k of ['--host', '--port', '--api-key', '--dtype', '--quantize q8|q4', '--draft MODEL', 'self-q4', '--max-queue', '/v1/completions', '/tokenize', '--prompt-lookup-num-tokens', '--max-matching-ngram-size']) expect(SERVE_HELP).toContain(k);
   });
 
   it('the bundled model path points at models/stories260K', () => {
@@ -148,6 +170,7 @@ describe('backend helpers', () => {
     expect(flagsToRequest({ do_sample: false, temperature: 0.7, max_new_tokens: 5, top_k: 3 })).toEqual({ temperature: 0, max_tokens: 5, top_k: 3 });
     expect(flagsToRequest({ do_sample: true })).toEqual({ temperature: 1 });
     expect(flagsToRequest({ temperature: 0.5, seed: 1, min_p: 0.1 })).toEqual({ temperature: 0.5, seed: 1, min_p: 0.1 });
+    expect(flagsToRequest({ prompt_lookup_num_tokens: 8, max_matching_ngram_size: 3, assistant_confidence_threshold: 0.3 })).toEqual({ prompt_lookup_num_tokens: 8, max_matching_ngram_size: 3, assistant_confidence_threshold: 0.3 });
     expect(flagsToRequest({ num_assistant_tokens: 4, num_assistant_tokens_schedule: 'constant' })).toEqual({ num_assistant_tokens: 4, num_assistant_tokens_schedule: 'constant' });
   });
 });

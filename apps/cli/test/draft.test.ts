@@ -133,3 +133,67 @@ describe('serve --quantize q8 --draft self-q4', () => {
     expect(r.json.error!.message).toMatch(/num_assistant_tokens/);
   });
 });
+
+describe('prompt lookup through chat and serve', () => {
+  let loaded: LoadedModel;
+  let srv: ChatServer;
+  const done: RequestDone[] = [];
+
+  beforeAll(async () => {
+    loaded = await loadLocalModel(bundledModelPath(), { dtype: 'auto', modelId: MODEL, maxContext: 256, ...quiet });
+    srv = await startChatServer({ modelId: MODEL, port: 0, onRequestDone: (e) => done.push(e) });
+    srv.setModel({ model: loaded.pipe, health: healthFields(loaded), defaults: { prompt_lookup_num_tokens: 8 } });
+  });
+  afterAll(async () => {
+    await srv?.close();
+    if (loaded) disposeLoaded(loaded);
+  });
+
+  it('!set prompt_lookup_num_tokens gives the same greedy reply with drafts; a draft model beside it is refused by name', async () => {
+    const s = new ChatSession(new LocalBackend(loaded), { flags: { max_new_tokens: 20, do_sample: false } });
+    expect(((await s.command('!set prompt_lookup_num_tokens=8 max_matching_ngram_size=3')) as { output: string }).output).toContain('prompt_lookup_num_tokens=8 max_matching_ngram_size=3');
+    expect(await reply(s)).toBe(GREEDY_20);
+    expect(s.lastTurn!.speculative).toBeDefined();
+    await expect(s.command('!set draft=self-q4')).rejects.toThrow(/draft=self-q4 and prompt_lookup_num_tokens=8 cannot both be on/);
+    await expect(s.command('!set prompt_lookup_num_tokens=-1')).rejects.toThrow(/prompt_lookup_num_tokens: expected an integer in 0\.\.63/);
+    await s.command('!set prompt_lookup_num_tokens=0');
+    await s.command('!clear');
+    expect(await reply(s)).toBe(GREEDY_20);
+    expect(s.lastTurn!.speculative).toBeUndefined();
+  });
+
+  const post = async (path: string, body: Record<string, unknown>) => {
+    const res = await fetch(`${srv.url}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+    return { status: res.status, json: (await res.json()) as { choices: { text: string; logprobs: { token_logprobs: number[]; top_logprobs: Record<string, number>[] } }[]; error?: { message: string; param: string } } };
+  };
+
+  it('serve: the server default and request fields turn it on and off; text, logprobs and finish are those of plain decoding', async () => {
+    // The prompt holds a story the model's reply repeats.
+    const story = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the sun.';
+    const body = { model: MODEL, prompt: `${story}\n${story}\nOnce upon a time`, max_tokens: 24, temperature: 0, logprobs: 3 };
+    const plain = await post('/v1/completions', { ...body, prompt_lookup_num_tokens: 0 });
+    expect(plain.status).toBe(200);
+    expect(done.at(-1)!.stats?.speculative).toBeUndefined();
+    for (const extra of [{}, { prompt_lookup_num_tokens: 4, max_matching_ngram_size: 1 }, { logit_bias: { '5': 0.5 }, presence_penalty: 0 }]) {
+      const r = await post('/v1/completions', { ...body, ...extra });
+      expect(r.status, JSON.stringify(r.json.error)).toBe(200);
+      const spec = done.at(-1)!.stats!.speculative!;
+      expect(spec.steps).toBeGreaterThan(0);
+      if (!('logit_bias' in extra)) {
+        expect(r.json.choices[0]!.text).toBe(plain.json.choices[0]!.text);
+        const [a, b] = [r.json.choices[0]!.logprobs, plain.json.choices[0]!.logprobs];
+        expect(a.top_logprobs).toEqual(b.top_logprobs.map((m) => expect.objectContaining(Object.fromEntries(Object.keys(m).map((k) => [k, expect.closeTo(m[k]!, 4)])))));
+        a.token_logprobs.forEach((l, i) => expect(l).toBeCloseTo(b.token_logprobs[i]!, 4));
+        expect(spec.acceptedTokens).toBeGreaterThan(0);
+      }
+    }
+    const chat = await post('/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: PROMPT }], max_tokens: 20, temperature: 0 });
+    expect((chat.json as unknown as { choices: { message: { content: string } }[] }).choices[0]!.message.content).toBe(GREEDY_20);
+    expect(done.at(-1)!.stats?.speculative).toBeDefined();
+    for (const [field, value] of [['prompt_lookup_num_tokens', -1], ['prompt_lookup_num_tokens', 1.5], ['max_matching_ngram_size', 0], ['assistant_confidence_threshold', 2]] as const) {
+      const bad = await post('/v1/completions', { ...body, [field]: value });
+      expect(bad.status).toBe(400);
+      expect(bad.json.error!.param).toBe(field);
+    }
+  });
+});

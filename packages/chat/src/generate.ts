@@ -17,6 +17,8 @@ import type { ChatTokenizer } from './tokenizer.ts';
 import type { Assistant } from './speculative.ts';
 import type { CompiledConstraint } from './constraint/constraint.ts';
 import { ConstrainedSource } from './constraint/source.ts';
+import { StepCosts } from './draft-length.ts';
+import { PromptLookupSource } from './prompt-lookup.ts';
 import type { FinishReason, GenerationStats, SpeculativeStats, StreamEvent } from './types.ts';
 
 /** Alternatives per position a request may ask log-probabilities for (OpenAI's and vLLM's cap). */
@@ -81,8 +83,8 @@ export interface Generation extends AsyncIterable<TokenEvent> {
 export interface ItemRows extends LogitsReader {
   /** Rows the item kept. */
   readonly count: number;
-  /** Reduces several of the item's rows in one read: top-k and the logit of each target. */
-  reduce(rows: readonly number[], k: number, targets: readonly number[]): Promise<RowScore[]>;
+  /** Reduces several of the item's rows in one read: top-k and the logit of each target (if given). */
+  reduce(rows: readonly number[], k: number, targets?: readonly number[]): Promise<RowScore[]>;
 }
 
 /**
@@ -193,6 +195,7 @@ class Active {
     readonly req: GenerationRequest,
     tokenizer: ChatTokenizer,
     vocabSize: number,
+    costs: StepCosts,
   ) {
     this.sequence = Array.from(req.promptIds);
     const cfg = req.config;
@@ -201,11 +204,14 @@ class Active {
     if (req.continuesPrompt) for (const t of req.promptIds.slice(-CONTINUATION_CONTEXT)) this.detok.push(t);
     this.stopper = new StopStringMatcher(cfg.stop);
     const rng = new SeededRandom(cfg.seed);
+    // A constrained reply decodes without prompt lookup: its source masks one row per step.
     this.source = req.assistant
-      ? req.assistant.source(cfg, rng, vocabSize)
+      ? req.assistant.source(cfg, rng, vocabSize, costs)
       : req.constraint
         ? new ConstrainedSource(cfg, rng, req.constraint, this.eos, req.logitsProcessor)
-        : new PlainSource(cfg, rng, vocabSize, req.logitsProcessor);
+        : cfg.prompt_lookup_num_tokens > 0
+          ? new PromptLookupSource(cfg, rng, vocabSize, this.eos, costs, req.logitsProcessor)
+          : new PlainSource(cfg, rng, vocabSize, req.logitsProcessor);
   }
 
   get promptLength(): number {
@@ -255,6 +261,8 @@ export class Generator {
   private readonly counters = { promptTokens: 0, cachedPromptTokens: 0, generatedTokens: 0, steps: 0 };
   readonly maxParallel: number;
   private readonly prefillChunk: number;
+  /** Decode step times by tokens per step, measured as the loop runs: what drafts of each length cost on this adapter. */
+  readonly stepCosts = new StepCosts();
   /** Hears each token's latency: from the request to its first token, then the gap since the previous one (metrics). */
   onToken: ((kind: 'first' | 'next', seconds: number) => void) | undefined;
 
@@ -313,7 +321,10 @@ export class Generator {
       if (req.ignoreEos) throw new ChatInputError('Constrained decoding ends its output with EOS, so it cannot be combined with ignore_eos');
       if (req.constraint.vocabSize !== this.vocabSize) throw new ChatInputError(`The constraint was compiled for ${req.constraint.vocabSize} logits, the model has ${this.vocabSize}`);
     }
-    const a = new Active(req, this.tokenizer, this.vocabSize);
+    if (req.assistant && req.config.prompt_lookup_num_tokens > 0) {
+      throw new ChatInputError('prompt_lookup_num_tokens cannot be combined with a draft model (assistant_model): prompt lookup drafts from the sequence itself; use one or the other');
+    }
+    const a = new Active(req, this.tokenizer, this.vocabSize, this.stepCosts);
     // Sampling token n needs the first n - 1 of them in the cache next to the prompt.
     a.budget = Math.min(req.config.max_new_tokens, this.maxContext - prompt.length + 1);
     // The last token is never run through the model: the cache holds at most prompt + budget - 1.
@@ -468,6 +479,7 @@ export class Generator {
       rows -= logits === 'all' ? n : logits === 'last' ? 1 : 0;
     }
     if (items.length === 0) return this.retireDone();
+    const t0 = performance.now();
     const firstRows = this.runStep(items.map((i) => ({ seq: i.a.seq!, tokens: i.tokens, logits: i.logits })));
     this.counters.steps++;
     // Greedy rows that need nothing but their argmax come back in one read.
@@ -494,6 +506,8 @@ export class Generator {
       // Row i of the step predicted the i-th new token (a draft's accepted ones, then the model's own).
       this.accept(a, taken.tokens, await this.tokenLogprobs(a, taken.tokens, rows, taken.tokens.map((_, i) => i)));
     }
+    // Decode steps alone: a prefill chunk would make the step's cost about the prompt.
+    if (items.every((i) => !i.prefill)) this.stepCosts.observe(items.reduce((n, i) => n + i.tokens.length, 0), performance.now() - t0);
     this.retireDone();
   }
 

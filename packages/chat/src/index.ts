@@ -11,3 +11,5 @@ export * from './speculative.ts';
 export * from './tools.ts';
 export * from './reply-parser.ts';
 export * from './constraint/index.ts';
+export * from './draft-length.ts';
+export * from './prompt-lookup.ts';

@@ -23,7 +23,13 @@ export const DEFAULT_MAX_NEW_TOKENS = 256;
 export const DEFAULT_NUM_ASSISTANT_TOKENS = 20;
 /** The engine scores at most 64 positions per forward with allLogits: K drafted + 1. */
 export const MAX_NUM_ASSISTANT_TOKENS = 63;
-const SCHEDULES: readonly AssistantTokensSchedule[] = ['constant', 'heuristic', 'heuristic_transient'];
+export const ASSISTANT_TOKENS_SCHEDULES: readonly AssistantTokensSchedule[] = ['constant', 'heuristic', 'heuristic_transient', 'measured'];
+/** Transformers' default n-gram length prompt lookup matches first (then shorter ones). */
+export const DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2;
+/** Longest n-gram prompt lookup matches: each step scans the sequence once per length. */
+export const MAX_MATCHING_NGRAM_SIZE = 32;
+/** Transformers' default: a draft model stops drafting after a token it gave less than this probability. */
+export const DEFAULT_ASSISTANT_CONFIDENCE_THRESHOLD = 0.4;
 
 export interface SamplingParams {
   do_sample: boolean;
@@ -41,6 +47,10 @@ export interface ResolvedGenerationConfig extends SamplingParams {
   eos_token_id: number[];
   num_assistant_tokens: number;
   num_assistant_tokens_schedule: AssistantTokensSchedule;
+  /** 0: no prompt lookup. */
+  prompt_lookup_num_tokens: number;
+  max_matching_ngram_size: number;
+  assistant_confidence_threshold: number;
 }
 
 /** Transformers' GenerationConfig defaults. */
@@ -53,7 +63,19 @@ export const TRANSFORMERS_DEFAULTS: Readonly<SamplingParams> = {
   repetition_penalty: 1,
 };
 
-const NUMBER_FIELDS = ['temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'max_new_tokens', 'seed', 'num_assistant_tokens'] as const;
+const NUMBER_FIELDS = [
+  'temperature',
+  'top_k',
+  'top_p',
+  'min_p',
+  'repetition_penalty',
+  'max_new_tokens',
+  'seed',
+  'num_assistant_tokens',
+  'prompt_lookup_num_tokens',
+  'max_matching_ngram_size',
+  'assistant_confidence_threshold',
+] as const;
 
 /**
  * The GenerationConfig fields of a generation_config.json object. null means "unset",
@@ -75,7 +97,7 @@ export function parseGenerationConfigJson(json: unknown): GenerationConfig {
   if (typeof eos === 'number' || (Array.isArray(eos) && eos.every((x) => typeof x === 'number'))) out.eos_token_id = eos as number | number[];
   if (Array.isArray(src.stop_strings) && src.stop_strings.every((s) => typeof s === 'string')) out.stop = src.stop_strings as string[];
   const schedule = src.num_assistant_tokens_schedule;
-  if (SCHEDULES.includes(schedule as AssistantTokensSchedule)) out.num_assistant_tokens_schedule = schedule as AssistantTokensSchedule;
+  if (ASSISTANT_TOKENS_SCHEDULES.includes(schedule as AssistantTokensSchedule)) out.num_assistant_tokens_schedule = schedule as AssistantTokensSchedule;
   return out;
 }
 
@@ -105,8 +127,20 @@ export function validateGenerationConfig(c: GenerationConfig): void {
     const k = c.num_assistant_tokens;
     check(isInt(k) && k >= 1 && k <= MAX_NUM_ASSISTANT_TOKENS, `num_assistant_tokens must be an integer in 1..${MAX_NUM_ASSISTANT_TOKENS}, got ${k}`);
   }
+  if (c.prompt_lookup_num_tokens !== undefined) {
+    const k = c.prompt_lookup_num_tokens;
+    check(isInt(k) && k >= 0 && k <= MAX_NUM_ASSISTANT_TOKENS, `prompt_lookup_num_tokens must be an integer in 0..${MAX_NUM_ASSISTANT_TOKENS} (0 turns prompt lookup off), got ${k}`);
+  }
+  if (c.max_matching_ngram_size !== undefined) {
+    const n = c.max_matching_ngram_size;
+    check(isInt(n) && n >= 1 && n <= MAX_MATCHING_NGRAM_SIZE, `max_matching_ngram_size must be an integer in 1..${MAX_MATCHING_NGRAM_SIZE}, got ${n}`);
+  }
+  if (c.assistant_confidence_threshold !== undefined) {
+    const t = c.assistant_confidence_threshold;
+    check(Number.isFinite(t) && t >= 0 && t <= 1, `assistant_confidence_threshold must be a number in [0, 1] (0 turns it off), got ${t}`);
+  }
   if (c.num_assistant_tokens_schedule !== undefined) {
-    check(SCHEDULES.includes(c.num_assistant_tokens_schedule), `num_assistant_tokens_schedule must be one of ${SCHEDULES.join(', ')}, got ${JSON.stringify(c.num_assistant_tokens_schedule)}`);
+    check(ASSISTANT_TOKENS_SCHEDULES.includes(c.num_assistant_tokens_schedule), `num_assistant_tokens_schedule must be one of ${ASSISTANT_TOKENS_SCHEDULES.join(', ')}, got ${JSON.stringify(c.num_assistant_tokens_schedule)}`);
   }
 }
 
@@ -123,7 +157,10 @@ export function resolveGenerationConfig(...layers: (GenerationConfig | undefined
     stop: [],
     eos_token_id: [],
     num_assistant_tokens: DEFAULT_NUM_ASSISTANT_TOKENS,
-    num_assistant_tokens_schedule: 'heuristic',
+    num_assistant_tokens_schedule: 'measured',
+    prompt_lookup_num_tokens: 0,
+    max_matching_ngram_size: DEFAULT_MAX_MATCHING_NGRAM_SIZE,
+    assistant_confidence_threshold: DEFAULT_ASSISTANT_CONFIDENCE_THRESHOLD,
   };
   for (const layer of layers) {
     if (!layer) continue;

@@ -13,6 +13,7 @@
 // so the output equals the target's own greedy output.
 
 import type { Model, Session } from '@webgpu-chat/engine';
+import { DraftLengthPlanner, RunningCost, type PlannerState, type StepCosts } from './draft-length.ts';
 import { commonPrefixLength, type TokenSource } from './generate.ts';
 import {
   applyRepetitionPenalty,
@@ -120,6 +121,37 @@ export async function distributionAt(session: LogitsReader, p: SamplingParams, v
   }
 }
 
+/**
+ * The draft's distribution at its last position, and how sure it was of a token: the
+ * probability it gave it after the warpers (Transformers' ConfidenceCriteria reads the
+ * processed scores). Greedy drafting reads the top token's probability when a confidence is
+ * wanted (top-1 with log-sum-exp), its argmax alone otherwise.
+ */
+export async function draftDistributionAt(
+  session: LogitsReader,
+  p: SamplingParams,
+  vocabSize: number,
+  previousIds: Iterable<number>,
+  wantConfidence: boolean,
+): Promise<{ dist: Distribution; confidence: (id: number) => number }> {
+  const path = readPath(p, vocabSize);
+  if (path === 'argmax' && wantConfidence) {
+    const top = await session.topK(1);
+    const sure = Math.exp(top.logits[0]! - top.logSumExp);
+    return { dist: pointMass(top.ids[0]!), confidence: () => sure };
+  }
+  if (path === 'logits' && isGreedy(p) && wantConfidence) {
+    const logits = await session.logits();
+    applyRepetitionPenalty(logits, previousIds, p.repetition_penalty);
+    const best = argmax(logits);
+    let sum = 0;
+    for (const l of logits) sum += Math.exp(l - logits[best]!);
+    return { dist: pointMass(best), confidence: () => 1 / sum };
+  }
+  const dist = await distributionAt(session, p, vocabSize, undefined, previousIds);
+  return { dist, confidence: (id) => probabilityOf(dist, id) };
+}
+
 /** What must match for two models to share token ids. */
 export interface TokenizerSide {
   /** Length of the model's logits row. */
@@ -178,6 +210,14 @@ export class Assistant {
   readonly cached: number[] = [];
   /** The draft length the 'heuristic' schedule reached, and the num_assistant_tokens it started from. */
   private carried: { start: number; k: number } | undefined;
+  /** The 'measured' schedule's acceptance evidence, carried between calls. */
+  plannerState: PlannerState | undefined;
+  /** The 'measured' schedule's back-off across calls: calls still to decode without drafting, the next back-off, and whether the next call probes. */
+  private readonly backoff = { skip: 0, length: 1, probe: false };
+  /** Milliseconds the draft takes per drafted token (a forward of one or two tokens and its read). */
+  readonly draftTokenCost = new RunningCost();
+  /** Milliseconds per token of the draft catching up on a sequence (prompts, tokens decoded without it). */
+  readonly catchUpTokenCost = new RunningCost();
   private disposed = false;
 
   private constructor(
@@ -206,23 +246,75 @@ export class Assistant {
     return new Assistant(draft.model, session);
   }
 
-  /** The token source of one generation (see generate.ts). */
-  source(cfg: ResolvedGenerationConfig, rng: SeededRandom, vocabSize: number): TokenSource {
+  /**
+   * The token source of one generation (see generate.ts); `costs`: the target's measured
+   * step times, which the 'measured' schedule weighs drafts against.
+   */
+  source(cfg: ResolvedGenerationConfig, rng: SeededRandom, vocabSize: number, costs: StepCosts): TokenSource {
     if (this.disposed) throw new DraftModelError('This assistant has been disposed');
     const start = cfg.num_assistant_tokens;
     let k = start;
     if (cfg.num_assistant_tokens_schedule === 'heuristic' && this.carried?.start === start) k = this.carried.k;
     const carry = cfg.num_assistant_tokens_schedule === 'heuristic' ? (reached: number) => (this.carried = { start, k: reached }) : undefined;
-    return new SpeculativeSource(this, cfg, rng, vocabSize, k, carry);
+    const measured = cfg.num_assistant_tokens_schedule === 'measured' ? { costs, plannerFor: (sequence: readonly number[]) => this.measuredPlanner(costs, sequence) } : undefined;
+    return new SpeculativeSource(this, cfg, rng, vocabSize, k, carry, measured);
   }
 
-  /** Runs the draft over `sequence` (reusing the prefix its cache shares) so its last row is the sequence's next-token distribution. */
-  advance(sequence: readonly number[]): void {
+  /** What catching the draft's cache up on `sequence` costs, in the target's one-token steps (0 before it was timed). */
+  private catchUpCost(sequence: readonly number[], costs: StepCosts): number {
+    const tokens = sequence.length - commonPrefixLength(this.cached, sequence);
+    const perToken = this.catchUpTokenCost.ms;
+    const one = costs.estimate(1);
+    return perToken !== undefined && one !== undefined ? (tokens * perToken) / one : 0;
+  }
+
+  /**
+   * The 'measured' schedule's planner for one call over `sequence`. A pause lasts the rest of
+   * the call; after one, the next 1 (then 2, 4, ... up to MAX_SKIPPED_CALLS while probes keep
+   * failing) calls decode without drafting (so the draft does not even read their prompts),
+   * then the first call whose sequence the draft can catch up on cheaply probes with one draft.
+   */
+  private measuredPlanner(costs: StepCosts, sequence: readonly number[]): DraftLengthPlanner {
+    const b = this.backoff;
+    let paused = false;
+    let probe = false;
+    if (b.skip > 0) {
+      b.skip--;
+      paused = true;
+    } else if (b.probe) {
+      probe = this.catchUpCost(sequence, costs) <= MAX_PROBE_CATCH_UP;
+      paused = !probe;
+      if (probe) b.probe = false;
+    }
+    return new DraftLengthPlanner(costs, {
+      ...(this.plannerState ? { start: this.plannerState } : {}),
+      pauseForGood: true,
+      paused,
+      probeFirst: probe,
+      onPause: () => {
+        b.skip = b.length;
+        b.length = Math.min(2 * b.length, MAX_SKIPPED_CALLS);
+        b.probe = true;
+      },
+      onProbe: (paid) => {
+        if (paid) b.length = 1;
+      },
+    });
+  }
+
+  /**
+   * Runs the draft over `sequence` (reusing the prefix its cache shares) so its last row is
+   * the sequence's next-token distribution; returns how many tokens it ran.
+   */
+  advance(sequence: readonly number[]): number {
     const same = Math.min(commonPrefixLength(this.cached, sequence), sequence.length - 1);
     this.rollBack(same);
     this.session.forward(sequence.slice(same));
     this.cached.push(...sequence.slice(same));
+    return sequence.length - same;
   }
+
+
 
   rollBack(length: number): void {
     this.session.truncate(length);
@@ -235,6 +327,11 @@ export class Assistant {
     this.session.dispose();
   }
 }
+
+/** The most calls the 'measured' schedule skips between probes of a draft model that does not pay. */
+const MAX_SKIPPED_CALLS = 16;
+/** A probe waits for a call whose sequence the draft catches up on in at most this many of the model's one-token steps. */
+const MAX_PROBE_CATCH_UP = 2;
 
 /**
  * Draft K, verify them in the sequence's next step, keep the accepted prefix and one
@@ -249,6 +346,8 @@ class SpeculativeSource implements TokenSource {
   /** The current draft, and the distributions its tokens were drawn from. */
   private drafted: number[] = [];
   private q: Distribution[] = [];
+  /** The draft length chosen last (0: the step decoded without a draft). */
+  private lastK = 0;
 
   constructor(
     private readonly draft: Assistant,
@@ -259,21 +358,51 @@ class SpeculativeSource implements TokenSource {
     private k: number,
     /** Where a 'heuristic' schedule keeps k for the next call. */
     private readonly carry: ((k: number) => void) | undefined,
+    /** The 'measured' schedule: k is then the longest draft, and the planner picks each one's length. */
+    private readonly measured: { costs: StepCosts; plannerFor: (sequence: readonly number[]) => DraftLengthPlanner } | undefined,
   ) {}
+
+  /** The 'measured' schedule's planner, made at the first step (it looks at the sequence). */
+  private planner: DraftLengthPlanner | undefined;
+
+  /** A drafted token's cost in the target's one-token steps, once both have been timed. */
+  private draftCost(): number | undefined {
+    const one = this.measured?.costs.estimate(1);
+    const ms = this.draft.draftTokenCost.ms;
+    return one !== undefined && ms !== undefined ? ms / one : undefined;
+  }
+
+  /** The most tokens the next draft may hold (it may stop earlier, unsure). */
+  private draftLength(sequence: readonly number[], max: number): number {
+    // K drafted + 1 model token never exceed what the loop still wants, which also keeps
+    // both caches inside their context (the loop's budget accounts for it).
+    const most = Math.max(0, Math.min(this.k, max - 1));
+    if (!this.measured || most === 0) return most;
+    this.planner ??= this.measured.plannerFor(sequence);
+    const cost = this.draftCost();
+    // One token first, which times the draft without staking a long draft on a guess.
+    return cost === undefined ? Math.min(1, most) : this.planner.next(most, cost);
+  }
 
   async plan(sequence: readonly number[], max: number): Promise<{ tokens: number[]; logits: 'all' }> {
     const { cfg, rng, vocabSize } = this;
-    // K drafted + 1 model token never exceed what the loop still wants, which also keeps
-    // both caches inside their context (the loop's budget accounts for it).
-    const K = Math.max(0, Math.min(this.k, max - 1));
+    const K = (this.lastK = this.draftLength(sequence, max));
+    const threshold = cfg.assistant_confidence_threshold;
     this.drafted = [];
     this.q = [];
     for (let i = 0; i < K; i++) {
       const prefix = [...sequence, ...this.drafted];
-      this.draft.advance(prefix);
-      const dist = await distributionAt(this.draft.session, cfg, vocabSize, undefined, prefix);
+      const t0 = performance.now();
+      const ran = this.draft.advance(prefix);
+      const { dist, confidence } = await draftDistributionAt(this.draft.session, cfg, vocabSize, prefix, threshold > 0);
+      // A draft step over more tokens is catching up on the sequence: not a drafted token's cost.
+      const ms = performance.now() - t0;
+      if (ran <= 2) this.draft.draftTokenCost.observe(ms);
+      else this.draft.catchUpTokenCost.observe(ms / ran);
+      const token = draw(dist, rng);
       this.q.push(dist);
-      this.drafted.push(draw(dist, rng));
+      this.drafted.push(token);
+      if (confidence(token) < threshold) break;
     }
     return { tokens: [sequence.at(-1)!, ...this.drafted], logits: 'all' };
   }
@@ -289,7 +418,10 @@ class SpeculativeSource implements TokenSource {
       this.steps++;
       this.draftedTotal += K;
       this.acceptedTotal += verdict.accepted;
-      if (cfg.num_assistant_tokens_schedule !== 'constant') {
+      if (this.planner) {
+        this.planner.observe(K, verdict.accepted, this.draftCost());
+        this.draft.plannerState = this.planner.state;
+      } else if (cfg.num_assistant_tokens_schedule !== 'constant') {
         this.k = nextNumAssistantTokens(this.k, K, verdict.accepted);
         this.carry?.(this.k);
       }
@@ -304,7 +436,7 @@ class SpeculativeSource implements TokenSource {
       acceptedTokens: this.acceptedTotal,
       acceptanceRate: this.draftedTotal > 0 ? this.acceptedTotal / this.draftedTotal : 0,
       meanAcceptedTokens: this.steps > 0 ? this.acceptedTotal / this.steps : 0,
-      finalNumAssistantTokens: this.k,
+      finalNumAssistantTokens: this.measured ? this.lastK : this.k,
     };
   }
 }

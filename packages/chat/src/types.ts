@@ -34,15 +34,31 @@ export interface GenerationConfig {
   /** Assisted generation: tokens the draft proposes per step (the start value of an adaptive schedule). */
   num_assistant_tokens?: number;
   /**
-   * 'constant' keeps num_assistant_tokens; 'heuristic' adds 2 after a step whose draft was
-   * all accepted and subtracts 1 otherwise, carried over to the next call with the same
-   * draft (as Transformers does); 'heuristic_transient' restarts from num_assistant_tokens
-   * every call.
+   * 'measured' (the default) drafts the length that gives the most tokens per unit of time
+   * from the measured cost of a verification step and the running acceptance rate, up to
+   * num_assistant_tokens (prompt_lookup_num_tokens with prompt lookup), and pauses drafting
+   * while drafts do not pay. Transformers' schedules: 'constant' keeps num_assistant_tokens;
+   * 'heuristic' adds 2 after a step whose draft was all accepted and subtracts 1 otherwise,
+   * carried over to the next call with the same draft; 'heuristic_transient' restarts from
+   * num_assistant_tokens every call.
    */
   num_assistant_tokens_schedule?: AssistantTokensSchedule;
+  /**
+   * Prompt lookup decoding (Transformers' name): drafts of up to this many tokens copied from
+   * where the sequence's last n-gram occurred before in the prompt or the output, verified
+   * like a draft model's. 0 (the default) turns it off; it cannot be combined with a draft model.
+   */
+  prompt_lookup_num_tokens?: number;
+  /** Prompt lookup: the longest n-gram matched (shorter ones are tried after it); default 2. */
+  max_matching_ngram_size?: number;
+  /**
+   * A draft model stops drafting after a token it gave less than this probability (default
+   * 0.4, as Transformers; 0 turns it off).
+   */
+  assistant_confidence_threshold?: number;
 }
 
-export type AssistantTokensSchedule = 'constant' | 'heuristic' | 'heuristic_transient';
+export type AssistantTokensSchedule = 'constant' | 'heuristic' | 'heuristic_transient' | 'measured';
 
 /**
  * A draft model for assisted generation: a loaded pipeline (its tokenizer is checked

@@ -125,6 +125,27 @@ describe.skipIf(!hasStories)('greedy assisted generation equals plain greedy: st
     expect(a).toBe(b);
   });
 
+  it('assistant_confidence_threshold stops a draft after a token the draft was unsure of', async () => {
+    const target = await pipeline('text-generation', STORIES, { maxContext: 256 });
+    const draft = await pipeline('text-generation', STORIES, { maxContext: 256, numLayers: 1 });
+    pipes.push(target, draft);
+    const base = { max_new_tokens: 40, assistant_model: draft, num_assistant_tokens: 6, num_assistant_tokens_schedule: 'constant' as const };
+    const [{ generated_text: plain }] = await target('Once upon a time', { max_new_tokens: 40 });
+    const perStep = async (threshold: number) => {
+      const [{ generated_text: out }] = await target('Once upon a time', { ...base, assistant_confidence_threshold: threshold });
+      expect(out).toBe(plain);
+      const s = target.lastStats!.speculative!;
+      return s.draftedTokens / s.steps;
+    };
+    // 0: every draft runs to its length (but the budget); 1: a draft stops after its first
+    // token unless the draft gave it probability 1 (in f32).
+    const [none, some, all] = [await perStep(0), await perStep(0.6), await perStep(1)];
+    expect(none).toBeGreaterThan(4);
+    expect(all).toBeLessThan(1.5);
+    expect(some).toBeGreaterThan(all);
+    expect(some).toBeLessThan(none);
+  });
+
   it('refuses a draft with another vocabulary', async () => {
     const target = await pipeline('text-generation', STORIES, { maxContext: 256 });
     pipes.push(target);

@@ -158,7 +158,7 @@ describe('draft length schedule and draft checks', () => {
   });
 
   it('validates num_assistant_tokens and its schedule', () => {
-    expect(resolveGenerationConfig()).toMatchObject({ num_assistant_tokens: 20, num_assistant_tokens_schedule: 'heuristic' });
+    expect(resolveGenerationConfig()).toMatchObject({ num_assistant_tokens: 20, num_assistant_tokens_schedule: 'measured' });
     expect(() => resolveGenerationConfig({ num_assistant_tokens: 0 })).toThrow(/num_assistant_tokens must be an integer in 1..63/);
     expect(() => resolveGenerationConfig({ num_assistant_tokens: 64 })).toThrow(/1..63/);
     expect(() => resolveGenerationConfig({ num_assistant_tokens_schedule: 'fast' as never })).toThrow(/num_assistant_tokens_schedule must be one of/);

@@ -1,0 +1,119 @@
+// Prompt lookup decoding (Transformers' prompt_lookup_num_tokens, max_matching_ngram_size;
+// llama-server's ngram drafts): the draft is the text that followed an earlier occurrence of
+// the sequence's last n-gram, in the prompt or in the reply so far. It costs nothing to
+// draft, so it pays wherever verifying several tokens costs little more than decoding one
+// and the reply repeats its input (summaries, rewrites, extraction, code edits).
+//
+// Verification is the draft model's rule with the draft as a point mass: greedy keeps a
+// drafted token iff it is the model's argmax, so the output is token for token the model's
+// own; sampling keeps it with probability p(token) and otherwise draws from p without it, so
+// the output follows the model's distribution. A logits processor (grammar masks, logit bias,
+// penalties) is applied to each verified row with that row's own prefix, so it sees exactly
+// the calls plain decoding would make.
+
+import type { ItemRows, TokenSource } from './generate.ts';
+import { DraftLengthPlanner, type StepCosts } from './draft-length.ts';
+import { applyRepetitionPenalty, argmax, distributionFromLogits, isGreedy, readPath, type Distribution, type LogitsProcessor, type ResolvedGenerationConfig, type SeededRandom } from './sampling.ts';
+import { distributionAt, pointMass, verifyDraft } from './speculative.ts';
+import type { SpeculativeStats } from './types.ts';
+
+/**
+ * Transformers' PromptLookupCandidateGenerator: for n from maxNgram down to 1, the first
+ * earlier occurrence (left to right) of the sequence's last n tokens that has tokens after
+ * it gives up to `count` of them; a draft ends before an EOS. Empty when nothing matches.
+ */
+export function lookupDraft(sequence: readonly number[], maxNgram: number, count: number, eos: ReadonlySet<number>): number[] {
+  const L = sequence.length;
+  for (let n = Math.min(maxNgram, L - 1); n >= 1; n--) {
+    // An occurrence at i is followed by sequence[i + n]: i + n < L, so the last n-gram itself never matches.
+    for (let i = 0; i + n < L; i++) {
+      let same = true;
+      for (let j = 0; j < n && same; j++) same = sequence[i + j] === sequence[L - n + j];
+      if (!same) continue;
+      const draft = sequence.slice(i + n, Math.min(i + n + count, L));
+      const end = draft.findIndex((t) => eos.has(t));
+      return end < 0 ? draft : draft.slice(0, end);
+    }
+  }
+  return [];
+}
+
+/** Prompt lookup as the loop's token source: the draft of each step comes from the sequence itself. */
+export class PromptLookupSource implements TokenSource {
+  readonly holdsBackLast = true;
+  private readonly planner: DraftLengthPlanner;
+  private drafted: number[] = [];
+  /** The draft length chosen last. */
+  private k = 0;
+  private steps = 0;
+  private draftedTotal = 0;
+  private acceptedTotal = 0;
+
+  constructor(
+    private readonly cfg: ResolvedGenerationConfig,
+    private readonly rng: SeededRandom,
+    private readonly vocabSize: number,
+    private readonly eos: ReadonlySet<number>,
+    costs: StepCosts,
+    private readonly processor: LogitsProcessor | undefined,
+  ) {
+    this.planner = new DraftLengthPlanner(costs);
+  }
+
+  /** How many tokens the next draft may hold: the schedule's choice, within what the loop still wants. */
+  private draftLength(max: number): number {
+    const most = Math.min(this.cfg.prompt_lookup_num_tokens, max - 1);
+    return this.cfg.num_assistant_tokens_schedule === 'measured' ? this.planner.next(most) : Math.max(0, most);
+  }
+
+  async plan(sequence: readonly number[], max: number): Promise<{ tokens: number[]; logits: 'all' }> {
+    this.k = this.draftLength(max);
+    this.drafted = this.k > 0 ? lookupDraft(sequence, this.cfg.max_matching_ngram_size, this.k, this.eos) : [];
+    return { tokens: [sequence.at(-1)!, ...this.drafted], logits: 'all' };
+  }
+
+  async take(sequence: readonly number[], _planned: readonly number[], rows: ItemRows): Promise<{ tokens: number[]; keep: number }> {
+    const { drafted } = this;
+    const verdict = this.fastGreedy() ? await greedyVerdict(drafted, rows) : await verifyDraft(drafted, drafted.map(pointMass), (i) => this.target(rows, i, [...sequence, ...drafted.slice(0, i)]), this.rng);
+    if (drafted.length > 0) {
+      this.steps++;
+      this.draftedTotal += drafted.length;
+      this.acceptedTotal += verdict.accepted;
+      this.planner.observe(drafted.length, verdict.accepted);
+    }
+    return { tokens: [...drafted.slice(0, verdict.accepted), verdict.token], keep: 1 + verdict.accepted };
+  }
+
+  /** Greedy with nothing to apply to the rows: every row's argmax in one read. */
+  private fastGreedy(): boolean {
+    return !this.processor && readPath(this.cfg, this.vocabSize) === 'argmax';
+  }
+
+  /** The model's distribution at row i, as plain decoding reads it (processor, then repetition penalty, then the warpers). */
+  private async target(rows: ItemRows, i: number, prefix: readonly number[]): Promise<Distribution> {
+    if (!this.processor) return distributionAt(rows, this.cfg, this.vocabSize, i, prefix);
+    const logits = await rows.logits(i);
+    this.processor(logits, prefix);
+    applyRepetitionPenalty(logits, prefix, this.cfg.repetition_penalty);
+    return isGreedy(this.cfg) ? pointMass(argmax(logits)) : distributionFromLogits(logits, this.cfg);
+  }
+
+  stats(): SpeculativeStats {
+    return {
+      steps: this.steps,
+      draftedTokens: this.draftedTotal,
+      acceptedTokens: this.acceptedTotal,
+      acceptanceRate: this.draftedTotal > 0 ? this.acceptedTotal / this.draftedTotal : 0,
+      meanAcceptedTokens: this.steps > 0 ? this.acceptedTotal / this.steps : 0,
+      finalNumAssistantTokens: this.k,
+    };
+  }
+}
+
+/** Greedy verification from the argmax of every row, read back together. */
+async function greedyVerdict(drafted: readonly number[], rows: ItemRows): Promise<{ accepted: number; token: number }> {
+  const best = drafted.length === 0 ? [await rows.argmax(0)] : (await rows.reduce(Array.from({ length: drafted.length + 1 }, (_, i) => i), 0)).map((r) => r.argmax);
+  let accepted = 0;
+  while (accepted < drafted.length && best[accepted] === drafted[accepted]) accepted++;
+  return { accepted, token: best[accepted]! };
+}
