@@ -360,6 +360,9 @@ function onCache(entries: CacheEntry[]): void {
 // ---- chat ----------------------------------------------------------------------------
 
 /** The settings a reply runs with, or undefined after marking the fields that are wrong. */
+/** Tokens a prompt-lookup draft proposes at most (Transformers' usual 10; the loop sizes each draft by measured cost). */
+const PROMPT_LOOKUP_TOKENS = 10;
+
 function generationConfig(): GenerationConfig | undefined {
   const values = {
     temperature: number('temperature'),
@@ -369,7 +372,7 @@ function generationConfig(): GenerationConfig | undefined {
   };
   const { temperature, top_p, top_k, max_new_tokens } = values;
   if (temperature === undefined || top_p === undefined || top_k === undefined || max_new_tokens === undefined) return undefined;
-  return { do_sample: input('do_sample').checked, temperature, top_p, top_k, max_new_tokens };
+  return { do_sample: input('do_sample').checked, temperature, top_p, top_k, max_new_tokens, ...(input('prompt_lookup').checked ? { prompt_lookup_num_tokens: PROMPT_LOOKUP_TOKENS } : {}) };
 }
 
 /** Moves focus to the composer unless the user is working elsewhere on the page. */

@@ -153,8 +153,9 @@ async function generate(req: Extract<Request, { type: 'generate' }>): Promise<vo
   try {
     const cfg = resolveGenerationConfig(chat.generationConfig, req.config);
     let last: number | null = null;
-    // A constrained reply (JSON mode) decodes without the draft, whose proposals the mask would overrule.
-    const assisted = draft && !req.responseFormat ? { assistant_model: draft } : {};
+    // A constrained reply (JSON mode) decodes without the draft, whose proposals the mask would
+    // overrule; prompt lookup replaces the draft model (one drafter at a time), as on serve.
+    const assisted = draft && !req.responseFormat && !req.config.prompt_lookup_num_tokens ? { assistant_model: draft } : {};
     const options = { ...req.config, ...assisted, ...(req.tools ? { tools: req.tools } : {}), ...(req.responseFormat ? { response_format: req.responseFormat } : {}), signal: stopper.signal };
     // Reasoning and tool calls are split from the answer wherever the model's format marks them.
     const parser = chat.replyParser(chat.renderPrompt(req.messages, options).text, (req.tools?.length ?? 0) > 0);

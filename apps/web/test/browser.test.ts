@@ -439,7 +439,7 @@ describe('demo page in Chromium', () => {
     await readReply();
   }, 120_000);
 
-  it('JSON mode holds the reply to JSON as under Node; tools are checked, and refused by a model without a chat template', async ({ skip }) => {
+  it('JSON mode holds the reply to JSON as under Node; prompt lookup keeps greedy tokens; tools are checked, and refused by a model without a chat template', async ({ skip }) => {
     if (skipReason) skip(skipReason);
     await ensureModel();
     const ref = await nodeReference({ jsonMode: true });
@@ -451,6 +451,13 @@ describe('demo page in Chromium', () => {
     expect(r.ids).toEqual(ref.ids);
     expect(r.text.trimStart().startsWith('{')).toBe(true);
     await page.setChecked('#json_mode', false);
+
+    // Prompt lookup keeps greedy output token for token, and reports its drafts in the footer.
+    await page.setChecked('#prompt_lookup', true);
+    const lookup = await chatGreedy();
+    expect(lookup.ids).toEqual((await expected()).ids);
+    expect(lookup.acceptanceRate).not.toBeNull();
+    await page.setChecked('#prompt_lookup', false);
 
     await page.click('#new-chat');
     await page.fill('#tools', '{"not": "a list"}');
