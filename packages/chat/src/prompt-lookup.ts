@@ -14,7 +14,7 @@
 import type { ItemRows, TokenSource } from './generate.ts';
 import { DraftLengthPlanner, type StepCosts } from './draft-length.ts';
 import { applyRepetitionPenalty, argmax, distributionFromLogits, isGreedy, readPath, type Distribution, type LogitsProcessor, type ResolvedGenerationConfig, type SeededRandom } from './sampling.ts';
-import { distributionAt, pointMass, verifyDraft } from './speculative.ts';
+import { distributionAt, pointMass, speculativeStats, verifyDraft } from './speculative.ts';
 import type { SpeculativeStats } from './types.ts';
 
 /**
@@ -99,14 +99,7 @@ export class PromptLookupSource implements TokenSource {
   }
 
   stats(): SpeculativeStats {
-    return {
-      steps: this.steps,
-      draftedTokens: this.draftedTotal,
-      acceptedTokens: this.acceptedTotal,
-      acceptanceRate: this.draftedTotal > 0 ? this.acceptedTotal / this.draftedTotal : 0,
-      meanAcceptedTokens: this.steps > 0 ? this.acceptedTotal / this.steps : 0,
-      finalNumAssistantTokens: this.k,
-    };
+    return speculativeStats(this.steps, this.draftedTotal, this.acceptedTotal, this.k);
   }
 }
 

@@ -430,13 +430,18 @@ class SpeculativeSource implements TokenSource {
   }
 
   stats(): SpeculativeStats {
-    return {
-      steps: this.steps,
-      draftedTokens: this.draftedTotal,
-      acceptedTokens: this.acceptedTotal,
-      acceptanceRate: this.draftedTotal > 0 ? this.acceptedTotal / this.draftedTotal : 0,
-      meanAcceptedTokens: this.steps > 0 ? this.acceptedTotal / this.steps : 0,
-      finalNumAssistantTokens: this.measured ? this.lastK : this.k,
-    };
+    return speculativeStats(this.steps, this.draftedTotal, this.acceptedTotal, this.measured ? this.lastK : this.k);
   }
+}
+
+/** A drafter's counters as GenerationStats reports them. */
+export function speculativeStats(steps: number, drafted: number, accepted: number, finalDraftLength: number): SpeculativeStats {
+  return {
+    steps,
+    draftedTokens: drafted,
+    acceptedTokens: accepted,
+    acceptanceRate: drafted > 0 ? accepted / drafted : 0,
+    meanAcceptedTokens: steps > 0 ? accepted / steps : 0,
+    finalNumAssistantTokens: finalDraftLength,
+  };
 }
