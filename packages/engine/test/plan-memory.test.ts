@@ -81,6 +81,8 @@ describe('loadModel memory check', () => {
     const model = await loadModel(dir, { gpu, dtype: 'f32', maxContext: 128, maxMemoryBytes: budget, quantize: 'q4' });
     models.push(model);
     expect(model.info.weightBytesByFormat?.q4).toBe(q4.quantizedBytes);
+    // The loader executes the plan the check sums: every resident byte was planned.
+    expect(model.info.weightBytes).toBe(q4.weightBytes);
     expect(model.info.quantization).toEqual({ method: 'q4', bits: 4, groupSize: 32 });
     // An untied LM head is read every step; the embedding table is not.
     expect(model.info.bytesPerToken).toBe(q4.weightBytes - config.vocab_size * config.hidden_size * 4);
