@@ -132,7 +132,7 @@ export function createAttention(
   const part = partials.buffer;
 
   const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
-  const write = ctx.kernels.get('attention', { KV_WRITE: true }, { WG });
+  const write = ctx.kernels.get('attention', {}, { WG }, 'kvWrite');
   const writeParams = new ParamsBuffer(dev, write);
   const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache, meta.buffer]);
   const software = ctx.variant === 'software';
@@ -140,14 +140,14 @@ export function createAttention(
   // has subgroups of exactly 8 (lavapipe); else a thread per query row.
   const grouped = software && ctx.subgroups && ctx.subgroupSize === 8 && headDim % 8 === 0 && !opts.perRow;
   const attn = grouped
-    ? ctx.kernels.get('attention', { SPLIT_SG: true, SUBGROUPS: true, ...variantDefines }, { PL: headDim / 8 })
+    ? ctx.kernels.get('attention', { SUBGROUPS: true, ...variantDefines }, { PL: headDim / 8 }, 'splitSg')
     : software
-      ? ctx.kernels.get('attention', { SPLIT_SW: true, ...variantDefines }, { WG, HD4: headDim / 4 })
-      : ctx.kernels.get('attention', { SPLIT_GPU: true, ...variantDefines }, { WG });
+      ? ctx.kernels.get('attention', variantDefines, { WG, HD4: headDim / 4 }, 'splitSw')
+      : ctx.kernels.get('attention', variantDefines, { WG }, 'splitGpu');
   const attnParams = new ParamsBuffer(dev, attn);
   if (opts.sinks && opts.sinks.size < nHeads * 4) throw new AttentionError(`sinks hold fewer than ${nHeads} f32`);
   const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, meta.buffer, ...(opts.sinks ? [opts.sinks] : [])]);
-  const combine = ctx.kernels.get('attention', { COMBINE: true }, { WG });
+  const combine = ctx.kernels.get('attention', {}, { WG }, 'combine');
   const combineParams = new ParamsBuffer(dev, combine);
   const combineGroup = bindGroup(dev, combine, [combineParams.buffer, part, out]);
 
