@@ -129,7 +129,7 @@ function layerVectors(c: ModelConfig, n: LayerTensors): [string, number[]][] {
   return out;
 }
 
-export function linearEntries(n: LayerTensors): [LinearRole, [string, string | undefined]][] {
+function linearEntries(n: LayerTensors): [LinearRole, [string, string | undefined]][] {
   return Object.entries(n.linear) as [LinearRole, [string, string | undefined]][];
 }
 
@@ -152,7 +152,7 @@ function planLinear(role: LinearRole, name: string, bias: string | undefined, N:
 }
 
 /** Bytes a planned (or stacked) weight holds: its stored rows, and an act-order permutation. */
-function linearBytes(s: StackShape): number {
+function plannedLinearBytes(s: StackShape): number {
   return storedBytes(s, { rows: s.rows }) + (s.quant?.perm ? 4 * s.cols : 0);
 }
 
@@ -167,7 +167,7 @@ export function planLoad(c: ModelConfig, dtype: WeightDtype, o: PlanOptions = {}
   const vector = (shape: readonly number[]) => 4 * shape.reduce((a, b) => a * b, 1);
   // A linear weight (or a stack) as held: quantized ones under their format, biases under 'other'.
   const hold = (s: StackShape) => {
-    add(s.quant ? quantFormat! : dtype, linearBytes(s));
+    add(s.quant ? quantFormat! : dtype, plannedLinearBytes(s));
     if (s.bias) add('other', 4 * s.rows);
   };
 

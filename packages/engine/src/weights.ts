@@ -10,7 +10,7 @@ import type { LinearWeight } from './ops/linear.ts';
 import type { Checkpoint } from './safetensors.ts';
 import { type GpuTensor, UploadError, UploadProgress, destroyTensor, uploadF32, uploadTensor } from './upload.ts';
 import type { LoadProgress } from './types.ts';
-import { loadMoeLayer } from './moe-weights.ts';
+import { isSparseLayer, loadMoeLayer } from './moe-weights.ts';
 import { EMBED, FINAL_NORM, LM_HEAD, type LinearRole } from './models/tensors.ts';
 import { bufferFrom } from './buffers.ts';
 import { decode16 } from './dtype.ts';
@@ -223,7 +223,7 @@ export async function loadDecoderWeights(
         ...(n.qNorm ? { qNorm: await norm(n.qNorm) } : {}),
         ...(n.kNorm ? { kNorm: await norm(n.kNorm) } : {}),
         ...(n.sinks ? { sinks: await vector(n.sinks) } : {}),
-        ...(c.moe?.sparse_layers[i] ? { moe: await moeLayer(i) } : {}),
+        ...(isSparseLayer(c, i) ? { moe: await moeLayer(i) } : {}),
         attnIn: qkv ? { qkv } : { q, k, v },
         o,
         ...(gate && up ? { mlpIn: gateUp ? { gateUp } : { gate, up } } : {}),
