@@ -15,22 +15,24 @@
 // accumulator to `part`, and the COMBINE variant merges the splits of each row. A split past
 // a row's own range is empty (m = -big, l = 0) and weighs nothing in the combine.
 //
-// Variants:
-//   KV_WRITE  copies T new k/v rows into each token's cache slot.
-//   SPLIT_SW  one thread per work item (CPU-backed adapters: no barriers), reading the
+// Kernels (entry points):
+//   kvWrite   copies T new k/v rows into each token's cache slot.
+//   splitSw   one thread per work item (CPU-backed adapters: no barriers), reading the
 //             caches as vec4 (headDim is a multiple of 4, checked on the host).
-//   SPLIT_SG  CPU-backed adapters with subgroups of exactly 8, headDim % 8 == 0: one subgroup
-//             per group of up to 8 query rows of one kv head and one sequence (stepMeta's row
-//             groups), sharing each cache row through broadcasts.
-//   SPLIT_GPU one workgroup per work item: a score per thread, shared-memory reductions,
+//   splitSg   CPU-backed adapters with subgroups of exactly 8 (compiled with SUBGROUPS),
+//             headDim % 8 == 0: one subgroup per group of up to 8 query rows of one kv head
+//             and one sequence (stepMeta's row groups), sharing each cache row through broadcasts.
+//   splitGpu  one workgroup per work item: a score per thread, shared-memory reductions,
 //             and each thread accumulating a few output dims over the chunk's v rows.
-//   COMBINE   one thread per output element.
-//   SINKS     (with SPLIT_*) a learned logit per head joins each row's softmax denominator
-//             (GPT-OSS): split 0 starts from m = sink, l = 1 instead of m = -inf, l = 0.
-//   SOFTCAP   (with SPLIT_*) scores are soft-capped, softcap · tanh(s / softcap) (Gemma 2).
+//   combine   one thread per output element.
+// Defines of the split kernels:
+//   SINKS     a learned logit per head joins each row's softmax denominator (GPT-OSS):
+//             split 0 starts from m = sink, l = 1 instead of m = -inf, l = 0.
+//   SOFTCAP   scores are soft-capped, softcap · tanh(s / softcap) (Gemma 2).
 
-#if KV_WRITE
-struct Params {
+override WG: u32 = 64u;
+
+struct KvWriteParams {
   tokens: u32,
   nKvHeads: u32,
   headDim: u32,
@@ -38,71 +40,65 @@ struct Params {
   maxTokens: u32,
 }
 
-override WG: u32 = 64u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-// k, v: [T, nKvHeads * headDim], as the projections wrote them (after RoPE on k).
-@group(0) @binding(1) var<storage, read> k: array<f32>;
-@group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kCache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vCache: array<f32>;
-// stepMeta: positions and block tables (ops/step-meta.ts).
-@group(0) @binding(5) var<storage, read> stepMeta: array<u32>;
+@group(0) @binding(0) var<uniform> kvWriteParams: KvWriteParams;
+// kNew, vNew: [T, nKvHeads * headDim], as the projections wrote them (after RoPE on k).
+@group(0) @binding(1) var<storage, read> kNew: array<f32>;
+@group(0) @binding(2) var<storage, read> vNew: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kCacheOut: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vCacheOut: array<f32>;
+// stepMeta (binding 6 of the split kernels): positions and block tables (ops/step-meta.ts).
+@group(0) @binding(5) var<storage, read> writeMeta: array<u32>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn kvWrite(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let w = kvWriteParams;
   let idx = gid.x + gid.y * nwg.x * WG;
-  if (idx >= p.tokens * p.nKvHeads * p.headDim) { return; }
-  let d = idx % p.headDim;
-  let th = idx / p.headDim;
-  let h = th % p.nKvHeads;
-  let t = th / p.nKvHeads;
-  let pos = stepMeta[t];
-  let blk = stepMeta[stepMeta[p.maxTokens + t] + pos / p.blockSize];
-  let dst = ((blk * p.nKvHeads + h) * p.blockSize + pos % p.blockSize) * p.headDim + d;
-  kCache[dst] = k[idx];
-  vCache[dst] = v[idx];
+  if (idx >= w.tokens * w.nKvHeads * w.headDim) { return; }
+  let d = idx % w.headDim;
+  let th = idx / w.headDim;
+  let h = th % w.nKvHeads;
+  let t = th / w.nKvHeads;
+  let pos = writeMeta[t];
+  let blk = writeMeta[writeMeta[w.maxTokens + t] + pos / w.blockSize];
+  let dst = ((blk * w.nKvHeads + h) * w.blockSize + pos % w.blockSize) * w.headDim + d;
+  kCacheOut[dst] = kNew[idx];
+  vCacheOut[dst] = vNew[idx];
 }
-#endif
 
-#if COMBINE
-struct Params {
+struct CombineParams {
   rows: u32,
   headDim: u32,
   splits: u32,
   accOffset: u32,
 }
 
-override WG: u32 = 64u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-// part: [rows * splits] pairs (m, l), then at accOffset [rows * splits, headDim] accumulators.
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-// out: [rows, headDim] = [T, nHeads * headDim].
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<uniform> combineParams: CombineParams;
+// partIn: [rows * splits] pairs (m, l), then at accOffset [rows * splits, headDim] accumulators.
+@group(0) @binding(1) var<storage, read> partIn: array<f32>;
+// combined: [rows, headDim] = [T, nHeads * headDim].
+@group(0) @binding(2) var<storage, read_write> combined: array<f32>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let c = combineParams;
   let idx = gid.x + gid.y * nwg.x * WG;
-  if (idx >= p.rows * p.headDim) { return; }
-  let d = idx % p.headDim;
-  let row = idx / p.headDim;
-  let first = row * p.splits;
+  if (idx >= c.rows * c.headDim) { return; }
+  let d = idx % c.headDim;
+  let row = idx / c.headDim;
+  let first = row * c.splits;
   var m = -3.4e38;
-  for (var s = 0u; s < p.splits; s++) { m = max(m, part[2u * (first + s)]); }
+  for (var s = 0u; s < c.splits; s++) { m = max(m, partIn[2u * (first + s)]); }
   var l = 0.0;
   var acc = 0.0;
-  for (var s = 0u; s < p.splits; s++) {
-    let w = exp(part[2u * (first + s)] - m);
-    l += w * part[2u * (first + s) + 1u];
-    acc += w * part[p.accOffset + (first + s) * p.headDim + d];
+  for (var s = 0u; s < c.splits; s++) {
+    let w = exp(partIn[2u * (first + s)] - m);
+    l += w * partIn[2u * (first + s) + 1u];
+    acc += w * partIn[c.accOffset + (first + s) * c.headDim + d];
   }
-  out[idx] = acc / l;
+  combined[idx] = acc / l;
 }
-#endif
 
-#if !KV_WRITE
-#if !COMBINE
+// The split kernels' uniform and bindings.
 struct Params {
   tokens: u32,
   nHeads: u32,
@@ -125,12 +121,12 @@ struct Params {
 const MAX_D: u32 = 256u;
 const NEG_BIG: f32 = -3.4e38;
 
-override WG: u32 = 64u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 // q: [T, nHeads * headDim] (after RoPE).
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-// Bindings 2 and 3, kCache and vCache, are declared by each variant.
+// Bindings 2 and 3: the caches, as f32 (kCache, vCache) or as vec4 (splitSw's kCache4, vCache4).
+@group(0) @binding(2) var<storage, read> kCache: array<f32>;
+@group(0) @binding(3) var<storage, read> vCache: array<f32>;
 // out: [T, nHeads * headDim], written when direct = 1.
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // part: split partials (see COMBINE), written when direct = 0.
@@ -194,7 +190,6 @@ fn item(i: u32) -> Item {
   return Item(row, kvh, stepMeta[p.maxTokens + t], max(firstKey(pos), s * p.splitLen), min(pos + 1u, (s + 1u) * p.splitLen));
 }
 
-#if SPLIT_SW
 // The head dimension in vec4s, as a pipeline constant so the compiler can unroll the dim
 // loops and keep qv/acc in registers (2-3x faster on lavapipe than a runtime bound).
 override HD4: u32 = 16u;
@@ -203,7 +198,7 @@ override HD4: u32 = 16u;
 @group(0) @binding(3) var<storage, read> vCache4: array<vec4<f32>>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn splitSw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= p.tokens * p.nHeads * p.splits) { return; }
   let it = item(i);
@@ -246,9 +241,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var d = 0u; d < D; d++) { part[p.accOffset + i * D + d] = acc[d / 4u][d % 4u]; }
   }
 }
-#endif
 
-#if SPLIT_SG
+#if SUBGROUPS
 // One subgroup of exactly 8 lanes (one workgroup) per work item, on CPU-backed adapters: the
 // lanes are one row group of stepMeta, up to 8 query rows of one sequence that read the same kv
 // head, consecutive in token-major order (row r: token r / G, head kvh * G + r % G,
@@ -261,11 +255,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 const MAX_PL: u32 = MAX_D / 8u;
 override PL: u32 = 8u; // headDim / 8
 
-@group(0) @binding(2) var<storage, read> kCache: array<f32>;
-@group(0) @binding(3) var<storage, read> vCache: array<f32>;
-
 @compute @workgroup_size(8)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn splitSg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let i = wg.x + wg.y * nwg.x;
   let G = p.nHeads / p.nKvHeads;
   let s = i % p.splits;
@@ -344,12 +335,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 #endif
 
-#if SPLIT_GPU
 // Each thread owns output dims lid, lid + WG, ... (at most ACC of them: headDim <= ACC * WG).
 const ACC: u32 = 4u;
-
-@group(0) @binding(2) var<storage, read> kCache: array<f32>;
-@group(0) @binding(3) var<storage, read> vCache: array<f32>;
 
 var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> probs: array<f32, WG>;
@@ -358,7 +345,7 @@ var<workgroup> red: array<f32, WG>;
 var<workgroup> rowAt: array<u32, WG>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn splitGpu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = wg.x + wg.y * nwg.x;
   if (i >= p.tokens * p.nHeads * p.splits) { return; }
   let it = item(i);
@@ -426,6 +413,3 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
   }
 }
-#endif
-#endif
-#endif

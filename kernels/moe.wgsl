@@ -1,13 +1,14 @@
 // Mixture-of-experts routing and combining, on the GPU so no routing decision is read back.
 // T tokens, E experts, k picked per token; slot s = t * k + j is token t's j-th pick.
 //
-//   ROUTE    one thread per token: top-k of the router logits [T, E] (the larger logit
+// One kernel per entry point:
+//   route    one thread per token: top-k of the router logits [T, E] (the larger logit
 //            wins, the lower expert index on ties), then the family's weights:
 //            SOFTMAX_FIRST (Qwen): softmax over all E, keep the k picked, divided by their
 //            sum when NORM; otherwise (Mixtral, GPT-OSS): softmax over the k picked logits.
-//   GROUP    one thread per expert: lists the slots that picked it, in slot order, so the
+//   group    one thread per expert: lists the slots that picked it, in slot order, so the
 //            expert kernels (moe_matmul.wgsl) run each active expert once over its tokens.
-//   COMBINE  one thread per output element: hidden[t, n] += sum_j out[t * k + j, n], in
+//   combine  one thread per output element: hidden[t, n] += sum_j out[t * k + j, n], in
 //            j order (deterministic), plus SHARED's sigmoid(sharedGate[t]) * shared[t, n].
 
 // Most experts a model may have: ROUTE and GROUP keep a bit per expert in registers.
@@ -15,14 +16,13 @@ const MAX_EXPERTS: u32 = 256u;
 
 override WG: u32 = 64u;
 
-#if ROUTE
-struct Params {
+struct RouteParams {
   tokens: u32,
   experts: u32,
   k: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> routeParams: RouteParams;
 // logits: [T, E] f32 (router bias included).
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 // sel: [T * k] u32 expert of each slot, best first.
@@ -31,7 +31,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> wts: array<f32>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn route(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let p = routeParams;
   let t = gid.x + gid.y * nwg.x * WG;
   if (t >= p.tokens) { return; }
   let base = t * p.experts;
@@ -77,17 +78,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   for (var j = 0u; j < p.k; j++) { wts[t * p.k + j] /= sum; }
 #endif
 }
-#endif
 
-#if GROUP
-struct Params {
+struct GroupParams {
   slots: u32,
   experts: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-// sel: [slots] u32 from ROUTE.
-@group(0) @binding(1) var<storage, read> sel: array<u32>;
+@group(0) @binding(0) var<uniform> groupParams: GroupParams;
+// picks: [slots] u32, route's sel.
+@group(0) @binding(1) var<storage, read> picks: array<u32>;
 // groups: [0] = active experts A; then for rank r < A (experts in increasing order)
 // groups[1 + 3r ..] = (expert, first index in order, slot count).
 @group(0) @binding(2) var<storage, read_write> groups: array<u32>;
@@ -95,7 +94,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> order: array<u32>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn group(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let p = groupParams;
   let e = gid.x;
   if (e >= p.experts) { return; }
   // Every thread scans all slots (slots x experts is small: a prefill step at most).
@@ -103,7 +103,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var before = 0u;
   var count = 0u;
   for (var s = 0u; s < p.slots; s++) {
-    let x = sel[s];
+    let x = picks[s];
     present[x / 32u] |= 1u << (x % 32u);
     before += select(0u, 1u, x < e);
     count += select(0u, 1u, x == e);
@@ -122,24 +122,22 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   groups[3u + 3u * rank] = count;
   var at = before;
   for (var s = 0u; s < p.slots; s++) {
-    if (sel[s] == e) {
+    if (picks[s] == e) {
       order[at] = s;
       at++;
     }
   }
 }
-#endif
 
-#if COMBINE
-struct Params {
+struct CombineParams {
   tokens: u32,
   cols: u32,
   k: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-// out: [T * k, cols] f32, each slot's weighted expert output.
-@group(0) @binding(1) var<storage, read> out: array<f32>;
+@group(0) @binding(0) var<uniform> combineParams: CombineParams;
+// slotOut: [T * k, cols] f32, each slot's weighted expert output.
+@group(0) @binding(1) var<storage, read> slotOut: array<f32>;
 // hidden: [T, cols] f32, the residual stream.
 @group(0) @binding(2) var<storage, read_write> hidden: array<f32>;
 #if SHARED
@@ -149,16 +147,16 @@ struct Params {
 #endif
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let p = combineParams;
   let idx = gid.x + gid.y * nwg.x * WG;
   if (idx >= p.tokens * p.cols) { return; }
   let n = idx % p.cols;
   let t = idx / p.cols;
   var s = 0.0;
-  for (var j = 0u; j < p.k; j++) { s += out[(t * p.k + j) * p.cols + n]; }
+  for (var j = 0u; j < p.k; j++) { s += slotOut[(t * p.k + j) * p.cols + n]; }
 #if SHARED
   s += sharedOut[idx] / (1.0 + exp(-sharedGate[t]));
 #endif
   hidden[idx] += s;
 }
-#endif

@@ -8,10 +8,10 @@
 // are released. The block sizes suit each kernel variant (ops/linear-epilogue.ts GLU_BLOCK).
 
 import { storageUsage } from './buffers.ts';
-import { BYTES_PER_ELEMENT } from './dtype.ts';
+import { BYTES_PER_ELEMENT, type WeightDtype } from './dtype.ts';
 import { type KernelCache, grid, packParams } from './kernel.ts';
 import { type LinearWeight, type WeightChunk, storedBytes, storedRows } from './ops/linear.ts';
-import { groupsPerRow, rowWords } from './quant.ts';
+import { type QuantSpec, groupsPerRow, rowWords } from './quant.ts';
 import { TILE_ROWS } from './tiles.ts';
 
 export type Stacking = { kind: 'split' } | { kind: 'glu'; block: number };
@@ -20,8 +20,20 @@ const WG = 64;
 /** Row index past any part's rows: "no blocks" in stack_rows' row formula. */
 const NO_BLOCK = 2 ** 31;
 
+/** What stacking looks at of a weight: one held on the GPU (LinearWeight) or one planned (load-plan.ts). */
+export interface StackShape {
+  dtype: WeightDtype;
+  rows: number;
+  cols: number;
+  tiled?: boolean;
+  quant?: QuantSpec & { perm?: unknown };
+  bias?: unknown;
+  split?: unknown;
+  glu?: unknown;
+}
+
 /** Why `parts` cannot be stacked as `how`, or undefined when they can. */
-export function stackRefusal(parts: readonly LinearWeight[], how: Stacking): string | undefined {
+export function stackRefusal(parts: readonly StackShape[], how: Stacking): string | undefined {
   const [a] = parts;
   if (!a) return 'no weights';
   if (how.kind === 'split' && parts.length !== 3) return `split stacks 3 weights, got ${parts.length}`;

@@ -43,6 +43,15 @@ export function resolveGroupSize(cfg: PrequantConfig, K: number, what: string): 
   return G;
 }
 
+/**
+ * The column order g_idx implies (by group, stable): column j of the repacked words holds input
+ * column perm[j]; undefined when that is the stored order.
+ */
+export function actOrder(gIdx: Int32Array): Uint32Array | undefined {
+  const order = Array.from({ length: gIdx.length }, (_, k) => k).sort((a, b) => gIdx[a]! - gIdx[b]! || a - b);
+  return order.some((k, j) => k !== j) ? Uint32Array.from(order) : undefined;
+}
+
 /** Checks a GPTQ layer's shapes against W [N, K] and the config, then repacks it. */
 export function repackGptq(t: GptqTensors, N: number, K: number, cfg: PrequantConfig, what = 'gptq layer'): RepackedQ4 {
   if (K % 8 !== 0 || N % 8 !== 0) throw new QuantError(`${what}: GPTQ int4 needs both dimensions divisible by 8, got [${N}, ${K}]`);
@@ -64,8 +73,7 @@ export function repackGptq(t: GptqTensors, N: number, K: number, cfg: PrequantCo
     }
     const bad = counts.findIndex((c) => c !== G);
     if (bad >= 0) throw new QuantError(`${what}: group ${bad} has ${counts[bad]} columns in g_idx, expected group_size ${G}`);
-    const order = Array.from({ length: K }, (_, k) => k).sort((a, b) => t.gIdx![a]! - t.gIdx![b]! || a - b);
-    if (order.some((k, j) => k !== j)) perm = Uint32Array.from(order);
+    perm = actOrder(t.gIdx);
   }
 
   const kw = K / 8;

@@ -15,5 +15,5 @@ export { writeSafetensors, type TensorToWrite } from './safetensors-writer.ts';
 export { StepProfiler, type OpKind } from './profiler.ts';
 export { ScoringError, MAX_SCORE_ROWS, MAX_SCORE_TOP_K, type ScoreOptions, type TokenScore } from './scoring.ts';
 export { inactiveExpertBytes } from './moe-weights.ts';
-export { expectedTensors } from './weights.ts';
+export { expectedTensors } from './load-plan.ts';
 export { createLinear, type LinearOptions, type LinearWeight } from './ops/linear.ts';

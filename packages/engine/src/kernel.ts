@@ -4,9 +4,10 @@
 // (`main` where the file has one). Variants are chosen by defines (`#if NAME` / `#else` /
 // `#endif`, for types and code paths) and WGSL `override` constants (for sizes);
 // `#include NAME` pastes a shared snippet (kernels/NAME.wgsl, e.g. the 16-bit weight
-// unpacking several families use); nothing else rewrites the source. Each file declares its uniform as
-// `struct Params { ... }` with 4-byte scalar fields; the byte packer is derived
-// from that declaration, so the layout is written once.
+// unpacking several families use); nothing else rewrites the source. A kernel's uniform is
+// `struct <Entry>Params { ... }` (entry kvWrite: KvWriteParams) where its file declares one, else
+// the file's `struct Params { ... }`, with 4-byte scalar fields; the byte packer is derived from
+// that declaration, so the layout is written once.
 
 import { WGSL } from './kernels.generated.ts';
 
@@ -121,8 +122,15 @@ export interface Kernel {
 
 interface Module {
   module: GPUShaderModule;
-  layout: ParamsLayout | undefined;
+  code: string;
   entries: string[];
+}
+
+/** The uniform layout of entry point `entry`: its own `<Entry>Params`, else the file's `Params`, else none. */
+function entryLayout(code: string, entry: string): ParamsLayout | undefined {
+  const own = `${entry[0]!.toUpperCase()}${entry.slice(1)}Params`;
+  for (const struct of [own, 'Params']) if (new RegExp(`struct\\s+${struct}\\s*\\{`).test(code)) return paramsLayout(code, struct);
+  return undefined;
 }
 
 /**
@@ -160,7 +168,7 @@ export class KernelCache {
         compute: { module: m.module, entryPoint: entry, constants },
         label: key,
       });
-      k = { pipeline, layout: m.layout, family, key };
+      k = { pipeline, layout: entryLayout(m.code, entry), family, key };
       this.cache.set(key, k);
     }
     return k;
@@ -173,8 +181,7 @@ export class KernelCache {
       if (defines.F16) code = `enable f16;\n${code}`;
       if (defines.SUBGROUPS) code = `enable subgroups;\n${code}`;
       const module = this.device.createShaderModule({ code, label: key });
-      const layout = /struct\s+Params\s*\{/.test(code) ? paramsLayout(code) : undefined;
-      m = { module, layout, entries: entryPoints(code) };
+      m = { module, code, entries: entryPoints(code) };
       this.modules.set(key, m);
     }
     return m;

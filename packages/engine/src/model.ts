@@ -14,10 +14,10 @@ import { ContextOverflowError, DecoderBatch, MAX_LOGIT_ROWS, MAX_STEP_TOKENS } f
 import { DecoderSession } from './session.ts';
 import { GLU_BLOCK } from './ops/linear-epilogue.ts';
 import type { BatchOptions, DtypeOption, FileSource, LoadOptions, Model, ModelInfo } from './types.ts';
-import { expectedTensors, loadDecoderWeights } from './weights.ts';
-import { tiledRows } from './tiles.ts';
-import { inactiveExpertBytes, isSparseLayer, plannedTensorBytes } from './moe-weights.ts';
-import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat, quantBytes, readQuantizationConfig } from './quant.ts';
+import { loadDecoderWeights } from './weights.ts';
+import { type LoadPlan, type PlanOptions, planLoad } from './load-plan.ts';
+import { permutedLayers } from './quant-upload.ts';
+import { LOAD_TIME_QUANT, readQuantizationConfig } from './quant.ts';
 
 export class ModelLoadError extends Error {
   override name = 'ModelLoadError';
@@ -53,91 +53,25 @@ export interface MemoryPlan {
   total: number;
 }
 
-/** How the plan counts the decoder's linear layers: quantized while loading, or as a GPTQ/AWQ checkpoint stores them. */
-export interface PlannedQuantization {
-  quantize?: QuantFormat;
-  prequant?: PrequantConfig;
-  /**
-   * With prequant: whether the layer `prefix` (e.g. model.layers.0.mlp.up_proj) is stored
-   * quantized (its checkpoint has `prefix.qweight`); every decoder linear layer when omitted.
-   */
-  isPrequantized?: (prefix: string) => boolean;
-  /** Linear layers (and a tied embedding table) in row tiles, padded to whole tiles (src/tiles.ts). */
-  tiles?: boolean;
-}
-
-/** A dense decoder layer's linear weight (the matrices quantization applies to; MoE experts are not). */
-const DECODER_LINEAR = /^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/;
-
-/** Bytes of a quantized [N, K] linear layer as loaded: packed weights and scales, plus GPTQ's act-order column permutation. */
-function quantizedLinearBytes(q: PlannedQuantization, N: number, K: number): number | undefined {
-  const rows = q.tiles ? tiledRows(N) : N;
-  if (q.prequant) {
-    const groupSize = q.prequant.groupSize === -1 ? K : q.prequant.groupSize;
-    return quantBytes({ format: 'q4', groupSize }, rows, K) + (q.prequant.descAct ? 4 * K : 0);
-  }
-  if (q.quantize) return quantBytes(LOAD_TIME_QUANT[q.quantize], rows, K);
-  return undefined;
-}
-
-/**
- * The projections weights.ts stacks (fuse.ts stackRefusal says when it can): each layer's q, k, v
- * and gate, up, when all parts of a group are stored alike. Planned for the software layout's
- * gate/up blocks (the only layout where stacking changes the bytes: tiles are padded once).
- */
-function stackedGroups(c: ModelConfig, quant: PlannedQuantization): string[][] {
-  const groups: string[][] = [];
-  const alike = (names: string[]) => {
-    if (!quant.prequant) return true;
-    if (quant.prequant.descAct) return !names.some((n) => quant.isPrequantized?.(n.slice(0, -'.weight'.length)) ?? true);
-    return new Set(names.map((n) => quant.isPrequantized?.(n.slice(0, -'.weight'.length)) ?? true)).size === 1;
-  };
-  for (let i = 0; i < c.num_hidden_layers; i++) {
-    const p = `model.layers.${i}.`;
-    const qkv = ['q', 'k', 'v'].map((x) => `${p}self_attn.${x}_proj.weight`);
-    if (alike(qkv)) groups.push(qkv);
-    const mlp = ['gate', 'up'].map((x) => `${p}mlp.${x}_proj.weight`);
-    if (!isSparseLayer(c, i) && c.block.activation === 'silu' && c.intermediate_size % GLU_BLOCK.software === 0 && alike(mlp)) groups.push(mlp);
-  }
-  return groups;
-}
-
-/**
- * Memory a model needs: weights in `dtype` (the decoder's linear layers in their quantized
- * format when `quant` says so), the KV cache for maxContext tokens, and one step's activations.
- */
-export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number, quant: PlannedQuantization = {}): MemoryPlan {
-  let weightBytes = 0;
-  let quantizedBytes = 0;
-  const tensors = expectedTensors(c);
-  const isQuantized = (name: string) => DECODER_LINEAR.test(name) && (!quant.prequant || (quant.isPrequantized?.(name.slice(0, -'.weight'.length)) ?? true));
-  // Bytes of a matrix [N, K] named `name` (or a stack of such matrices), as loaded.
-  const matrixBytes = (name: string, N: number, K: number) => {
-    const quantized = isQuantized(name) ? quantizedLinearBytes(quant, N, K) : undefined;
-    if (quantized !== undefined) quantizedBytes += quantized;
-    // Tiled matrices (src/upload.ts) are padded to whole tiles: chunks hold whole tiles but the last.
-    const tiled = quant.tiles && K % 8 === 0 && (DECODER_LINEAR.test(name) || name === 'lm_head.weight' || (name === 'model.embed_tokens.weight' && c.tie_word_embeddings));
-    weightBytes += quantized ?? plannedTensorBytes(name, tiled ? [tiledRows(N), K] : [N, K], dtype);
-  };
-  // q|k|v and gate|up are stacked at load (weights.ts) and padded to tiles once, as one matrix.
-  const stacked = new Set<string>();
-  for (const group of stackedGroups(c, quant)) {
-    const [N, K] = [group.reduce((n, name) => n + tensors.get(name)![0]!, 0), tensors.get(group[0]!)![1]!];
-    matrixBytes(group[0]!, N, K);
-    group.forEach((name) => stacked.add(name));
-  }
-  for (const [name, shape] of tensors) {
-    if (stacked.has(name)) continue;
-    if (shape.length === 2) matrixBytes(name, shape[0]!, shape[1]!);
-    else weightBytes += plannedTensorBytes(name, shape, dtype);
-  }
+/** Memory a load plan needs: its weights, the KV cache for maxContext tokens, and one step's activations. */
+export function memoryOf(plan: LoadPlan, c: ModelConfig, maxContext: number): MemoryPlan {
   const kvBytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * maxContext;
   const T = MAX_STEP_TOKENS;
   // A block output on its way to a post-norm or a scaled residual add takes one more row of hidden.
   const blockOut = c.block.norms !== 'pre' || c.block.residualScale !== 1 ? c.hidden_size : 0;
   const perToken = 3 * c.hidden_size + blockOut + 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim + 3 * c.intermediate_size;
   const activationBytes = 4 * (T * perToken + MAX_LOGIT_ROWS * c.vocab_size);
+  const { weightBytes, quantizedBytes } = plan;
   return { weightBytes, quantizedBytes, kvBytes, activationBytes, total: weightBytes + kvBytes + activationBytes };
+}
+
+/**
+ * Memory a model needs: weights in `dtype` (the decoder's linear layers in their quantized
+ * format when `o` says so), laid out as the loader would (load-plan.ts), the KV cache for
+ * maxContext tokens, and one step's activations.
+ */
+export function planMemory(c: ModelConfig, dtype: WeightDtype, maxContext: number, o: PlanOptions = {}): MemoryPlan {
+  return memoryOf(planLoad(c, dtype, o), c, maxContext);
 }
 
 /** Memory the adapter can give: system RAM for a CPU-backed adapter under Node; otherwise unknown. */
@@ -182,16 +116,18 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
   const tiles = variant === 'software';
   // A batch's pool may hold several sequences' context: plan for what the caller will allocate.
   const kvTokens = Math.max(opts.kvTokens ?? maxContext, maxContext);
-  const plan = planMemory(config, dtype, kvTokens, {
+  const plan = planLoad(config, dtype, {
     ...(opts.quantize ? { quantize: opts.quantize } : {}),
-    ...(prequant ? { prequant, isPrequantized: (prefix: string) => ckpt.has(`${prefix}.qweight`) } : {}),
+    ...(prequant ? { prequant, isPrequantized: (prefix: string) => ckpt.has(`${prefix}.qweight`), isPermuted: await permutedLayers(ckpt, prequant) } : {}),
     tiles,
+    gluBlock: GLU_BLOCK[variant],
   });
+  const memory = memoryOf(plan, config, kvTokens);
   const available = opts.maxMemoryBytes ?? (await availableMemory(gpu));
   const stored = prequant ? `${dtype}, linear layers ${prequant.method} int4` : opts.quantize ? `${dtype}, linear layers ${opts.quantize}` : dtype;
-  if (available !== undefined && plan.total > available)
+  if (available !== undefined && memory.total > available)
     throw new ModelLoadError(
-      `model too large for this adapter: needs ${gib(plan.total)} (weights ${gib(plan.weightBytes)} in ${stored}, KV cache ${gib(plan.kvBytes)} for ${kvTokens} tokens) but ${gib(available)} is available; try a smaller --max-context or --parallel, dtype or --quantize`,
+      `model too large for this adapter: needs ${gib(memory.total)} (weights ${gib(memory.weightBytes)} in ${stored}, KV cache ${gib(memory.kvBytes)} for ${kvTokens} tokens) but ${gib(available)} is available; try a smaller --max-context or --parallel, dtype or --quantize`,
     );
   const rowBytes = config.hidden_size * BYTES_PER_ELEMENT[dtype];
   if (rowBytes > gpu.info.limits.maxStorageBufferBindingSize)
@@ -199,8 +135,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
 
   const kernels = new KernelCache(gpu.device);
   gpu.device.pushErrorScope('out-of-memory');
-  const quant = { ...(opts.quantize ? { quantize: opts.quantize } : {}), ...(prequant ? { prequant } : {}) };
-  const weights = await loadDecoderWeights(gpu.device, ckpt, config, dtype, opts.onProgress, quant, { tiles, gluBlock: GLU_BLOCK[variant], kernels }, full.num_hidden_layers);
+  const weights = await loadDecoderWeights(gpu.device, ckpt, config, plan, opts.onProgress, kernels, full.num_hidden_layers);
   const oom = await gpu.device.popErrorScope();
   if (oom) {
     weights.destroy();
@@ -225,9 +160,7 @@ export async function loadModel(source: string | FileSource, opts: LoadOptions =
     vocabSize: config.vocab_size,
     maxPositionEmbeddings: config.max_position_embeddings,
     maxContext,
-    bytesPerToken:
-      plan.weightBytes - (config.tie_word_embeddings ? 0 : config.vocab_size * rowBytes) - inactiveExpertBytes(config, dtype) -
-      plan.quantizedBytes + weights.quantized.bytes,
+    bytesPerToken: weights.bytesPerToken,
     weightBytesByFormat: weights.bytesByFormat,
     ...(prequant
       ? { quantization: { method: prequant.method, bits: 4 as const, groupSize: prequant.groupSize } }

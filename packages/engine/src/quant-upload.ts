@@ -7,7 +7,7 @@
 import { storageUsage } from './buffers.ts';
 import { bf16ToF32, f16ToF32 } from './dtype.ts';
 import { repackAwq } from './awq.ts';
-import { type RepackedQ4, repackGptq } from './gptq.ts';
+import { type RepackedQ4, actOrder, repackGptq } from './gptq.ts';
 import type { LinearWeight, WeightChunk } from './ops/linear.ts';
 import { type PrequantConfig, type QuantSpec, QuantError, groupsPerRow, quantizeRows, rowWords, checkSpec } from './quant.ts';
 import type { Checkpoint } from './safetensors.ts';
@@ -125,6 +125,21 @@ function words32(bytes: Uint8Array): Uint32Array {
 export function prequantNames(prefix: string, cfg: PrequantConfig): string[] {
   const names = [`${prefix}.qweight`, `${prefix}.qzeros`, `${prefix}.scales`];
   return cfg.method === 'gptq' ? [...names, `${prefix}.g_idx`] : names;
+}
+
+/**
+ * The GPTQ layers whose g_idx orders their columns other than as stored, by prefix: they keep an
+ * act-order permutation and so are neither stacked nor read like the others (load-plan.ts).
+ * A g_idx the repack would refuse is left to it, which names the problem.
+ */
+export async function permutedLayers(ckpt: Checkpoint, cfg: PrequantConfig): Promise<(prefix: string) => boolean> {
+  const permuted = new Set<string>();
+  if (cfg.method !== 'gptq') return () => false;
+  for (const [name, info] of ckpt.tensors) {
+    if (!name.endsWith('.g_idx') || info.dtype !== 'I32') continue;
+    if (actOrder(new Int32Array(words32(await ckpt.read(name)).buffer.slice(0)))) permuted.add(name.slice(0, -'.g_idx'.length));
+  }
+  return (prefix) => permuted.has(prefix);
 }
 
 /** Reads one GPTQ/AWQ layer W [N, K], checks it and repacks it into q4 buffers; in row tiles when `tiled`. */

@@ -52,7 +52,6 @@ export async function scoreTokens(session: Session, tokens: ArrayLike<number>, o
   const k = opts.topK ?? 0;
   const from = opts.from ?? 1;
   const chunk = opts.chunk ?? MAX_SCORE_ROWS;
-  if (!session.reduceRows) throw new ScoringError('this session cannot reduce logits rows on the GPU (reduceRows): use a session of loadModel');
   if (n === 0) throw new ScoringError('scoreTokens needs at least one token');
   if (!(Number.isInteger(k) && k >= 0 && k <= MAX_SCORE_TOP_K)) throw new ScoringError(`topK must be an integer in 0..${MAX_SCORE_TOP_K}, got ${k}`);
   if (!(Number.isInteger(from) && from >= 1 && from <= n)) throw new ScoringError(`from must be an integer in 1..${n} (the tokens), got ${from}`);

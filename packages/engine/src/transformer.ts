@@ -16,7 +16,7 @@
 import type { ModelConfig } from './config.ts';
 import { emptyBuffer, storageUsage } from './buffers.ts';
 import type { OpContext } from './ops/context.ts';
-import { createAttention, createAttentionPartials, type AttentionOp } from './ops/attention.ts';
+import { type KvCache, createAttention, createAttentionPartials, createKvCache } from './ops/attention.ts';
 import { createEmbedding } from './ops/embedding.ts';
 import { createLinear, type LinearOptions, type LinearWeight } from './ops/linear.ts';
 import { normFolds } from './ops/linear-epilogue.ts';
@@ -84,7 +84,8 @@ export class Decoder {
   private readonly owned: GPUBuffer[] = [];
   /** Ops referenced from several steps, destroyed once. */
   private readonly owners: { destroy(): void }[] = [];
-  private readonly attention: AttentionOp[] = [];
+  /** Each layer's KV pool: the sequences' state, which the attention ops read and write. */
+  private readonly kvCache: KvCache[] = [];
   /** LongRoPE's ops, whose factors follow the step's sequence length (as HF switches them per forward). */
   private readonly longRopes: { op: RopeOp; config: RopeConfig; original: number; long: boolean }[] = [];
 
@@ -219,14 +220,14 @@ export class Decoder {
       const window = c.layer_windows[i] ?? 0;
       const attnOpts = {
         ...heads,
-        numBlocks: opts.numBlocks,
         scale: b.attentionScale,
         ...(b.attentionSoftcap ? { softcap: b.attentionSoftcap } : {}),
         ...(window ? { slidingWindow: window } : {}),
         ...(L.sinks ? { sinks: L.sinks } : {}),
       };
-      const attn = createAttention(ctx, attnOpts, this.meta, q, k, v, attnOut, partials);
-      this.attention.push(attn);
+      const cache = createKvCache(ctx, { numBlocks: opts.numBlocks, nKvHeads: heads.nKvHeads, blockSize: opts.blockSize, headDim: heads.headDim });
+      this.kvCache.push(cache);
+      const attn = createAttention(ctx, attnOpts, this.meta, cache, q, k, v, attnOut, partials);
       this.body.push(stepOp('attention', (pass, shape) => attn.encode(pass, shape), () => attn.destroy()));
       const afterAttn = residual(L.attnOutNorm);
       this.body.push(linearOp(L.o, attnOut, afterAttn.out, { accumulate: afterAttn.accumulate }), ...afterAttn.join);
@@ -307,8 +308,8 @@ export class Decoder {
   /** Records copying KV block `from` to block `to` in every layer (copy-on-write of a shared block). */
   copyBlock(enc: GPUCommandEncoder, from: number, to: number): void {
     const bytes = this.blockCopy.size;
-    for (const a of this.attention)
-      for (const cache of [a.kCache, a.vCache]) {
+    for (const layer of this.kvCache)
+      for (const cache of [layer.k, layer.v]) {
         // A buffer cannot be both source and destination of one copy.
         enc.copyBufferToBuffer(cache, from * bytes, this.blockCopy, 0, bytes);
         enc.copyBufferToBuffer(this.blockCopy, 0, cache, to * bytes, bytes);
@@ -317,11 +318,15 @@ export class Decoder {
 
   /** KV cache buffers, for memory accounting. */
   kvBytes(): number {
-    return this.attention.reduce((s, a) => s + a.kCache.size + a.vCache.size, 0);
+    return this.kvCache.reduce((s, c) => s + c.k.size + c.v.size, 0);
   }
 
   destroy(): void {
     for (const op of [...this.body, ...this.head, ...this.owners]) op.destroy();
     for (const b of this.owned) b.destroy();
+    for (const c of this.kvCache) {
+      c.k.destroy();
+      c.v.destroy();
+    }
   }
 }

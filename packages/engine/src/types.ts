@@ -94,10 +94,9 @@ export interface Session {
   logits(row?: number): Promise<Float32Array>;
   /**
    * Top-k (0 ≤ k ≤ 256; 0 gives only logSumExp and argmax) of several kept positions, with
-   * the logit of targets[i] at rows[i], reduced on the GPU and read back together.
-   * Sessions of loadModel have it (see scoring.ts); test doubles may leave it out.
+   * the logit of targets[i] at rows[i], reduced on the GPU and read back together (scoring.ts).
    */
-  reduceRows?(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]>;
+  reduceRows(rows: readonly number[], k: number, targets?: readonly (number | undefined)[]): Promise<RowScore[]>;
   /** When set, every op of later steps is timed per kernel family (bench --profile). */
   profiler?: StepProfiler | undefined;
   /** Drops cached tokens past `length` (to reuse a common prefix, or roll back a draft). */

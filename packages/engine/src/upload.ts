@@ -158,6 +158,11 @@ function rowsCols(shape: readonly number[]): [number, number] {
   return shape.length >= 2 ? [shape[0]!, elementCount(shape.slice(1))] : [1, elementCount(shape)];
 }
 
+/** Whether a tensor asked for in row tiles gets them: matrices whose rows are whole 8-column units. */
+export function tilesFit(shape: readonly number[], tiled: boolean): boolean {
+  return tiled && shape.length === 2 && shape[1]! % 8 === 0;
+}
+
 /** Plans the chunks of `info` for a target dtype and limit, or throws why it cannot be split. */
 export function planChunks(info: TensorInfo, dtype: WeightDtype, limit: number, rowsPerChunkMultiple = 1): { rowsPerChunk: number; count: number } {
   const [rows, cols] = rowsCols(info.shape);
@@ -189,9 +194,9 @@ export async function uploadTensor(device: GPUDevice, checkpoint: Checkpoint, na
   const limit = Math.min(opts.maxBindingSize ?? device.limits.maxStorageBufferBindingSize, opts.maxBufferSize ?? device.limits.maxBufferSize);
   const [rows, cols] = rowsCols(info.shape);
   const rowBytes = cols * BYTES_PER_ELEMENT[opts.dtype];
-  const tiled = !!opts.tiled && info.shape.length === 2 && cols % 8 === 0;
+  const tiled = tilesFit(info.shape, !!opts.tiled);
   // Tiled chunks hold whole tiles but the last, planned on the rows padded to whole tiles, so the
-  // padding is the same as tiling the whole tensor (what planMemory counts).
+  // padding is the same as tiling the whole tensor (what the load plan counts, load-plan.ts).
   const planned = tiled ? { ...info, shape: [tiledRows(rows), cols] } : info;
   const multiple = tiled ? lcm(opts.rowsPerChunkMultiple ?? 1, TILE_ROWS) : opts.rowsPerChunkMultiple;
   const { rowsPerChunk, count } = planChunks(planned, opts.dtype, limit, multiple);

@@ -6,24 +6,22 @@
 // into one weight (fuse.ts): q|k|v, and gate with up where the epilogue has the activation.
 
 import type { ModelConfig } from './config.ts';
-import type { WeightDtype } from './dtype.ts';
 import type { LinearWeight } from './ops/linear.ts';
 import type { Checkpoint } from './safetensors.ts';
 import { type GpuTensor, UploadError, UploadProgress, destroyTensor, uploadF32, uploadTensor } from './upload.ts';
 import type { LoadProgress } from './types.ts';
-import { isSparseLayer, loadMoeLayer, moeTensorShapes } from './moe-weights.ts';
-import { layerTensors } from './models/family.ts';
-import { EMBED, FINAL_NORM, LM_HEAD, type LayerTensors, type LinearRole } from './models/tensors.ts';
+import { isSparseLayer, loadMoeLayer } from './moe-weights.ts';
+import { EMBED, FINAL_NORM, LM_HEAD, type LinearRole } from './models/tensors.ts';
 import { bufferFrom } from './buffers.ts';
 import { decode16 } from './dtype.ts';
-import type { MoeWeights } from './ops/moe.ts';
-import { LOAD_TIME_QUANT, type PrequantConfig, type QuantFormat } from './quant.ts';
+import type { ExpertWeights, MoeWeights } from './ops/moe.ts';
+import type { PrequantConfig } from './quant.ts';
 import { type QuantUpload, prequantNames, uploadPrequantized, uploadQuantized } from './quant-upload.ts';
-import { BYTES_PER_ELEMENT } from './dtype.ts';
 import type { KernelCache } from './kernel.ts';
-import { type Stacking, stackRefusal, stackWeights } from './fuse.ts';
+import { type LoadPlan, type PlannedLinear, type PlannedStack, NORM_ROLES, expectedTensors } from './load-plan.ts';
+import { stackWeights } from './fuse.ts';
 
-/** q, k and v: stacked into one split weight, or apart where they cannot be (fuse.ts stackRefusal). */
+/** q, k and v: stacked into one split weight, or apart where they cannot be (load-plan.ts). */
 export type AttentionInput = { qkv: LinearWeight } | { q: LinearWeight; k: LinearWeight; v: LinearWeight };
 /** gate and up: interleaved into one glu weight, or apart. */
 export type MlpInput = { gateUp: LinearWeight } | { gate: LinearWeight; up: LinearWeight };
@@ -56,25 +54,9 @@ export interface DecoderWeights {
   bytes: number;
   /** GPU bytes by storage format of the matrices ('bf16', 'q4', 'gptq', ...); 'other': norms, biases, MoE layers. */
   bytesByFormat: Record<string, number>;
-  /** Linear weights held quantized: their bytes, and what they would take in the load dtype. */
-  quantized: { bytes: number; denseBytes: number };
+  /** Of `bytes`, what a decode step reads: all but an untied embedding table and the experts no token picks. */
+  bytesPerToken: number;
   destroy(): void;
-}
-
-/** How linear layers are stored: quantized while loading, or read from a GPTQ/AWQ checkpoint. */
-export interface WeightQuantization {
-  quantize?: QuantFormat;
-  prequant?: PrequantConfig;
-}
-
-/** How the ops want the weights laid out (their kernel variant's choice). */
-export interface WeightLayout {
-  /** Linear layers (and a tied embedding table) in row tiles (src/tiles.ts): the software kernels' layout. */
-  tiles: boolean;
-  /** Rows per gate (then up) block of a stacked gate/up weight (ops/linear-epilogue.ts GLU_BLOCK). */
-  gluBlock: number;
-  /** Where the stacking kernel comes from. */
-  kernels: KernelCache;
 }
 
 /** Bytes a linear weight's buffers hold. */
@@ -89,42 +71,6 @@ function destroyLinear(w: LinearWeight): void {
   }
   w.quant?.perm?.destroy();
   w.bias?.destroy();
-}
-
-const NORM_ROLES = ['attnNorm', 'attnOutNorm', 'mlpNorm', 'mlpOutNorm'] as const;
-
-/** Every tensor name the load reads, with the shape config.json implies. */
-export function expectedTensors(c: ModelConfig): Map<string, number[]> {
-  const h = c.hidden_size;
-  const qDim = c.num_attention_heads * c.head_dim;
-  const kvDim = c.num_key_value_heads * c.head_dim;
-  const shapes: Record<LinearRole, [number, number]> = {
-    q: [qDim, h],
-    k: [kvDim, h],
-    v: [kvDim, h],
-    o: [h, qDim],
-    gate: [c.intermediate_size, h],
-    up: [c.intermediate_size, h],
-    down: [h, c.intermediate_size],
-  };
-  const perHead = c.block.qkNorm === 'head';
-  const out = new Map<string, number[]>();
-  out.set(EMBED, [c.vocab_size, h]);
-  for (let i = 0; i < c.num_hidden_layers; i++) {
-    const n = layerTensors(c, i);
-    for (const role of NORM_ROLES) if (n[role]) out.set(n[role], [h]);
-    if (n.qNorm) out.set(n.qNorm, [perHead ? c.head_dim : qDim]);
-    if (n.kNorm) out.set(n.kNorm, [perHead ? c.head_dim : kvDim]);
-    if (n.sinks) out.set(n.sinks, [c.num_attention_heads]);
-    if (isSparseLayer(c, i)) for (const [name, shape] of moeTensorShapes(i, c)) out.set(name, shape);
-    for (const [role, [w, b]] of Object.entries(n.linear) as [LinearRole, [string, string | undefined]][]) {
-      out.set(w, shapes[role]);
-      if (b) out.set(b, [shapes[role][0]]);
-    }
-  }
-  out.set(FINAL_NORM, [h]);
-  if (!c.tie_word_embeddings) out.set(LM_HEAD, [c.vocab_size, h]);
-  return out;
 }
 
 /**
@@ -180,20 +126,26 @@ function asLinear(t: GpuTensor, bias?: GPUBuffer): LinearWeight {
   return { dtype: t.dtype, rows: t.shape[0]!, cols: t.shape[1]!, chunks: t.chunks, ...(t.tiled ? { tiled: true } : {}), ...(bias ? { bias } : {}) };
 }
 
+/** Bytes of the experts' weights (and their biases) of a sparse layer. */
+function expertBytes(m: MoeWeights): number {
+  const of = (e: ExpertWeights) => e.chunks.reduce((s, c) => s + c.buffer.size + (c.scales?.size ?? 0), 0) + (e.bias?.size ?? 0);
+  return of(m.gateUp) + of(m.down);
+}
+
+/** Loads the weights as `plan` (load-plan.ts) lays them out. */
 export async function loadDecoderWeights(
   device: GPUDevice,
   ckpt: Checkpoint,
   c: ModelConfig,
-  dtype: WeightDtype,
+  plan: LoadPlan,
   onProgress: ((p: LoadProgress) => void) | undefined,
-  quant: WeightQuantization,
-  layout: WeightLayout,
+  /** Where the stacking kernel comes from. */
+  kernels: KernelCache,
   /** Layers the checkpoint holds, when `c` keeps only its first ones (LoadOptions.numLayers). */
   checkpointLayers = c.num_hidden_layers,
 ): Promise<DecoderWeights> {
-  const { tiles } = layout;
-  const shapes = expectedTensors(c);
-  const expected = checkCheckpoint(ckpt, c, quant.prequant, checkpointLayers);
+  const { dtype } = plan;
+  const expected = checkCheckpoint(ckpt, c, plan.prequant, checkpointLayers);
   const gIdx = [...expected.keys()].filter((n) => n.endsWith('.qweight')).map((n) => n.replace(/qweight$/, 'g_idx')).filter((n) => ckpt.has(n));
   const progress = new UploadProgress(ckpt, [...expected.keys(), ...gIdx], onProgress ?? (() => {}));
   // Everything held, for destroy(); the linear layers are counted by format at the end.
@@ -202,28 +154,19 @@ export async function loadDecoderWeights(
   let loose: LinearWeight[] = [];
   const tensors: GpuTensor[] = [];
   const small: GPUBuffer[] = [];
-  let denseOfQuantized = 0;
-  const quantFormat = quant.prequant ? quant.prequant.method : quant.quantize;
-  // Linear layers of the decoder body are quantized (or read quantized); embeddings and the LM head keep the load dtype.
-  const linear = async (w: string, biasName?: string): Promise<LinearWeight> => {
-    const prefix = w.replace(/\.weight$/, '');
-    const bias = biasName ? await uploadF32(device, ckpt, biasName, { progress, label: biasName }) : undefined;
+  let inactiveExperts = 0;
+  const linear = async (l: PlannedLinear): Promise<LinearWeight> => {
+    const bias = l.bias ? await uploadF32(device, ckpt, l.bias, { progress, label: l.bias }) : undefined;
     let u: QuantUpload | undefined;
-    const [N, K] = shapes.get(w)! as [number, number];
+    const { rows: N, cols: K, tiled } = l.shape;
     try {
-      if (quant.prequant && ckpt.has(`${prefix}.qweight`)) u = await uploadPrequantized(device, ckpt, prefix, N, K, quant.prequant, progress, tiles);
-      else if (quant.quantize) u = await uploadQuantized(device, ckpt, w, LOAD_TIME_QUANT[quant.quantize], progress, tiles);
+      if (l.source.kind === 'repack') u = await uploadPrequantized(device, ckpt, l.prefix, N, K, l.source.config, progress, tiled);
+      else if (l.source.kind === 'quantize') u = await uploadQuantized(device, ckpt, l.name, l.source.spec, progress, tiled);
     } catch (e) {
       bias?.destroy();
       throw e;
     }
-    let weight: LinearWeight;
-    if (u) {
-      denseOfQuantized += N * K * BYTES_PER_ELEMENT[dtype];
-      weight = { dtype, ...u.weight, ...(bias ? { bias } : {}) };
-    } else {
-      weight = asLinear(await matrix(w, tiles, false), bias);
-    }
+    const weight = u ? { dtype, ...u.weight, ...(bias ? { bias } : {}) } : asLinear(await matrix(l.name, tiled, false), bias);
     loose.push(weight);
     return weight;
   };
@@ -248,30 +191,29 @@ export async function loadDecoderWeights(
   const moeLayer = async (i: number) => {
     const m = await loadMoeLayer(device, ckpt, c, i, dtype, progress);
     small.push(...m.buffers);
+    const moe = c.moe!;
+    inactiveExperts += (expertBytes(m.weights) * (moe.num_experts - moe.num_experts_per_tok)) / moe.num_experts;
     return m.weights;
   };
-  // Stacked where the parts allow it; each weight (stacked or not) is held in `linears`.
-  const stack = (parts: LinearWeight[], how: Stacking, label: string): LinearWeight | undefined => {
-    if (stackRefusal(parts, how)) return undefined;
-    const w = stackWeights(device, layout.kernels, parts, how, { label });
+  // The plan's stacks: fuse.ts refuses parts that are not what the plan said they would be.
+  const stack = (s: PlannedStack | undefined, lin: Partial<Record<LinearRole, LinearWeight>>): LinearWeight | undefined => {
+    if (!s) return undefined;
+    const parts = s.parts.map((p) => lin[p.role]!);
+    const w = stackWeights(device, kernels, parts, s.how, { label: s.label });
     loose = loose.filter((p) => !parts.includes(p));
     linears.push(w);
     return w;
   };
   try {
-    // A tied table is also the LM head, so it takes the linear layers' layout.
-    const embedT = await matrix(EMBED, tiles && c.tie_word_embeddings);
+    const embedT = await matrix(EMBED, plan.embed.tiled);
     const layers: LayerWeights[] = [];
-    for (let i = 0; i < c.num_hidden_layers; i++) {
-      const n: LayerTensors = layerTensors(c, i);
+    for (const [i, pl] of plan.layers.entries()) {
+      const n = pl.tensors;
       const lin: Partial<Record<LinearRole, LinearWeight>> = {};
-      for (const [key, [w, b]] of Object.entries(n.linear) as [LinearRole, [string, string | undefined]][]) {
-        lin[key] = await linear(w, b);
-      }
+      for (const l of pl.linears) lin[l.role] = await linear(l);
       const { q, k, v, o, gate, up, down } = lin as Record<LinearRole, LinearWeight>;
-      const qkv = stack([q, k, v], { kind: 'split' }, `model.layers.${i}.self_attn.qkv`);
-      // The stacked op's epilogue applies SiLU; other activations run as their own op on gate and up.
-      const gateUp = gate && up && c.block.activation === 'silu' ? stack([gate, up], { kind: 'glu', block: layout.gluBlock }, `model.layers.${i}.mlp.gate_up`) : undefined;
+      const qkv = stack(pl.qkv, lin);
+      const gateUp = stack(pl.gateUp, lin);
       linears.push(...loose);
       loose = [];
       const norms: Partial<Record<(typeof NORM_ROLES)[number], GPUBuffer>> = {};
@@ -290,7 +232,7 @@ export async function loadDecoderWeights(
     }
     const finalNorm = await norm(FINAL_NORM);
     const embed = asLinear(embedT);
-    const lmHead = c.tie_word_embeddings ? embed : asLinear(await matrix(LM_HEAD, tiles));
+    const lmHead = plan.lmHead ? asLinear(await matrix(LM_HEAD, plan.lmHead.tiled)) : embed;
     const bytesByFormat: Record<string, number> = {};
     const add = (f: string, n: number) => n && (bytesByFormat[f] = (bytesByFormat[f] ?? 0) + n);
     let quantizedBytes = 0;
@@ -301,16 +243,17 @@ export async function loadDecoderWeights(
       otherBytes += w.bias?.size ?? 0;
     }
     add(dtype, tensors.reduce((s, t) => s + t.bytes, 0));
-    if (quantFormat) add(quantFormat, quantizedBytes);
+    if (plan.quantFormat) add(plan.quantFormat, quantizedBytes);
     add('other', otherBytes);
+    const bytes = Object.values(bytesByFormat).reduce((s, n) => s + n, 0);
     return {
       bytesByFormat,
-      quantized: { bytes: quantizedBytes, denseBytes: denseOfQuantized },
+      bytesPerToken: bytes - (plan.lmHead ? embedT.bytes : 0) - inactiveExperts,
       embed,
       layers,
       norm: finalNorm,
       lmHead,
-      bytes: Object.values(bytesByFormat).reduce((s, n) => s + n, 0),
+      bytes,
       destroy() {
         tensors.forEach(destroyTensor);
         linears.forEach(destroyLinear);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { bufferFrom, emptyBuffer, readF32 } from '../src/buffers.ts';
-import { AttentionError, createAttention, createAttentionPartials } from '../src/ops/attention.ts';
+import { AttentionError, createAttention, createAttentionPartials, createKvCache } from '../src/ops/attention.ts';
 import type { OpContext, Variant } from '../src/ops/context.ts';
 import { StepMeta } from '../src/ops/step-meta.ts';
 import { expectClose, kernels, randomArray, rng, testGpu } from './harness.ts';
@@ -142,11 +142,11 @@ async function run(kind: Kind, s: Shape, steps: Run[][], opts: RunOptions = {}):
   const sinks = opts.sinks ? randomArray(s.nHeads, s.headDim, 3) : undefined;
   const sinkBuf = sinks ? bufferFrom(dev, sinks) : undefined;
   const partials = createAttentionPartials(ctx, { nHeads: s.nHeads, headDim: s.headDim, maxTokens: maxT, maxLength: maxContext });
+  const cache = createKvCache(ctx, { numBlocks, nKvHeads: s.nKvHeads, blockSize, headDim: s.headDim });
   const op = createAttention(
     ctx,
     {
       ...s,
-      numBlocks,
       ...(opts.window ? { slidingWindow: opts.window } : {}),
       ...(sinkBuf ? { sinks: sinkBuf } : {}),
       ...(kind.grouped ? {} : { perRow: true }),
@@ -154,6 +154,7 @@ async function run(kind: Kind, s: Shape, steps: Run[][], opts: RunOptions = {}):
       ...(opts.softcap !== undefined ? { softcap: opts.softcap } : {}),
     },
     meta,
+    cache,
     q,
     k,
     v,
@@ -204,6 +205,8 @@ async function run(kind: Kind, s: Shape, steps: Run[][], opts: RunOptions = {}):
     });
   }
   op.destroy();
+  cache.k.destroy();
+  cache.v.destroy();
   meta.destroy();
   partials.buffer.destroy();
   sinkBuf?.destroy();
@@ -318,16 +321,20 @@ describe('attention: guards', () => {
     const meta = new StepMeta(ctx.device, { maxTokens: 8, maxRuns: 2, maxBlocks: 4, blockSize: 16, groupSize: 1 });
     const b = emptyBuffer(ctx.device, 8 * 8 * 128 * 4);
     const part = createAttentionPartials(ctx, { nHeads: 8, headDim: 128, maxTokens: 8, maxLength: 64 });
-    expect(() => createAttention(ctx, { nHeads: 8, nKvHeads: 8, headDim: 128, numBlocks: 1 << 16 }, meta, b, b, b, b, part)).toThrow(/storage binding limit.*at most \d+ blocks/);
-    expect(() => createAttention(ctx, { nHeads: 6, nKvHeads: 4, headDim: 128, numBlocks: 4 }, meta, b, b, b, b, part)).toThrow(AttentionError);
-    expect(() => createAttention(ctx, { nHeads: 8, nKvHeads: 4, headDim: 128, numBlocks: 4 }, meta, b, b, b, b, part)).toThrow(/groups 1 query heads/);
-    const op = createAttention(ctx, { nHeads: 8, nKvHeads: 8, headDim: 128, numBlocks: 4 }, meta, b, b, b, b, part);
+    expect(() => createKvCache(ctx, { nKvHeads: 8, headDim: 128, blockSize: 16, numBlocks: 1 << 16 })).toThrow(/storage binding limit.*at most \d+ blocks/);
+    const cache = createKvCache(ctx, { nKvHeads: 8, headDim: 128, blockSize: 16, numBlocks: 4 });
+    expect(() => createAttention(ctx, { nHeads: 6, nKvHeads: 4, headDim: 128 }, meta, cache, b, b, b, b, part)).toThrow(AttentionError);
+    expect(() => createAttention(ctx, { nHeads: 8, nKvHeads: 4, headDim: 128 }, meta, cache, b, b, b, b, part)).toThrow(/groups 1 query heads/);
+    expect(() => createAttention(ctx, { nHeads: 8, nKvHeads: 8, headDim: 128 }, meta, { ...cache, blockSize: 8 }, b, b, b, b, part)).toThrow(/KV cache holds blocks of 8 positions/);
+    const op = createAttention(ctx, { nHeads: 8, nKvHeads: 8, headDim: 128 }, meta, cache, b, b, b, b, part);
     const pass = ctx.device.createCommandEncoder().beginComputePass();
     expect(() => op.encode(pass, { tokens: 9, maxLength: 9, groups: 9 })).toThrow(/outside 1..8/);
     expect(() => meta.write([{ tokens: 5, position: 60, blocks: [0, 1, 2, 3] }])).toThrow(/too few blocks/);
     expect(() => meta.write([{ tokens: 5, position: 0, blocks: [0] }, { tokens: 4, position: 0, blocks: [1] }])).toThrow(/more than 8 tokens/);
-    expect(() => createAttention(ctx, { nHeads: 8, nKvHeads: 8, headDim: 64, numBlocks: 4 }, meta, b, b, b, b, part)).toThrow(/partials hold rows of 128/);
+    expect(() => createAttention(ctx, { nHeads: 8, nKvHeads: 8, headDim: 64 }, meta, { ...cache, headDim: 64 }, b, b, b, b, part)).toThrow(/partials hold rows of 128/);
     op.destroy();
+    cache.k.destroy();
+    cache.v.destroy();
     meta.destroy();
     part.buffer.destroy();
   });

@@ -105,6 +105,7 @@ describe.skipIf(!python.ok)('new families: dtype auto, q8 and q4 against Transfo
         await check(model, await dequantizedFolder(dir, format), format);
         const plan = planMemory(model.info.config, 'bf16', 256, { quantize: format, tiles: model.info.variant === 'software' });
         expect(model.info.weightBytesByFormat?.[format]).toBe(plan.quantizedBytes);
+        expect(model.info.weightBytes).toBe(plan.weightBytes);
       }
     });
   }

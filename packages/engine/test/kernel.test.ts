@@ -51,4 +51,13 @@ describe('named entry points', () => {
     expect(cache.get('logits', {}, {}, 'stats')).toBe(stats);
     expect(() => cache.get('logits', {}, {}, 'main')).toThrow(/'logits' has no entry point 'main'.*has: stats, reduce, prefilter, hist, scan, compact, sort/);
   });
+
+  it("take their own <Entry>Params where the file declares one, else the file's Params", async () => {
+    const cache = kernels(await testGpu());
+    const fields = (family: string, entry: string) => cache.get(family, {}, {}, entry).layout?.fields.map((f) => f.name);
+    expect(fields('elementwise', 'add')).toEqual(['count', 'scale']);
+    expect(fields('elementwise', 'copy')).toEqual(['count', 'srcOffset', 'dstOffset']);
+    expect(fields('attention', 'kvWrite')).toEqual(['tokens', 'nKvHeads', 'headDim', 'blockSize', 'maxTokens']);
+    expect(fields('attention', 'splitGpu')).toContain('splits');
+  });
 });

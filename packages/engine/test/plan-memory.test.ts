@@ -5,6 +5,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/models/family.ts';
 import { loadModel, ModelLoadError, planMemory } from '../src/model.ts';
+import { planLoad } from '../src/load-plan.ts';
 import type { Model } from '../src/types.ts';
 import { generatedConfig, writeGeneratedModel } from './generated-model.ts';
 import { testGpu } from './harness.ts';
@@ -65,6 +66,18 @@ describe('planMemory', () => {
     expect(partial.quantizedBytes).toBe(plan.quantizedBytes - config.num_hidden_layers * (0.625 * 64 * 96 + 4 * 80));
     expect(partial.weightBytes - plan.weightBytes).toBe(config.num_hidden_layers * (2 * 64 * 80 - (0.625 * 64 * 96 + 4 * 80)));
   });
+
+  it('stacks what fuse.ts would stack: act-order layers stay apart, layers whose g_idx is the stored order do not', () => {
+    const prequant = { method: 'gptq' as const, bits: 4 as const, groupSize: 32, descAct: true, sym: true, zeroOffset: 1 };
+    const permuted = planLoad(config, 'bf16', { prequant, tiles: true });
+    expect(permuted.layers[0]!.qkv).toBeUndefined();
+    expect(permuted.layers[0]!.gateUp).toBeUndefined();
+    expect(permuted.quantizedBytes).toBe(sum((n, k) => 0.625 * pad32(n) * pad32(k) + 4 * k));
+    const inOrder = planLoad(config, 'bf16', { prequant, tiles: true, isPermuted: () => false });
+    expect(inOrder.layers[0]!.qkv?.parts.map((p) => p.role)).toEqual(['q', 'k', 'v']);
+    expect(inOrder.layers[0]!.gateUp?.how).toEqual({ kind: 'glu', block: 2 });
+    expect(inOrder.quantizedBytes).toBe(sum((n, k) => 0.625 * pad32(n) * pad32(k), STACKED));
+  });
 });
 
 describe('loadModel memory check', () => {
@@ -81,6 +94,8 @@ describe('loadModel memory check', () => {
     const model = await loadModel(dir, { gpu, dtype: 'f32', maxContext: 128, maxMemoryBytes: budget, quantize: 'q4' });
     models.push(model);
     expect(model.info.weightBytesByFormat?.q4).toBe(q4.quantizedBytes);
+    // The loader executes the plan the check sums: every resident byte was planned.
+    expect(model.info.weightBytes).toBe(q4.weightBytes);
     expect(model.info.quantization).toEqual({ method: 'q4', bits: 4, groupSize: 32 });
     // An untied LM head is read every step; the embedding table is not.
     expect(model.info.bytesPerToken).toBe(q4.weightBytes - config.vocab_size * config.hidden_size * 4);

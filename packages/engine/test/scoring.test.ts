@@ -91,7 +91,7 @@ describe('scoreTokens', () => {
     await expect(scoreTokens(s, [1, 2], { topK: 257 })).rejects.toThrow(/topK must be/);
     await expect(scoreTokens(s, [1, 2], { chunk: 65 })).rejects.toThrow(/chunk must be/);
     await expect(scoreTokens(s, [1, VOCAB])).rejects.toThrow(/outside the vocabulary/);
-    await expect(s.reduceRows!([0], 0, [VOCAB + 3])).rejects.toThrow(RangeError);
+    await expect(s.reduceRows([0], 0, [VOCAB + 3])).rejects.toThrow(RangeError);
     s.dispose();
   });
 });

@@ -18,8 +18,6 @@ export interface AttentionOptions {
   nHeads: number;
   nKvHeads: number;
   headDim: number;
-  /** Blocks in the cache pool (of meta's blockSize positions each). */
-  numBlocks: number;
   /** Multiplies q·k; default 1 / sqrt(headDim). */
   scale?: number;
   /** Attend only to the last `slidingWindow` positions, the query's own included (HF Mistral/Qwen2). */
@@ -34,11 +32,37 @@ export interface AttentionOptions {
 
 export interface AttentionOp {
   encode(pass: GPUComputePassEncoder, shape: StepShape): void;
-  /** [numBlocks, nKvHeads, blockSize, headDim] f32. */
-  readonly kCache: GPUBuffer;
-  /** [numBlocks, nKvHeads, blockSize, headDim] f32. */
-  readonly vCache: GPUBuffer;
+  /** Releases the op's own buffers; the KV cache is its owner's. */
   destroy(): void;
+}
+
+/**
+ * One layer's pool of KV blocks: k and v [numBlocks, nKvHeads, blockSize, headDim] f32. It
+ * belongs to the run state of the sequences (transformer.ts Decoder: a batch), which copies
+ * blocks on write and frees the buffers; the attention op writes the step's rows and reads them.
+ */
+export interface KvCache {
+  k: GPUBuffer;
+  v: GPUBuffer;
+  numBlocks: number;
+  nKvHeads: number;
+  blockSize: number;
+  headDim: number;
+}
+
+/** Allocates a layer's KV pool of `numBlocks` blocks, each within one storage binding. */
+export function createKvCache(ctx: OpContext, o: Omit<KvCache, 'k' | 'v'>): KvCache {
+  const { numBlocks, nKvHeads, blockSize, headDim } = o;
+  if (!(Number.isInteger(numBlocks) && numBlocks >= 1)) throw new AttentionError(`numBlocks ${numBlocks} must be a positive integer`);
+  const blockBytes = nKvHeads * blockSize * headDim * 4;
+  const bindLimit = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
+  if (numBlocks * blockBytes > bindLimit) {
+    throw new AttentionError(
+      `a KV cache of ${numBlocks} blocks of ${blockSize} tokens needs ${numBlocks * blockBytes} bytes per layer for k (and again for v), ` +
+        `over this device's storage binding limit of ${bindLimit} bytes; use at most ${Math.floor(bindLimit / blockBytes)} blocks`,
+    );
+  }
+  return { ...o, k: emptyBuffer(ctx.device, numBlocks * blockBytes, 'kCache'), v: emptyBuffer(ctx.device, numBlocks * blockBytes, 'vCache') };
 }
 
 /** The kernel's private and shared arrays are sized for this. */
@@ -87,13 +111,14 @@ export function createAttention(
   ctx: OpContext,
   opts: AttentionOptions,
   meta: StepMeta,
+  cache: KvCache,
   q: GPUBuffer,
   k: GPUBuffer,
   v: GPUBuffer,
   out: GPUBuffer,
   partials: AttentionPartials,
 ): AttentionOp {
-  const { nHeads, nKvHeads, headDim, numBlocks } = opts;
+  const { nHeads, nKvHeads, headDim } = opts;
   const { blockSize, maxTokens } = meta.opts;
   const window = opts.slidingWindow ?? 0;
   const scale = opts.scale ?? 1 / Math.sqrt(headDim);
@@ -106,16 +131,9 @@ export function createAttention(
   if (meta.opts.groupSize !== nHeads / nKvHeads) throw new AttentionError(`step meta groups ${meta.opts.groupSize} query heads per kv head, not ${nHeads / nKvHeads}`);
   if (!(Number.isInteger(headDim) && headDim >= 4 && headDim <= MAX_HEAD_DIM && headDim % 4 === 0))
     throw new AttentionError(`headDim ${headDim} must be a multiple of 4 in 4..${MAX_HEAD_DIM}`);
-  if (!(Number.isInteger(numBlocks) && numBlocks >= 1)) throw new AttentionError(`numBlocks ${numBlocks} must be a positive integer`);
   if (!(Number.isInteger(window) && window >= 0)) throw new AttentionError(`slidingWindow ${window} must be a positive integer`);
-  const blockBytes = nKvHeads * blockSize * headDim * 4;
-  const bindLimit = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
-  if (numBlocks * blockBytes > bindLimit) {
-    throw new AttentionError(
-      `a KV cache of ${numBlocks} blocks of ${blockSize} tokens needs ${numBlocks * blockBytes} bytes per layer for k (and again for v), ` +
-        `over this device's storage binding limit of ${bindLimit} bytes; use at most ${Math.floor(bindLimit / blockBytes)} blocks`,
-    );
-  }
+  if (cache.nKvHeads !== nKvHeads || cache.headDim !== headDim || cache.blockSize !== blockSize)
+    throw new AttentionError(`the KV cache holds blocks of ${cache.blockSize} positions of ${cache.nKvHeads} kv heads of ${cache.headDim}, not ${blockSize} of ${nKvHeads} of ${headDim}`);
   const qRow = nHeads * headDim * 4;
   if (q.size < maxTokens * qRow) throw new AttentionError('q buffer holds fewer tokens than the step meta');
   if (out.size < maxTokens * qRow) throw new AttentionError('out buffer is smaller than q');
@@ -124,15 +142,14 @@ export function createAttention(
 
   const policy = POLICY[ctx.variant];
   const dev = ctx.device;
-  const kCache = emptyBuffer(dev, numBlocks * blockBytes, 'kCache');
-  const vCache = emptyBuffer(dev, numBlocks * blockBytes, 'vCache');
+  const { k: kCache, v: vCache } = cache;
   if (partials.headDim !== headDim) throw new AttentionError(`partials hold rows of ${partials.headDim} dims, not ${headDim}`);
   const partialItems = partials.items;
   const accOffset = 2 * partialItems;
   const part = partials.buffer;
 
   const maxDim = ctx.limits.maxComputeWorkgroupsPerDimension;
-  const write = ctx.kernels.get('attention', { KV_WRITE: true }, { WG });
+  const write = ctx.kernels.get('attention', {}, { WG }, 'kvWrite');
   const writeParams = new ParamsBuffer(dev, write);
   const writeGroup = bindGroup(dev, write, [writeParams.buffer, k, v, kCache, vCache, meta.buffer]);
   const software = ctx.variant === 'software';
@@ -140,20 +157,18 @@ export function createAttention(
   // has subgroups of exactly 8 (lavapipe); else a thread per query row.
   const grouped = software && ctx.subgroups && ctx.subgroupSize === 8 && headDim % 8 === 0 && !opts.perRow;
   const attn = grouped
-    ? ctx.kernels.get('attention', { SPLIT_SG: true, SUBGROUPS: true, ...variantDefines }, { PL: headDim / 8 })
+    ? ctx.kernels.get('attention', { SUBGROUPS: true, ...variantDefines }, { PL: headDim / 8 }, 'splitSg')
     : software
-      ? ctx.kernels.get('attention', { SPLIT_SW: true, ...variantDefines }, { WG, HD4: headDim / 4 })
-      : ctx.kernels.get('attention', { SPLIT_GPU: true, ...variantDefines }, { WG });
+      ? ctx.kernels.get('attention', variantDefines, { WG, HD4: headDim / 4 }, 'splitSw')
+      : ctx.kernels.get('attention', variantDefines, { WG }, 'splitGpu');
   const attnParams = new ParamsBuffer(dev, attn);
   if (opts.sinks && opts.sinks.size < nHeads * 4) throw new AttentionError(`sinks hold fewer than ${nHeads} f32`);
   const attnGroup = bindGroup(dev, attn, [attnParams.buffer, q, kCache, vCache, out, part, meta.buffer, ...(opts.sinks ? [opts.sinks] : [])]);
-  const combine = ctx.kernels.get('attention', { COMBINE: true }, { WG });
+  const combine = ctx.kernels.get('attention', {}, { WG }, 'combine');
   const combineParams = new ParamsBuffer(dev, combine);
   const combineGroup = bindGroup(dev, combine, [combineParams.buffer, part, out]);
 
   return {
-    kCache,
-    vCache,
     encode(pass, { tokens, maxLength, groups }) {
       if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= maxTokens))
         throw new AttentionError(`tokens ${tokens} outside 1..${maxTokens}`);
@@ -175,8 +190,6 @@ export function createAttention(
       }
     },
     destroy() {
-      kCache.destroy();
-      vCache.destroy();
       writeParams.destroy();
       attnParams.destroy();
       combineParams.destroy();

@@ -50,7 +50,7 @@ export interface ScaleCapOp {
 
 /** out: [maxRows, cols] f32; maxRows is the most rows that gate, up and out all hold. */
 export function createSiluMul(ctx: OpContext, cols: number, input: GateUp, out: GPUBuffer, activation: GateActivation = 'silu'): SiluMulOp {
-  const kernel = ctx.kernels.get('elementwise', { SILU_MUL: true, GELU_TANH: activation === 'gelu_tanh' }, { WG });
+  const kernel = ctx.kernels.get('elementwise', { GELU_TANH: activation === 'gelu_tanh' }, { WG }, 'siluMul');
   const params = new ParamsBuffer(ctx.device, kernel);
   if (!(Number.isInteger(cols) && cols >= 1)) throw new ElementwiseError(`cols ${cols} must be a positive integer`);
   const fused = 'gateUp' in input;
@@ -74,7 +74,7 @@ export function createSiluMul(ctx: OpContext, cols: number, input: GateUp, out: 
 export function createAdd(ctx: OpContext, a: GPUBuffer, b: GPUBuffer, scale = 1): AddOp {
   if (a === b) throw new ElementwiseError('add: a and b must be different buffers');
   if (!Number.isFinite(scale)) throw new ElementwiseError(`add: scale ${scale} must be a finite number`);
-  const kernel = ctx.kernels.get('elementwise', { ADD: true }, { WG });
+  const kernel = ctx.kernels.get('elementwise', {}, { WG }, 'add');
   const params = new ParamsBuffer(ctx.device, kernel);
   const max = Math.floor(Math.min(a.size, b.size) / 4);
   const group = bindGroup(ctx.device, kernel, [params.buffer, a, b]);
@@ -94,7 +94,7 @@ export function createScaleCap(ctx: OpContext, a: GPUBuffer, opts: { scale?: num
   const cap = opts.cap ?? 0;
   if (!Number.isFinite(scale)) throw new ElementwiseError(`scale ${scale} must be a finite number`);
   if (!(Number.isFinite(cap) && cap >= 0)) throw new ElementwiseError(`cap ${cap} must be a non-negative number`);
-  const kernel = ctx.kernels.get('elementwise', { SCALE_CAP: true }, { WG });
+  const kernel = ctx.kernels.get('elementwise', {}, { WG }, 'scaleCap');
   const params = new ParamsBuffer(ctx.device, kernel);
   const group = bindGroup(ctx.device, kernel, [params.buffer, a]);
   const max = Math.floor(a.size / 4);
@@ -111,7 +111,7 @@ export function createScaleCap(ctx: OpContext, a: GPUBuffer, opts: { scale?: num
 /** Copies f32 ranges from src to dst (different buffers) inside a compute pass. */
 export function createCopy(ctx: OpContext, src: GPUBuffer, dst: GPUBuffer): CopyOp {
   if (src === dst) throw new ElementwiseError('copy: src and dst must be different buffers');
-  const kernel = ctx.kernels.get('elementwise', { COPY: true }, { WG });
+  const kernel = ctx.kernels.get('elementwise', {}, { WG }, 'copy');
   const params = new ParamsBuffer(ctx.device, kernel);
   const group = bindGroup(ctx.device, kernel, [params.buffer, src, dst]);
   return {

@@ -10,7 +10,7 @@
 import { BYTES_PER_ELEMENT, type WeightDtype } from '../dtype.ts';
 import type { Constants, Defines } from '../kernel.ts';
 import { storageUsage } from '../buffers.ts';
-import { checkSpec, groupsPerRow, rowWords } from '../quant.ts';
+import { type QuantSpec, checkSpec, groupsPerRow, quantBytes, rowWords } from '../quant.ts';
 import { tiledRows } from '../tiles.ts';
 import { type OpContext, ParamsBuffer } from './context.ts';
 import { type LinearWeight, type WeightChunk, LinearError } from './linear-types.ts';
@@ -68,8 +68,13 @@ export function storedRows(w: Pick<LinearWeight, 'tiled'>, c: Pick<WeightChunk, 
   return w.tiled ? tiledRows(c.rows) : c.rows;
 }
 
-/** Bytes a dense weight's chunk occupies: its rows (padded to whole tiles when tiled). */
-export function storedBytes(w: Pick<LinearWeight, 'dtype' | 'cols' | 'tiled'>, c: Pick<WeightChunk, 'rows'>): number {
+/**
+ * Bytes a weight's chunk occupies: its rows (padded to whole tiles when tiled) as dense elements,
+ * or, quantized, as packed words and scale words. What the loader plans (load-plan.ts) and what
+ * the buffers it creates hold.
+ */
+export function storedBytes(w: Pick<LinearWeight, 'dtype' | 'cols' | 'tiled'> & { quant?: QuantSpec | undefined }, c: Pick<WeightChunk, 'rows'>): number {
+  if (w.quant) return quantBytes(w.quant, storedRows(w, c), w.cols);
   return chunkBytes(w.dtype, storedRows(w, c) * w.cols);
 }
 

@@ -1,6 +1,6 @@
 // A mixture-of-experts MLP block (kernels/moe.wgsl, kernels/moe_matmul.wgsl):
-//   router logits (linear) → ROUTE (top-k + weights) → GROUP (slots by expert) →
-//   UP (gate/up + activation, active experts only) → DOWN (weighted) → COMBINE into the
+//   router logits (linear) → route (top-k + weights) → group (slots by expert) →
+//   UP (gate/up + activation, active experts only) → DOWN (weighted) → combine into the
 //   residual, plus Qwen2-MoE's shared expert. Nothing is read back to JS: the active
 //   experts are found on the GPU and the expert kernels skip the workgroups of the rest.
 
@@ -15,7 +15,7 @@ export class MoeError extends Error {
   override name = 'MoeError';
 }
 
-/** ROUTE and GROUP keep a bit per expert in registers (MAX_EXPERTS in moe.wgsl). */
+/** route and group keep a bit per expert in registers (MAX_EXPERTS in moe.wgsl). */
 export const MAX_EXPERTS = 256;
 
 export type ExpertFormat = WeightDtype | 'mxfp4';
@@ -75,7 +75,7 @@ export interface MoeScratch {
   logits: GPUBuffer; // [T, E] router logits
   sel: GPUBuffer; // [T * k] u32 expert per slot
   wts: GPUBuffer; // [T * k] f32 weight per slot
-  groups: GPUBuffer; // [1 + 3E] u32 active experts (see moe.wgsl GROUP)
+  groups: GPUBuffer; // [1 + 3E] u32 active experts (see moe.wgsl group)
   order: GPUBuffer; // [T * k] u32 slots grouped by expert
   act: GPUBuffer; // [T * k, I] expert activations
   out: GPUBuffer; // [T * k, hidden] weighted expert outputs
@@ -164,10 +164,10 @@ export function createMoe(ctx: OpContext, w: MoeWeights, scratch: MoeScratch, x:
   const s = scratch;
 
   const router = createLinear(ctx, w.router, x, s.logits, { maxTokens: T });
-  const route = ctx.kernels.get('moe', { ROUTE: true, SOFTMAX_FIRST: o.routing === 'softmax_topk', NORM: o.normTopk }, { WG });
+  const route = ctx.kernels.get('moe', { SOFTMAX_FIRST: o.routing === 'softmax_topk', NORM: o.normTopk }, { WG }, 'route');
   const routeParams = new ParamsBuffer(dev, route);
   const routeGroup = bindGroup(dev, route, [routeParams.buffer, s.logits, s.sel, s.wts]);
-  const group = ctx.kernels.get('moe', { GROUP: true }, { WG });
+  const group = ctx.kernels.get('moe', {}, { WG }, 'group');
   const groupParams = new ParamsBuffer(dev, group);
   const groupGroup = bindGroup(dev, group, [groupParams.buffer, s.sel, s.groups, s.order]);
 
@@ -197,7 +197,7 @@ export function createMoe(ctx: OpContext, w: MoeWeights, scratch: MoeScratch, x:
   const ups = expertDispatches(w.gateUp, true, x, s.act);
   const downs = expertDispatches(w.down, false, s.act, s.out);
 
-  const combine = ctx.kernels.get('moe', { COMBINE: true, SHARED: !!w.shared }, { WG });
+  const combine = ctx.kernels.get('moe', { SHARED: !!w.shared }, { WG }, 'combine');
   const combineParams = new ParamsBuffer(dev, combine);
   const combineGroup = bindGroup(dev, combine, [combineParams.buffer, s.out, hidden, ...(w.shared ? [s.shared!.out, s.shared!.logit] : [])]);
 

@@ -26,7 +26,7 @@ export interface StepShape {
   tokens: number;
   /** The largest end position (position + tokens) of any run: attention's key range. */
   maxLength: number;
-  /** Attention row groups per kv head (SPLIT_SG). */
+  /** Attention row groups per kv head (attention.wgsl splitSg). */
   groups: number;
 }
 
@@ -40,7 +40,7 @@ export interface StepMetaOptions {
   groupSize: number;
 }
 
-/** Query rows per attention group: the SPLIT_SG kernel's subgroup width. */
+/** Query rows per attention group: attention.wgsl splitSg's subgroup width. */
 const GROUP_ROWS = 8;
 
 export class StepMeta {
