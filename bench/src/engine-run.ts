@@ -52,6 +52,18 @@ export function benchModel(): string {
   return dir;
 }
 
+/** Bench folders under BENCH_CACHE by name, each written by `write` on first use. */
+export function cachedBenchModels<C>(models: readonly (readonly [string, C])[], write: (cfg: C, dir: string) => void): string[] {
+  return models.map(([name, cfg]) => {
+    const dir = join(BENCH_CACHE, name);
+    if (!existsSync(join(dir, 'config.json'))) {
+      process.stderr.write(`bench: writing ${dir} (once)\n`);
+      write(cfg, dir);
+    }
+    return dir;
+  });
+}
+
 /** The prompt every engine runs: n spread-out token ids (`salt` gives another prompt). */
 export function benchPrompt(n: number, vocab: number, salt = 0): number[] {
   return Array.from({ length: n }, (_, i) => (i * 7919 + 13 + salt * 104729) % vocab);

@@ -4,11 +4,11 @@
 // Phi-3-mini-shaped one (its real config, but 4 of its 32 layers: fused qkv_proj and
 // gate_up_proj on disk, as published). Seeded random bf16 weights; tensor names and shapes are
 // the ones the engine's family file expects (expectedTensors), with Phi-3's projections fused.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectedTensors, parseConfig, writeSafetensors, type TensorToWrite } from '@webgpu-chat/engine/internal';
 import { rng } from '@webgpu-chat/engine/testing';
-import { BENCH_CACHE } from './engine-run.ts';
+import { cachedBenchModels } from './engine-run.ts';
 
 /** google/gemma-3-270m's config.json (the fields the engine reads). */
 export const GEMMA3_270M = {
@@ -107,14 +107,5 @@ export function writeFamilyModel(cfg: FamilyShape, dir: string, seed = 1): void 
 
 /** The bench folders, written on first use: Gemma 3 270M-shaped, then Phi-3-mini-shaped. */
 export function familyBenchModels(): string[] {
-  const out: string[] = [];
-  for (const [name, cfg] of [['gemma3-270m-shaped-bf16', GEMMA3_270M], ['phi3-mini-4-layers-shaped-bf16', PHI3_MINI_4_LAYERS]] as const) {
-    const dir = join(BENCH_CACHE, name);
-    if (!existsSync(join(dir, 'config.json'))) {
-      process.stderr.write(`bench: writing ${dir} (once)\n`);
-      writeFamilyModel(cfg, dir);
-    }
-    out.push(dir);
-  }
-  return out;
+  return cachedBenchModels([['gemma3-270m-shaped-bf16', GEMMA3_270M], ['phi3-mini-4-layers-shaped-bf16', PHI3_MINI_4_LAYERS]] as const, writeFamilyModel);
 }

@@ -3,11 +3,11 @@
 // and seeded random bf16 weights, written once into .cache/bench/. Their rows show decode
 // bytes following the active experts, not the resident ones.
 
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeSafetensors, type TensorToWrite } from '@webgpu-chat/engine/internal';
 import { rng } from '@webgpu-chat/engine/testing';
-import { BENCH_CACHE } from './engine-run.ts';
+import { cachedBenchModels } from './engine-run.ts';
 
 /** Mixtral-8x7B's layout (8 experts, top-2, GQA 4:1) at a quarter of its width and 4 layers. */
 export const MIXTRAL_SHAPED = {
@@ -113,15 +113,6 @@ export function writeMoeModel(cfg: MoeShape, dir: string, seed = 1): void {
 
 /** The bench folders, written on first use: Mixtral-shaped, then Qwen3-MoE-shaped. */
 export function moeBenchModels(): string[] {
-  const out: string[] = [];
-  for (const [name, cfg] of [['mixtral-shaped-bf16', MIXTRAL_SHAPED], ['qwen3-moe-shaped-bf16', QWEN3_MOE_SHAPED]] as const) {
-    const dir = join(BENCH_CACHE, name);
-    if (!existsSync(join(dir, 'config.json'))) {
-      process.stderr.write(`bench: writing ${dir} (once)\n`);
-      writeMoeModel(cfg, dir);
-    }
-    out.push(dir);
-  }
-  return out;
+  return cachedBenchModels([['mixtral-shaped-bf16', MIXTRAL_SHAPED], ['qwen3-moe-shaped-bf16', QWEN3_MOE_SHAPED]] as const, writeMoeModel);
 }
 
