@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { expectedTensors, parseConfig, writeSafetensors, type TensorToWrite } from '@webgpu-chat/engine/internal';
 import { rng } from '@webgpu-chat/engine/testing';
 import { cachedBenchModels } from './engine-run.ts';
+import { randomBf16 } from './moe-models.ts';
 
 /** google/gemma-3-270m's config.json (the fields the engine reads). */
 export const GEMMA3_270M = {
@@ -59,18 +60,6 @@ export const PHI3_MINI_4_LAYERS = {
 
 type FamilyShape = typeof GEMMA3_270M | typeof PHI3_MINI_4_LAYERS;
 
-/** Random bf16 bits: offset + uniform in [-scale, scale), truncated to bf16. */
-function bf16(n: number, r: () => number, scale: number, offset = 0): Uint16Array {
-  const f = new Float32Array(1);
-  const u = new Uint32Array(f.buffer);
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    f[0] = offset + (r() * 2 - 1) * scale;
-    out[i] = u[0]! >>> 16;
-  }
-  return out;
-}
-
 export function writeFamilyModel(cfg: FamilyShape, dir: string, seed = 1): void {
   const r = rng(seed);
   const c = parseConfig(cfg);
@@ -78,7 +67,7 @@ export function writeFamilyModel(cfg: FamilyShape, dir: string, seed = 1): void 
   for (const [name, shape] of expectedTensors(c)) {
     const n = shape.reduce((a, b) => a * b, 1);
     // Gemma stores norms as w - 1.
-    const data = shape.length === 1 ? bf16(n, r, 0.1, c.block.normPlusOne ? 0 : 1) : bf16(n, r, 0.03);
+    const data = shape.length === 1 ? randomBf16(n, r, 0.1, c.block.normPlusOne ? 0 : 1) : randomBf16(n, r, 0.03);
     tensors.set(name, { name, dtype: 'BF16', shape, data });
   }
   if (cfg.model_type === 'phi3') {

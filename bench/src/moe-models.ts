@@ -60,8 +60,8 @@ export const QWEN3_MOE_SHAPED = {
 /** One of the shapes above, or a smaller model with the same fields (tests). */
 export type MoeShape = typeof MIXTRAL_SHAPED | typeof QWEN3_MOE_SHAPED;
 
-/** Random bf16 bits: uniform in [-scale, scale) truncated to bf16 (rounding does not matter here). */
-function bf16(n: number, r: () => number, scale: number, offset = 0): Uint16Array {
+/** Random bf16 bits: offset + uniform in [-scale, scale), truncated to bf16 (rounding does not matter here). */
+export function randomBf16(n: number, r: () => number, scale: number, offset = 0): Uint16Array {
   const f = new Float32Array(1);
   const u = new Uint32Array(f.buffer);
   const out = new Uint16Array(n);
@@ -77,8 +77,8 @@ export function writeMoeModel(cfg: MoeShape, dir: string, seed = 1): void {
   const h = cfg.hidden_size;
   const hd = cfg.head_dim;
   const tensors: TensorToWrite[] = [];
-  const matrix = (name: string, shape: number[], scale = 0.03) => tensors.push({ name, dtype: 'BF16', shape, data: bf16(shape[0]! * shape[1]!, r, scale) });
-  const norm = (name: string, n: number) => tensors.push({ name, dtype: 'BF16', shape: [n], data: bf16(n, r, 0.1, 1) });
+  const matrix = (name: string, shape: number[], scale = 0.03) => tensors.push({ name, dtype: 'BF16', shape, data: randomBf16(shape[0]! * shape[1]!, r, scale) });
+  const norm = (name: string, n: number) => tensors.push({ name, dtype: 'BF16', shape: [n], data: randomBf16(n, r, 0.1, 1) });
   const qwen = cfg.model_type === 'qwen3_moe';
   const E = qwen ? (cfg as typeof QWEN3_MOE_SHAPED).num_experts : (cfg as typeof MIXTRAL_SHAPED).num_local_experts;
   const I = qwen ? (cfg as typeof QWEN3_MOE_SHAPED).moe_intermediate_size : cfg.intermediate_size;
