@@ -6,10 +6,13 @@
 // Input-grounded: the target's own greedy reply R to an opening O is put in the prompt twice
 // as a text to continue, O + R + O + R + O, so the reply repeats R (a summary or edit that
 // copies its input). Open-ended: other openings, nothing to copy from but the reply itself.
-// Every run is timed in steady state: after a run of the same prompt and settings, so the
-// loop has measured the step sizes that path uses (as a long-running server has). The timed
-// runs of plain decoding and the drafters take turns, prompt by prompt, ROUNDS times, so a
-// drift in the machine's load (other processes share its cores) weighs on all of them alike.
+// Every run is timed in steady state: every step size a draft may use compiled, and after a
+// run of the same prompt and settings, so the loop has measured the step sizes that path uses
+// (as a long-running server has). The timed runs of plain decoding and the drafters take turns
+// (turns.ts), so a drift in the machine's load weighs on all of them alike.
+// Each row also gives the ceiling of prompt lookup on its task: the speedup a schedule that
+// knew which drafts hold would get with the step costs measured here (how much the reply
+// repeats what came before it, in this machine's terms).
 // stories260K (a trained model) is prompted with text; a target without a tokenizer (the
 // dense bench model, random weights) with id prompts. Neither copies much: the trained model
 // is tiny and the random one drifts. markovModel() is the dense model's shape made to copy:
@@ -21,11 +24,12 @@ import { closeSync, existsSync, mkdirSync, openSync, readSync, writeSync } from 
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { directorySource, getGpu, loadModel } from '@webgpu-chat/engine';
-import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationConfig, type GenerationResult } from '../../packages/chat/src/index.ts';
-import { writeGeneratedModel } from '../../packages/engine/test/generated-model.ts';
+import { Assistant, ChatTokenizer, Generator, lookupDraft, resolveGenerationConfig, type GenerationConfig, type GenerationResult, type StepCosts } from '@webgpu-chat/chat';
+import { writeGeneratedModel } from '@webgpu-chat/engine/testing';
 import { BENCH_CACHE, benchPrompt, engineName, folderName, QWEN25_05B } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
 import { idTokenizer } from './speculative.ts';
+import { inTurns, warmStepSizes, type TurnsOptions } from './turns.ts';
 
 export interface LookupOptions {
   targets: string[];
@@ -43,8 +47,10 @@ const TEXT_OPENINGS = ['Once upon a time', 'The little dog', 'Lily and Ben went 
 const ID_OPENING_TOKENS = 16;
 
 type Task = 'grounded' | 'open';
-/** Timed runs of each prompt and drafter, taken in turns. */
-const ROUNDS = 2;
+/** Rounds of timed runs (every prompt with every drafter), taken in turns. */
+const TURNS: TurnsOptions = { minRounds: 2, maxRounds: 40, budgetMs: 30_000 };
+/** max_matching_ngram_size of the lookup rows (Transformers' default). */
+const NGRAM = 2;
 
 /** The Qwen2.5-0.5B-shaped folder that copies (see the file's head), written on first use. */
 export function markovModel(): string {
@@ -96,6 +102,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
     const tokenizer = hasTokenizer ? await ChatTokenizer.load(directorySource(dir)) : idTokenizer(V);
     const openings = hasTokenizer ? TEXT_OPENINGS.map((t) => tokenizer.encode(t)) : [0, 1, 2].map((salt) => benchPrompt(ID_OPENING_TOKENS, V, salt));
     const batch = target.createBatch({ maxSequences: 4, maxContext, kvTokens: 2 * maxContext });
+    await warmStepSizes(batch, Math.max(o.lookupTokens, o.k) + 1, V);
     const gen = new Generator(batch, tokenizer, V, { maxParallel: 1 });
     const run = (p: number[], c: GenerationConfig, assistant?: Assistant): Promise<GenerationResult> => gen.generate({ promptIds: p, config: resolveGenerationConfig(c), assistant }).result;
 
@@ -109,20 +116,30 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
     const assistant = Assistant.open({ model: target, maxContext, tokenizer }, { model: q4 });
     const drafters: { name: string; bytes: number; config: GenerationConfig; assistant?: Assistant }[] = [
       { name: 'none (plain)', bytes: 0, config: base },
-      { name: `prompt lookup (${o.lookupTokens})`, bytes: 0, config: { ...base, prompt_lookup_num_tokens: o.lookupTokens } },
+      { name: `prompt lookup (${o.lookupTokens})`, bytes: 0, config: { ...base, prompt_lookup_num_tokens: o.lookupTokens, max_matching_ngram_size: NGRAM } },
       { name: 'self-q4', bytes: q4.info.bytesPerToken, config: { ...base, num_assistant_tokens: o.k }, assistant },
     ];
     try {
       for (const task of ['grounded', 'open'] as const) {
         // An untimed run of each (compiles, caches the prompt, measures step costs), then the timed ones in turns.
         for (const p of prompts[task]) for (const d of drafters) await run(p, d.config, d.assistant);
-        const runs = drafters.map((): GenerationResult[] => []);
-        for (let r = 0; r < ROUNDS; r++) for (const p of prompts[task]) for (const [i, d] of drafters.entries()) runs[i]!.push(await run(p, d.config, d.assistant));
-        const measured = runs.map((rs): Measured => {
+        const rounds = await inTurns(
+          drafters.map((d) => async () => {
+            const rs: GenerationResult[] = [];
+            for (const p of prompts[task]) rs.push(await run(p, d.config, d.assistant));
+            return rs;
+          }),
+          TURNS,
+        );
+        const measured = rounds.map((byRound): Measured => {
+          const rs = byRound.flat();
           const tokens = rs.reduce((s, x) => s + x.stats.newTokens, 0);
           return { runs: rs, tokens, tokensPerSecond: tokens / (rs.reduce((s, x) => s + x.stats.totalMs, 0) / 1000) };
         });
-        drafters.forEach((d, i) => rows.push(row(task, d.name, d.bytes, measured[i]!, measured[0]!)));
+        const eos = new Set([target.info.config.eos_token_id ?? []].flat());
+        const replies = measured[0]!.runs.slice(0, prompts[task].length).map((r) => r.tokenIds);
+        const ceiling = lookupCeiling(prompts[task], replies, gen.stepCosts, o.lookupTokens, eos);
+        drafters.forEach((d, i) => rows.push(row(task, d.name, d.bytes, measured[i]!, measured[0]!, ceiling)));
       }
     } finally {
       assistant.dispose();
@@ -135,7 +152,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
   }
   return rows;
 
-  function row(task: Task, draft: string, draftBytes: number, spec: Measured, plain: Measured): BenchRow {
+  function row(task: Task, draft: string, draftBytes: number, spec: Measured, plain: Measured, ceiling: number): BenchRow {
     const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
     const drafted = sum((r) => r.stats.speculative?.draftedTokens ?? 0);
     const accepted = sum((r) => r.stats.speculative?.acceptedTokens ?? 0);
@@ -162,9 +179,37 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
         meanAcceptedTokens: steps ? accepted / steps : 0,
         steps,
         identicalToPlain: spec.runs.every((r, i) => r.tokenIds.join() === plain.runs[i]!.tokenIds.join()),
+        lookupCeiling: ceiling,
       },
     };
   }
+}
+
+/**
+ * The speedup of prompt lookup under a schedule that knew, at each step, how much of the
+ * draft the model would accept and drafted the best length within it (none when no token
+ * holds): decode steps of the replies to `prompts` with their measured costs, against one
+ * plain step per token.
+ */
+export function lookupCeiling(prompts: readonly number[][], replies: readonly number[][], costs: StepCosts, maxDraft: number, eos: ReadonlySet<number>): number {
+  let tokens = 0;
+  let steps = 0;
+  prompts.forEach((prompt, p) => {
+    const reply = replies[p]!;
+    const seq = [...prompt];
+    for (let i = 0; i < reply.length; ) {
+      const draft = lookupDraft(seq, NGRAM, Math.min(maxDraft, reply.length - i - 1), eos);
+      let held = 0;
+      while (held < draft.length && draft[held] === reply[i + held]) held++;
+      let best = 0;
+      for (let k = 1; k <= held; k++) if ((k + 1) / costs.relative(k + 1) > (best + 1) / costs.relative(best + 1)) best = k;
+      seq.push(...reply.slice(i, i + best + 1));
+      i += best + 1;
+      steps += costs.relative(best + 1);
+    }
+    tokens += reply.length;
+  });
+  return steps > 0 ? tokens / steps : 1;
 }
 
 interface Measured {

@@ -41,6 +41,11 @@ export interface SpeculativeFigures {
   steps: number;
   /** Greedy assisted output equals plain greedy output token for token (it must). */
   identicalToPlain: boolean;
+  /**
+   * --lookup rows: prompt lookup's speedup on the task under a schedule that knew which drafts
+   * hold, with the step costs measured in the run (how much the replies repeat their context).
+   */
+  lookupCeiling?: number;
 }
 
 export interface MoeFigures {
@@ -151,6 +156,7 @@ const COLUMNS: Column[] = [
   { header: 'e2e s mean', cell: (r) => (r.serve ? (r.serve.e2eMs.mean / 1000).toFixed(2) : undefined) },
   { header: 'cached tokens', cell: (r) => r.serve?.cachedTokens.toString() },
   { header: 'speedup', cell: (r) => (r.speculative ? ratio(r.speculative.speedup) : r.serve?.speedup === undefined ? undefined : ratio(r.serve.speedup)) },
+  { header: 'lookup ceiling', cell: (r) => (r.speculative?.lookupCeiling === undefined ? undefined : ratio(r.speculative.lookupCeiling)) },
   { header: 'acceptance', cell: (r) => (r.speculative ? `${(100 * r.speculative.acceptanceRate).toFixed(1)}%` : undefined) },
   { header: 'accepted/step', cell: (r) => r.speculative?.meanAcceptedTokens.toFixed(2) },
   { header: 'greedy identical', cell: (r) => yesNo(r.speculative?.identicalToPlain ?? r.serve?.identical) },

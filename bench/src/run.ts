@@ -236,7 +236,7 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
       out.push(
         '',
         `By task (qwen2.5-0.5b-shaped-markov: the dense model's shape with zero attention output and an untied head, so each token is a fixed function of the one before and the reply reproduces text of its prompt). grounded = the prompt holds an opening and the target's own greedy reply to it, twice, then the opening again, so the reply repeats text of its prompt; open = other openings. ` +
-          `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured), plain and drafters in turns, each prompt twice; prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task.`,
+          `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured), every step size a draft may use compiled first; plain and drafters in turns, at least two rounds and 30 s (at most 40 rounds); prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = decode tok/s ÷ plain decode tok/s of the same task; lookup ceiling = what prompt lookup would give under a schedule that knew which drafts hold, with the step costs measured in the run (how much the replies repeat their context).`,
       );
     if (s === 'constrained')
       out.push(

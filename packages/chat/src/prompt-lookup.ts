@@ -38,10 +38,20 @@ export function lookupDraft(sequence: readonly number[], maxNgram: number, count
   return [];
 }
 
-/** Prompt lookup as the loop's token source: the draft of each step comes from the sequence itself. */
+/**
+ * Prompt lookup as the loop's token source: the draft of each step comes from the sequence
+ * itself. The candidate is looked up first (it costs nothing), so a step with no match runs
+ * undrafted without touching the schedule. Under the 'measured' schedule the length to
+ * verify is planned from the acceptance of like drafts: one that continues a copy (the last
+ * draft was accepted whole) is far likelier to hold than a fresh match (in free text a common
+ * n-gram recurs with another continuation), so the two keep separate acceptance rates.
+ */
 export class PromptLookupSource implements TokenSource {
   readonly holdsBackLast = true;
-  private readonly planner: DraftLengthPlanner;
+  /** The planners of fresh matches [0] and of drafts that continue a copy [1]. */
+  private readonly planners: [DraftLengthPlanner, DraftLengthPlanner];
+  /** The planner of the current draft. */
+  private planner: DraftLengthPlanner;
   private drafted: number[] = [];
   /** The draft length chosen last. */
   private k = 0;
@@ -57,18 +67,18 @@ export class PromptLookupSource implements TokenSource {
     costs: StepCosts,
     private readonly processor: LogitsProcessor | undefined,
   ) {
-    this.planner = new DraftLengthPlanner(costs);
-  }
-
-  /** How many tokens the next draft may hold: the schedule's choice, within what the loop still wants. */
-  private draftLength(max: number): number {
-    const most = Math.min(this.cfg.prompt_lookup_num_tokens, max - 1);
-    return this.cfg.num_assistant_tokens_schedule === 'measured' ? this.planner.next(most) : Math.max(0, most);
+    this.planners = [new DraftLengthPlanner(costs), new DraftLengthPlanner(costs)];
+    this.planner = this.planners[0];
   }
 
   async plan(sequence: readonly number[], max: number): Promise<{ tokens: number[]; logits: 'all' }> {
-    this.k = this.draftLength(max);
-    this.drafted = this.k > 0 ? lookupDraft(sequence, this.cfg.max_matching_ngram_size, this.k, this.eos) : [];
+    // K drafted + 1 model token never exceed what the loop still wants.
+    const most = Math.min(this.cfg.prompt_lookup_num_tokens, max - 1);
+    const found = most > 0 ? lookupDraft(sequence, this.cfg.max_matching_ngram_size, most, this.eos) : [];
+    const measured = this.cfg.num_assistant_tokens_schedule === 'measured';
+    if (found.length === 0) this.planner = this.planners[0];
+    this.k = found.length === 0 ? 0 : measured ? this.planner.next(found.length) : found.length;
+    this.drafted = found.slice(0, this.k);
     return { tokens: [sequence.at(-1)!, ...this.drafted], logits: 'all' };
   }
 
@@ -80,6 +90,7 @@ export class PromptLookupSource implements TokenSource {
       this.draftedTotal += drafted.length;
       this.acceptedTotal += verdict.accepted;
       this.planner.observe(drafted.length, verdict.accepted);
+      this.planner = this.planners[verdict.accepted === drafted.length ? 1 : 0];
     }
     return { tokens: [...drafted.slice(0, verdict.accepted), verdict.token], keep: 1 + verdict.accepted };
   }

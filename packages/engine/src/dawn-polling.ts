@@ -5,14 +5,21 @@
 // measured on 2 cores with lavapipe, the loop took 45% of all CPU time and left the driver's two
 // worker threads under one core between them, halving every kernel's speed.
 //
-// So Dawn's polling is let spin for the first SPIN_MS of a wait (short waits, such as a small
-// read-back, stay as fast as before) and then polls once per millisecond from a timer, which costs
-// a wait at most about a millisecond of latency and almost no CPU.
+// So Dawn's polling spins for the first part of a wait and then polls once per millisecond from a
+// timer, which costs a wait up to a millisecond or two of latency (Node's timers fire late) and
+// almost no CPU. How long it spins follows the waits this process has seen: when they are short
+// (a tiny model's decode step, a small read-back) a timer's latency would be a large part of each
+// one, and spinning through them is the cheaper choice (stories260K decodes about twice as fast);
+// when they are long, it spins SPIN_MS only.
 
 type Callback = (...args: unknown[]) => void;
 
-/** How long a wait polls at full speed before falling back to a 1 ms timer. */
+/** The least a wait spins before falling back to a 1 ms timer. */
 export const SPIN_MS = 1;
+/** The most: waits typically shorter than this are spun through. */
+export const MAX_SPIN_MS = 6;
+/** Weight of a finished wait in the running mean of wait durations. */
+const WAIT_SMOOTHING = 0.2;
 
 let installed = false;
 
@@ -21,27 +28,38 @@ function isDawnPoll(cb: unknown): cb is Callback {
   return typeof cb === 'function' && cb.name === '' && Function.prototype.toString.call(cb).includes('[native code]');
 }
 
+/** How long a wait spins, from the running mean of how long waits took. */
+export function spinBudget(typicalWaitMs: number): number {
+  return typicalWaitMs <= MAX_SPIN_MS ? Math.max(SPIN_MS, Math.min(MAX_SPIN_MS, 1.5 * typicalWaitMs)) : SPIN_MS;
+}
+
 /** Wraps globalThis.setImmediate once per process (Node only: call before creating the Dawn instance). */
 export function throttleDawnPolling(): void {
   if (installed) return;
   installed = true;
   const g = globalThis as unknown as { setImmediate: (cb: Callback, ...args: unknown[]) => unknown };
   const immediate = g.setImmediate;
-  // A poll that schedules the next one continues the same wait; any other poll starts a new one.
+  // A poll that schedules the next one continues the same wait; any other poll starts a new one,
+  // and a poll that schedules none ends its wait.
   let polling = false;
+  let continued = false;
   let waitStart = 0;
+  let typicalWait = MAX_SPIN_MS + 1;
   g.setImmediate = (cb: Callback, ...args: unknown[]) => {
     if (!isDawnPoll(cb)) return immediate(cb, ...args);
     const now = performance.now();
-    if (!polling) waitStart = now;
+    if (polling) continued = true;
+    else waitStart = now;
     const poll = () => {
       polling = true;
+      continued = false;
       try {
         cb(...args);
       } finally {
         polling = false;
+        if (!continued) typicalWait += WAIT_SMOOTHING * (performance.now() - waitStart - typicalWait);
       }
     };
-    return now - waitStart < SPIN_MS ? immediate(poll) : setTimeout(poll, 1);
+    return now - waitStart < spinBudget(typicalWait) ? immediate(poll) : setTimeout(poll, 1);
   };
 }

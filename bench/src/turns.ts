@@ -1,0 +1,43 @@
+// Timing variants of one job side by side on a machine whose speed drifts: the variants take
+// turns, a round at a time, each round starting one variant later than the one before (so no
+// variant always runs first after a switch), and rounds go on until every variant has run
+// `minRounds` times and the whole took `budgetMs`, or `maxRounds` were run.
+
+import type { Batch } from '@webgpu-chat/engine';
+
+export interface TurnsOptions {
+  minRounds: number;
+  maxRounds: number;
+  budgetMs: number;
+}
+
+/** Runs `variants` in turns; results[v][r] is variant v's result in round r. */
+export async function inTurns<T>(variants: readonly (() => Promise<T>)[], o: TurnsOptions): Promise<T[][]> {
+  const results = variants.map((): T[] => []);
+  const t0 = performance.now();
+  for (let r = 0; r < o.maxRounds && (r < o.minRounds || performance.now() - t0 < o.budgetMs); r++) {
+    for (let i = 0; i < variants.length; i++) {
+      const v = (r + i) % variants.length;
+      results[v]!.push(await variants[v]!());
+    }
+  }
+  return results;
+}
+
+/**
+ * Runs one step of every size 1..upTo with every row kept and read, on a scratch sequence, so
+ * the kernels each size uses are compiled before timing starts (a long-running server has
+ * compiled them; a first use compiles for tens of milliseconds).
+ */
+export async function warmStepSizes(batch: Batch, upTo: number, vocabSize: number): Promise<void> {
+  const seq = batch.createSequence();
+  try {
+    for (let n = 1; n <= Math.min(upTo, batch.maxStepTokens, batch.maxLogitRows); n++) {
+      batch.step([{ seq, tokens: Array.from({ length: n }, (_, i) => i % vocabSize) }], { logitRows: 'all' });
+      await batch.reduceRows(Array.from({ length: n }, (_, i) => i), 0);
+      batch.truncate(seq, 0);
+    }
+  } finally {
+    batch.free(seq);
+  }
+}
