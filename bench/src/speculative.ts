@@ -8,8 +8,9 @@
 // others get id prompts and a stand-in tokenizer of one token per id (the loop only
 // detokenizes with it). Decode speed: tokens of a run ÷ its time, where every timed run
 // follows an untimed run of the same prompt and settings (the prompt is cached, the loop has
-// measured the step sizes the path uses), so plain and assisted runs time the same work: from
-// the last prompt token to the budget; plain and assisted runs take turns.
+// measured the step sizes the path uses) and every step size a draft may use is compiled, so
+// plain and assisted runs time the same work: from the last prompt token to the budget; plain
+// and assisted runs take turns (turns.ts).
 
 import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -18,6 +19,7 @@ import { directorySource, getGpu, loadModel, type Model } from '@webgpu-chat/eng
 import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationResult, type ResolvedGenerationConfig } from '@webgpu-chat/chat';
 import { benchPrompt, engineName, folderName } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
+import { inTurns, warmStepSizes, type TurnsOptions } from './turns.ts';
 
 /** Text prompts for a target with a tokenizer (stories260K continues them sensibly). */
 const TEXT_PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park. They'];
@@ -25,6 +27,8 @@ const TEXT_PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went t
 const ID_PROMPTS = 2;
 /** Speculative rows compare decoding; a longer prompt would only lengthen the run. */
 const MAX_PROMPT_TOKENS = 32;
+/** Rounds of timed runs (every prompt, plain and assisted), taken in turns. */
+const TURNS: TurnsOptions = { minRounds: 2, maxRounds: 40, budgetMs: 30_000 };
 
 export interface SpeculativeOptions {
   /** Model folders to run as targets, each with its own drafts. */
@@ -72,6 +76,7 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
       ? TEXT_PROMPTS.map((t) => tokenizer.encode(t).slice(0, promptTokens))
       : Array.from({ length: ID_PROMPTS }, (_, i) => benchPrompt(promptTokens, target.info.vocabSize, i));
     const batch = target.createBatch({ maxSequences: 2, maxContext, kvTokens: maxContext });
+    await warmStepSizes(batch, o.k + 1, target.info.vocabSize);
     const gen = new Generator(batch, tokenizer, target.info.vocabSize, { maxParallel: 1 });
     const run = async (p: number[], config: ResolvedGenerationConfig, assistant?: Assistant): Promise<GenerationResult> => gen.generate({ promptIds: p, config, assistant }).result;
     const layers = Math.max(1, Math.round(target.info.config.num_hidden_layers / 4));
@@ -86,13 +91,17 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
      * take turns, so a drift in the machine's load weighs on both alike.
      */
     const measure = async (assistant: Assistant) => {
-      const runs = { plain: [] as GenerationResult[], spec: [] as GenerationResult[] };
       for (const p of prompts) {
         await run(p, cfg);
         await run(p, cfg, assistant);
-        runs.plain.push(await run(p, cfg));
-        runs.spec.push(await run(p, cfg, assistant));
       }
+      const every = (a?: Assistant) => async () => {
+        const rs: GenerationResult[] = [];
+        for (const p of prompts) rs.push(await run(p, cfg, a));
+        return rs;
+      };
+      const [plain, spec] = await inTurns([every(), every(assistant)], TURNS);
+      const runs = { plain: plain!.flat(), spec: spec!.flat() };
       const speed = (rs: GenerationResult[]) => {
         const tokens = rs.reduce((s, r) => s + r.stats.newTokens, 0);
         return { runs: rs, tokens, tokensPerSecond: tokens / (rs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000) };
