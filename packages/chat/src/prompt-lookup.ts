@@ -38,6 +38,9 @@ export function lookupDraft(sequence: readonly number[], maxNgram: number, count
   return [];
 }
 
+/** A copy's continuation starts from this acceptance evidence (0.8 over two tokens), not the planner's even odds. */
+const CONTINUATION_PRIOR = { accepted: 1.6, trials: 2 };
+
 /**
  * Prompt lookup as the loop's token source: the draft of each step comes from the sequence
  * itself. The candidate is looked up first (it costs nothing), so a step with no match runs
@@ -67,7 +70,7 @@ export class PromptLookupSource implements TokenSource {
     costs: StepCosts,
     private readonly processor: LogitsProcessor | undefined,
   ) {
-    this.planners = [new DraftLengthPlanner(costs), new DraftLengthPlanner(costs)];
+    this.planners = [new DraftLengthPlanner(costs), new DraftLengthPlanner(costs, { start: CONTINUATION_PRIOR })];
     this.planner = this.planners[0];
   }
 

@@ -12,6 +12,7 @@ import {
   GenerationConfigError,
   Generator,
   lookupDraft,
+  PromptLookupSource,
   resolveGenerationConfig,
   SeededRandom,
   StepCosts,
@@ -19,6 +20,7 @@ import {
   type ChatTokenizer,
   type GenerationConfig,
   type GenerationRequest,
+  type ItemRows,
   type LogitsProcessor,
 } from '../src/index.ts';
 import { FakeBatch, type Rule } from './fake-batch.ts';
@@ -158,6 +160,60 @@ describe('StepCosts and DraftLengthPlanner', () => {
     probe.observe(k, 0, 0.5);
     expect(probe.next(8, 0.5)).toBe(0);
     expect(events).toEqual(['pause', 'failed', 'pause']);
+  });
+});
+
+describe('prompt lookup under the measured schedule', () => {
+  /** Steps that cost 1 + 0.2 per extra token, in one-token steps. */
+  const costs = new StepCosts();
+  for (let n = 1; n <= 16; n++) for (let i = 0; i < 2; i++) costs.observe(n, 10 * (1 + 0.2 * (n - 1)));
+  const BLOCK = Array.from({ length: 16 }, (_, i) => 1 + i);
+  const after = (last: number, skip: number) => BLOCK[(BLOCK.indexOf(last) + skip) % BLOCK.length]!;
+
+  /** Plans and takes one step of `sequence` with a model whose greedy choice is truth(prefix); returns the draft length. */
+  async function step(src: PromptLookupSource, sequence: number[], truth: (prefix: readonly number[]) => number): Promise<number> {
+    const planned = await src.plan(sequence, 100);
+    const drafted = planned.tokens.slice(1);
+    const best = (i: number) => truth([...sequence, ...drafted.slice(0, i)]);
+    const rows = {
+      count: planned.tokens.length,
+      argmax: async (row?: number) => best(row ?? 0),
+      reduce: async (at: readonly number[]) => at.map((i) => ({ argmax: best(i), ids: new Int32Array(), logits: new Float32Array(), logSumExp: 0, targetLogit: NaN })),
+    } as unknown as ItemRows;
+    const taken = await src.take(sequence, planned.tokens, rows);
+    sequence.push(...taken.tokens);
+    return drafted.length;
+  }
+
+  it('keeps drafting a copy in full after fresh matches stopped paying', async () => {
+    const cfg = resolveGenerationConfig({ prompt_lookup_num_tokens: 8, max_matching_ngram_size: 1, num_assistant_tokens_schedule: 'measured' });
+    const src = new PromptLookupSource(cfg, new SeededRandom(1), 32, new Set(), costs, undefined);
+    const sequence = [...BLOCK, 1];
+    // Free text: every match drafts the block's next token, but the model skips one.
+    const fresh: number[] = [];
+    for (let i = 0; i < 12; i++) fresh.push(await step(src, sequence, (p) => after(p.at(-1)!, 2)));
+    expect(fresh.slice(-4)).toEqual([0, 0, 0, 0]); // paused
+    // The model starts copying the block: once a probe is accepted whole, the copy is drafted in full.
+    const copy: number[] = [];
+    for (let i = 0; i < 12; i++) copy.push(await step(src, sequence, (p) => after(p.at(-1)!, 1)));
+    const firstAccepted = copy.findIndex((k) => k > 0);
+    expect(firstAccepted).toBeGreaterThanOrEqual(0);
+    expect(copy.slice(firstAccepted + 1, firstAccepted + 6)).toContain(8);
+    expect(src.stats().acceptedTokens).toBeGreaterThan(16);
+  });
+
+  it('a pause counts steps that had a match: steps without one leave the schedule alone', async () => {
+    const cfg = resolveGenerationConfig({ prompt_lookup_num_tokens: 8, max_matching_ngram_size: 1, num_assistant_tokens_schedule: 'measured' });
+    const src = new PromptLookupSource(cfg, new SeededRandom(1), 256, new Set(), costs, undefined);
+    const sequence = [...BLOCK, 1];
+    const drafts: number[] = [];
+    for (let i = 0; i < 12; i++) drafts.push(await step(src, sequence, (p) => after(p.at(-1)!, 2)));
+    expect(drafts.at(-1)).toBe(0); // paused
+    // Many steps of new tokens: nothing to match, nothing drafted, no planner step spent.
+    for (let i = 0; i < 40; i++) expect(await step(src, sequence, (p) => 100 + p.length)).toBe(0);
+    // The next match still finds the pause running: the evidence against fresh matches stands.
+    expect(await step(src, sequence, () => 1)).toBe(0);
+    expect(await step(src, sequence, (p) => after(p.at(-1)!, 2))).toBe(0);
   });
 });
 
