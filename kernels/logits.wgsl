@@ -18,10 +18,13 @@
 //   scan    (D) one thread: picks the bucket holding the k-th largest key, extends the prefix
 //   compact appends the k elements whose key >= the selected key to cand (in any order)
 //   sort    one workgroup: bitonic sort of the k candidates -> res ids and logits
+// And for several rows at once without top-k (a verification step's argmaxes, log-probabilities):
+//   rows    workgroup r over the whole row at rowsIn[r].x: argmax, max, logSumExp and the logit of
+//           id rowsIn[r].y (NONE: 0) -> rowsOut[4r .. 4r+4)
 // Bindings (each pass uses its own subset; auto layouts keep only those): 0 params, 1 logits f32,
 // 2 blocks, 3 res u32, 4 sel (selection state and histograms), 5 cand [256] (key hi, index),
-// 6 filt [FILT_CAP] indices. A binding a pass writes and another reads is declared twice, once
-// per access mode.
+// 6 filt [FILT_CAP] indices, 7 rowsIn (element offset, target id) per row, 8 rowsOut. A binding
+// a pass writes and another reads is declared twice, once per access mode.
 
 struct Params {
   vocab: u32,
@@ -64,6 +67,8 @@ override D: u32 = 0u;   // hist and scan: the digit, 0..6
 @group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>, MAXK>;
 @group(0) @binding(6) var<storage, read_write> filtOut: array<u32, FILT_CAP>; // prefilter
 @group(0) @binding(6) var<storage, read> filt: array<u32, FILT_CAP>;          // hist, compact
+@group(0) @binding(7) var<storage, read> rowsIn: array<vec2<u32>>;
+@group(0) @binding(8) var<storage, read_write> rowsOut: array<u32>;
 
 // The lowest finite f32: x >= LOWEST is false only for -inf (and NaN). A -inf constant cannot be written in WGSL.
 const LOWEST = -0x1.fffffep+127f;
@@ -99,6 +104,21 @@ fn key_lo(i: u32) -> u32 {
   return 0xffffffu - i;
 }
 
+// One thread's Stat over elements start + lid, start + lid + SWG, ... < end of the row at rowOffset.
+fn scan_range(rowOffset: u32, start: u32, end: u32, lid: u32) -> Stat {
+  var st = Stat(LOWEST, NONE, 0.0);
+  // Ascending indices per thread, so a strict > keeps the first of equal maxima.
+  for (var i = start + lid; i < end; i += SWG) {
+    let v = logits[rowOffset + i];
+    if (st.idx == NONE || v > st.m) {
+      st = Stat(v, i, scaled(st.s, st.m, v) + select(0.0, 1.0, v >= LOWEST));
+    } else if (v >= LOWEST) {
+      st.s += exp(v - st.m);
+    }
+  }
+  return st;
+}
+
 var<workgroup> statsSt: array<Stat, SWG>;
 var<workgroup> statsMin: array<f32, SWG>;
 
@@ -107,16 +127,7 @@ fn stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let b = wg.x + wg.y * nwg.x;
   let start = b * p.blockLen;
   let end = min(start + p.blockLen, p.vocab);
-  var st = Stat(LOWEST, NONE, 0.0);
-  // Ascending indices per thread, so a strict > keeps the first of equal maxima.
-  for (var i = start + lid; i < end; i += SWG) {
-    let v = logits[p.rowOffset + i];
-    if (st.idx == NONE || v > st.m) {
-      st = Stat(v, i, scaled(st.s, st.m, v) + select(0.0, 1.0, v >= LOWEST));
-    } else if (v >= LOWEST) {
-      st.s += exp(v - st.m);
-    }
-  }
+  let st = scan_range(p.rowOffset, start, end, lid);
   statsSt[lid] = st;
   statsMin[lid] = select(HIGHEST, st.m, st.idx != NONE);
   workgroupBarrier();
@@ -130,6 +141,25 @@ fn stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (lid == 0u && b < p.numBlocks) {
     let r = statsSt[0];
     blocksOut[b] = Block(r.m, r.idx, r.s, statsMin[0]);
+  }
+}
+
+@compute @workgroup_size(SWG)
+fn rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let row = rowsIn[wg.x];
+  statsSt[lid] = scan_range(row.x, 0u, p.vocab, lid);
+  workgroupBarrier();
+  for (var h = SWG / 2u; h > 0u; h >>= 1u) {
+    if (lid < h) { statsSt[lid] = merge(statsSt[lid], statsSt[lid + h]); }
+    workgroupBarrier();
+  }
+  if (lid == 0u) {
+    let r = statsSt[0];
+    let at = 4u * wg.x;
+    rowsOut[at] = r.idx;
+    rowsOut[at + 1u] = bitcast<u32>(r.m);
+    rowsOut[at + 2u] = bitcast<u32>(r.m + log(r.s));
+    rowsOut[at + 3u] = select(0u, bitcast<u32>(logits[row.x + min(row.y, p.vocab - 1u)]), row.y != NONE);
   }
 }
 

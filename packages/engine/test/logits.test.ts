@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { bufferFrom, readF32 } from '../src/buffers.ts';
 import type { Variant } from '../src/ops/context.ts';
-import { createLogitsReducer, LogitsError } from '../src/ops/logits.ts';
+import { createLogitsReducer, LogitsError, parseRows, rowResultWords, type ReducedRow } from '../src/ops/logits.ts';
 import { rng, testGpu } from './harness.ts';
 import { opContext } from './weights-helper.ts';
 
@@ -62,6 +62,43 @@ describe('logits reductions', () => {
         red.destroy();
       });
     }
+  }
+
+  for (const variant of ['software', 'gpu'] as Variant[]) {
+    it(`${variant}: several rows without top-k in one pass (argmax, logSumExp, target logits) match the reference, and with top-k per row`, async () => {
+      const gpu = await testGpu();
+      const ctx = opContext(gpu, variant);
+      for (const V of [7, 511, 8193, 151936]) {
+        const R = 5;
+        const rows = Array.from({ length: R }, (_, r) => logitsRow(V, 31 * V + r));
+        rows[3]!.fill(-Infinity)[V >> 1] = -4; // all -Infinity but one
+        const all = new Float32Array(R * V);
+        rows.forEach((x, r) => all.set(x, r * V));
+        const red = createLogitsReducer(ctx, bufferFrom(gpu.device, all), V);
+        // Out of order, one row twice, targets on some.
+        const asked: ReducedRow[] = [4, 0, 3, 2, 0].map((r, i) => (i % 2 === 0 ? { offset: r * V, target: (r * 37 + 5) % V } : { offset: r * V }));
+        for (const k of [0, 3]) {
+          const bytes = asked.length * rowResultWords(k) * 4;
+          const out = gpu.device.createBuffer({ size: bytes + 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+          const enc = gpu.device.createCommandEncoder();
+          red.encodeRows(enc, k, asked, out, 64);
+          gpu.device.queue.submit([enc.finish()]);
+          const words = new Uint32Array((await readF32(gpu.device, out, 16 + bytes / 4)).buffer).slice(16);
+          parseRows(words, k, asked).forEach((got, i) => {
+            const x = rows[asked[i]!.offset / V]!;
+            const ref = topRef(x, Math.max(k, 1));
+            expect(got.argmax, `vocab ${V} k ${k} row ${i} argmax`).toBe(ref.ids[0]);
+            expect(Math.abs(got.logSumExp - ref.lse), `vocab ${V} k ${k} row ${i} logSumExp`).toBeLessThanOrEqual(2e-5 * Math.max(1, Math.abs(ref.lse)));
+            const t = asked[i]!.target;
+            if (t === undefined) expect(got.targetLogit).toBeNaN();
+            else expect(got.targetLogit).toBe(x[t]);
+            if (k > 0) expect(Array.from(got.ids)).toEqual(ref.ids.slice(0, k));
+          });
+          out.destroy();
+        }
+        red.destroy();
+      }
+    });
   }
 
   it('handles rows of equal values (more than the prefilter holds) and rows that are all -Infinity but one', async () => {

@@ -120,6 +120,22 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   type Passes = ReturnType<typeof makePasses>;
   const single = makePasses(params.buffer);
   let multi: Passes | undefined;
+  // encodeRows without top-k: one dispatch over every row (the `rows` pass), its own uniform
+  // (only vocab is read) written once, and its row list and results in buffers grown on demand.
+  const rowsParams = device.createBuffer({ size: stats.layout!.byteSize, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: 'logits rows pass params' });
+  device.queue.writeBuffer(rowsParams, 0, packParams(stats.layout!, { vocab, rowOffset: 0, blockLen, numBlocks, k: 0 }));
+  let rowsPass: { kernel: Kernel; capacity: number; list: GPUBuffer; out: GPUBuffer; group: GPUBindGroup } | undefined;
+  const rowsPassFor = (n: number) => {
+    if (rowsPass && rowsPass.capacity >= n) return rowsPass;
+    rowsPass?.list.destroy();
+    rowsPass?.out.destroy();
+    const capacity = Math.max(n, 2 * (rowsPass?.capacity ?? 8));
+    const list = device.createBuffer({ size: capacity * 8, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label: 'logits rows list' });
+    const out = storage(capacity * 16, 'logits rows results');
+    const kernel = rowsPass?.kernel ?? k('rows');
+    const { group } = bindPass(rowsParams)(kernel, [[1, logits], [7, list], [8, out]]);
+    return (rowsPass = { kernel, capacity, list, out, group });
+  };
   // Every row's params for encodeRows; rewritten by each call, so each must be submitted before the next.
   let rowsSource: GPUBuffer | undefined;
   const compactGrid = grid(Math.min(Math.ceil(vocab / WG), 1024), ctx.limits.maxComputeWorkgroupsPerDimension);
@@ -137,6 +153,11 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   const checkRow = (rowOffset: number) => {
     if (!(Number.isInteger(rowOffset) && rowOffset >= 0 && (rowOffset + vocab) * 4 <= logits.size)) {
       throw new LogitsError(`logits: row at element ${rowOffset} runs past the buffer (${logits.size / 4} elements)`);
+    }
+  };
+  const checkTarget = (target: number | undefined) => {
+    if (target !== undefined && !(Number.isInteger(target) && target >= 0 && target < vocab)) {
+      throw new LogitsError(`logits: target id ${target} is outside the vocabulary (size ${vocab})`);
     }
   };
   const checkK = (topK: number, min: number) => {
@@ -212,13 +233,29 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
         throw new LogitsError(`logits: ${rows.length} rows of ${bytes} bytes at ${dstOffset} do not fit a ${dst.size}-byte buffer`);
       }
       if (rows.length === 0) return;
+      if (topK === 0) {
+        const list = new Uint32Array(2 * rows.length);
+        rows.forEach((row, i) => {
+          checkRow(row.offset);
+          checkTarget(row.target);
+          list[2 * i] = row.offset;
+          list[2 * i + 1] = row.target ?? 0xffffffff;
+        });
+        const rp = rowsPassFor(rows.length);
+        device.queue.writeBuffer(rp.list, 0, list);
+        const p = enc.beginComputePass();
+        p.setPipeline(rp.kernel.pipeline);
+        p.setBindGroup(0, rp.group);
+        p.dispatchWorkgroups(rows.length);
+        p.end();
+        enc.copyBufferToBuffer(rp.out, 0, dst, dstOffset, rows.length * bytes);
+        return;
+      }
       const size = stats.layout!.byteSize;
       const all = new Uint8Array(rows.length * size);
       rows.forEach((row, i) => {
         checkRow(row.offset);
-        if (row.target !== undefined && !(Number.isInteger(row.target) && row.target >= 0 && row.target < vocab)) {
-          throw new LogitsError(`logits: target id ${row.target} is outside the vocabulary (size ${vocab})`);
-        }
+        checkTarget(row.target);
         all.set(new Uint8Array(packParams(stats.layout!, rowParams(row.offset, topK))), i * size);
       });
       if (!rowsSource || rowsSource.size < all.byteLength) {
@@ -242,7 +279,9 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       encoded = 'none';
     },
     destroy() {
-      for (const b of [blocks, res, sel, cand, filt, staging, rowsUniform]) b.destroy();
+      for (const b of [blocks, res, sel, cand, filt, staging, rowsUniform, rowsParams]) b.destroy();
+      rowsPass?.list.destroy();
+      rowsPass?.out.destroy();
       rowsSource?.destroy();
       params.destroy();
     },
