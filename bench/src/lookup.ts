@@ -29,7 +29,7 @@ import { writeGeneratedModel } from '@webgpu-chat/engine/testing';
 import { BENCH_CACHE, benchPrompt, engineName, folderName, QWEN25_05B } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
 import { idTokenizer } from './speculative.ts';
-import { inTurns, warmStepSizes, type TurnsOptions } from './turns.ts';
+import { inTurns, pairedSpeedup, warmStepSizes, type TurnsOptions } from './turns.ts';
 
 export interface LookupOptions {
   targets: string[];
@@ -48,7 +48,7 @@ const ID_OPENING_TOKENS = 16;
 
 type Task = 'grounded' | 'open';
 /** Rounds of timed runs (every prompt with every drafter), taken in turns. */
-const TURNS: TurnsOptions = { minRounds: 2, maxRounds: 40, budgetMs: 30_000 };
+const TURNS: TurnsOptions = { minRounds: 4, maxRounds: 40, budgetMs: 60_000 };
 /** max_matching_ngram_size of the lookup rows (Transformers' default). */
 const NGRAM = 2;
 
@@ -139,7 +139,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
         const eos = new Set([target.info.config.eos_token_id ?? []].flat());
         const replies = measured[0]!.runs.slice(0, prompts[task].length).map((r) => r.tokenIds);
         const ceiling = lookupCeiling(prompts[task], replies, gen.stepCosts, o.lookupTokens, eos);
-        drafters.forEach((d, i) => rows.push(row(task, d.name, d.bytes, measured[i]!, measured[0]!, ceiling)));
+        drafters.forEach((d, i) => rows.push(row(task, d.name, d.bytes, measured[i]!, measured[0]!, pairedSpeedup(rounds[i]!, rounds[0]!), ceiling)));
       }
     } finally {
       assistant.dispose();
@@ -152,7 +152,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
   }
   return rows;
 
-  function row(task: Task, draft: string, draftBytes: number, spec: Measured, plain: Measured, ceiling: number): BenchRow {
+  function row(task: Task, draft: string, draftBytes: number, spec: Measured, plain: Measured, speedup: number, ceiling: number): BenchRow {
     const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
     const drafted = sum((r) => r.stats.speculative?.draftedTokens ?? 0);
     const accepted = sum((r) => r.stats.speculative?.acceptedTokens ?? 0);
@@ -174,7 +174,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
         draftBytesPerToken: draftBytes,
         numAssistantTokens: draft.startsWith('prompt lookup') ? o.lookupTokens : o.k,
         plainDecodeTokensPerSecond: plain.tokensPerSecond,
-        speedup: spec.tokensPerSecond / plain.tokensPerSecond,
+        speedup,
         acceptanceRate: drafted ? accepted / drafted : 0,
         meanAcceptedTokens: steps ? accepted / steps : 0,
         steps,

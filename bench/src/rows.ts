@@ -32,7 +32,7 @@ export interface SpeculativeFigures {
   numAssistantTokens: number;
   /** Plain greedy decoding of the same target, prompts and token budget. */
   plainDecodeTokensPerSecond: number;
-  /** decodeTokensPerSecond ÷ plainDecodeTokensPerSecond. */
+  /** The median over rounds of decode tok/s ÷ plain decode tok/s in the same round (runs paired in time). */
   speedup: number;
   /** Accepted ÷ drafted tokens. */
   acceptanceRate: number;

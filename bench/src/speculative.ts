@@ -19,7 +19,7 @@ import { directorySource, getGpu, loadModel, type Model } from '@webgpu-chat/eng
 import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationResult, type ResolvedGenerationConfig } from '@webgpu-chat/chat';
 import { benchPrompt, engineName, folderName } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
-import { inTurns, warmStepSizes, type TurnsOptions } from './turns.ts';
+import { inTurns, pairedSpeedup, warmStepSizes, type TurnsOptions } from './turns.ts';
 
 /** Text prompts for a target with a tokenizer (stories260K continues them sensibly). */
 const TEXT_PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park. They'];
@@ -28,7 +28,7 @@ const ID_PROMPTS = 2;
 /** Speculative rows compare decoding; a longer prompt would only lengthen the run. */
 const MAX_PROMPT_TOKENS = 32;
 /** Rounds of timed runs (every prompt, plain and assisted), taken in turns. */
-const TURNS: TurnsOptions = { minRounds: 2, maxRounds: 40, budgetMs: 30_000 };
+const TURNS: TurnsOptions = { minRounds: 4, maxRounds: 40, budgetMs: 60_000 };
 
 export interface SpeculativeOptions {
   /** Model folders to run as targets, each with its own drafts. */
@@ -101,19 +101,19 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
         return rs;
       };
       const [plain, spec] = await inTurns([every(), every(assistant)], TURNS);
-      const runs = { plain: plain!.flat(), spec: spec!.flat() };
+      const runs = { plain: plain!.flat(), spec: spec!.flat(), speedup: pairedSpeedup(spec!, plain!) };
       const speed = (rs: GenerationResult[]) => {
         const tokens = rs.reduce((s, r) => s + r.stats.newTokens, 0);
         return { runs: rs, tokens, tokensPerSecond: tokens / (rs.reduce((s, r) => s + r.stats.totalMs, 0) / 1000) };
       };
-      return { plain: speed(runs.plain), spec: speed(runs.spec) };
+      return { plain: speed(runs.plain), spec: speed(runs.spec), speedup: runs.speedup };
     };
 
     for (const d of drafts) {
       const draft = await d.load();
       const assistant = Assistant.open({ model: target, maxContext, tokenizer }, { model: draft });
       try {
-        const { plain, spec } = await measure(assistant);
+        const { plain, spec, speedup } = await measure(assistant);
         const sum = (f: (r: GenerationResult) => number) => spec.runs.reduce((s, r) => s + f(r), 0);
         const drafted = sum((r) => r.stats.speculative!.draftedTokens);
         const accepted = sum((r) => r.stats.speculative!.acceptedTokens);
@@ -134,7 +134,7 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
             draftBytesPerToken: draft.info.bytesPerToken,
             numAssistantTokens: o.k,
             plainDecodeTokensPerSecond: plain.tokensPerSecond,
-            speedup: spec.tokensPerSecond / plain.tokensPerSecond,
+            speedup,
             acceptanceRate: drafted ? accepted / drafted : 0,
             meanAcceptedTokens: steps ? accepted / steps : 0,
             steps,

@@ -24,6 +24,23 @@ export async function inTurns<T>(variants: readonly (() => Promise<T>)[], o: Tur
   return results;
 }
 
+/** A timed run: its new tokens and milliseconds. */
+export interface TimedRun {
+  stats: { newTokens: number; totalMs: number };
+}
+
+/**
+ * The median over rounds of a variant's tokens/s over the baseline's in the same round:
+ * each ratio pairs runs made close together in time, and the median drops a round that a
+ * stall (another process, a collection) hit on one side.
+ */
+export function pairedSpeedup(variant: readonly (readonly TimedRun[])[], baseline: readonly (readonly TimedRun[])[]): number {
+  const rate = (rs: readonly TimedRun[]) => rs.reduce((s, r) => s + r.stats.newTokens, 0) / rs.reduce((s, r) => s + r.stats.totalMs, 0);
+  const ratios = variant.map((rs, r) => rate(rs) / rate(baseline[r]!)).sort((a, b) => a - b);
+  const mid = ratios.length >> 1;
+  return ratios.length % 2 ? ratios[mid]! : (ratios[mid - 1]! + ratios[mid]!) / 2;
+}
+
 /**
  * Runs one step of every size 1..upTo with every row kept and read, on a scratch sequence, so
  * the kernels each size uses are compiled before timing starts (a long-running server has
