@@ -120,8 +120,11 @@ export interface PlannerOptions {
   paused?: boolean;
   /** The first draft is a probe: drafted whatever the estimate says. */
   probeFirst?: boolean;
-  /** Hears each pause, and each probe's outcome. */
-  onPause?: () => void;
+  /**
+   * Hears each pause (hopeless: no draft length would pay even if every drafted token were
+   * accepted, as with a draft that costs about what the model does), and each probe's outcome.
+   */
+  onPause?: (hopeless: boolean) => void;
   onProbe?: (paid: boolean) => void;
 }
 
@@ -174,8 +177,14 @@ export class DraftLengthPlanner {
     this.pauseLeft = this.opts.pauseForGood ? Infinity : this.pauseLength - 1;
     this.probing = this.pauseLeft === 0;
     this.pauseLength = Math.min(2 * this.pauseLength, MAX_PAUSE);
-    this.opts.onPause?.();
+    this.opts.onPause?.(this.hopeless(maxK, draftCost));
     return 0;
+  }
+
+  /** No draft of 1..maxK would beat plain decoding even if every drafted token were accepted. */
+  hopeless(maxK: number, draftCost = 0): boolean {
+    for (let k = 1; k <= maxK; k++) if ((k + 1) / (this.costs.relative(k + 1) + k * draftCost) > 1) return false;
+    return true;
   }
 
   /** A verification kept `accepted` of `drafted` tokens. */

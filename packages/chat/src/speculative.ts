@@ -271,7 +271,7 @@ export class Assistant {
   /**
    * The 'measured' schedule's planner for one call over `sequence`. A pause lasts the rest of
    * the call; after one, the next 1 (then 2, 4, ... up to MAX_SKIPPED_CALLS while probes keep
-   * failing) calls decode without drafting (so the draft does not even read their prompts),
+   * failing; MAX_SKIPPED_CALLS at once when no acceptance would have paid) calls decode without drafting (so the draft does not even read their prompts),
    * then the first call whose sequence the draft can catch up on cheaply probes with one draft.
    */
   private measuredPlanner(costs: StepCosts, sequence: readonly number[]): DraftLengthPlanner {
@@ -291,8 +291,10 @@ export class Assistant {
       pauseForGood: true,
       paused,
       probeFirst: probe,
-      onPause: () => {
-        b.skip = b.length;
+      // A draft that could not pay at any acceptance waits out the longest back-off at once:
+      // only a change in what steps cost here would let a later probe pay.
+      onPause: (hopeless) => {
+        b.skip = hopeless ? MAX_SKIPPED_CALLS : b.length;
         b.length = Math.min(2 * b.length, MAX_SKIPPED_CALLS);
         b.probe = true;
       },

@@ -144,6 +144,18 @@ describe('StepCosts and DraftLengthPlanner', () => {
     expect(p.next(8)).toBeGreaterThan(1);
   });
 
+  it('tells a pause that no acceptance could pay (a draft that costs what the model does) from one a better acceptance would', () => {
+    const heard: boolean[] = [];
+    const bad = { accepted: 0.1, trials: 10 };
+    // Verifying 2..9 tokens costs 1.1..1.8 steps: a free draft pays at full acceptance, one costing a whole step never does.
+    const free = new DraftLengthPlanner(linear(0.1), { start: bad, pauseForGood: true, onPause: (h) => heard.push(h) });
+    expect(free.next(8, 0)).toBe(0);
+    const dear = new DraftLengthPlanner(linear(0.1), { start: bad, pauseForGood: true, onPause: (h) => heard.push(h) });
+    expect(dear.next(8, 1)).toBe(0);
+    expect(heard).toEqual([false, true]);
+    expect(dear.hopeless(8, 0.5)).toBe(false); // 2 tokens for 1.1 + 0.5 steps would pay
+  });
+
   it("a model draft's pause lasts the call; a later call starts paused or with a probe", () => {
     const costs = linear(0.1);
     const events: string[] = [];
