@@ -111,10 +111,12 @@ describe('pnpm bench on tiny models', () => {
       expect(s.identicalToPlain).toBe(true);
       expect(s.acceptanceRate).toBeGreaterThanOrEqual(0);
       expect(s.acceptanceRate).toBeLessThanOrEqual(1);
-      expect(s.steps).toBeGreaterThan(0);
+      // The measured schedule may not draft at all in the timed runs (a draft that cannot pay sits calls out).
+      expect(Number.isInteger(s.steps) && s.steps >= 0).toBe(true);
       for (const v of [r.decodeTokensPerSecond, s.plainDecodeTokensPerSecond, s.speedup, s.draftBytesPerToken]) positive(v);
-      // Two id prompts, each run to the budget (a stand-in tokenizer has no EOS).
-      expect(r.decodeTokens).toBe(8);
+      // Two id prompts a round, each run to the budget (a stand-in tokenizer has no EOS), at least four rounds.
+      expect(r.decodeTokens % 8).toBe(0);
+      expect(r.decodeTokens).toBeGreaterThanOrEqual(32);
     }
 
     const lookup = rows('lookup');
@@ -128,6 +130,7 @@ describe('pnpm bench on tiny models', () => {
     for (const r of lookup) {
       expect(r.speculative!.identicalToPlain).toBe(true);
       positive(r.decodeTokensPerSecond);
+      positive(r.speculative!.lookupCeiling);
     }
 
     const text = formatReport(report, o);
