@@ -49,7 +49,7 @@ describe('named entry points', () => {
     const sort = cache.get('logits', {}, {}, 'sort');
     expect(stats.key).not.toBe(sort.key);
     expect(cache.get('logits', {}, {}, 'stats')).toBe(stats);
-    expect(() => cache.get('logits', {}, {}, 'main')).toThrow(/'logits' has no entry point 'main'.*has: stats, reduce, prefilter, hist, scan, compact, sort/);
+    expect(() => cache.get('logits', {}, {}, 'main')).toThrow(/'logits' has no entry point 'main'.*has: stats, rows, reduce, prefilter, hist, scan, compact, sort/);
   });
 
   it("take their own <Entry>Params where the file declares one, else the file's Params", async () => {
