@@ -120,10 +120,11 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
   type Passes = ReturnType<typeof makePasses>;
   const single = makePasses(params.buffer);
   let multi: Passes | undefined;
+  const rowParams = (rowOffset: number, topK: number) => ({ vocab, rowOffset, blockLen, numBlocks, k: topK });
   // encodeRows without top-k: one dispatch over every row (the `rows` pass), its own uniform
   // (only vocab is read) written once, and its row list and results in buffers grown on demand.
   const rowsParams = device.createBuffer({ size: stats.layout!.byteSize, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: 'logits rows pass params' });
-  device.queue.writeBuffer(rowsParams, 0, packParams(stats.layout!, { vocab, rowOffset: 0, blockLen, numBlocks, k: 0 }));
+  device.queue.writeBuffer(rowsParams, 0, packParams(stats.layout!, rowParams(0, 0)));
   let rowsPass: { kernel: Kernel; capacity: number; list: GPUBuffer; out: GPUBuffer; group: GPUBindGroup } | undefined;
   const rowsPassFor = (n: number) => {
     if (rowsPass && rowsPass.capacity >= n) return rowsPass;
@@ -165,7 +166,6 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       throw new LogitsError(`logits: k ${topK} outside ${min}..${Math.min(MAX_TOP_K, vocab)}`);
     }
   };
-  const rowParams = (rowOffset: number, topK: number) => ({ vocab, rowOffset, blockLen, numBlocks, k: topK });
   const setParams = (rowOffset: number, topK: number) => {
     checkRow(rowOffset);
     params.set(rowParams(rowOffset, topK));
@@ -233,11 +233,13 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
         throw new LogitsError(`logits: ${rows.length} rows of ${bytes} bytes at ${dstOffset} do not fit a ${dst.size}-byte buffer`);
       }
       if (rows.length === 0) return;
+      for (const row of rows) {
+        checkRow(row.offset);
+        checkTarget(row.target);
+      }
       if (topK === 0) {
         const list = new Uint32Array(2 * rows.length);
         rows.forEach((row, i) => {
-          checkRow(row.offset);
-          checkTarget(row.target);
           list[2 * i] = row.offset;
           list[2 * i + 1] = row.target ?? 0xffffffff;
         });
@@ -254,8 +256,6 @@ export function createLogitsReducer(ctx: OpContext, logits: GPUBuffer, vocab: nu
       const size = stats.layout!.byteSize;
       const all = new Uint8Array(rows.length * size);
       rows.forEach((row, i) => {
-        checkRow(row.offset);
-        checkTarget(row.target);
         all.set(new Uint8Array(packParams(stats.layout!, rowParams(row.offset, topK))), i * size);
       });
       if (!rowsSource || rowsSource.size < all.byteLength) {
