@@ -6,9 +6,8 @@
 // Input-grounded: the target's own greedy reply R to an opening O is put in the prompt twice
 // as a text to continue, O + R + O + R + O, so the reply repeats R (a summary or edit that
 // copies its input). Open-ended: other openings, nothing to copy from but the reply itself.
-// Every run is timed in steady state: every step size a draft may use compiled, and after a
-// run of the same prompt and settings, so the loop has measured the step sizes that path uses
-// (as a long-running server has). The timed runs of plain decoding and the drafters take turns
+// Every run is timed in steady state, as a server runs after its warm-up (Generator.warmUp:
+// every step size compiled and timed) and after a run of the same prompt and settings. The timed runs of plain decoding and the drafters take turns
 // (turns.ts), so a drift in the machine's load weighs on all of them alike.
 // Each row also gives the ceiling of prompt lookup on its task: the speedup a schedule that
 // knew which drafts hold would get with the step costs measured here (how much the reply
@@ -24,12 +23,12 @@ import { closeSync, existsSync, mkdirSync, openSync, readSync, writeSync } from 
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { directorySource, getGpu, loadModel } from '@webgpu-chat/engine';
-import { Assistant, ChatTokenizer, Generator, lookupDraft, resolveGenerationConfig, type GenerationConfig, type GenerationResult, type StepCosts } from '@webgpu-chat/chat';
+import { Assistant, ChatTokenizer, Generator, lookupDraft, resolveGenerationConfig, StepCosts, type GenerationConfig, type GenerationResult } from '@webgpu-chat/chat';
 import { writeGeneratedModel } from '@webgpu-chat/engine/testing';
 import { BENCH_CACHE, benchPrompt, engineName, folderName, QWEN25_05B } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
 import { idTokenizer } from './speculative.ts';
-import { inTurns, pairedSpeedup, warmStepSizes, type TurnsOptions } from './turns.ts';
+import { inTurns, pairedSpeedup, type TurnsOptions } from './turns.ts';
 
 export interface LookupOptions {
   targets: string[];
@@ -102,8 +101,8 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
     const tokenizer = hasTokenizer ? await ChatTokenizer.load(directorySource(dir)) : idTokenizer(V);
     const openings = hasTokenizer ? TEXT_OPENINGS.map((t) => tokenizer.encode(t)) : [0, 1, 2].map((salt) => benchPrompt(ID_OPENING_TOKENS, V, salt));
     const batch = target.createBatch({ maxSequences: 4, maxContext, kvTokens: 2 * maxContext });
-    await warmStepSizes(batch, Math.max(o.lookupTokens, o.k) + 1, V);
     const gen = new Generator(batch, tokenizer, V, { maxParallel: 1 });
+    await gen.warmUp();
     const run = (p: number[], c: GenerationConfig, assistant?: Assistant): Promise<GenerationResult> => gen.generate({ promptIds: p, config: resolveGenerationConfig(c), assistant }).result;
 
     const base: GenerationConfig = { max_new_tokens: o.decodeTokens, num_assistant_tokens_schedule: 'measured' };
@@ -123,6 +122,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
       for (const task of ['grounded', 'open'] as const) {
         // An untimed run of each (compiles, caches the prompt, measures step costs), then the timed ones in turns.
         for (const p of prompts[task]) for (const d of drafters) await run(p, d.config, d.assistant);
+        const times = recordStepTimes(gen.stepCosts);
         const rounds = await inTurns(
           drafters.map((d) => async () => {
             const rs: GenerationResult[] = [];
@@ -131,6 +131,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
           }),
           TURNS,
         );
+        times.stop();
         const measured = rounds.map((byRound): Measured => {
           const rs = byRound.flat();
           const tokens = rs.reduce((s, x) => s + x.stats.newTokens, 0);
@@ -138,7 +139,7 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
         });
         const eos = new Set([target.info.config.eos_token_id ?? []].flat());
         const replies = measured[0]!.runs.slice(0, prompts[task].length).map((r) => r.tokenIds);
-        const ceiling = lookupCeiling(prompts[task], replies, gen.stepCosts, o.lookupTokens, eos);
+        const ceiling = lookupCeiling(prompts[task], replies, times.medians(), o.lookupTokens, eos);
         drafters.forEach((d, i) => rows.push(row(task, d.name, d.bytes, measured[i]!, measured[0]!, pairedSpeedup(rounds[i]!, rounds[0]!), ceiling)));
       }
     } finally {
@@ -183,6 +184,32 @@ async function runTarget(dir: string, o: LookupOptions): Promise<BenchRow[]> {
       },
     };
   }
+}
+
+/**
+ * Every decode step's milliseconds by its size, heard from the loop's step costs until stop.
+ * The loop's own means follow the last few steps, so a stall near the end would skew a
+ * ceiling taken from them; medians over every timed run do not.
+ */
+function recordStepTimes(costs: StepCosts): { stop(): void; medians(): StepCosts } {
+  const times = new Map<number, number[]>();
+  const observe = costs.observe;
+  costs.observe = (tokens, ms) => {
+    observe.call(costs, tokens, ms);
+    (times.get(tokens) ?? times.set(tokens, []).get(tokens)!).push(ms);
+  };
+  return {
+    stop: () => void (costs.observe = observe),
+    // A size no timed run took keeps the loop's own mean (from the warm-up).
+    medians: () => {
+      const m = new StepCosts();
+      m.seed(costs.timed.map(([tokens, ms]) => {
+        const ts = [...(times.get(tokens) ?? [])].sort((a, b) => a - b);
+        return { tokens, ms: ts.length > 0 ? ts[ts.length >> 1]! : ms };
+      }));
+      return m;
+    },
+  };
 }
 
 /**

@@ -230,13 +230,13 @@ export function formatReport(r: BenchReport, o: Pick<BenchOptions, 'promptTokens
     if (s === 'speculative')
       out.push(
         '',
-        `Speculative: prompts of at most 32 tokens, already cached when timing starts; drafts of up to ${o.k} tokens, each length chosen from measured step costs and the running acceptance (the 'measured' schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft; plain and assisted runs in turns (at least four rounds and 60 s) after every step size is compiled; speedup = the median over rounds of the two rates in the same round.`,
+        `Speculative: prompts of at most 32 tokens, already cached when timing starts; drafts of up to ${o.k} tokens, each length chosen from measured step costs and the running acceptance (the 'measured' schedule); decode tok/s is the assisted run's, plain decode tok/s the same target without a draft; plain and assisted runs in turns (at least four rounds and 60 s) after the generator's warm-up (every step size compiled and timed); speedup = the median over rounds of the two rates in the same round.`,
       );
     if (s === 'lookup')
       out.push(
         '',
         `By task (qwen2.5-0.5b-shaped-markov: the dense model's shape with zero attention output and an untied head, so each token is a fixed function of the one before and the reply reproduces text of its prompt). grounded = the prompt holds an opening and the target's own greedy reply to it, twice, then the opening again, so the reply repeats text of its prompt; open = other openings. ` +
-          `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured), every step size a draft may use compiled first; plain and drafters in turns, at least four rounds and 60 s (at most 40 rounds); prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = the median over rounds of decode tok/s ÷ plain decode tok/s of the same task in the same round; lookup ceiling = what prompt lookup would give under a schedule that knew which drafts hold, with the step costs measured in the run (how much the replies repeat their context).`,
+          `Each run timed after an untimed run of the same prompt and settings (prompt cached, step costs measured), the generator warmed up first as serve's is (every step size compiled and timed); plain and drafters in turns, at least four rounds and 60 s (at most 40 rounds); prompt lookup drafts up to ${o.lookupTokens} tokens (max_matching_ngram_size 2), self-q4 up to ${o.k}; every length chosen by the 'measured' schedule. speedup = the median over rounds of decode tok/s ÷ plain decode tok/s of the same task in the same round; lookup ceiling = what prompt lookup would give under a schedule that knew which drafts hold, with the median step costs of the timed runs (how much the replies repeat their context).`,
       );
     if (s === 'constrained')
       out.push(

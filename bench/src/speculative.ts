@@ -8,7 +8,7 @@
 // others get id prompts and a stand-in tokenizer of one token per id (the loop only
 // detokenizes with it). Decode speed: tokens of a run ÷ its time, where every timed run
 // follows an untimed run of the same prompt and settings (the prompt is cached, the loop has
-// measured the step sizes the path uses) and every step size a draft may use is compiled, so
+// measured the step sizes the path uses) and the generator was warmed up as serve's is, so
 // plain and assisted runs time the same work: from the last prompt token to the budget; plain
 // and assisted runs take turns (turns.ts).
 
@@ -19,7 +19,7 @@ import { directorySource, getGpu, loadModel, type Model } from '@webgpu-chat/eng
 import { Assistant, ChatTokenizer, Generator, resolveGenerationConfig, type GenerationResult, type ResolvedGenerationConfig } from '@webgpu-chat/chat';
 import { benchPrompt, engineName, folderName } from './engine-run.ts';
 import type { BenchRow } from './rows.ts';
-import { inTurns, pairedSpeedup, warmStepSizes, type TurnsOptions } from './turns.ts';
+import { inTurns, pairedSpeedup, type TurnsOptions } from './turns.ts';
 
 /** Text prompts for a target with a tokenizer (stories260K continues them sensibly). */
 const TEXT_PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park. They'];
@@ -76,8 +76,8 @@ async function runTarget(dir: string, o: SpeculativeOptions): Promise<BenchRow[]
       ? TEXT_PROMPTS.map((t) => tokenizer.encode(t).slice(0, promptTokens))
       : Array.from({ length: ID_PROMPTS }, (_, i) => benchPrompt(promptTokens, target.info.vocabSize, i));
     const batch = target.createBatch({ maxSequences: 2, maxContext, kvTokens: maxContext });
-    await warmStepSizes(batch, o.k + 1, target.info.vocabSize);
     const gen = new Generator(batch, tokenizer, target.info.vocabSize, { maxParallel: 1 });
+    await gen.warmUp();
     const run = async (p: number[], config: ResolvedGenerationConfig, assistant?: Assistant): Promise<GenerationResult> => gen.generate({ promptIds: p, config, assistant }).result;
     const layers = Math.max(1, Math.round(target.info.config.num_hidden_layers / 4));
     const drafts: Draft[] = [

@@ -3,8 +3,6 @@
 // variant always runs first after a switch), and rounds go on until every variant has run
 // `minRounds` times and the whole took `budgetMs`, or `maxRounds` were run.
 
-import type { Batch } from '@webgpu-chat/engine';
-
 export interface TurnsOptions {
   minRounds: number;
   maxRounds: number;
@@ -39,22 +37,4 @@ export function pairedSpeedup(variant: readonly (readonly TimedRun[])[], baselin
   const ratios = variant.map((rs, r) => rate(rs) / rate(baseline[r]!)).sort((a, b) => a - b);
   const mid = ratios.length >> 1;
   return ratios.length % 2 ? ratios[mid]! : (ratios[mid - 1]! + ratios[mid]!) / 2;
-}
-
-/**
- * Runs one step of every size 1..upTo with every row kept and read, on a scratch sequence, so
- * the kernels each size uses are compiled before timing starts (a long-running server has
- * compiled them; a first use compiles for tens of milliseconds).
- */
-export async function warmStepSizes(batch: Batch, upTo: number, vocabSize: number): Promise<void> {
-  const seq = batch.createSequence();
-  try {
-    for (let n = 1; n <= Math.min(upTo, batch.maxStepTokens, batch.maxLogitRows); n++) {
-      batch.step([{ seq, tokens: Array.from({ length: n }, (_, i) => i % vocabSize) }], { logitRows: 'all' });
-      await batch.reduceRows(Array.from({ length: n }, (_, i) => i), 0);
-      batch.truncate(seq, 0);
-    }
-  } finally {
-    batch.free(seq);
-  }
 }

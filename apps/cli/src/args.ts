@@ -195,6 +195,8 @@ export interface ServeArgs {
   constraintTimeout: number;
   /** Worker threads for constrained decoding. */
   constraintWorkers: number;
+  /** Compile every step size's kernels before /health says ready (--no-warmup: on first use). */
+  warmup: boolean;
   help: boolean;
 }
 
@@ -303,6 +305,8 @@ ${MODEL_OPTIONS_HELP}
                          compile before the request gets 400 (default ${DEFAULT_CONSTRAINT_TIMEOUT})
   --constraint-workers N worker threads schemas compile and mask in (default ${DEFAULT_CONSTRAINT_WORKERS});
                          a compile goes to one no other request is using
+  --no-warmup            skip compiling the kernels of every step size before /health
+                         says ready (they then compile on first use, stalling that step)
   -h, --help             this help
 `;
 
@@ -444,7 +448,7 @@ function corsOrigins(raw: string | undefined): string[] {
 }
 
 export function parseServeArgs(argv: readonly string[]): ServeArgs {
-  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, constraintTimeout: DEFAULT_CONSTRAINT_TIMEOUT, constraintWorkers: DEFAULT_CONSTRAINT_WORKERS, help: false };
+  const out: ServeArgs = { dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: DEFAULT_PARALLEL, maxQueue: 16, corsOrigins: [], shutdownTimeout: DEFAULT_SHUTDOWN_TIMEOUT, constraintTimeout: DEFAULT_CONSTRAINT_TIMEOUT, constraintWorkers: DEFAULT_CONSTRAINT_WORKERS, warmup: true, help: false };
   for (const [a, value] of tokens(argv)) {
     switch (a) {
       case '-h':
@@ -481,6 +485,9 @@ export function parseServeArgs(argv: readonly string[]): ServeArgs {
         break;
       case '--constraint-workers':
         out.constraintWorkers = intOption('--constraint-workers', value(), 1);
+        break;
+      case '--no-warmup':
+        out.warmup = false;
         break;
       case '--prompt-lookup-num-tokens': {
         const v = intOption(a, value(), 1);

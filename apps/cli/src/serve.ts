@@ -71,6 +71,8 @@ async function main(argv: string[]): Promise<number> {
     ...(args.maxContext ? { maxContext: args.maxContext } : {}),
     ...(args.toolCallParser ? { toolCallParser: args.toolCallParser } : {}),
   });
+  // Before ready: the first steps of 2..8 sequences together, or of a first draft, would otherwise compile mid-reply.
+  if (args.warmup) await loaded.pipe.generator.warmUp();
   const info = loaded.pipe.model.info;
   const health = { ...healthFields(loaded), ...(args.lookup ? { prompt_lookup: args.lookup } : {}) };
   srv.setModel({ model: loaded.pipe, health, ...(loaded.draft ? { assistant: loaded.draft.pipe } : {}), ...(args.lookup ? { defaults: args.lookup } : {}) });

@@ -131,9 +131,9 @@ describe('parseChatArgs', () => {
 
 describe('parseServeArgs', () => {
   it('defaults to loopback and reads the options', () => {
-    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: 8, maxQueue: 16, corsOrigins: [], shutdownTimeout: 20, constraintTimeout: 30, constraintWorkers: 2, help: false });
+    expect(parseServeArgs([])).toEqual({ dtype: 'auto', host: '127.0.0.1', port: 8000, parallel: 8, maxQueue: 16, corsOrigins: [], shutdownTimeout: 20, constraintTimeout: 30, constraintWorkers: 2, warmup: true, help: false });
     expect(
-      parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--parallel', '3', '--dtype', 'bf16', '--cors-origins', 'https://a.example, http://localhost:5173', '--shutdown-timeout', '5', '--constraint-timeout', '7', '--constraint-workers', '3']),
+      parseServeArgs(['m', '--host', '0.0.0.0', '--port', '0', '--api-key', 'k', '--max-queue', '2', '--parallel', '3', '--dtype', 'bf16', '--cors-origins', 'https://a.example, http://localhost:5173', '--shutdown-timeout', '5', '--constraint-timeout', '7', '--constraint-workers', '3', '--no-warmup']),
     ).toEqual({
       model: 'm',
       dtype: 'bf16',
@@ -146,6 +146,7 @@ describe('parseServeArgs', () => {
       shutdownTimeout: 5,
       constraintTimeout: 7,
       constraintWorkers: 3,
+      warmup: false,
       help: false,
     });
     expect(parseServeArgs(['--cors-origins', '*']).corsOrigins).toEqual(['*']);

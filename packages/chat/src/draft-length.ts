@@ -34,6 +34,13 @@ export class RunningCost {
     return this.mean;
   }
 
+  /** Starts the mean from a timing known to be of a compiled step (a warm-up's). */
+  seed(ms: number): void {
+    if (!(Number.isFinite(ms) && ms > 0)) return;
+    this.seen = true;
+    this.mean = ms;
+  }
+
   observe(ms: number): void {
     if (!(Number.isFinite(ms) && ms > 0)) return;
     if (!this.seen) return void (this.seen = true);
@@ -52,6 +59,16 @@ export class StepCosts {
     let c = this.costs.get(tokens);
     if (!c) this.costs.set(tokens, (c = new RunningCost()));
     c.observe(ms);
+  }
+
+  /** Starts each size's mean from a warm-up's timing of a compiled step (Batch.warmUp), so no draft length is explored in a reply. */
+  seed(times: readonly { tokens: number; ms: number }[]): void {
+    for (const { tokens, ms } of times) {
+      if (!(Number.isInteger(tokens) && tokens >= 1)) continue;
+      let c = this.costs.get(tokens);
+      if (!c) this.costs.set(tokens, (c = new RunningCost()));
+      c.seed(ms);
+    }
   }
 
   /** Step sizes timed so far and their mean milliseconds, smallest first. */

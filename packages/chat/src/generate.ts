@@ -280,6 +280,16 @@ export class Generator {
     this.prefillChunk = Math.min(opts.prefillChunk ?? batch.maxStepTokens, batch.maxStepTokens);
   }
 
+  /**
+   * Compiles the kernels of every step size before the first request (Batch.warmUp) and starts
+   * the step costs drafts are planned from with what those steps took, so neither a compile
+   * nor an untried draft length lands in a reply. For an idle generator (a server's start).
+   */
+  async warmUp(): Promise<void> {
+    if (this.running.length > 0 || this.waiting.length > 0) throw new ChatInputError('warmUp() is for an idle generator: requests are running');
+    this.stepCosts.seed(await this.batch.warmUp());
+  }
+
   /** Longest prompt + reply one sequence may hold. */
   get maxContext(): number {
     return this.batch.maxContext;

@@ -1,7 +1,7 @@
 // A TEST DOUBLE of the engine's Batch: "logits" are a deterministic function of a sequence's
 // cached tokens, so tests of the generation loop check the loop (scheduling, EOS, stop
 // strings, budgets, aborts, prefix reuse, block accounting), not a model.
-import { KvCacheFullError, type Batch, type Gpu, type Model, type RowScore, type Sequence, type StepItem, type TopK } from '@webgpu-chat/engine';
+import { KvCacheFullError, type Batch, type Gpu, type Model, type RowScore, type Sequence, type StepItem, type StepTime, type TopK } from '@webgpu-chat/engine';
 import type { ModelConfig } from '@webgpu-chat/engine/internal';
 
 /** Next-token rule of the fake model: the favourite token after a cached sequence. */
@@ -49,6 +49,11 @@ export class FakeBatch implements Batch {
   get liveSequences(): number {
     return this.live.size;
   }
+  /** A fake model has nothing to compile; its steps of 1..3 tokens "take" 2 ms a token. */
+  async warmUp(): Promise<StepTime[]> {
+    return [1, 2, 3].map((tokens) => ({ tokens, ms: 2 * tokens }));
+  }
+
   createSequence(): Sequence {
     if (this.live.size >= this.maxSequences) throw new Error('fake: too many sequences');
     const s = new FakeSeq(this.nextId++);

@@ -196,6 +196,25 @@ describe('generation loop', () => {
   });
 });
 
+describe('warm-up', () => {
+  it("starts the step costs from the batch's warm-up timings, whose next timing then counts; refuses a busy generator", async () => {
+    const { tok, batch } = await setup('Hello there.');
+    const g = new Generator(batch, tok, tok.vocabSize, { maxParallel: 4 });
+    await g.warmUp();
+    expect(g.stepCosts.timed).toEqual([
+      [1, 2],
+      [2, 4],
+      [3, 6],
+    ]);
+    // Unseeded, a size's first timing is taken for its compile and skipped; a seeded one moves the mean.
+    g.stepCosts.observe(2, 14);
+    expect(g.stepCosts.estimate(2)).toBeCloseTo(4 + 0.3 * (8 - 4));
+    const busy = g.generate({ promptIds: tok.encode('Hi'), config: cfg({ max_new_tokens: 2 }) });
+    await expect(g.warmUp()).rejects.toThrow(/idle generator/);
+    await busy.result;
+  });
+});
+
 describe('continuous batching', () => {
   const prompts = (tok: ChatTokenizer, n: number) => Array.from({ length: n }, (_, i) => tok.encode(`<|im_start|>user\nq${i} ${'x '.repeat(i * 3)}<|im_end|>\n<|im_start|>assistant\n`, { addSpecialTokens: false }));
 

@@ -7,10 +7,11 @@
 import type { ModelConfig } from './config.ts';
 import { KvBlocks } from './kv-blocks.ts';
 import type { OpContext } from './ops/context.ts';
+import { MATVEC_MAX_TOKENS } from './ops/linear.ts';
 import { createLogitsReducer, MAX_TOP_K, parseRows, rowResultWords, type LogitsReducer, type ReducedRow } from './ops/logits.ts';
 import type { StepProfiler } from './profiler.ts';
 import { Decoder } from './transformer.ts';
-import type { Batch, BatchOptions, RowScore, Sequence, StepItem, TopK } from './types.ts';
+import type { Batch, BatchOptions, RowScore, Sequence, StepItem, StepTime, TopK } from './types.ts';
 import type { DecoderWeights } from './weights.ts';
 
 /** The pool has fewer free blocks than a step needs; nothing was changed, so the caller may free or preempt a sequence and retry. */
@@ -185,6 +186,35 @@ export class DecoderBatch implements Batch {
     this.pending = enc;
     this.keptRows = logitRows.length;
     return firstRows;
+  }
+
+  /**
+   * Throwaway steps of each size whose kernels are built on first use (the software matvec's
+   * 2..8-token variants compile for 40-75 ms each on lavapipe), every row kept and read, so
+   * that no reply stalls on a compile when sequences first decode together or a draft is first
+   * verified. Each size runs twice: the first compiles, the second is timed, and those times
+   * are returned (what a step of each size costs here, before any reply has measured it).
+   * Needs a free sequence slot; leaves the pool as it was.
+   */
+  async warmUp(): Promise<StepTime[]> {
+    const seq = this.createSequence();
+    const times: StepTime[] = [];
+    try {
+      const most = Math.min(MATVEC_MAX_TOKENS + 1, this.maxStepTokens, this.maxLogitRows, this.maxContext);
+      for (let n = 1; n <= most; n++) {
+        for (let pass = 0; pass < 2; pass++) {
+          const t0 = performance.now();
+          this.step([{ seq, tokens: Array.from({ length: n }, (_, i) => i % this.c.vocab_size) }], { logitRows: 'all' });
+          if (n === 1) await this.argmax(0);
+          else await this.reduceRows(Array.from({ length: n }, (_, i) => i), 0);
+          this.truncate(seq, 0);
+          if (pass === 1) times.push({ tokens: n, ms: performance.now() - t0 });
+        }
+      }
+    } finally {
+      this.free(seq);
+    }
+    return times;
   }
 
   async argmax(row: number): Promise<number> {

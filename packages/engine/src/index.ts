@@ -8,4 +8,4 @@ export { getGpu, describeGpu, type Gpu, type DeviceInfo } from './device.ts';
 export { directorySource, urlSource, blobSource, toFileSource, FileSourceError } from './files.ts';
 export { KvCacheFullError, BatchError } from './batch.ts';
 export { scoreTokens } from './scoring.ts';
-export type { Model, ModelInfo, Session, Batch, Sequence, StepItem, RowScore, TopK, LoadOptions, LoadProgress, DtypeOption, FileSource } from './types.ts';
+export type { Model, ModelInfo, Session, Batch, Sequence, StepItem, StepTime, RowScore, TopK, LoadOptions, LoadProgress, DtypeOption, FileSource } from './types.ts';

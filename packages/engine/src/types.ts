@@ -137,6 +137,12 @@ export interface BatchOptions {
   batchInvariant?: boolean;
 }
 
+/** A step over `tokens` tokens (all rows kept and read) took `ms` milliseconds. */
+export interface StepTime {
+  tokens: number;
+  ms: number;
+}
+
 /** One sequence's tokens in a step, appended at positions seq.length... */
 export interface StepItem {
   seq: Sequence;
@@ -170,6 +176,11 @@ export interface Batch {
    * Throws KvCacheFullError, before changing anything, when the pool lacks the blocks.
    */
   step(items: readonly StepItem[], opts?: { logitRows?: 'last' | 'all' }): number[];
+  /**
+   * Runs steps of every size whose kernels are built on first use, so none compiles mid-reply,
+   * and returns what a compiled step of each size took. Needs a free sequence slot.
+   */
+  warmUp(): Promise<StepTime[]>;
   /** Greedy choice of kept row `row` of the last step (4 bytes read back). */
   argmax(row: number): Promise<number>;
   topK(k: number, row: number): Promise<TopK>;

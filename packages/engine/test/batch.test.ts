@@ -4,7 +4,7 @@
 // block through forks, truncations, frees and a full cache.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { KvCacheFullError } from '../src/batch.ts';
 import { loadModel } from '../src/model.ts';
 import { parseConfig } from '../src/models/family.ts';
@@ -314,5 +314,41 @@ describe('batch: blocks', () => {
     expect(batch.freeBlocks).toBe(5);
     expect(() => batch.step([{ seq: b, tokens: [1] }])).toThrow(/freed/);
     batch.dispose();
+  });
+});
+
+describe('batch: warmUp', () => {
+  /** Pipelines compiled by a step of every size 1..9 (every row kept and read) on a fresh sequence. */
+  async function compilesOfEverySize(batch: Batch): Promise<number> {
+    const compiles = vi.spyOn((await testGpu()).device, 'createComputePipeline');
+    try {
+      const s = batch.createSequence();
+      for (let n = 1; n <= 9; n++) {
+        batch.step([{ seq: s, tokens: prompt(n, n) }], { logitRows: 'all' });
+        await batch.reduceRows(Array.from({ length: n }, (_, i) => i), 0);
+        batch.truncate(s, 0);
+      }
+      batch.free(s);
+      return compiles.mock.calls.length;
+    } finally {
+      compiles.mockRestore();
+    }
+  }
+
+  it('compiles and times every step size up front and gives back the blocks and sequence it used', async () => {
+    // Each load has its own kernel cache: without the warm-up, 2..8-token steps compile on first use.
+    const cold = (await load(BUNDLED_MODEL, 'software')).createBatch({ maxSequences: 1 });
+    expect(await compilesOfEverySize(cold)).toBeGreaterThan(0);
+    cold.dispose();
+    for (const variant of ['software', 'gpu'] as const) {
+      const batch = (await load(BUNDLED_MODEL, variant)).createBatch({ maxSequences: 1 });
+      const times = await batch.warmUp();
+      expect(times.map((t) => t.tokens), variant).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      for (const t of times) expect(t.ms, variant).toBeGreaterThan(0);
+      expect(batch.freeBlocks, variant).toBe(batch.totalBlocks);
+      // maxSequences 1: the warm-up's sequence was freed, or this would throw.
+      expect(await compilesOfEverySize(batch), variant).toBe(0);
+      batch.dispose();
+    }
   });
 });
