@@ -7,8 +7,9 @@
 // as a text to continue, O + R + O + R + O, so the reply repeats R (a summary or edit that
 // copies its input). Open-ended: other openings, nothing to copy from but the reply itself.
 // Every run is timed in steady state, as a server runs after its warm-up (Generator.warmUp:
-// every step size compiled and timed) and after a run of the same prompt and settings. The timed runs of plain decoding and the drafters take turns
-// (turns.ts), so a drift in the machine's load weighs on all of them alike.
+// every step size compiled and timed) and after a run of the same prompt and settings. The
+// timed runs of plain decoding and the drafters take turns (turns.ts), so a drift in the
+// machine's load weighs on all of them alike.
 // Each row also gives the ceiling of prompt lookup on its task: the speedup a schedule that
 // knew which drafts hold would get with the step costs measured here (how much the reply
 // repeats what came before it, in this machine's terms).

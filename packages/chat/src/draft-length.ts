@@ -55,20 +55,20 @@ export class StepCosts {
 
   /** Records that a decode step over `tokens` tokens took `ms` milliseconds. */
   observe(tokens: number, ms: number): void {
-    if (!(Number.isInteger(tokens) && tokens >= 1)) return;
-    let c = this.costs.get(tokens);
-    if (!c) this.costs.set(tokens, (c = new RunningCost()));
-    c.observe(ms);
+    this.costOf(tokens)?.observe(ms);
   }
 
   /** Starts each size's mean from a warm-up's timing of a compiled step (Batch.warmUp), so no draft length is explored in a reply. */
   seed(times: readonly { tokens: number; ms: number }[]): void {
-    for (const { tokens, ms } of times) {
-      if (!(Number.isInteger(tokens) && tokens >= 1)) continue;
-      let c = this.costs.get(tokens);
-      if (!c) this.costs.set(tokens, (c = new RunningCost()));
-      c.seed(ms);
-    }
+    for (const { tokens, ms } of times) this.costOf(tokens)?.seed(ms);
+  }
+
+  /** The running cost of steps over `tokens` tokens, made on first use; undefined for a count that is not a step size. */
+  private costOf(tokens: number): RunningCost | undefined {
+    if (!(Number.isInteger(tokens) && tokens >= 1)) return undefined;
+    let c = this.costs.get(tokens);
+    if (!c) this.costs.set(tokens, (c = new RunningCost()));
+    return c;
   }
 
   /** Step sizes timed so far and their mean milliseconds, smallest first. */
@@ -172,9 +172,9 @@ export class DraftLengthPlanner {
     return { accepted: this.accepted, trials: this.trials };
   }
 
-  /** Tokens per one-token step's time a draft of k gives, with `draftCost` per drafted token (in one-token steps). */
-  gain(k: number, draftCost = 0): number {
-    return expectedTokens(k, this.acceptance) / (this.costs.relative(k + 1) + k * draftCost);
+  /** Tokens per one-token step's time a draft of k gives, with `draftCost` per drafted token (in one-token steps), at `acceptance`. */
+  gain(k: number, draftCost = 0, acceptance = this.acceptance): number {
+    return expectedTokens(k, acceptance) / (this.costs.relative(k + 1) + k * draftCost);
   }
 
   /**
@@ -200,7 +200,7 @@ export class DraftLengthPlanner {
 
   /** No draft of 1..maxK would beat plain decoding even if every drafted token were accepted. */
   hopeless(maxK: number, draftCost = 0): boolean {
-    for (let k = 1; k <= maxK; k++) if ((k + 1) / (this.costs.relative(k + 1) + k * draftCost) > 1) return false;
+    for (let k = 1; k <= maxK; k++) if (this.gain(k, draftCost, 1) > 1) return false;
     return true;
   }
 

@@ -272,7 +272,8 @@ export class Assistant {
    * The 'measured' schedule's planner for one call over `sequence`. A pause lasts the rest of
    * the call; after one, the next 1 (then 2, 4, ... up to MAX_SKIPPED_CALLS while probes keep
    * failing; MAX_SKIPPED_CALLS at once when no acceptance would have paid) calls decode without
-   * drafting (so the draft does not even read their prompts), then the first call whose sequence the draft can catch up on cheaply probes with one draft.
+   * drafting (so the draft does not even read their prompts), then the first call whose
+   * sequence the draft can catch up on cheaply probes with one draft.
    */
   private measuredPlanner(costs: StepCosts, sequence: readonly number[]): DraftLengthPlanner {
     const b = this.backoff;
